@@ -1,0 +1,252 @@
+"""The experiment config: one typed dataclass per concern, validated as a whole.
+
+A YAML file plus dotted overrides is the whole truth of a run; the resolved form
+(presets filled in, paths absolute) is saved next to every run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gptray.config.loader import apply_overrides, build, deep_merge, read_yaml, to_dict
+from gptray.errors import ConfigError
+from gptray.model.config import ModelConfig
+
+
+@dataclass
+class SourceConfig:
+    """One corpus to tokenize: a local path (file, directory or glob), a Hugging Face dataset, or a named corpus."""
+
+    path: str | None = None  # local .txt/.jsonl/.parquet file, directory, or glob
+    hf: str | None = None  # Hugging Face dataset name for `datasets.load_dataset` ("wikitext", "json", …)
+    corpus: str | None = None  # a name from gptray's corpus registry ("tinyshakespeare")
+    hf_config: str | None = None  # the dataset's config name ("wikitext-2-raw-v1")
+    hf_split: str = "train"
+    data_files: list[str] | None = None  # for hf: json/text/parquet builders reading local files
+    text_field: str = "text"  # the field holding a document in jsonl/parquet/HF rows
+    # How a .txt file divides into documents: the whole file, blank-line separated
+    # paragraphs, or single lines; null means "file" (a named corpus picks its own).
+    # Each document is followed by <|endoftext|>.
+    text_unit: Literal["file", "paragraph", "line"] | None = None
+
+    def kind(self) -> str:
+        return "path" if self.path else "hf" if self.hf else "corpus"
+
+    def describe(self) -> str:
+        if self.path:
+            return self.path
+        if self.hf:
+            return f"hf:{self.hf}" + (f"/{self.hf_config}" if self.hf_config else "") + f"[{self.hf_split}]"
+        return f"corpus:{self.corpus}"
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
+    dataset_dir: str = "data/tinyshakespeare"  # where shards + manifest.json are written and read
+    tokenizer: str = "gpt2"  # a tiktoken encoding name
+    val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
+    split_seed: int = 0
+    shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
+    batch_documents: int = 512  # documents per Ray Data tokenize batch
+    cache_dir: str | None = None  # node-local cache of decoded token arrays; default ~/.cache/gptray
+
+
+@dataclass
+class TrainConfig:
+    # The defaults are the quickstart's: a nano model for a few hundred steps on CPU.
+    max_steps: int = 300
+    batch_size: int = 8  # global batch in sequences per optimizer step (all workers together)
+    micro_batch_size: int = 4  # sequences per forward/backward on one worker
+    seq_len: int | None = None  # tokens per sequence; default model.block_size
+    lr: float = 2e-3
+    min_lr: float | None = None  # end of the cosine decay; default lr / 10
+    warmup_steps: int = 30
+    lr_decay_steps: int | None = None  # cosine reaches min_lr here; default max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 1337  # model init and data order
+    log_interval: int = 10
+    eval_interval: int = 50
+    eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 2
+
+    def effective_seq_len(self, model: ModelConfig) -> int:
+        return self.seq_len if self.seq_len is not None else model.block_size
+
+    def effective_min_lr(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.lr / 10
+
+    def grad_accum_steps(self, num_workers: int) -> int:
+        return self.batch_size // (self.micro_batch_size * num_workers)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # null: join the cluster this process belongs to, else start a local one
+    num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
+    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per worker, NCCL; else CPU workers with gloo
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint before giving up
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db
+    experiment: str = "gptray"
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int | None = 200
+    seed: int = 1337
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "quickstart"  # the run's name: its directory under out_dir and its MLflow run name
+    out_dir: str = "runs"  # checkpoints, resolved configs and the default MLflow database live here
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return join_path(self.out_dir, self.name)
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{join_path(self.out_dir, 'mlflow.db')}"
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        return build(cls, data)
+
+    def resolved(self) -> "ExperimentConfig":
+        """Presets filled in, paths made absolute, everything validated."""
+        config = ExperimentConfig.from_dict(self.to_dict())
+        config.model = config.model.resolved()
+        config.out_dir = absolute_path(config.out_dir)
+        config.data.dataset_dir = absolute_path(config.data.dataset_dir)
+        if config.data.cache_dir is not None:
+            config.data.cache_dir = absolute_path(config.data.cache_dir)
+        for source in config.data.sources:
+            if source.path is not None:
+                source.path = absolute_path(source.path)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check every value and the relations between them; raise ConfigError naming the key."""
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError("name", f"must be a plain directory name (got {self.name!r})")
+        _validate_data(self.data)
+        _validate_train(self.train, self.model, self.ray)
+        _validate_ray(self.ray)
+        if not self.tracking.experiment:
+            raise ConfigError("tracking.experiment", "must not be empty")
+        g = self.generate
+        _require(g.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", g.max_new_tokens)
+        _require(g.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", g.temperature)
+        _require(g.top_k is None or g.top_k > 0, "generate.top_k", "must be positive or null", g.top_k)
+
+
+def _require(ok: bool, key: str, message: str, value) -> None:
+    if not ok:
+        raise ConfigError(key, f"{message} (got {value!r})")
+
+
+def _validate_data(data: DataConfig) -> None:
+    for i, source in enumerate(data.sources):
+        chosen = [k for k in ("path", "hf", "corpus") if getattr(source, k)]
+        if len(chosen) != 1:
+            raise ConfigError(f"data.sources[{i}]", f"set exactly one of path, hf, corpus (got {chosen or 'none'})")
+        if source.data_files is not None and not source.hf:
+            raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
+        if not source.text_field:
+            raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
+    _require(0.0 <= data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", data.val_fraction)
+    _require(data.shard_tokens > 0, "data.shard_tokens", "must be positive", data.shard_tokens)
+    _require(data.batch_documents > 0, "data.batch_documents", "must be positive", data.batch_documents)
+    _require(bool(data.dataset_dir), "data.dataset_dir", "must not be empty", data.dataset_dir)
+
+
+def _validate_train(train: TrainConfig, model: ModelConfig, ray: RayConfig) -> None:
+    for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval",
+                "checkpoint_interval", "keep_checkpoints"):
+        _require(getattr(train, key) > 0, f"train.{key}", "must be positive", getattr(train, key))
+    _require(train.lr > 0, "train.lr", "must be positive", train.lr)
+    min_lr = train.effective_min_lr()
+    _require(0 <= min_lr <= train.lr, "train.min_lr", "must be in [0, train.lr]", min_lr)
+    _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", train.warmup_steps)
+    if train.lr_decay_steps is not None:
+        _require(train.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", train.lr_decay_steps)
+    _require(train.weight_decay >= 0, "train.weight_decay", "must be >= 0", train.weight_decay)
+    _require(0 <= train.beta1 < 1, "train.beta1", "must be in [0, 1)", train.beta1)
+    _require(0 <= train.beta2 < 1, "train.beta2", "must be in [0, 1)", train.beta2)
+    _require(train.eps > 0, "train.eps", "must be positive", train.eps)
+    _require(train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", train.grad_clip)
+    _require(train.eval_windows >= 0, "train.eval_windows", "must be >= 0", train.eval_windows)
+    if train.seq_len is not None:
+        _require(train.seq_len > 0, "train.seq_len", "must be positive", train.seq_len)
+        if model.block_size is not None and train.seq_len > model.block_size:
+            raise ConfigError("train.seq_len", f"must be <= model.block_size ({train.seq_len} > {model.block_size})")
+    per_step = train.micro_batch_size * max(ray.num_workers, 1)
+    if train.batch_size % per_step != 0:
+        raise ConfigError(
+            "train.batch_size",
+            f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {train.batch_size})",
+        )
+
+
+def _validate_ray(ray: RayConfig) -> None:
+    _require(ray.num_workers >= 1, "ray.num_workers", "must be >= 1", ray.num_workers)
+    _require(ray.cpus_per_worker > 0, "ray.cpus_per_worker", "must be positive", ray.cpus_per_worker)
+    _require(ray.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", ray.max_failures)
+    if ray.num_cpus is not None:
+        _require(ray.num_cpus > 0, "ray.num_cpus", "must be positive", ray.num_cpus)
+        if ray.address not in (None, "local"):
+            raise ConfigError("ray.num_cpus", f"only applies to a local Ray instance, not ray.address={ray.address!r}")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute_path(path: str) -> str:
+    """Make a local path absolute (against the working directory); URIs stay as they are."""
+    if is_uri(path):
+        return path
+    return str(Path(os.path.expanduser(path)).absolute())
+
+
+def join_path(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the defaults), apply `key=value` overrides, resolve and validate it."""
+    data = read_yaml(path) if path is not None else {}
+    # Overrides act on the defaults too (`data.sources.0.text_unit=line` with no sources in the file).
+    data = apply_overrides(deep_merge(ExperimentConfig().to_dict(), data), list(overrides or []))
+    return ExperimentConfig.from_dict(data).resolved()

@@ -1,0 +1,1 @@
+"""Corpora → tokens: readers, the Ray Data tokenize job, Parquet shards, manifest, training windows."""

@@ -1,0 +1,118 @@
+"""Training windows: which tokens each rank reads at each step, as a pure function.
+
+The train split's token stream is cut into fixed windows of `seq_len + 1` tokens starting
+at multiples of `seq_len`. Epoch e visits them in a permutation seeded by (seed, e). Step s
+of a global batch of G sequences takes global samples s·G … s·G+G−1, and rank r of W takes
+the r-th contiguous 1/W of them. So the global batch at a step is the same for any world
+size, and a resumed run reads exactly the windows the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gptray.data.manifest import Manifest
+from gptray.data.shards import read_shard, shard_tokens
+from gptray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "tokens"
+
+
+def open_split_tokens(dataset_dir: str, manifest: Manifest, split: str, cache_dir: str | None = None) -> np.ndarray:
+    """A split's whole token stream as a read-only memory map.
+
+    The Parquet shards are decoded (and their checksums verified) once per node into a flat
+    file keyed by the dataset fingerprint; every worker on the node then shares it through
+    the page cache, and random window reads cost nothing.
+    """
+    info = manifest.split_info(split)
+    dtype = np.dtype(manifest.tokenizer["dtype"])
+    if info.tokens == 0:
+        return np.empty(0, dtype=dtype)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / manifest.fingerprint / f"{split}.bin"
+    expected_bytes = info.tokens * dtype.itemsize
+    if not (path.is_file() and path.stat().st_size == expected_bytes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Workers on one node race to build the same file; one builds, the others wait.
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (path.is_file() and path.stat().st_size == expected_bytes):
+                _build_cache(dataset_dir, manifest, split, path, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _build_cache(dataset_dir: str, manifest: Manifest, split: str, path: Path, dtype: np.dtype) -> None:
+    info = manifest.split_info(split)
+    log.info("decoding %d %s shard(s) (%s tokens) into %s", len(info.shards), split, f"{info.tokens:,}", path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    written = 0
+    with open(tmp, "wb") as out:
+        for shard in info.shards:
+            tokens = shard_tokens(read_shard(dataset_dir, shard, verify=True))
+            if len(tokens) != shard.tokens:
+                raise DataError(f"shard {shard.path} holds {len(tokens)} tokens, manifest says {shard.tokens}")
+            out.write(tokens.astype(dtype, copy=False).tobytes())
+            written += len(tokens)
+    os.replace(tmp, path)
+
+
+class WindowSampler:
+    """Maps (step, rank, world size) to window start offsets in the token stream."""
+
+    def __init__(self, num_tokens: int, seq_len: int, seed: int):
+        self.seq_len = seq_len
+        self.seed = seed
+        self.num_windows = max((num_tokens - 1) // seq_len, 0)
+        if self.num_windows < 1:
+            raise DataError(f"the train split has {num_tokens} tokens: too few for one window of {seq_len + 1}")
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+
+    def starts(self, samples: np.ndarray) -> np.ndarray:
+        """Token offsets of global sample indices (sample i is the i-th window the run reads)."""
+        epochs, positions = np.divmod(samples, self.num_windows)
+        out = np.empty(len(samples), dtype=np.int64)
+        for epoch in np.unique(epochs):
+            mask = epochs == epoch
+            out[mask] = self._order(int(epoch))[positions[mask]]
+        return out * self.seq_len
+
+    def rank_micro_batches(
+        self, step: int, rank: int, world_size: int, global_batch: int, micro_batch: int
+    ) -> list[np.ndarray]:
+        """Window starts for each micro-batch this rank runs at optimizer step `step`."""
+        per_rank = global_batch // world_size
+        first = step * global_batch + rank * per_rank
+        starts = self.starts(np.arange(first, first + per_rank, dtype=np.int64))
+        return np.split(starts, per_rank // micro_batch)
+
+    def epoch_of(self, step: int, global_batch: int) -> float:
+        return step * global_batch / self.num_windows
+
+
+def eval_starts(num_tokens: int, seq_len: int, count: int) -> np.ndarray:
+    """`count` fixed validation windows spread evenly over the split (the same at every evaluation)."""
+    windows = max((num_tokens - 1) // seq_len, 0)
+    if windows == 0 or count == 0:
+        return np.empty(0, dtype=np.int64)
+    picks = np.unique(np.linspace(0, windows - 1, num=min(count, windows)).round().astype(np.int64))
+    return picks * seq_len
+
+
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (B, T) and next-token targets (B, T) as int64 arrays."""
+    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+    return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])

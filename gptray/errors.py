@@ -1,0 +1,36 @@
+"""Typed errors raised by the gptray library; the CLI maps each kind to an exit code."""
+
+
+class GptrayError(Exception):
+    """Base class of every error gptray raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(GptrayError):
+    """A config key is unknown or holds an invalid value; raised before any work starts."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class DataError(GptrayError):
+    """A corpus or token dataset is missing, unreadable or inconsistent."""
+
+    exit_code = 3
+
+
+class CheckpointError(GptrayError):
+    """A checkpoint is missing, incomplete, or does not match the run that wants it."""
+
+    exit_code = 4
+
+
+class TrainingError(GptrayError):
+    """Training failed on the Ray cluster (the cause is chained)."""
+
+    exit_code = 5

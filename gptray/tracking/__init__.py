@@ -1,0 +1,5 @@
+"""Experiment tracking (MLflow)."""
+
+from gptray.tracking.mlflow_tracker import MlflowTracker
+
+__all__ = ["MlflowTracker"]

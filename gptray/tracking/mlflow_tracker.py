@@ -1,0 +1,144 @@
+"""MLflow logging for a training run: one run per training run, resumed with it, never fatal.
+
+The driver creates (or finds again) the run and logs the resolved config as params; rank 0
+logs metrics to it by run id. If the tracking server fails, the tracker says so once, keeps
+the metrics it could not send, and sends them when the server answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from gptray.config import ExperimentConfig, flatten, is_uri
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "mlflow_run.json"  # in the run directory: which MLflow run this training run logs to
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+RETRY_SECONDS = 30.0  # after a failure, how long to wait before talking to the server again
+MAX_BUFFERED = 100_000  # metric points kept while the server is away
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str, run_id: str, experiment_id: str = ""):
+        # Fail fast instead of MLflow's default minutes of HTTP retries, so a dead server
+        # never stalls a training step for long.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.client = MlflowClient(tracking_uri)
+        self.lost_since: float | None = None
+        self._buffer: list = []
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_since is not None
+
+    # ---- driver side -------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: ExperimentConfig) -> "MlflowTracker":
+        """Create the run for `config` — or reopen the one an earlier launch of this run created."""
+        from mlflow.tracking import MlflowClient
+
+        uri = config.tracking_uri()
+        client = MlflowClient(uri)
+        record = Path(config.run_dir) / RUN_RECORD
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
+                tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""))
+                client.update_run(saved["run_id"], status="RUNNING")
+                log.info("MLflow: resuming run %s in %s", saved["run_id"], uri)
+                return tracker
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = client.create_experiment(
+                config.tracking.experiment, artifact_location=_local_artifact_location(uri, config.out_dir)
+            )
+        run = client.create_run(experiment_id, run_name=config.name, tags={"gptray.run_dir": config.run_dir})
+        tracker = cls(uri, run.info.run_id, experiment_id)
+        tracker.log_params(flatten(config.to_dict()))
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id,
+                                      "tracking_uri": uri}, indent=2))
+        log.info("MLflow: run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
+        return tracker
+
+    # ---- logging (never raises) --------------------------------------------------------
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
+            self._call(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None)
+        del self._buffer[:-MAX_BUFFERED]
+        if self.lost and time.monotonic() - self.lost_since < RETRY_SECONDS:
+            return
+        pending = self._buffer
+        for i in range(0, len(pending), 1000):  # and at most 1000 metrics
+            if not self._call(self.client.log_batch, self.run_id, metrics=pending[i : i + 1000]):
+                self._buffer = pending[i:]
+                return
+        self._buffer = []
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call(self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str) -> None:
+        self._call(self.client.log_artifact, self.run_id, local_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._buffer:
+            self.lost_since = None  # one last try to deliver what is buffered
+            self.log_metrics({}, 0)
+        self._call(self.client.set_terminated, self.run_id, status)
+
+    def _call(self, fn, *args, **kwargs) -> bool:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # any tracking failure: report, never propagate
+            if not self.lost:
+                log.warning("MLflow tracking lost (%s: %s); training goes on, metrics are kept for later",
+                            type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            self.lost_since = time.monotonic()
+            return False
+        if self.lost:
+            log.warning("MLflow tracking is back; sent what was kept")
+            self.lost_since = None
+        return True
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:
+        return False
+
+
+def _local_artifact_location(uri: str, out_dir: str) -> str | None:
+    """For a local database, keep artifacts beside it rather than in ./mlruns of whatever directory."""
+    if uri.startswith("sqlite:") and not is_uri(out_dir):
+        return Path(out_dir, "mlartifacts").absolute().as_uri()
+    return None

@@ -1,0 +1,61 @@
+"""Test fixtures: offline tiktoken and corpora, isolated caches, one local Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHAKESPEARE = SHARED / "corpora" / "tinyshakespeare.txt"
+
+# Before anything imports tiktoken, datasets or ray: these machines have no internet, and tests
+# must not write into the user's caches. Ray workers started by this process inherit all of it.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="gptray-tests-"))
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+os.environ.setdefault("GPTRAY_CORPORA", str(SHARED / "corpora"))
+os.environ["XDG_CACHE_HOME"] = str(_SCRATCH / "cache")  # gptray's token cache and corpus downloads
+os.environ["HF_HOME"] = str(_SCRATCH / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session.
+
+    num_cpus=4 on a 2-core machine on purpose: two 1-CPU training workers plus a Ray Data task
+    otherwise wait on each other forever (see RAY-NOTES.md).
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="gptray-ray-", dir="/tmp")  # short: Ray's socket paths are limited
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def make_config(root: Path, *overrides: str):
+    """A resolved config whose outputs all live under `root`."""
+    from gptray.config import load_config
+
+    return load_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", *overrides])
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dataset(ray_session, tmp_path_factory):
+    """tinyshakespeare tokenized once (paragraph documents, 10% validation)."""
+    from gptray.data.tokenize_job import tokenize_corpus
+
+    root = tmp_path_factory.mktemp("shakespeare")
+    config = make_config(root)
+    return tokenize_corpus(config)

@@ -1,0 +1,143 @@
+"""Configs: YAML + dotted overrides → typed, validated dataclasses; bad input names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gptray.config import ExperimentConfig, load_config
+from gptray.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_for(*overrides: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, list(overrides))
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("model.n_embd=130", "model.n_embd", "divisible by model.n_head"),
+        ("train.lr=-1", "train.lr", "positive"),
+        ("train.lr=fast", "train.lr", "number"),
+        ("train.batch_size=12", "train.batch_size", "multiple of"),
+        ("train.precision=fp8", "train.precision", "one of"),
+        ("model.preset=gpt5", "model.preset", "unknown preset"),
+        ("data.val_fraction=1.5", "data.val_fraction", "[0, 1)"),
+        ("model.n_layer=2.5", "model.n_layer", "integer"),
+        ("tracking.enabled=maybe", "tracking.enabled", "true or false"),
+        ("ray.num_workers=0", "ray.num_workers", ">= 1"),
+        ("train.seq_len=1000", "train.seq_len", "block_size"),
+    ],
+)
+def test_invalid_value_names_its_key(override, key, words):
+    error = error_for(override)
+    assert error.key == key
+    assert words in str(error)
+
+
+def test_unknown_key_is_refused_with_a_suggestion():
+    error = error_for("train.lrr=0.1")
+    assert error.key == "train.lrr"
+    assert "did you mean 'lr'" in str(error)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  preset: nano\n  n_layers: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "model.n_layers"
+
+
+def test_missing_config_file_and_malformed_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_overrides_are_typed_and_reach_into_lists():
+    config = load_config(None, ["train.lr=3e-4", "train.max_steps=1e3", "data.sources.0.text_unit=line",
+                                "model.preset=tiny", "generate.top_k=null"])
+    assert config.train.lr == pytest.approx(3e-4) and isinstance(config.train.lr, float)
+    assert config.train.max_steps == 1000 and isinstance(config.train.max_steps, int)
+    assert config.data.sources[0].text_unit == "line"
+    assert (config.model.n_layer, config.model.n_embd, config.model.block_size) == (6, 384, 256)
+    assert config.generate.top_k is None
+
+
+def test_override_without_equals_sign_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_presets_fill_only_unset_fields():
+    config = load_config(None, ["model.preset=gpt2", "model.block_size=256"])
+    assert (config.model.n_layer, config.model.n_head, config.model.n_embd) == (12, 12, 768)
+    assert config.model.block_size == 256
+
+
+def test_source_needs_exactly_one_kind():
+    error = error_for("data.sources=[{path: a.txt, corpus: tinyshakespeare}]")
+    assert error.key == "data.sources[0]"
+
+
+def test_paths_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["out_dir=out", "data.dataset_dir=ds"])
+    assert config.out_dir == str(tmp_path / "out")
+    assert config.run_dir == str(tmp_path / "out" / "quickstart")
+    assert config.tracking_uri() == f"sqlite:///{tmp_path}/out/mlflow.db"
+
+
+def test_resolved_config_round_trips_through_yaml():
+    config = load_config(None, ["model.preset=tiny", "train.lr=1e-4"])
+    again = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))).resolved()
+    assert again == config
+
+
+def test_quickstart_yaml_is_exactly_the_builtin_defaults():
+    assert load_config(REPO / "configs" / "quickstart.yaml") == load_config(None)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gptray", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_config_exits_2_naming_the_key():
+    result = run_cli("config", "model.n_embd=100", "model.n_head=3")
+    assert result.returncode == 2
+    assert "model.n_embd" in result.stderr
+
+
+def test_cli_config_prints_the_resolved_config():
+    result = run_cli("config", "model.preset=gpt2", "train.max_steps=7")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["n_embd"] == 768 and printed["train"]["max_steps"] == 7
+
+
+@pytest.mark.parametrize("command", [[], ["tokenize"], ["pretrain"], ["generate"], ["quickstart"], ["config"]])
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: gptray" in result.stdout
+    if command:
+        assert "--config" in result.stdout and "key=value" in result.stdout
+    else:
+        for name in ("tokenize", "pretrain", "generate", "quickstart"):
+            assert name in result.stdout
