@@ -5,12 +5,16 @@
 Takes the same arguments as `gptray tokenize` (run with --help to list them).
 """
 
+import os
 import sys
-from pathlib import Path
 
-# Use the gptray package shipped beside this file (the job's uploaded working dir),
-# not whatever version happens to be installed on the cluster.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Take this directory off sys.path before importing anything: as its first entry it would make
+# pipelines/tokenize.py shadow the standard library's `tokenize` module. The project root goes
+# first instead, so the gptray package beside this file (the job's uploaded working dir) is the
+# one imported, not whatever version is installed on the cluster.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 from gptray.cli.main import main  # noqa: E402
 

@@ -25,10 +25,7 @@ MAX_BUFFERED = 100_000  # metric points kept while the server is away
 
 class MlflowTracker:
     def __init__(self, tracking_uri: str, run_id: str, experiment_id: str = ""):
-        # Fail fast instead of MLflow's default minutes of HTTP retries, so a dead server
-        # never stalls a training step for long.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        _fail_fast_http()
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -46,6 +43,7 @@ class MlflowTracker:
     @classmethod
     def start(cls, config: ExperimentConfig) -> "MlflowTracker":
         """Create the run for `config` — or reopen the one an earlier launch of this run created."""
+        _fail_fast_http()
         from mlflow.tracking import MlflowClient
 
         uri = config.tracking_uri()
@@ -56,6 +54,7 @@ class MlflowTracker:
             if saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
                 tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""))
                 client.update_run(saved["run_id"], status="RUNNING")
+                tracker._record_config_changes(flatten(config.to_dict()))
                 log.info("MLflow: resuming run %s in %s", saved["run_id"], uri)
                 return tracker
         experiment = client.get_experiment_by_name(config.tracking.experiment)
@@ -73,6 +72,17 @@ class MlflowTracker:
                                       "tracking_uri": uri}, indent=2))
         log.info("MLflow: run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
         return tracker
+
+    def _record_config_changes(self, params: dict) -> None:
+        """MLflow params are immutable: a resumed run records changed settings as tags instead."""
+        logged = self.client.get_run(self.run_id).data.params
+        changes = {
+            f"gptray.config_change.{key}": f"{logged[key]} -> {str(value)[:MAX_PARAM_LENGTH]}"
+            for key, value in params.items() if key in logged and logged[key] != str(value)[:MAX_PARAM_LENGTH]
+        }
+        if changes:
+            log.info("MLflow: config changed since the run began: %s", ", ".join(k.split(".", 2)[2] for k in changes))
+            self.set_tags(changes)
 
     # ---- logging (never raises) --------------------------------------------------------
     def log_params(self, params: dict) -> None:
@@ -127,6 +137,13 @@ class MlflowTracker:
             log.warning("MLflow tracking is back; sent what was kept")
             self.lost_since = None
         return True
+
+
+def _fail_fast_http() -> None:
+    # MLflow retries HTTP requests for minutes by default; a dead server must never stall a
+    # training step that long. Users can still set their own values.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def _run_exists(client, run_id: str) -> bool:

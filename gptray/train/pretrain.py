@@ -69,6 +69,10 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
         check_compatible(state, config, manifest.fingerprint, str(previous))
         start_step = state.step
         log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
+    if previous is not None and start_step >= config.train.max_steps:
+        log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
+                 config.train.max_steps)
+        return _finished_result(config, previous, start_step, started)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -124,6 +128,25 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
         mlflow_experiment_id=tracker.experiment_id if tracker else None,
         sample=text,
         seconds=time.monotonic() - started,
+    )
+
+
+def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, started: float) -> PretrainResult:
+    """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
+    import json
+
+    from gptray.tracking.mlflow_tracker import RUN_RECORD
+
+    record_path = Path(config.run_dir) / RUN_RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    state = read_state(checkpoint)
+    metrics = {"step": state.step, "tokens_seen": state.tokens_seen}
+    if state.best_val_loss is not None:
+        metrics["best_val_loss"] = state.best_val_loss
+    return PretrainResult(
+        run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step, metrics=metrics,
+        tracking_uri=record.get("tracking_uri"), mlflow_run_id=record.get("run_id"),
+        mlflow_experiment_id=record.get("experiment_id"), sample=None, seconds=time.monotonic() - started,
     )
 
 

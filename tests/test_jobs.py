@@ -1,0 +1,115 @@
+"""`ray job submit` of the pipelines against a `ray start --head` on loopback, with token auth on."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent  # the venv that runs the tests also runs the cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A one-node Ray cluster with its own token, killed (only it) at the end."""
+    root = Path(tempfile.mkdtemp(prefix="gptray-head-", dir="/tmp"))  # short: Ray's socket paths are limited
+    token = root / "token"
+    token.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    dashboard = free_port()
+    worker_ports = free_port()
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 200}",
+        f"--temp-dir={root / 'ray'}", "--disable-usage-stats",
+    ]
+    log = open(root / "head.log", "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break  # 401: up, and asking for the token
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not start:\n{(root / 'head.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield address, env, root
+    process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # whatever is left of this cluster (its session is its own) goes too
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    log.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def submit(address: str, env: dict, *entrypoint: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+               *entrypoint]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_submit_without_the_token_is_refused(head):
+    address, env, _ = head
+    without = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    without["RAY_AUTH_TOKEN"] = "0" * 64  # a wrong token
+    result = submit(address, without, "python", "-c", "print('should not run')", timeout=60)
+    assert result.returncode != 0
+    assert "should not run" not in result.stdout
+
+
+def test_tokenize_and_pretrain_jobs_succeed(head):
+    address, env, root = head
+    out = root / "out"
+    common = ["--config", "configs/quickstart.yaml", f"data.dataset_dir={out}/data", f"out_dir={out}/runs"]
+    tokenize = submit(address, env, "python", "pipelines/tokenize.py", *common)
+    assert tokenize.returncode == 0, tokenize.stdout[-3000:] + tokenize.stderr[-3000:]
+    assert "succeeded" in tokenize.stdout + tokenize.stderr
+    assert (out / "data" / "manifest.json").is_file()
+
+    pretrain = submit(address, env, "python", "pipelines/pretrain.py", *common, "name=job", "train.max_steps=4",
+                      "train.checkpoint_interval=2", "train.log_interval=1", "generate.max_new_tokens=8")
+    logs = pretrain.stdout + pretrain.stderr
+    assert pretrain.returncode == 0, logs[-6000:]
+    assert "step 4/4" in logs  # training progress reaches the job's logs
+    assert (out / "runs" / "job" / "checkpoint_00000004" / "state.json").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/runs/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "job"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
