@@ -60,7 +60,8 @@ def head():
             break  # 401: up, and asking for the token
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray head did not start:\n{(root / 'head.log').read_text()[-3000:]}")
+                log_text = (root / "head.log").read_text()[-3000:]
+                raise RuntimeError(f"ray head did not start:\n{log_text}") from None
             time.sleep(0.5)
     yield address, env, root
     process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started

@@ -11,9 +11,9 @@ import yaml
 
 from conftest import make_config
 from gptray.cli.main import main as cli
+from gptray.errors import CheckpointError
 from gptray.train.checkpoint import STATE_FILE, latest_checkpoint, read_state
 from gptray.train.pretrain import pretrain
-from gptray.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,8 @@ def test_relaunch_of_a_finished_run_trains_nothing(full_run):
     again = pretrain(config)
     assert (again.start_step, again.final_step) == (24, 24)
     assert again.checkpoint == result.checkpoint and again.mlflow_run_id == result.mlflow_run_id
+    assert again.metrics["train_loss"] == result.metrics["train_loss"]
+    assert again.sample == result.sample  # the same final model and seed give the same text
 
 
 def test_resume_refuses_a_different_model_shape(full_run, shakespeare_dataset, root):

@@ -155,8 +155,8 @@ def test_parquet_directory_glob_and_mixed_sources_in_order(ray_session, tmp_path
 
 
 def test_small_shards_keep_documents_whole_and_are_deterministic(ray_session, tmp_path):
-    config = make_config(tmp_path, f"data.sources=[{{path: {SHAKESPEARE}, text_unit: paragraph}}]",
-                         "data.shard_tokens=20000", "data.batch_documents=97")
+    source = f"data.sources=[{{path: {SHAKESPEARE}, text_unit: paragraph}}]"
+    config = make_config(tmp_path, source, "data.shard_tokens=20000", "data.batch_documents=97")
     first = tokenize_corpus(config)
     train = first.manifest.split_info("train")
     assert len(train.shards) > 5
@@ -167,8 +167,8 @@ def test_small_shards_keep_documents_whole_and_are_deterministic(ray_session, tm
         assert last_doc[-1] == EOT
     assert pq.read_schema(tmp_path / "data" / train.shards[0].path).field("tokens").type == pa.list_(pa.uint16())
     # a different batch size gives byte-identical shards
-    again = tokenize_corpus(make_config(tmp_path / "again", f"data.sources=[{{path: {SHAKESPEARE}, text_unit: paragraph}}]",
-                                        "data.shard_tokens=20000", "data.batch_documents=500"))
+    again = tokenize_corpus(make_config(tmp_path / "again", source, "data.shard_tokens=20000",
+                                        "data.batch_documents=500"))
     assert again.manifest.fingerprint == first.manifest.fingerprint
 
 

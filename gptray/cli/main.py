@@ -186,7 +186,8 @@ def _print_run(config, result) -> None:
             line += f", val {metrics['val_loss']:.4f}"
         print(line)
     if result.mlflow_run_id:
-        print(f"MLflow     run {result.mlflow_run_id} (experiment {config.tracking.experiment!r}) at {result.tracking_uri}")
+        experiment = config.tracking.experiment
+        print(f"MLflow     run {result.mlflow_run_id} (experiment {experiment!r}) at {result.tracking_uri}")
         if result.tracking_uri.startswith("sqlite:"):
             print(f"           browse: mlflow ui --backend-store-uri {result.tracking_uri}")
     if result.sample is not None:

@@ -137,10 +137,10 @@ class ExperimentConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ExperimentConfig":
+    def from_dict(cls, data: dict) -> ExperimentConfig:
         return build(cls, data)
 
-    def resolved(self) -> "ExperimentConfig":
+    def resolved(self) -> ExperimentConfig:
         """Presets filled in, paths made absolute, everything validated."""
         config = ExperimentConfig.from_dict(self.to_dict())
         config.model = config.model.resolved()

@@ -49,7 +49,7 @@ class ProblemCounts:
         if len(shown) < EXAMPLES_KEPT:
             shown.append(f"{loc}: {error}" if error else loc)
 
-    def merge(self, other: "ProblemCounts") -> None:
+    def merge(self, other: ProblemCounts) -> None:
         for status, n in other.counts.items():
             self.counts[status] = self.counts.get(status, 0) + n
             shown = self.examples.setdefault(status, [])
@@ -104,7 +104,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, dataset_dir: str | Path) -> "Manifest":
+    def load(cls, dataset_dir: str | Path) -> Manifest:
         path = Path(dataset_dir) / MANIFEST_NAME
         if not path.is_file():
             raise DataError(f"no token dataset at {dataset_dir} (missing {MANIFEST_NAME}); run `gptray tokenize` first")

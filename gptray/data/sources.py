@@ -64,7 +64,8 @@ def _local_files(path: str, key: str) -> tuple[list[str], list[str]]:
         return _split_supported(found, key, path)
     if p.is_file():
         if file_format(path) is None:
-            raise ConfigError(key, f"{path}: unsupported file type (use .txt, .jsonl, .json, .parquet, or .gz of text/json)")
+            raise ConfigError(key, f"{path}: unsupported file type (use .txt, .jsonl, .json, .parquet, "
+                                   "or .gz of text or JSON)")
         return [str(p)], []
     raise ConfigError(key, f"no such file or directory: {path}")
 
@@ -106,7 +107,9 @@ def _hf_table(source: ResolvedSource) -> pa.Table:
     try:
         dataset = datasets.load_dataset(cfg.hf, cfg.hf_config, split=cfg.hf_split, data_files=cfg.data_files)
     except Exception as exc:  # datasets raises many kinds: missing files, hub errors, bad configs
-        raise DataError(f"could not load Hugging Face dataset {source.description}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"could not load Hugging Face dataset {source.description}: {type(exc).__name__}: {exc}"
+        ) from exc
     if cfg.text_field not in dataset.column_names:
         raise ConfigError(
             f"data.sources[{source.index}].text_field",

@@ -10,7 +10,6 @@ size, and a resumed run reads exactly the windows the uninterrupted run would ha
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import os
 from pathlib import Path
@@ -73,13 +72,17 @@ class WindowSampler:
     def __init__(self, num_tokens: int, seq_len: int, seed: int):
         self.seq_len = seq_len
         self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}  # the epochs in use (at most two at a time)
         self.num_windows = max((num_tokens - 1) // seq_len, 0)
         if self.num_windows < 1:
             raise DataError(f"the train split has {num_tokens} tokens: too few for one window of {seq_len + 1}")
 
-    @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+        return self._orders[epoch]
 
     def starts(self, samples: np.ndarray) -> np.ndarray:
         """Token offsets of global sample indices (sample i is the i-th window the run reads)."""

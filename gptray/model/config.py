@@ -39,7 +39,7 @@ class ModelConfig:
     dropout: float | None = None
     bias: bool | None = None  # biases in Linear layers and LayerNorms, as GPT-2
 
-    def resolved(self, prefix: str = "model") -> "ModelConfig":
+    def resolved(self, prefix: str = "model") -> ModelConfig:
         """A copy with every field concrete (preset values filled in), validated."""
         values = dataclasses.asdict(self)
         if self.preset is not None:

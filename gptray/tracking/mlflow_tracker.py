@@ -41,7 +41,7 @@ class MlflowTracker:
 
     # ---- driver side -------------------------------------------------------------------
     @classmethod
-    def start(cls, config: ExperimentConfig) -> "MlflowTracker":
+    def start(cls, config: ExperimentConfig) -> MlflowTracker:
         """Create the run for `config` — or reopen the one an earlier launch of this run created."""
         _fail_fast_http()
         from mlflow.tracking import MlflowClient

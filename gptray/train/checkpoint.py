@@ -32,6 +32,7 @@ class TrainingState:
     model: dict = field(default_factory=dict)  # the resolved model config
     world_size: int = 1
     best_val_loss: float | None = None
+    metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -84,7 +85,9 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
     expected = config.model.shape()
     saved = {k: state.model.get(k) for k in expected}
     if saved != expected:
-        diff = ", ".join(f"{k}: checkpoint {saved[k]} vs config {expected[k]}" for k in expected if saved[k] != expected[k])
+        diff = ", ".join(
+            f"{k}: checkpoint {saved[k]} vs config {expected[k]}" for k in expected if saved[k] != expected[k]
+        )
         raise CheckpointError(
             f"checkpoint {where} has a different model shape ({diff}). Use a new run name to start afresh."
         )

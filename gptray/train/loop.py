@@ -217,6 +217,7 @@ def _report_checkpoint(state, metrics, model, optimizer, scaler, config, rank, C
 
     report = {"step": state.step, "tokens_seen": state.tokens_seen,
               **{k.replace("/", "_"): v for k, v in metrics.items()}}
+    state.metrics = report
     with tempfile.TemporaryDirectory(prefix="gptray-ckpt-") as directory:
         checkpoint = None
         if rank == 0:  # one copy of the (replicated) DDP state is enough

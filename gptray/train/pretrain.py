@@ -72,7 +72,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
     if previous is not None and start_step >= config.train.max_steps:
         log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
                  config.train.max_steps)
-        return _finished_result(config, previous, start_step, started)
+        return _finished_result(config, previous, start_step, started, sample)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -110,19 +110,19 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
 
     final = latest_checkpoint(run_dir)
-    final_step = read_state(final).step if final else 0
+    final_state = read_state(final) if final else None
     text = _final_sample(config, final) if sample and final else None
     if tracker:
         if text is not None:
-            tracker.log_text(text, f"samples/step_{final_step:08d}.txt")
+            tracker.log_text(text, f"samples/step_{final_state.step:08d}.txt")
         tracker.log_artifact(str(run_dir / "config.yaml"))
         tracker.finish("FINISHED")
     return PretrainResult(
         run_dir=str(run_dir),
         checkpoint=str(final) if final else None,
         start_step=start_step,
-        final_step=final_step,
-        metrics=dict(result.metrics or {}),
+        final_step=final_state.step if final_state else 0,
+        metrics=final_state.metrics if final_state else dict(result.metrics or {}),
         tracking_uri=tracker.tracking_uri if tracker else None,
         mlflow_run_id=tracker.run_id if tracker else None,
         mlflow_experiment_id=tracker.experiment_id if tracker else None,
@@ -131,7 +131,8 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
     )
 
 
-def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, started: float) -> PretrainResult:
+def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, started: float,
+                     sample: bool) -> PretrainResult:
     """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
     import json
 
@@ -139,14 +140,11 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, star
 
     record_path = Path(config.run_dir) / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    state = read_state(checkpoint)
-    metrics = {"step": state.step, "tokens_seen": state.tokens_seen}
-    if state.best_val_loss is not None:
-        metrics["best_val_loss"] = state.best_val_loss
     return PretrainResult(
-        run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step, metrics=metrics,
-        tracking_uri=record.get("tracking_uri"), mlflow_run_id=record.get("run_id"),
-        mlflow_experiment_id=record.get("experiment_id"), sample=None, seconds=time.monotonic() - started,
+        run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step,
+        metrics=read_state(checkpoint).metrics, tracking_uri=record.get("tracking_uri"),
+        mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
+        sample=_final_sample(config, checkpoint) if sample else None, seconds=time.monotonic() - started,
     )
 
 
