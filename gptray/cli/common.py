@@ -1,0 +1,46 @@
+"""Shared pieces of the command line: exit codes, --config/overrides arguments, command registration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import textwrap
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # unexpected error (a bug, or something we did not anticipate)
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    unexpected error
+  2    invalid config or command line (nothing was run)
+  3    data error: corpus or token dataset missing, unreadable or inconsistent
+  4    checkpoint error: missing, incomplete, or not matching this run
+  5    training failed on the Ray cluster
+  130  interrupted
+"""
+
+OVERRIDES_HELP = "config overrides as dotted key=value, e.g. train.max_steps=50 model.preset=nano"
+
+log = logging.getLogger("gptray.cli")
+
+
+def add_command(commands, name: str, help: str, description: str, config: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with the shared epilog; with `config`, it takes --config FILE.yaml and key=value overrides."""
+    parser = commands.add_parser(name, help=help, description=textwrap.dedent(description), epilog=EXIT_CODES_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        parser.add_argument("--config", metavar="FILE.yaml",
+                            help="experiment config (default: the built-in quickstart config)")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    return parser
+
+
+def load_experiment(args):
+    """The resolved, validated config named by --config plus the overrides."""
+    from gptray.config import load_config
+
+    if args.config is None:
+        log.info("no --config given: using the built-in defaults (the quickstart config)")
+    return load_config(args.config, args.overrides)
