@@ -59,3 +59,38 @@ def shakespeare_dataset(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("shakespeare")
     config = make_config(root)
     return tokenize_corpus(config)
+
+
+# A small model and short schedule for Ray Train tests; 2 workers × 2 micro-batches of 2 also
+# exercise gradient accumulation.
+SMALL_RUN = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
+    "train.batch_size=8", "train.micro_batch_size=2", "train.lr=3e-3", "train.warmup_steps=4",
+    "train.lr_decay_steps=36",  # the schedule must not depend on max_steps for resume to be exact
+    "train.log_interval=1", "train.eval_interval=12", "train.eval_windows=15", "train.checkpoint_interval=12",
+    "generate.max_new_tokens=20",
+]
+
+
+def small_run_config(root: Path, dataset, *overrides: str):
+    """SMALL_RUN on a tokenized dataset, outputs under `root`."""
+    return make_config(root, *SMALL_RUN, f"data.dataset_dir={dataset.dataset_dir}", *overrides)
+
+
+def metric_history(result, key: str) -> dict[int, float]:
+    """step → value of an MLflow metric of a pretrain result (the last value where a step repeats)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result.tracking_uri)
+    history = sorted(client.get_metric_history(result.mlflow_run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in history}
+
+
+@pytest.fixture(scope="session")
+def reference_run(shakespeare_dataset, tmp_path_factory):
+    """An uninterrupted 36-step run: 2 CPU workers, DDP, fp32. Other runs are compared with it."""
+    from gptray.train.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("reference")
+    config = small_run_config(root, shakespeare_dataset, "name=reference", "train.max_steps=36")
+    return config, pretrain(config)

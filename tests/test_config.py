@@ -141,3 +141,33 @@ def test_every_command_has_help(command):
     else:
         for name in ("tokenize", "pretrain", "generate", "quickstart"):
             assert name in result.stdout
+
+
+def test_gpt3_recipe_fills_unset_optimizer_settings():
+    config = load_config(None, ["model.preset=gpt2", "train.tokens_per_step=524288", "train.warmup_steps=null",
+                                "train.max_steps=19073", "train.micro_batch_size=16", "ray.num_workers=8",
+                                "train.lr=6e-4"])
+    train = config.train
+    assert train.batch_size == 512  # 524,288 tokens / 1024
+    assert train.grad_accum_steps(8) == 4
+    assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert train.warmup_steps == 716  # 375M tokens, rounded up to whole steps
+    assert train.min_lr == pytest.approx(6e-5)
+
+
+def test_gpt2_recipe_and_explicit_values_win():
+    config = load_config(None, ["train.recipe=gpt2", "train.warmup_steps=null", "train.max_steps=3000",
+                                "train.weight_decay=0.05"])
+    train = config.train
+    assert (train.beta2, train.warmup_steps, train.min_lr) == (0.999, 2000, 0.0)
+    assert train.weight_decay == 0.05  # set explicitly, so not the recipe's 0.01
+
+
+def test_recipe_warmup_longer_than_the_run_is_refused():
+    error = error_for("train.warmup_steps=null")  # 375M tokens at 512 tokens/step vs 300 steps
+    assert error.key == "train.warmup_steps" and "set train.warmup_steps" in str(error)
+
+
+def test_tokens_per_step_must_divide_into_sequences():
+    error = error_for("train.tokens_per_step=1000")  # nano's sequences are 64 tokens
+    assert error.key == "train.tokens_per_step"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_config
+from conftest import make_config, metric_history, small_run_config
 from gptray.cli.main import main as cli
 from gptray.errors import CheckpointError
 from gptray.train.checkpoint import STATE_FILE, latest_checkpoint, read_state
@@ -17,56 +17,30 @@ from gptray.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow
 
-# A small model and short schedule; 2 workers × 2 micro-batches of 2 also exercise accumulation.
-SMALL_RUN = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
-    "train.batch_size=8", "train.micro_batch_size=2", "train.lr=3e-3", "train.warmup_steps=4",
-    "train.lr_decay_steps=24",  # the schedule must not depend on max_steps for resume to be exact
-    "train.log_interval=1", "train.eval_interval=12", "train.eval_windows=16", "train.checkpoint_interval=12",
-    "generate.max_new_tokens=20",
-]
-
-
-def run_config(root: Path, dataset, *overrides: str):
-    return make_config(root, *SMALL_RUN, f"data.dataset_dir={dataset.dataset_dir}", *overrides)
-
-
-def history(result, key: str) -> dict[int, float]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(result.tracking_uri)
-    return {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, key)}
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("pretrain")
 
 
-@pytest.fixture(scope="module")
-def full_run(shakespeare_dataset, root):
-    config = run_config(root, shakespeare_dataset, "name=full", "train.max_steps=24")
-    return config, pretrain(config)
-
-
-def test_loss_goes_down(full_run):
-    _, result = full_run
-    losses = history(result, "train/loss")
-    assert sorted(losses) == list(range(1, 25))
+def test_loss_goes_down(reference_run):
+    _, result = reference_run
+    losses = metric_history(result, "train/loss")
+    assert sorted(losses) == list(range(1, 37))
     assert losses[1] == pytest.approx(10.82, abs=0.2)  # ln(50257) for an untrained model
-    assert sum(losses[s] for s in (22, 23, 24)) / 3 < losses[1] - 2.0
-    val = history(result, "val/loss")
-    assert sorted(val) == [12, 24] and val[24] < val[12]
+    assert sum(losses[s] for s in (34, 35, 36)) / 3 < losses[1] - 2.0
+    val = metric_history(result, "val/loss")
+    assert sorted(val) == [12, 24, 36] and val[36] < val[12]
 
 
-def test_checkpoints_are_complete_and_safe_to_load(full_run):
-    config, result = full_run
+def test_checkpoints_are_complete_and_safe_to_load(reference_run):
+    config, result = reference_run
     run_dir = Path(result.run_dir)
-    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000012", "checkpoint_00000024"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000024", "checkpoint_00000036"]
     checkpoint = latest_checkpoint(run_dir)
     assert str(checkpoint) == result.checkpoint
     state = read_state(checkpoint)
-    assert (state.step, state.tokens_seen, state.world_size) == (24, 24 * 8 * 64, 2)
+    assert (state.step, state.tokens_seen, state.world_size) == (36, 36 * 8 * 64, 2)
     assert state.model["n_layer"] == 2
     for name in ("model.pt", "optimizer.pt"):
         torch.load(checkpoint / name, weights_only=True)  # tensors and plain data only
@@ -75,78 +49,81 @@ def test_checkpoints_are_complete_and_safe_to_load(full_run):
     assert saved == config.to_dict()  # the resolved config is saved with the run
 
 
-def test_mlflow_run_holds_params_metrics_and_sample(full_run):
+def test_mlflow_run_holds_params_metrics_and_sample(reference_run):
     from mlflow.tracking import MlflowClient
 
-    config, result = full_run
+    config, result = reference_run
     client = MlflowClient(result.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "full"
+    assert run.info.run_name == "reference"
     assert client.get_experiment(run.info.experiment_id).name == "gptray"
     assert run.data.params["model.n_layer"] == "2"
     assert run.data.params["train.batch_size"] == "8"
     for key in ("train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/loss"):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "samples")}
-    assert "samples/step_00000024.txt" in artifacts
+    assert "samples/step_00000036.txt" in artifacts
     assert result.sample  # the final model generated text
 
 
-def test_relaunch_resumes_from_the_checkpoint_exactly(full_run, shakespeare_dataset, root):
-    _, full = full_run
-    first = pretrain(run_config(root, shakespeare_dataset, "name=resumed", "train.max_steps=12"))
+def test_relaunch_resumes_from_the_checkpoint_exactly(reference_run, shakespeare_dataset, root):
+    _, full = reference_run
+    first = pretrain(small_run_config(root, shakespeare_dataset, "name=resumed", "train.max_steps=12"))
     assert (first.start_step, first.final_step) == (0, 12)
-    second = pretrain(run_config(root, shakespeare_dataset, "name=resumed", "train.max_steps=24"))
-    assert (second.start_step, second.final_step) == (12, 24)
+    second = pretrain(small_run_config(root, shakespeare_dataset, "name=resumed", "train.max_steps=36"))
+    assert (second.start_step, second.final_step) == (12, 36)
     assert second.mlflow_run_id == first.mlflow_run_id  # one MLflow run per training run
-    resumed, uninterrupted = history(second, "train/loss"), history(full, "train/loss")
-    assert sorted(resumed) == list(range(1, 25))
+    resumed, uninterrupted = metric_history(second, "train/loss"), metric_history(full, "train/loss")
+    assert sorted(resumed) == list(range(1, 37))
     # same data order, optimizer state and schedule: the losses after resuming are identical
-    assert [resumed[s] for s in range(13, 25)] == [uninterrupted[s] for s in range(13, 25)]
+    assert [resumed[s] for s in range(13, 37)] == [uninterrupted[s] for s in range(13, 37)]
 
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient(second.tracking_uri).get_run(second.mlflow_run_id).data.tags
-    assert tags["gptray.config_change.train.max_steps"] == "12 -> 24"
+    assert tags["gptray.config_change.train.max_steps"] == "12 -> 36"
 
 
-def test_relaunch_of_a_finished_run_trains_nothing(full_run):
-    config, result = full_run
+def test_relaunch_of_a_finished_run_trains_nothing(reference_run):
+    config, result = reference_run
     again = pretrain(config)
-    assert (again.start_step, again.final_step) == (24, 24)
+    assert (again.start_step, again.final_step) == (36, 36)
     assert again.checkpoint == result.checkpoint and again.mlflow_run_id == result.mlflow_run_id
     assert again.metrics["train_loss"] == result.metrics["train_loss"]
     assert again.sample == result.sample  # the same final model and seed give the same text
 
 
-def test_resume_refuses_a_different_model_shape(full_run, shakespeare_dataset, root):
-    config = run_config(root, shakespeare_dataset, "name=full", "train.max_steps=30", "model.n_layer=3")
+def test_resume_refuses_a_different_model_shape(reference_run, shakespeare_dataset, root):
+    reference, _ = reference_run
+    config = small_run_config(root, shakespeare_dataset, f"out_dir={reference.out_dir}", "name=reference",
+                        "train.max_steps=40", "model.n_layer=3")
     with pytest.raises(CheckpointError, match="n_layer: checkpoint 2 vs config 3"):
         pretrain(config)
 
 
-def test_resume_refuses_a_different_dataset(full_run, shakespeare_dataset, root):
+def test_resume_refuses_a_different_dataset(reference_run, shakespeare_dataset, root):
     from gptray.data.tokenize_job import tokenize_corpus
 
     other = root / "other.jsonl"
     other.write_text("\n".join(json.dumps({"text": f"document {i} " * 50}) for i in range(50)))
     dataset = tokenize_corpus(make_config(root / "otherdata", f"data.sources=[{{path: {other}}}]"))
-    config = run_config(root, dataset, "name=full", "train.max_steps=30")
+    reference, _ = reference_run
+    config = small_run_config(root, dataset, f"out_dir={reference.out_dir}", "name=reference", "train.max_steps=40")
     with pytest.raises(CheckpointError, match="different token dataset"):
         pretrain(config)
 
 
 def test_training_goes_on_when_the_tracking_server_is_unreachable(shakespeare_dataset, root, caplog):
-    config = run_config(root, shakespeare_dataset, "name=offline", "train.max_steps=2",
+    config = small_run_config(root, shakespeare_dataset, "name=offline", "train.max_steps=2",
                         "tracking.uri=http://127.0.0.1:9")  # nothing listens on port 9
     result = pretrain(config, sample=False)
     assert result.final_step == 2 and result.mlflow_run_id is None
     assert "MLflow tracking unavailable" in caplog.text
 
 
-def test_generate_command_reads_the_checkpoint(full_run, capsys):
-    config, result = full_run
+def test_generate_command_reads_the_checkpoint(reference_run, capsys):
+    config, result = reference_run
     args = ["generate", "--checkpoint", result.run_dir, "--prompt", "ROMEO:", "generate.temperature=0",
             "generate.max_new_tokens=12", f"out_dir={config.out_dir}"]
     assert cli(args) == 0

@@ -57,27 +57,34 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # The defaults are the quickstart's: a nano model for a few hundred steps on CPU.
+    # The defaults are the quickstart's: a nano model for a few hundred steps on CPU. Optimizer
+    # settings left null come from `recipe` (see gptray/train/recipes.py) when the config resolves.
     max_steps: int = 300
     batch_size: int = 8  # global batch in sequences per optimizer step (all workers together)
+    tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
     micro_batch_size: int = 4  # sequences per forward/backward on one worker
     seq_len: int | None = None  # tokens per sequence; default model.block_size
+    recipe: Literal["gpt3", "gpt2"] = "gpt3"  # optimizer hyper-parameters of the GPT-3 or GPT-1/2 papers
     lr: float = 2e-3
-    min_lr: float | None = None  # end of the cosine decay; default lr / 10
-    warmup_steps: int = 30
+    min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
+    warmup_steps: int | None = 30  # null: the recipe's warmup (GPT-3: 375M tokens; GPT-2: 2000 steps)
     lr_decay_steps: int | None = None  # cosine reaches min_lr here; default max_steps
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    weight_decay: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    grad_clip: float | None = None  # max global grad norm; 0 disables clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
+    compile: bool = False  # torch.compile the model
     seed: int = 1337  # model init and data order
     log_interval: int = 10
     eval_interval: int = 50
     eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
+    sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
     checkpoint_interval: int = 100
     keep_checkpoints: int = 2
+    peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
 
     def effective_seq_len(self, model: ModelConfig) -> int:
         return self.seq_len if self.seq_len is not None else model.block_size
@@ -87,6 +94,37 @@ class TrainConfig:
 
     def grad_accum_steps(self, num_workers: int) -> int:
         return self.batch_size // (self.micro_batch_size * num_workers)
+
+    def resolve(self, model: ModelConfig) -> None:
+        """Fill recipe values and the batch size from tokens_per_step (in place; model already resolved)."""
+        from gptray.train.recipes import RECIPES
+
+        recipe = RECIPES[self.recipe]
+        seq_len = self.effective_seq_len(model)
+        if self.tokens_per_step is not None:
+            if self.tokens_per_step <= 0 or self.tokens_per_step % seq_len:
+                raise ConfigError("train.tokens_per_step",
+                                  f"must be a positive multiple of the sequence length {seq_len} "
+                                  f"(got {self.tokens_per_step})")
+            self.batch_size = self.tokens_per_step // seq_len
+        for name in ("beta1", "beta2", "eps", "weight_decay", "grad_clip"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(recipe, name))
+        if self.min_lr is None:
+            self.min_lr = self.lr * recipe.min_lr_ratio
+        if self.warmup_steps is None:
+            if recipe.warmup_steps is not None:
+                self.warmup_steps = recipe.warmup_steps
+            else:
+                tokens = self.batch_size * seq_len
+                self.warmup_steps = -(-recipe.warmup_tokens // tokens)
+            if self.warmup_steps >= self.max_steps:
+                raise ConfigError(
+                    "train.warmup_steps",
+                    f"the {self.recipe} recipe's warmup is {self.warmup_steps:,} steps at "
+                    f"{self.batch_size * seq_len:,} tokens/step, not shorter than train.max_steps={self.max_steps:,}; "
+                    "set train.warmup_steps",
+                )
 
 
 @dataclass
@@ -144,6 +182,7 @@ class ExperimentConfig:
         """Presets filled in, paths made absolute, everything validated."""
         config = ExperimentConfig.from_dict(self.to_dict())
         config.model = config.model.resolved()
+        config.train.resolve(config.model)
         config.out_dir = absolute_path(config.out_dir)
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
         if config.data.cache_dir is not None:
@@ -205,6 +244,10 @@ def _validate_train(train: TrainConfig, model: ModelConfig, ray: RayConfig) -> N
     _require(train.eps > 0, "train.eps", "must be positive", train.eps)
     _require(train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", train.grad_clip)
     _require(train.eval_windows >= 0, "train.eval_windows", "must be >= 0", train.eval_windows)
+    _require(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
+             train.sample_interval)
+    if train.peak_tflops is not None:
+        _require(train.peak_tflops > 0, "train.peak_tflops", "must be positive or null", train.peak_tflops)
     if train.seq_len is not None:
         _require(train.seq_len > 0, "train.seq_len", "must be positive", train.seq_len)
         if model.block_size is not None and train.seq_len > model.block_size:

@@ -39,15 +39,16 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: TrainingState, config: ExperimentConfig, scaler=None) -> Path:
+def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: dict | None,
+                    state: TrainingState, config: ExperimentConfig, scaler_state: dict | None = None) -> Path:
+    """Write a checkpoint from whole (unsharded) state dicts keyed by parameter name."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / "model.pt")
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), directory / "scaler.pt")
+    torch.save(model_state, directory / "model.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, directory / "optimizer.pt")
+    if scaler_state is not None:
+        torch.save(scaler_state, directory / "scaler.pt")
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     tmp = directory / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(state), indent=2))
@@ -78,6 +79,11 @@ def load_tensors(directory: str | Path, name: str, device: torch.device | str = 
         raise CheckpointError(f"checkpoint {directory} lacks {name}")
     # weights_only: a checkpoint can never run code when loaded.
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def optional_tensors(directory: str | Path, name: str, device: torch.device | str = "cpu"):
+    """Like load_tensors, but None when the checkpoint has no such file (e.g. no scaler in fp32)."""
+    return load_tensors(directory, name, device) if (Path(directory) / name).is_file() else None
 
 
 def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str) -> None:

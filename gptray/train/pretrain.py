@@ -55,6 +55,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from gptray.data.tokenizer import Tokenizer
     from gptray.runtime import init_ray
     from gptray.train.loop import train_loop_per_worker
 
@@ -87,6 +88,8 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
             "config": config.to_dict(),
             "mlflow_run_id": tracker.run_id if tracker else None,
             "tracking_uri": tracker.tracking_uri if tracker else None,
+            # by value: workers need no tiktoken cache to decode periodic samples
+            "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
         },
         scaling_config=ScalingConfig(
             num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources

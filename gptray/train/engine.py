@@ -1,0 +1,238 @@
+"""The training engine: model, parallelism, precision, optimizer, steps, evaluation — without Ray.
+
+Ray Train's worker loop (loop.py) drives one engine per rank; the throughput benchmark drives
+one in a plain process. Collectives go through torch.distributed when a process group is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from gptray.config import ExperimentConfig, GenerateConfig
+from gptray.data.windows import WindowSampler, eval_starts, gather_windows
+from gptray.errors import ConfigError
+from gptray.model import GPT
+from gptray.train.flops import device_peak_flops, flops_per_token
+from gptray.train.optim import build_optimizer, learning_rate
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+IGNORE_INDEX = -100  # F.cross_entropy skips these targets: evaluation pads with them
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The RNG seed of one rank at one step: dropout masks are a pure function of the step too."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # this rank's mean loss over its micro-batches (not yet averaged over ranks)
+    grad_norm: torch.Tensor
+    lr: float
+    data_seconds: float  # spent gathering windows and copying them to the device
+
+
+class TrainingEngine:
+    def __init__(self, config: ExperimentConfig, device: torch.device, rank: int, world_size: int,
+                 train_tokens: np.ndarray, val_tokens: np.ndarray):
+        self.config = config
+        self.train = config.train
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self.seq_len = self.train.effective_seq_len(config.model)
+        self.train_tokens = train_tokens
+        self.val_tokens = val_tokens
+        self.sampler = WindowSampler(len(train_tokens), self.seq_len, self.train.seed)
+        self.val_starts = eval_starts(len(val_tokens), self.seq_len, self.train.eval_windows)
+
+        torch.manual_seed(self.train.seed)  # identical initial weights on every rank
+        self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
+        self.num_parameters = self.module.num_parameters()
+        self.model = self._parallelize()  # what training steps run through
+        # Evaluation and sampling need no gradient sync: DDP's replicas each hold the whole model.
+        self.eval_model = self.module if self.train.parallelism == "ddp" else self.model
+        self.optimizer = build_optimizer(self.module, self.train, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.train.precision == "fp16" else None
+        self.amp_dtype = AMP_DTYPES.get(self.train.precision)
+        self.micro_steps = self.train.grad_accum_steps(world_size)
+        self.tokens_per_step = self.train.batch_size * self.seq_len
+        self.flops_per_token = flops_per_token(config.model, self.num_parameters, self.seq_len)
+        self.peak_flops = device_peak_flops(device, self.train.precision, self.train.peak_tflops)
+
+    def _parallelize(self) -> torch.nn.Module:
+        if self.train.parallelism == "fsdp":
+            if not dist.is_available() or not dist.is_initialized():
+                raise ConfigError("train.parallelism", "fsdp needs a torch.distributed process group (Ray Train)")
+            from torch.distributed.fsdp import fully_shard
+
+            # Shard each block, then the rest (embeddings, final norm, tied head) at the root.
+            for block in self.module.transformer.h:
+                fully_shard(block)
+            fully_shard(self.module)
+            return torch.compile(self.module) if self.train.compile else self.module
+        model = torch.compile(self.module) if self.train.compile else self.module
+        if distributed():
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, enabled: bool):
+        """Gradients are reduced across ranks once per optimizer step, on its last micro-batch."""
+        if enabled or not distributed():
+            yield
+        elif isinstance(self.model, DistributedDataParallel):
+            with self.model.no_sync():
+                yield
+        else:  # FSDP2
+            self.module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.module.set_requires_gradient_sync(True)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def train_step(self, step: int) -> StepResult:
+        """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update."""
+        torch.manual_seed(step_seed(self.train.seed, step, self.rank))
+        lr = learning_rate(step, self.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        data_seconds = 0.0
+        micro_batches = self.sampler.rank_micro_batches(
+            step, self.rank, self.world_size, self.train.batch_size, self.train.micro_batch_size)
+        for i, starts in enumerate(micro_batches):
+            data_start = time.perf_counter()
+            x, y = gather_windows(self.train_tokens, starts, self.seq_len)
+            x, y = self._to_device(x), self._to_device(y)
+            data_seconds += time.perf_counter() - data_start
+            with self._gradient_sync(i == len(micro_batches) - 1):
+                with self.autocast():
+                    _, loss = self.model(x, y)
+                loss_sum += loss.detach()
+                scaled = loss / len(micro_batches)
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip or math.inf)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_sum / len(micro_batches), grad_norm, lr, data_seconds)
+
+    def global_mean(self, value: torch.Tensor) -> float:
+        """Mean of a per-rank scalar over all ranks (a collective: every rank must call it)."""
+        return (all_reduce_sum(value.detach().float().clone()) / self.world_size).item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows, spread over the ranks (a collective)."""
+        micro = self.train.micro_batch_size
+        mine = self.val_starts[self.rank :: self.world_size]
+        # Every rank runs the same number of forward passes (FSDP's all-gathers must pair up):
+        # short ranks pad with a window whose targets are all ignored.
+        per_rank = -(-len(self.val_starts) // self.world_size)
+        passes = -(-per_rank // micro)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of window losses, windows)
+        self.eval_model.eval()
+        for p in range(passes):
+            starts = mine[p * micro : (p + 1) * micro]
+            real = len(starts)
+            if real < micro:
+                starts = np.concatenate([starts, np.zeros(micro - real, dtype=np.int64)])
+            x, y = gather_windows(self.val_tokens, starts, self.seq_len)
+            y[real:] = IGNORE_INDEX
+            with self.autocast():
+                _, loss = self.eval_model(self._to_device(x), self._to_device(y))
+            if real:  # the mean over real windows' tokens, times their count: the sum of window losses
+                totals[0] += loss.double() * real
+                totals[1] += real
+        self.eval_model.train()
+        all_reduce_sum(totals)
+        return (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
+
+    def has_validation(self) -> bool:
+        return len(self.val_starts) > 0
+
+    @torch.no_grad()
+    def sample(self, tokenizer, settings: GenerateConfig) -> str | None:
+        """A generated sample from the current model; rank 0 gets the text (FSDP: all ranks take part)."""
+        from gptray.generation import generate_text
+
+        if self.train.parallelism == "ddp" and self.rank != 0:
+            return None
+        module = self.module
+        with self.autocast():
+            text = generate_text(module, tokenizer, settings)
+        module.train()
+        return text if self.rank == 0 else None
+
+    def full_state(self) -> tuple[dict, dict, dict | None]:
+        """Whole (unsharded) model and optimizer state, on CPU, keyed by parameter name (a collective).
+
+        On CPU the tensors may be the live ones: save them (as checkpoints do) before training on.
+        """
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.module, options=options)
+        optimizer_state = get_optimizer_state_dict(self.module, self.optimizer, options=options)
+        scaler_state = self.scaler.state_dict() if self.scaler is not None else None
+        return model_state, optimizer_state, scaler_state
+
+    def load_state(self, model_state: dict, optimizer_state: dict, scaler_state: dict | None) -> None:
+        """Load whole state saved by `full_state` (every rank passes it; FSDP keeps its own shard)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.module, model_state, options=options)
+        set_optimizer_state_dict(self.module, self.optimizer, optimizer_state, options=options)
+        if self.scaler is not None and scaler_state is not None:
+            self.scaler.load_state_dict(scaler_state)
+
+    def mfu(self, tokens_per_second: float) -> float | None:
+        """Model FLOPs utilization of the whole worker group, where the device peak is known."""
+        if self.peak_flops is None:
+            return None
+        return self.flops_per_token * tokens_per_second / (self.peak_flops * self.world_size)

@@ -1,0 +1,107 @@
+"""The training engine in one process: accumulation, precision, compile, state round trips, eval, FLOPs."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gptray.config import load_config
+from gptray.model import ModelConfig, count_parameters
+from gptray.train.engine import TrainingEngine
+from gptray.train.flops import flops_per_token
+
+TOKENS = np.random.default_rng(0).integers(0, 50257, 30_000).astype(np.uint16)
+SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "train.lr=3e-3", "train.warmup_steps=2",
+         "train.eval_windows=7", "ray.num_workers=1"]
+
+
+def engine(*overrides: str) -> TrainingEngine:
+    config = load_config(None, [*SMALL, *overrides])
+    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_tokens=TOKENS, val_tokens=TOKENS)
+
+
+def losses(e: TrainingEngine, steps: range) -> list[float]:
+    return [e.train_step(step).loss.item() for step in steps]
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    one = engine("train.batch_size=4", "train.micro_batch_size=4")
+    four = engine("train.batch_size=4", "train.micro_batch_size=1")
+    assert one.micro_steps == 1 and four.micro_steps == 4
+    assert losses(one, range(3)) == pytest.approx(losses(four, range(3)), abs=1e-5)
+    for a, b in zip(one.module.parameters(), four.module.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def through_a_file(state):
+    """What a checkpoint does to state: torch.save, then torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_state_round_trip_continues_identically():
+    first = engine("train.batch_size=4")
+    losses(first, range(3))
+    model_state, optimizer_state = through_a_file(first.full_state()[:2])
+    second = engine("train.batch_size=4")
+    with torch.no_grad():  # other weights, so only the loaded state can make the runs agree
+        for p in second.module.parameters():
+            p.normal_()
+    second.load_state(model_state, optimizer_state, None)
+    assert losses(first, range(3, 5)) == losses(second, range(3, 5))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(precision):
+    e = engine(f"train.precision={precision}", "train.batch_size=2", "train.micro_batch_size=2",
+               "train.seq_len=32", "train.lr=1e-2")
+    assert (e.scaler is not None) == (precision == "fp16")
+    reference = engine("train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32", "train.lr=1e-2")
+    low, full = losses(e, range(3)), losses(reference, range(3))
+    assert all(math.isfinite(x) for x in low)
+    assert low[0] == pytest.approx(full[0], abs=0.05)  # same data and weights, lower precision
+    _, optimizer_state, scaler_state = e.full_state()
+    assert (scaler_state is not None) == (precision == "fp16")
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    compiled = engine("train.compile=true", "model.n_layer=1", "train.batch_size=2", "train.micro_batch_size=2",
+                      "train.seq_len=32")
+    eager = engine("model.n_layer=1", "train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32")
+    assert compiled.model is not compiled.module  # really wrapped by torch.compile
+    assert losses(compiled, range(2)) == pytest.approx(losses(eager, range(2)), abs=1e-4)
+
+
+def test_evaluation_is_the_mean_over_windows_with_a_ragged_last_batch():
+    e = engine("train.micro_batch_size=4")  # 7 windows: batches of 4 and 3 (padded)
+    assert len(e.val_starts) == 7
+    expected = []
+    e.module.eval()
+    with torch.no_grad():
+        for start in e.val_starts:
+            x = torch.from_numpy(TOKENS[start : start + 64].astype(np.int64))[None]
+            y = torch.from_numpy(TOKENS[start + 1 : start + 65].astype(np.int64))[None]
+            expected.append(e.module(x, y)[1].item())
+    assert e.evaluate() == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+    assert e.module.training  # evaluation leaves the model in training mode
+
+
+def test_flops_per_token_follows_6n_plus_attention():
+    gpt2 = ModelConfig(preset="gpt2").resolved()
+    n = count_parameters(gpt2)
+    expected = 6 * (n - 1024 * 768) + 12 * 12 * 12 * 64 * 1024
+    assert flops_per_token(gpt2, n, 1024) == expected
+    assert expected == pytest.approx(0.85e9, rel=0.02)  # nanoGPT's ~0.85 GFLOP/token (incl. attention)
+
+
+def test_mfu_uses_the_configured_peak():
+    e = engine("train.peak_tflops=1.0")
+    assert e.mfu(1000.0) == pytest.approx(e.flops_per_token * 1000 / 1e12)
+    assert engine().mfu(1000.0) is None  # no known peak for a CPU
