@@ -41,8 +41,12 @@ class MlflowTracker:
 
     # ---- driver side -------------------------------------------------------------------
     @classmethod
-    def start(cls, config: ExperimentConfig) -> MlflowTracker:
-        """Create the run for `config` — or reopen the one an earlier launch of this run created."""
+    def start(cls, config: ExperimentConfig, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> MlflowTracker:
+        """Create the run for `config` — or reopen the one an earlier launch of this run created.
+
+        With `parent_run_id` the run is nested under it (a sweep's trial under the sweep).
+        """
         _fail_fast_http()
         from mlflow.tracking import MlflowClient
 
@@ -55,16 +59,15 @@ class MlflowTracker:
                 tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""))
                 client.update_run(saved["run_id"], status="RUNNING")
                 tracker._record_config_changes(flatten(config.to_dict()))
+                if tags:
+                    tracker.set_tags(tags)
                 log.info("MLflow: resuming run %s in %s", saved["run_id"], uri)
                 return tracker
-        experiment = client.get_experiment_by_name(config.tracking.experiment)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            experiment_id = client.create_experiment(
-                config.tracking.experiment, artifact_location=_local_artifact_location(uri, config.out_dir)
-            )
-        run = client.create_run(experiment_id, run_name=config.name, tags={"gptray.run_dir": config.run_dir})
+        experiment_id = experiment_for(client, config)
+        run_tags = {"gptray.run_dir": config.run_dir, **(tags or {})}
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id  # how MLflow nests runs
+        run = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
         tracker = cls(uri, run.info.run_id, experiment_id)
         tracker.log_params(flatten(config.to_dict()))
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,16 @@ class MlflowTracker:
             log.warning("MLflow tracking is back; sent what was kept")
             self.lost_since = None
         return True
+
+
+def experiment_for(client, config: ExperimentConfig) -> str:
+    """The id of config.tracking.experiment, created (with artifacts beside a local database) if new."""
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(
+        config.tracking.experiment, artifact_location=_local_artifact_location(config.tracking_uri(), config.out_dir)
+    )
 
 
 def _fail_fast_http() -> None:

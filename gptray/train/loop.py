@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from dataclasses import asdict
@@ -12,6 +13,7 @@ import torch
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.data.windows import open_split_tokens
+from gptray.errors import TrainingError
 from gptray.runtime import configure_logging
 from gptray.train.checkpoint import (
     TrainingState,
@@ -89,6 +91,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         # Every rank reaches here at the same steps, so the collectives below pair up.
         metrics = {"train/loss": engine.global_mean(result.loss), "train/lr": result.lr}
+        if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
+            raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
+                                f"(lower train.lr, or raise train.warmup_steps)")
         if log_due:
             elapsed = time.perf_counter() - interval_start
             tokens_per_second = engine.tokens_per_step * interval_steps / elapsed

@@ -50,8 +50,14 @@ def check_dataset(config: ExperimentConfig, manifest: Manifest) -> None:
                     manifest.split_info("val").tokens, seq_len + 1)
 
 
-def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
-    """Train `config` on Ray (resuming from the run's latest checkpoint if there is one)."""
+def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callbacks: list | None = None,
+             ) -> PretrainResult:
+    """Train `config` on Ray (resuming from the run's latest checkpoint if there is one).
+
+    `tracker`: an MlflowTracker already started for this run (a sweep's nested trial run); by
+    default one is started from config.tracking. `callbacks`: extra Ray Train callbacks (e.g.
+    Tune's TuneReportCallback when the run is a Tune trial).
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -73,11 +79,14 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
     if previous is not None and start_step >= config.train.max_steps:
         log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
                  config.train.max_steps)
-        return _finished_result(config, previous, start_step, started, sample)
+        if tracker is not None:
+            tracker.finish("FINISHED")
+        return _finished_result(config, previous, start_step, started, sample, tracker)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    tracker = _start_tracking(config)
+    if tracker is None:
+        tracker = _start_tracking(config)
     init_ray(config.ray)
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
@@ -100,6 +109,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
     try:
@@ -135,7 +145,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True) -> PretrainResult:
 
 
 def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, started: float,
-                     sample: bool) -> PretrainResult:
+                     sample: bool, tracker=None) -> PretrainResult:
     """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
     import json
 
@@ -143,6 +153,9 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, star
 
     record_path = Path(config.run_dir) / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if tracker is not None:
+        record = {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id,
+                  "experiment_id": tracker.experiment_id}
     return PretrainResult(
         run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step,
         metrics=read_state(checkpoint).metrics, tracking_uri=record.get("tracking_uri"),

@@ -1,0 +1,77 @@
+"""PNG plots of a comparison: loss curves per group with a band across seeds, and bars with CIs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gptray.tracking.compare import GroupSummary, RunRecord
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curves(client, records: list[RunRecord], key: str, path: str | Path) -> Path | None:
+    """Mean of `key` over the seeds of each group at every step, with a min–max band; None if no data."""
+    plt = _pyplot()
+    groups: dict[str, list[dict[int, float]]] = {}
+    for record in records:
+        if record.status != "FINISHED":
+            continue
+        history = {m.step: m.value for m in sorted(client.get_metric_history(record.run_id, key),
+                                                  key=lambda m: m.timestamp)}
+        if history:
+            groups.setdefault(record.label, []).append(history)
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, histories in groups.items():
+        steps = sorted(set.intersection(*(set(h) for h in histories)))
+        values = np.array([[h[s] for s in steps] for h in histories])  # (seeds, steps)
+        line, = ax.plot(steps, values.mean(axis=0), label=f"{label} (n={len(histories)})")
+        if len(histories) > 1:
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key}: mean over seeds, band = min–max")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> Path | None:
+    """Each group's mean with its 95% confidence interval; None when no group has a value."""
+    plt = _pyplot()
+    shown = [s for s in summaries if s.n > 0]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(shown) + 2), 4.5))
+    x = np.arange(len(shown))
+    errors = [0 if math.isnan(s.ci_high) else s.ci_high - s.mean for s in shown]
+    colors = ["tab:gray" if s.is_baseline else "tab:blue" for s in shown]
+    ax.bar(x, [s.mean for s in shown], yerr=errors, capsize=6, color=colors)
+    ax.set_xticks(x, [f"{s.label}\nn={s.n}" for s in shown])
+    ax.set_ylabel(metric)
+    low = min(s.mean - e for s, e in zip(shown, errors))
+    high = max(s.mean + e for s, e in zip(shown, errors))
+    margin = (high - low) * 0.5 or abs(high) * 0.05 or 1.0
+    ax.set_ylim(low - margin, high + margin)  # differences between groups, not distance from zero
+    ax.set_title(f"{metric}: mean and 95% CI over seeds (grey: baseline)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,163 @@
+"""Sweep files: a base run config plus a `sweep:` section, expanded into validated trial configs.
+
+    base: ../quickstart.yaml          # optional: the config this file starts from (relative to it)
+    name: ablate-norm                  # any run-config keys: they change the base
+    train: {max_steps: 300}
+    sweep:
+      axes: {model.norm: [layernorm, rmsnorm]}
+      seeds: [0, 1, 2]
+      budget_tokens: 2000000           # compute-matched: every trial trains this many tokens
+
+Every trial's config is built and validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gptray.config import ExperimentConfig, apply_overrides, read_yaml
+from gptray.config.loader import build, deep_merge, parse_override
+from gptray.errors import ConfigError
+
+
+@dataclass
+class SweepConfig:
+    axes: dict[str, list] = field(default_factory=dict)  # dotted config key → the values to try
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seed_key: str = "train.seed"  # the config key each seed goes to (init and data order)
+    budget_tokens: int | None = None  # every trial trains this many tokens (its max_steps follows)
+    baseline: str | None = None  # the group other groups are compared with; default: the first
+    metric: str = "best_val_loss"  # what `gptray compare` ranks by (see gptray/tracking/compare.py)
+    scheduler: Literal["none", "asha"] = "none"  # asha: stop poor trials early (searches, not ablations)
+    asha_metric: str = "train_loss"  # a metric reported with each checkpoint
+    asha_grace_reports: int = 2  # checkpoint reports every trial gets before ASHA may stop it
+    max_concurrent_trials: int | None = None  # default: as many as the cluster's CPUs/GPUs hold
+
+
+@dataclass
+class Trial:
+    name: str  # its run name and directory, e.g. "rmsnorm-seed1"
+    label: str  # its group (the axis values), e.g. "rmsnorm" or "norm=rmsnorm,mlp=swiglu"
+    values: dict[str, Any]
+    seed: int
+    config: ExperimentConfig
+
+    def tags(self, sweep: str) -> dict[str, str]:
+        """MLflow tags of the trial's run: what `gptray compare` groups and labels by."""
+        tags = {"gptray.sweep": sweep, "gptray.sweep.label": self.label, "gptray.sweep.seed": str(self.seed)}
+        tags.update({f"gptray.sweep.axis.{key}": json.dumps(value) for key, value in self.values.items()})
+        return tags
+
+
+@dataclass
+class Sweep:
+    base: ExperimentConfig  # name = the sweep's name; trials live in out_dir/name
+    spec: SweepConfig
+    trials: list[Trial]
+
+    @property
+    def directory(self) -> str:
+        return self.base.run_dir
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(t.label for t in self.trials))
+
+    def baseline(self) -> str:
+        return self.spec.baseline or self.labels()[0]
+
+
+def value_label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def group_label(values: dict[str, Any]) -> str:
+    if len(values) == 1:
+        return value_label(next(iter(values.values())))
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items())
+
+
+def run_name(label: str, seed: int) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", label) + f"-seed{seed}"
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep file, apply overrides (`sweep.seeds=[0,1]` reaches the sweep section), expand trials."""
+    path = Path(path)
+    raw = read_yaml(path)
+    sweep_raw = raw.pop("sweep", None)
+    if not isinstance(sweep_raw, dict):
+        raise ConfigError("sweep", f"{path} needs a `sweep:` section with at least `axes`")
+    data = ExperimentConfig().to_dict()
+    base_ref = raw.pop("base", None)
+    if base_ref is not None:
+        data = deep_merge(data, read_yaml(path.parent / base_ref))
+    data = deep_merge(data, raw)
+    run_overrides, sweep_overrides = [], []
+    for text in overrides or []:
+        key, _ = parse_override(text)
+        (sweep_overrides if key.split(".")[0] == "sweep" else run_overrides).append(text)
+    apply_overrides(data, run_overrides)
+    sweep_raw = apply_overrides({"sweep": sweep_raw}, sweep_overrides)["sweep"]
+    base = ExperimentConfig.from_dict(data).resolved()
+    spec = build(SweepConfig, sweep_raw, "sweep")
+    _validate(spec)
+    trials = _expand(data, base, spec)
+    sweep = Sweep(base, spec, trials)
+    if spec.baseline is not None and spec.baseline not in sweep.labels():
+        raise ConfigError("sweep.baseline", f"{spec.baseline!r} is none of the groups: {', '.join(sweep.labels())}")
+    return sweep
+
+
+def _validate(spec: SweepConfig) -> None:
+    if not spec.axes:
+        raise ConfigError("sweep.axes", "name at least one config key and its values, e.g. {model.norm: [a, b]}")
+    for key, values in spec.axes.items():
+        if not values:
+            raise ConfigError(f"sweep.axes.{key}", "needs at least one value")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(f"sweep.axes.{key}", f"has repeated values: {values}")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError("sweep.seeds", f"needs distinct seeds (got {spec.seeds})")
+    if spec.budget_tokens is not None and spec.budget_tokens <= 0:
+        raise ConfigError("sweep.budget_tokens", f"must be positive (got {spec.budget_tokens})")
+    if spec.max_concurrent_trials is not None and spec.max_concurrent_trials < 1:
+        raise ConfigError("sweep.max_concurrent_trials", f"must be >= 1 (got {spec.max_concurrent_trials})")
+    if spec.asha_grace_reports < 1:
+        raise ConfigError("sweep.asha_grace_reports", f"must be >= 1 (got {spec.asha_grace_reports})")
+
+
+def _expand(data: dict, base: ExperimentConfig, spec: SweepConfig) -> list[Trial]:
+    sweep_dir = base.run_dir
+    keys = list(spec.axes)
+    trials = []
+    for combination in itertools.product(*(spec.axes[k] for k in keys)):
+        values = dict(zip(keys, combination))
+        label = group_label(values)
+        for seed in spec.seeds:
+            name = run_name(label, seed)
+            overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()] + [
+                f"{spec.seed_key}={seed}", f"name={name}", f"out_dir={sweep_dir}",
+                f"tracking.uri={base.tracking_uri()}",  # every trial logs where the sweep's parent run is
+            ]
+            config = _trial_config(data, overrides, values)
+            if spec.budget_tokens is not None:
+                tokens_per_step = config.train.batch_size * config.train.effective_seq_len(config.model)
+                steps = math.ceil(spec.budget_tokens / tokens_per_step)
+                config = _trial_config(data, [*overrides, f"train.max_steps={steps}"], values)
+            trials.append(Trial(name, label, values, seed, config))
+    return trials
+
+
+def _trial_config(data: dict, overrides: list[str], values: dict) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(apply_overrides(json.loads(json.dumps(data)), overrides)).resolved()
+    except ConfigError as exc:
+        axis = next((k for k in values if exc.key == k or exc.key.startswith(k + ".")), None)
+        where = f"sweep.axes.{axis}" if axis else exc.key
+        raise ConfigError(where, f"the trial {group_label(values)} is invalid: {exc}") from None
