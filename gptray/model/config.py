@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from gptray.errors import ConfigError
+from gptray.errors import CheckpointError, ConfigError
 from gptray.model.presets import PRESET_ALIASES, PRESET_DEFAULTS, PRESETS, canonical_preset
 
 # LLaMA sizes its SwiGLU hidden layer at 2/3 of 4 × width (three matrices instead of two keep the
@@ -125,9 +125,13 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(saved) - names)
         if unknown:
-            raise ConfigError(prefix, f"unknown field(s) {', '.join(unknown)}: written by a newer gptray?")
+            raise CheckpointError(f"the checkpoint's model config has unknown field(s) {', '.join(unknown)}: "
+                                  "written by a newer gptray?")
         values = {**PRESET_DEFAULTS, **{k: v for k, v in saved.items() if v is not None}}
-        return cls(**{k: v for k, v in values.items() if k in names}).resolved(prefix)
+        try:
+            return cls(**values).resolved(prefix)
+        except ConfigError as exc:
+            raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from None
 
 
 def default_mlp_hidden(mlp: str, n_embd: int) -> int:
