@@ -93,7 +93,7 @@ PATTERNS = {
                                     attention_window=4),
 }
 CASES = [(name, None) for name in PATTERNS] + [("causal", u) for u in user_masks()] + [
-    ("alternating", "additive_shared"), ("document", "bool_per_sequence")]
+    ("alternating", "additive_shared"), ("document", "bool_per_sequence"), ("document", "additive_shared")]
 
 
 def case_id(case) -> str:

@@ -170,8 +170,8 @@ def test_import_reports_broken_directories(tmp_path):
 
 def gpt(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(preset=None, n_layer=2, n_head=4, n_embd=32, block_size=CONTEXT, vocab_size=VOCAB,
-                            **overrides))
+    model = GPT(ModelConfig(**{"preset": None, "n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": CONTEXT,
+                               "vocab_size": VOCAB, **overrides}))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.2)
@@ -183,7 +183,7 @@ def gpt(seed: int = 0, **overrides) -> GPT:
                          ids=["gpt2", "untied", "no_bias", "inner_width"])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, overrides):
     model = gpt(**overrides)
-    files = export_hf(model, tmp_path / "export")
+    files = export_hf(model, tmp_path / "export").files
     assert sorted(p.name for p in files) == ["config.json", "model.safetensors"]
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     assert_same_logits(hf_logits(hf, tokens()), our_logits(model, tokens()))
@@ -241,7 +241,8 @@ def test_cli_import_generate_export(tmp_path, capsys):
                  f"out_dir={tmp_path}"]) == 0
     assert capsys.readouterr().out.startswith("A")
     assert main(["model", "export", "--checkpoint", str(checkpoint), "--out", str(export)]) == 0
-    assert "from_pretrained" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "from_pretrained" in out and "vocabulary (96) is smaller than GPT-2's" in out
     assert_same_logits(hf_logits(GPT2LMHeadModel.from_pretrained(export).eval(), tokens()), hf_logits(hf, tokens()))
     assert main(["model", "import", "--hf", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 4
     assert "no such directory" in capsys.readouterr().err
@@ -256,3 +257,18 @@ def test_cli_export_refusal_exits_2(tmp_path, capsys):
                     ExperimentConfig(model=model.config))
     assert main(["model", "export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 2
     assert "model.position=rope" in capsys.readouterr().err
+
+
+def test_export_writes_the_gpt2_tokenizer_transformers_loads(tmp_path):
+    import tiktoken
+    from transformers import AutoTokenizer
+
+    model = gpt(vocab_size=50257)
+    result = export_hf(model, tmp_path / "export", tokenizer="gpt2")
+    assert {p.name for p in result.files} >= {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
+    text = "First Citizen:\nBefore we proceed any further, hear me speak. ünïcode  spaces\t42"
+    assert hf_tokenizer(text)["input_ids"] == tiktoken.get_encoding("gpt2").encode(text)
+    assert hf_tokenizer.eos_token_id == 50256
+    assert "tokenizer files not written" in export_hf(gpt(), tmp_path / "small", tokenizer="gpt2").notes[0]
+    assert "cl100k_base" in export_hf(model, tmp_path / "other", tokenizer="cl100k_base").notes[0]

@@ -37,10 +37,13 @@ def register(commands) -> None:
 
     cmd = add_command(sub, "export", "export a checkpoint as a Hugging Face GPT-2 directory", """\
         Write config.json and model.safetensors (fp32) that transformers.GPT2LMHeadModel.from_pretrained
-        loads, with the same outputs. Works for the variants GPT-2 can express: LayerNorm, GELU MLP,
-        learned positions, dense causal attention without document masking, n_head × head_dim = n_embd.
-        Untied heads and bias-free models are fine (a bias-free model is written with zero biases).
-        Other variants are refused, naming each config field GPT-2 cannot express.
+        loads, with the same outputs; when the run used GPT-2's tokenizer (data.tokenizer=gpt2), also
+        vocab.json and merges.txt, which transformers.AutoTokenizer loads.
+
+        Works for the variants GPT-2 can express: LayerNorm, GELU MLP, learned positions, dense causal
+        attention without document masking, n_head × head_dim = n_embd. Untied heads and bias-free
+        models are fine (a bias-free model is written with zero biases). Other variants are refused,
+        naming each config field GPT-2 cannot express.
 
         example:
           gptray model export --checkpoint runs/quickstart --out hf/quickstart""", config=False)
@@ -108,9 +111,14 @@ def cmd_export(args) -> int:
     from gptray.model.hf import export_checkpoint
 
     log.info("exporting %s as a Hugging Face GPT-2", args.checkpoint)
-    checkpoint, files = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
-    print(f"checkpoint {checkpoint}")
-    for path in files:
+    result = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"checkpoint {result.checkpoint}")
+    for path in result.files:
         print(f"wrote      {path}")
-    print(f"load       transformers.GPT2LMHeadModel.from_pretrained({str(files[0].parent)!r})")
+    for note in result.notes:
+        print(f"note       {note}")
+    out = str(result.files[0].parent)
+    print(f"load       transformers.GPT2LMHeadModel.from_pretrained({out!r})")
+    if any(path.name == "vocab.json" for path in result.files):
+        print(f"           transformers.AutoTokenizer.from_pretrained({out!r})")
     return EXIT_OK

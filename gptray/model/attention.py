@@ -66,7 +66,7 @@ def combine_masks(pattern: torch.Tensor | None, user: torch.Tensor | None) -> to
         return user
     if user.dtype == torch.bool:
         return pattern & user
-    return user.masked_fill(~pattern, float("-inf"))
+    return torch.where(pattern, user, torch.tensor(float("-inf"), dtype=user.dtype, device=user.device))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_mask: LayerMask, dropout_p: float,

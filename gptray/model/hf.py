@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gptray.errors import CheckpointError, ConfigError
+from gptray.errors import CheckpointError, ConfigError, GptrayError
 from gptray.model.config import ModelConfig
 from gptray.model.gpt import GPT
 from gptray.model.presets import PRESET_DEFAULTS, PRESETS
@@ -29,7 +29,16 @@ TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")  # in order of preference
 IMPORT_FILES = ("state.json", "model.pt", "optimizer.pt", "config.yaml", "import.json")  # a gptray checkpoint
-EXPORT_FILES = ("config.json", "model.safetensors", *WEIGHT_FILES[1:])  # and an earlier export's other formats
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+                *WEIGHT_FILES[1:])  # and an earlier export's other formats
+# GPT-2's BPE files as OpenAI published them (tiktoken's `gpt2` encoding reads the same two files):
+# encoder.json is Hugging Face's vocab.json and vocab.bpe its merges.txt, byte for byte.
+GPT2_TOKENIZER_FILES = {
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -302,8 +311,16 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> list[Path]:
-    """Write config.json and model.safetensors that `GPT2LMHeadModel.from_pretrained(out)` loads."""
+@dataclass
+class HfExport:
+    files: list[Path]  # what was written
+    checkpoint: Path | None = None  # the gptray checkpoint it came from
+    notes: list[str] = field(default_factory=list)
+
+
+def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: str | None = None) -> HfExport:
+    """Write config.json and model.safetensors that `GPT2LMHeadModel.from_pretrained(out)` loads, and
+    with `tokenizer="gpt2"` the GPT-2 tokenizer files `AutoTokenizer.from_pretrained(out)` loads."""
     from safetensors.torch import save_file
 
     hf_config = hf_config_for(model.config)  # refuses before anything is written
@@ -311,18 +328,57 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> list[Path
     config_path, weights_path = out / "config.json", out / "model.safetensors"
     config_path.write_text(json.dumps(hf_config, indent=2) + "\n")
     save_file(hf_state_dict(model), str(weights_path), metadata={"format": "pt"})
-    return [config_path, weights_path]
+    result = HfExport(files=[config_path, weights_path])
+    if tokenizer == "gpt2" and model.config.vocab_size >= PRESET_DEFAULTS["vocab_size"]:
+        try:
+            result.files += write_gpt2_tokenizer(out, model.config.block_size)
+        except Exception as exc:  # the weights are written; a missing tokenizer must not undo them
+            result.notes.append(f"tokenizer files not written: could not read GPT-2's BPE files "
+                                f"({type(exc).__name__}: {exc}); set TIKTOKEN_CACHE_DIR to tiktoken's cache")
+    elif tokenizer == "gpt2":
+        result.notes.append(f"tokenizer files not written: the model's vocabulary ({model.config.vocab_size:,}) "
+                            f"is smaller than GPT-2's ({PRESET_DEFAULTS['vocab_size']:,})")
+    elif tokenizer is not None:
+        result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used "
+                            f"tiktoken's {tokenizer!r}")
+    return result
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, list[Path]]:
-    """Export a gptray checkpoint (or a run directory's latest) as a Hugging Face GPT-2 directory."""
+def write_gpt2_tokenizer(out: Path, model_max_length: int) -> list[Path]:
+    """vocab.json, merges.txt and tokenizer_config.json of GPT-2's tokenizer, from tiktoken's files
+    (its cache, else downloaded), checked against their published sha256."""
+    from tiktoken.load import read_file_cached
+
+    written = []
+    for name, (url, sha256) in GPT2_TOKENIZER_FILES.items():
+        (out / name).write_bytes(read_file_cached(url, sha256))
+        written.append(out / name)
+    eot = "<|endoftext|>"
+    settings = dict(tokenizer_class="GPT2Tokenizer", model_max_length=model_max_length, bos_token=eot,
+                    eos_token=eot, unk_token=eot, add_prefix_space=False)
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return [*written, out / "tokenizer_config.json"]
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> HfExport:
+    """Export a gptray checkpoint (or a run directory's latest) as a Hugging Face GPT-2 directory,
+    with the tokenizer when the run used GPT-2's."""
     from gptray.generation.sampling import load_model
-    from gptray.train.checkpoint import read_state, resolve_checkpoint
+    from gptray.train.checkpoint import read_config, read_state, resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)
     hf_config_for(ModelConfig.from_saved(read_state(directory).model))  # refuse before loading any weights
+    notes = []
+    try:
+        tokenizer = read_config(directory).data.tokenizer
+    except GptrayError as exc:  # the weights do not depend on it; export them and say so
+        tokenizer = None
+        notes.append(f"tokenizer files not written: the checkpoint's config.yaml cannot be read ({exc})")
     model, _ = load_model(directory)
-    return directory, export_hf(model, out, overwrite)
+    result = export_hf(model, out, overwrite, tokenizer=tokenizer)
+    result.checkpoint = directory
+    result.notes = notes + result.notes
+    return result
 
 
 def _prepare_output(out: Path, overwrite: bool, writes: tuple[str, ...]) -> Path:
