@@ -61,6 +61,9 @@ def test_import_safetensors_directory(tmp_path):
     assert (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size) == (2, 4, 32, CONTEXT,
                                                                                                    VOCAB)
     assert config.tie_embeddings and config.dropout == 0.1
+    assert imported.model.transformer.wte.weight is imported.model.lm_head.weight
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad
+               for p in imported.model.parameters())
     assert_same_logits(our_logits(imported.model, tokens()), hf_logits(hf, tokens()))
 
 
@@ -75,6 +78,7 @@ def test_import_pytorch_bin_untied_with_custom_inner_width(tmp_path):
     assert imported.weights == ["pytorch_model.bin"]
     config = imported.model.config
     assert (config.tie_embeddings, config.mlp_hidden, config.norm_eps) == (False, 48, 1e-6)
+    assert imported.model.transformer.wte.weight is not imported.model.lm_head.weight
     assert_same_logits(our_logits(imported.model, tokens()), hf_logits(hf, tokens()))
 
 

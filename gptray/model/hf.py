@@ -64,11 +64,14 @@ def load_hf_gpt2(source: str | Path, revision: str | None = None, cache_dir: str
     hf_config = _read_json(directory / "config.json", what="Hugging Face config")
     config, notes = model_config_from_hf(hf_config, where=str(directory))
     hf_state, files = read_hf_weights(directory)
-    model = GPT(config)
+    with torch.device("meta"):  # no random init to overwrite: the weights are the file's tensors themselves
+        model = GPT(config)
     state, ignored = state_dict_from_hf(hf_state, model, where=str(directory))
     if ignored:
         notes.append(f"ignored weights outside the language model: {', '.join(sorted(ignored))}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)
+    if config.tie_embeddings:  # assign gives each name its own Parameter; tie them again
+        model.transformer.wte.weight = model.lm_head.weight
     return HfImport(model=model.eval(), directory=directory, weights=files, hf_config=hf_config, notes=notes)
 
 
