@@ -89,3 +89,19 @@ def test_model_list_prints_every_preset_with_counts(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| preset | layers") and lines[1].startswith("|---|")
     assert len([line for line in lines if line.startswith("| ")]) == len(PRESETS) + 1
+
+
+@pytest.mark.parametrize("command", [["model"], ["model", "list"], ["model", "import"], ["model", "export"]])
+def test_model_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gptray {' '.join(command)}") and "exit codes:" in out
+
+
+def test_model_import_without_its_arguments_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["model", "import", "--out", "somewhere"])
+    assert info.value.code == 2
+    assert "--hf" in capsys.readouterr().err
