@@ -81,7 +81,7 @@ def test_override_without_equals_sign_is_an_error():
 
 
 def test_presets_fill_only_unset_fields():
-    config = load_config(None, ["model.preset=gpt2", "model.block_size=256"])
+    config = load_config(None, ["model.preset=gpt2", "model.block_size=256", "train.max_steps=5000"])
     assert (config.model.n_layer, config.model.n_head, config.model.n_embd) == (12, 12, 768)
     assert config.model.block_size == 256
 
@@ -125,7 +125,7 @@ def test_cli_bad_config_exits_2_naming_the_key():
 
 
 def test_cli_config_prints_the_resolved_config():
-    result = run_cli("config", "model.preset=gpt2", "train.max_steps=7")
+    result = run_cli("config", "model.preset=gpt2", "train.max_steps=7", "train.warmup_steps=2")
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["n_embd"] == 768 and printed["train"]["max_steps"] == 7
@@ -156,7 +156,8 @@ def test_gpt3_recipe_fills_unset_optimizer_settings():
 
 
 def test_gpt2_recipe_and_explicit_values_win():
-    config = load_config(None, ["train.recipe=gpt2", "train.warmup_steps=null", "train.max_steps=3000",
+    # gpt2 carries its lr and batch but no warmup: the recipe's 2000 steps apply
+    config = load_config(None, ["model.preset=gpt2", "train.recipe=gpt2", "train.max_steps=3000",
                                 "train.weight_decay=0.05"])
     train = config.train
     assert (train.beta2, train.warmup_steps, train.min_lr) == (0.999, 2000, 0.0)
@@ -164,8 +165,14 @@ def test_gpt2_recipe_and_explicit_values_win():
 
 
 def test_recipe_warmup_longer_than_the_run_is_refused():
-    error = error_for("train.warmup_steps=null")  # 375M tokens at 512 tokens/step vs 300 steps
+    error = error_for("model.preset=gpt3-small")  # 375M tokens at 0.5M tokens/step: 716 steps, of 300
     assert error.key == "train.warmup_steps" and "set train.warmup_steps" in str(error)
+
+
+def test_a_model_without_a_preset_needs_its_learning_rate():
+    error = error_for("model.preset=null", "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
+                      "model.block_size=32", "train.batch_size=8")
+    assert error.key == "train.lr" and "train.lr=" in str(error)
 
 
 def test_tokens_per_step_must_divide_into_sequences():

@@ -105,3 +105,18 @@ def test_mfu_uses_the_configured_peak():
     e = engine("train.peak_tflops=1.0")
     assert e.mfu(1000.0) == pytest.approx(e.flops_per_token * 1000 / 1e12)
     assert engine().mfu(1000.0) is None  # no known peak for a CPU
+
+
+def test_activation_checkpointing_switch_changes_nothing_but_memory():
+    plain = engine("train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32")
+    checkpointed = engine("train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32",
+                          "train.activation_checkpointing=true")
+    assert losses(plain, range(3)) == losses(checkpointed, range(3))
+
+
+def test_flops_use_the_real_head_width():
+    xl = ModelConfig(preset="gpt3-xl").resolved()  # 24 heads of 128 on a 2048-wide model
+    n = count_parameters(xl)
+    assert flops_per_token(xl, n, 2048) == 6 * (n - 2048 * 2048) + 12 * 24 * 24 * 128 * 2048
+    rope = ModelConfig(preset="nano", position="rope").resolved()  # no position parameters to leave out
+    assert flops_per_token(rope, 1000, 64) == 6 * 1000 + 12 * 4 * 4 * 32 * 64

@@ -15,12 +15,14 @@ def small(**overrides) -> ModelConfig:
                           **overrides}).resolved()
 
 
-def gpt2_formula(n_layer: int, n_embd: int, block_size: int, vocab: int = 50257) -> int:
-    """Parameters of GPT-2 with tied embeddings, counted by hand: embeddings, blocks, final norm."""
+def gpt2_formula(n_layer: int, n_embd: int, block_size: int, vocab: int = 50257, attn_width: int | None = None) -> int:
+    """Parameters of GPT-2 with tied embeddings, counted by hand: embeddings, blocks, final norm.
+    `attn_width` is n_head × head_dim where that differs from n_embd (two GPT-3 presets)."""
+    inner = attn_width or n_embd
     per_block = (
         2 * 2 * n_embd  # ln_1, ln_2 (weight + bias)
-        + n_embd * 3 * n_embd + 3 * n_embd  # attn.c_attn
-        + n_embd * n_embd + n_embd  # attn.c_proj
+        + n_embd * 3 * inner + 3 * inner  # attn.c_attn
+        + inner * n_embd + n_embd  # attn.c_proj
         + n_embd * 4 * n_embd + 4 * n_embd  # mlp.c_fc
         + 4 * n_embd * n_embd + n_embd  # mlp.c_proj
     )
@@ -41,7 +43,8 @@ PUBLISHED = {
 def test_preset_parameter_counts(preset):
     config = ModelConfig(preset=preset).resolved()
     n = count_parameters(config)
-    assert n == gpt2_formula(config.n_layer, config.n_embd, config.block_size)
+    assert n == gpt2_formula(config.n_layer, config.n_embd, config.block_size,
+                             attn_width=config.n_head * config.head_dim)
     if preset in PUBLISHED:
         assert n == PUBLISHED[preset]
 

@@ -57,17 +57,19 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # The defaults are the quickstart's: a nano model for a few hundred steps on CPU. Optimizer
-    # settings left null come from `recipe` (see gptray/train/recipes.py) when the config resolves.
+    # Settings left null are filled when the config resolves: lr, batch size and warmup from the
+    # model preset's training settings (gptray/model/presets.py: the GPT-3 paper's for GPT-3
+    # sizes, gptray's CPU settings for nano/tiny), optimizer settings from `recipe`
+    # (gptray/train/recipes.py). Explicit values always win.
     max_steps: int = 300
-    batch_size: int = 8  # global batch in sequences per optimizer step (all workers together)
+    batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
     tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
     micro_batch_size: int = 4  # sequences per forward/backward on one worker
     seq_len: int | None = None  # tokens per sequence; default model.block_size
     recipe: Literal["gpt3", "gpt2"] = "gpt3"  # optimizer hyper-parameters of the GPT-3 or GPT-1/2 papers
-    lr: float = 2e-3
+    lr: float | None = None  # peak learning rate
     min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
-    warmup_steps: int | None = 30  # null: the recipe's warmup (GPT-3: 375M tokens; GPT-2: 2000 steps)
+    warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
     lr_decay_steps: int | None = None  # cosine reaches min_lr here; default max_steps
     weight_decay: float | None = None
     beta1: float | None = None
@@ -77,6 +79,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     seed: int = 1337  # model init and data order
     log_interval: int = 10
     eval_interval: int = 50
@@ -96,32 +99,46 @@ class TrainConfig:
         return self.batch_size // (self.micro_batch_size * num_workers)
 
     def resolve(self, model: ModelConfig) -> None:
-        """Fill recipe values and the batch size from tokens_per_step (in place; model already resolved)."""
+        """Fill null settings from the model preset and the recipe (in place; model already resolved)."""
+        from gptray.model.presets import training_recipe
         from gptray.train.recipes import RECIPES
 
         recipe = RECIPES[self.recipe]
+        preset = training_recipe(model.preset)
         seq_len = self.effective_seq_len(model)
+        if seq_len <= 0:
+            raise ConfigError("train.seq_len", f"must be positive (got {seq_len})")
         if self.tokens_per_step is not None:
             if self.tokens_per_step <= 0 or self.tokens_per_step % seq_len:
                 raise ConfigError("train.tokens_per_step",
                                   f"must be a positive multiple of the sequence length {seq_len} "
                                   f"(got {self.tokens_per_step})")
             self.batch_size = self.tokens_per_step // seq_len
+        preset_values = preset.train_values(seq_len) if preset else {}
+        where = f"model preset {model.preset!r}" if model.preset else "a model without a preset"
+        for name, example in (("batch_size", "train.batch_size=8 or train.tokens_per_step=524288"),
+                              ("lr", "train.lr=6e-4")):
+            if getattr(self, name) is None:
+                if name not in preset_values:
+                    raise ConfigError(f"train.{name}", f"must be set: {where} carries no default ({example})")
+                setattr(self, name, preset_values[name])
         for name in ("beta1", "beta2", "eps", "weight_decay", "grad_clip"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(recipe, name))
         if self.min_lr is None:
             self.min_lr = self.lr * recipe.min_lr_ratio
         if self.warmup_steps is None:
-            if recipe.warmup_steps is not None:
-                self.warmup_steps = recipe.warmup_steps
+            tokens = max(self.batch_size * seq_len, 1)  # a bad batch_size is reported by validation
+            if preset is not None and preset.warmup_tokens is not None:
+                self.warmup_steps, source = -(-preset.warmup_tokens // tokens), f"the {model.preset} preset's"
+            elif recipe.warmup_steps is not None:
+                self.warmup_steps, source = recipe.warmup_steps, f"the {self.recipe} recipe's"
             else:
-                tokens = self.batch_size * seq_len
-                self.warmup_steps = -(-recipe.warmup_tokens // tokens)
+                self.warmup_steps, source = -(-recipe.warmup_tokens // tokens), f"the {self.recipe} recipe's"
             if self.warmup_steps >= self.max_steps:
                 raise ConfigError(
                     "train.warmup_steps",
-                    f"the {self.recipe} recipe's warmup is {self.warmup_steps:,} steps at "
+                    f"{source} warmup is {self.warmup_steps:,} steps at "
                     f"{self.batch_size * seq_len:,} tokens/step, not shorter than train.max_steps={self.max_steps:,}; "
                     "set train.warmup_steps",
                 )

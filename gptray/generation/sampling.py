@@ -48,6 +48,6 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[GPT, Path]:
     """Build the model a checkpoint (or a run directory's latest checkpoint) holds, in eval mode."""
     directory = resolve_checkpoint(checkpoint)
     state = read_state(directory)
-    model = GPT(ModelConfig(**state.model))
+    model = GPT(ModelConfig.from_saved(state.model))
     model.load_state_dict(load_tensors(directory, "model.pt", device))
     return model.to(device).eval(), directory

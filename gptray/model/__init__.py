@@ -1,6 +1,8 @@
-"""GPT models: the architecture, its config and named presets."""
+"""GPT models: the architecture and its variants, the config and named presets, Hugging Face interop."""
 
-from gptray.model.config import PRESETS, ModelConfig
+from gptray.model.config import ModelConfig
 from gptray.model.gpt import GPT, count_parameters
+from gptray.model.presets import PRESET_ALIASES, PRESETS, TRAINING_RECIPES, TrainingRecipe, training_recipe
 
-__all__ = ["GPT", "ModelConfig", "PRESETS", "count_parameters"]
+__all__ = ["GPT", "ModelConfig", "PRESETS", "PRESET_ALIASES", "TRAINING_RECIPES", "TrainingRecipe",
+           "count_parameters", "training_recipe"]

@@ -1,34 +1,28 @@
-"""Model shape config and the named presets (GPT-2 family and CPU-sized ones)."""
+"""Model config: the GPT's shape and research variants, each a config axis, with presets filled in."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Literal
 
-from gptray.errors import ConfigError
+from gptray.errors import CheckpointError, ConfigError
+from gptray.model.presets import PRESET_ALIASES, PRESET_DEFAULTS, PRESETS, canonical_preset
 
-GPT2_VOCAB_SIZE = 50257
+# LLaMA sizes its SwiGLU hidden layer at 2/3 of 4 × width (three matrices instead of two keep the
+# parameter count), rounded up to a multiple of 256.
+SWIGLU_MULTIPLE_OF = 256
 
-# Shapes of the published GPT-2 checkpoints (Radford et al. 2019; Hugging Face `gpt2*`,
-# `distilgpt2`), plus two small shapes that train on a laptop CPU.
-PRESETS: dict[str, dict] = {
-    # nano trains ~300 steps in about three minutes on two CPU cores (the quickstart).
-    "nano": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
-    "tiny": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768, block_size=1024),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
-}
-
-# What every preset shares unless it says otherwise.
-PRESET_DEFAULTS = dict(vocab_size=GPT2_VOCAB_SIZE, dropout=0.0, bias=True)
+# The fields that decide parameter shapes and names, or what the parameters mean: a checkpoint
+# only resumes into a config that agrees on all of them.
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "head_dim", "norm", "mlp",
+                "mlp_hidden", "position", "tie_embeddings")
 
 
 @dataclass
 class ModelConfig:
-    """A GPT shape. Fields left null take their value from `preset`."""
+    """A GPT shape and its variants. Fields left null take their value from `preset` (else GPT-2's)."""
 
     preset: str | None = "nano"
     n_layer: int | None = None
@@ -36,43 +30,117 @@ class ModelConfig:
     n_embd: int | None = None
     block_size: int | None = None  # longest context the model can attend over
     vocab_size: int | None = None
-    dropout: float | None = None
-    bias: bool | None = None  # biases in Linear layers and LayerNorms, as GPT-2
+    dropout: float | None = None  # on embeddings, attention weights and residual branches; 0 is off
+    bias: bool | None = None  # biases in Linear layers and LayerNorms, as GPT-2 (RMSNorm never has one)
+    head_dim: int | None = None  # width of one attention head; default n_embd // n_head
+    norm: Literal["layernorm", "rmsnorm"] | None = None
+    norm_eps: float | None = None
+    mlp: Literal["gelu", "swiglu"] | None = None  # GELU (tanh) as GPT-2, or SwiGLU as LLaMA
+    mlp_hidden: int | None = None  # MLP hidden width; default 4 × n_embd (gelu) or LLaMA's rule (swiglu)
+    position: Literal["learned", "rope", "none"] | None = None  # position information: wpe, rotary, or none
+    rope_base: float | None = None  # rotary frequency base (θ)
+    # Which keys a query may attend to: all earlier ones (causal), the last `attention_window`
+    # (sliding_window), or GPT-3's alternation of dense and locally banded layers (alternating:
+    # even layers dense, odd layers banded to `attention_window`).
+    attention: Literal["causal", "sliding_window", "alternating"] | None = None
+    attention_window: int | None = None  # keys a query sees, itself included, in banded layers
+    document_mask: bool | None = None  # packed documents do not attend across `eot_token`
+    eot_token: int | None = None  # the token that ends a document (<|endoftext|>)
+    # sdpa: F.scaled_dot_product_attention (flash / memory-efficient kernels where the device has
+    # them); matmul: the explicit masked softmax, as a reference.
+    attention_impl: Literal["sdpa", "matmul"] | None = None
+    tie_embeddings: bool | None = None  # share the token embedding with the output head, as GPT-2
 
     def resolved(self, prefix: str = "model") -> ModelConfig:
         """A copy with every field concrete (preset values filled in), validated."""
         values = dataclasses.asdict(self)
+        preset_values: dict = {}
         if self.preset is not None:
-            if self.preset not in PRESETS:
-                raise ConfigError(
-                    f"{prefix}.preset", f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}"
-                )
-            for name, value in {**PRESET_DEFAULTS, **PRESETS[self.preset]}.items():
-                if values[name] is None:
-                    values[name] = value
-        else:
-            for name, value in PRESET_DEFAULTS.items():
-                if values[name] is None:
-                    values[name] = value
-        for name, value in values.items():
-            if value is None and name != "preset":
+            canonical = canonical_preset(self.preset)
+            if canonical is None:
+                choices = ", ".join([*PRESETS, *PRESET_ALIASES])
+                raise ConfigError(f"{prefix}.preset", f"unknown preset {self.preset!r}; choose from {choices}")
+            values["preset"] = canonical
+            preset_values = PRESETS[canonical]
+        for name, value in {**PRESET_DEFAULTS, **preset_values}.items():
+            if values[name] is None:
+                values[name] = value
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            if values[name] is None:
                 raise ConfigError(f"{prefix}.{name}", "must be set when model.preset is null")
+        for name in ("n_layer", "n_head", "n_embd"):
+            _require_positive(values[name], f"{prefix}.{name}")
+        if values["head_dim"] is None:
+            n_embd, n_head = values["n_embd"], values["n_head"]
+            if n_embd % n_head != 0:
+                raise ConfigError(
+                    f"{prefix}.n_embd",
+                    f"must be divisible by model.n_head ({n_embd} % {n_head} = {n_embd % n_head}), "
+                    "or set model.head_dim",
+                )
+            values["head_dim"] = n_embd // n_head
+        if values["mlp_hidden"] is None:
+            values["mlp_hidden"] = default_mlp_hidden(values["mlp"], values["n_embd"])
         config = ModelConfig(**values)
         config.validate(prefix)
         return config
 
     def validate(self, prefix: str = "model") -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{prefix}.{name}", f"must be positive (got {getattr(self, name)})")
-        if self.n_embd % self.n_head != 0:
-            raise ConfigError(
-                f"{prefix}.n_embd",
-                f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} = {self.n_embd % self.n_head})",
-            )
+        """Check a resolved config; raise ConfigError naming the key."""
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "head_dim", "mlp_hidden"):
+            _require_positive(getattr(self, name), f"{prefix}.{name}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout", f"must be in [0, 1) (got {self.dropout})")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"{prefix}.norm_eps", f"must be positive (got {self.norm_eps})")
+        if self.position == "rope":
+            if self.head_dim % 2 != 0:
+                raise ConfigError(f"{prefix}.head_dim", f"must be even for rotary positions (got {self.head_dim})")
+            if not self.rope_base > 1:
+                raise ConfigError(f"{prefix}.rope_base", f"must be greater than 1 (got {self.rope_base})")
+        if self.attention != "causal":
+            if self.attention_window is None:
+                raise ConfigError(f"{prefix}.attention_window",
+                                  f"must be set for model.attention={self.attention} (keys each query sees)")
+            _require_positive(self.attention_window, f"{prefix}.attention_window")
+        if self.document_mask and not 0 <= self.eot_token < self.vocab_size:
+            raise ConfigError(f"{prefix}.eot_token",
+                              f"must be a token id below model.vocab_size {self.vocab_size} (got {self.eot_token})")
 
     def shape(self) -> dict:
-        """The fields that decide parameter shapes (what a checkpoint must match)."""
-        return {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")}
+        """The fields that decide parameter shapes and names (what a checkpoint must match)."""
+        return {k: getattr(self, k) for k in SHAPE_FIELDS}
+
+    def is_local_layer(self, layer: int) -> bool:
+        """Whether attention in block `layer` is banded to `attention_window` keys."""
+        return self.attention == "sliding_window" or (self.attention == "alternating" and layer % 2 == 1)
+
+    @classmethod
+    def from_saved(cls, saved: dict, prefix: str = "model") -> ModelConfig:
+        """The resolved config a checkpoint's `state.json` records.
+
+        A checkpoint written before a field existed lacks it; it gets the value that reproduces
+        the model it was trained as (GPT-2's), whatever today's preset says.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(saved) - names)
+        if unknown:
+            raise CheckpointError(f"the checkpoint's model config has unknown field(s) {', '.join(unknown)}: "
+                                  "written by a newer gptray?")
+        values = {**PRESET_DEFAULTS, **{k: v for k, v in saved.items() if v is not None}}
+        try:
+            return cls(**values).resolved(prefix)
+        except ConfigError as exc:
+            raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from None
+
+
+def default_mlp_hidden(mlp: str, n_embd: int) -> int:
+    if mlp == "swiglu":
+        hidden = int(2 * 4 * n_embd / 3)
+        return SWIGLU_MULTIPLE_OF * math.ceil(hidden / SWIGLU_MULTIPLE_OF)
+    return 4 * n_embd
+
+
+def _require_positive(value, key: str) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(key, f"must be positive (got {value})")

@@ -1,7 +1,9 @@
-"""The GPT-2 decoder: pre-LayerNorm blocks, learned positions, tied embedding and head.
+"""The GPT decoder: pre-norm blocks, GPT-2 by default, with the research variants as config axes.
 
 Parameter names follow Hugging Face's `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn.weight`,
-…), so HF weights load with a transpose of the Conv1D matrices and nothing else.
+…), so HF weights load with a transpose of the Conv1D matrices and nothing else. Variants only
+add or drop parameters (`mlp.c_gate` for SwiGLU; no `wpe` without learned positions; no norm
+biases with RMSNorm; a separate `lm_head` when untied).
 """
 
 from __future__ import annotations
@@ -11,76 +13,77 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+from gptray.model.attention import (
+    CausalSelfAttention,
+    LayerMask,
+    allowed_keys,
+    combine_masks,
+    document_ids,
+    rope_tables,
+    user_mask_4d,
+)
 from gptray.model.config import ModelConfig
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scale = True  # GPT-2 init scales residual projections
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # (B, T, C) → (B, n_head, T, head_dim)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        if self.swiglu:
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2 uses the tanh approximation of GELU.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if self.swiglu:
+            hidden = F.silu(self.c_gate(x)) * self.c_fc(x)
+        else:
+            hidden = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2 uses the tanh approximation
+        return self.dropout(self.c_proj(hidden))
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, layer_mask: LayerMask,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer_mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        config = config.resolved()  # a no-op for a resolved config; fills in older checkpoints' configs
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        self.activation_checkpointing = False
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=make_norm(config),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -96,27 +99,70 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> GPT:
+        """Recompute each block's activations in the backward pass instead of keeping them: less
+        memory for about one more forward pass of compute. Dropout masks are replayed exactly."""
+        self.activation_checkpointing = enabled
+        return self
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids → logits (B, T, vocab); loss is mean cross-entropy if targets given."""
+        """idx: (B, T) token ids → logits (B, T, vocab); loss is mean cross-entropy if targets given.
+
+        `attn_mask` restricts attention further, on top of the configured pattern (a causal LM
+        never sees later tokens): boolean, True where a query may attend, or additive (added to the
+        scores, -inf blocks), shaped (T, T) for every sequence, (B, T, T) per sequence or
+        (B|1, n_head|1, T, T) per head.
+        """
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        rope = rope_tables(pos, self.config.head_dim, self.config.rope_base) if self.config.position == "rope" else None
+        dense, local = self.layer_masks(idx, pos, attn_mask)
         for block in self.transformer.h:
-            x = block(x)
+            layer_mask = local if block.attn.local else dense
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, layer_mask, rope, use_reentrant=False)
+            else:
+                x = block(x, layer_mask, rope)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    def layer_masks(self, idx: torch.Tensor, pos: torch.Tensor,
+                    attn_mask: torch.Tensor | None) -> tuple[LayerMask, LayerMask | None]:
+        """The masks of dense and of banded layers (None where no layer is banded), built once per forward."""
+        config = self.config
+        user = None if attn_mask is None else user_mask_4d(attn_mask, idx.size(0), config.n_head, len(pos), len(pos))
+        documents = None
+        if config.document_mask:
+            doc = document_ids(idx, config.eot_token)
+            documents = (doc[:, :, None] == doc[:, None, :])[:, None]  # (B, 1, T, T)
+
+        def build(window: int | None) -> LayerMask:
+            if window is None and documents is None and user is None:
+                return LayerMask(mask=None, is_causal=True)  # the fast path: SDPA's own causal kernel
+            pattern = allowed_keys(pos, pos, window)[None, None]  # (1, 1, T, T)
+            if documents is not None:
+                pattern = pattern & documents
+            return LayerMask(mask=combine_masks(pattern, user), is_causal=False)
+
+        dense = build(None)
+        local = build(config.attention_window) if config.attention != "causal" else None
+        return dense, local
+
     def num_parameters(self, exclude_positions: bool = False) -> int:
         """Parameters counted once each (the tied embedding/head matrix once)."""
         n = sum(p.numel() for p in self.parameters())  # parameters() already yields tied ones once
-        if exclude_positions:
+        if exclude_positions and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 

@@ -19,6 +19,7 @@ import yaml
 
 from gptray.config import ExperimentConfig
 from gptray.errors import CheckpointError
+from gptray.model.config import ModelConfig
 
 STATE_FILE = "state.json"  # written last: its presence marks a complete checkpoint
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
@@ -89,7 +90,8 @@ def optional_tensors(directory: str | Path, name: str, device: torch.device | st
 def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str) -> None:
     """Refuse to resume a checkpoint into a different model shape or dataset."""
     expected = config.model.shape()
-    saved = {k: state.model.get(k) for k in expected}
+    # from_saved: a checkpoint written before a model field existed gets the value it was trained with.
+    saved = ModelConfig.from_saved(state.model).shape()
     if saved != expected:
         diff = ", ".join(
             f"{k}: checkpoint {saved[k]} vs config {expected[k]}" for k in expected if saved[k] != expected[k]

@@ -67,6 +67,8 @@ class TrainingEngine:
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
         self.num_parameters = self.module.num_parameters()
+        if self.train.activation_checkpointing:  # before wrapping and compiling, which see the blocks as set
+            self.module.set_activation_checkpointing(True)
         self.model = self._parallelize()  # what training steps run through
         # Evaluation and sampling need no gradient sync: DDP's replicas each hold the whole model.
         self.eval_model = self.module if self.train.parallelism == "ddp" else self.model

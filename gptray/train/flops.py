@@ -24,12 +24,12 @@ PEAK_TFLOPS: list[tuple[str, float, float]] = [
 def flops_per_token(model: ModelConfig, num_parameters: int, seq_len: int) -> float:
     """Training FLOPs per token, 6N + 12·L·H·Q·T (PaLM appendix B; nanoGPT's estimate).
 
-    N counts the parameters that take part in matrix multiplies: all of them except the
-    position embeddings (the tied token embedding is the output head's matmul).
+    N counts the parameters that take part in matrix multiplies: all of them except learned
+    position embeddings (the tied token embedding is the output head's matmul). Q is the head
+    width, which is not n_embd / n_head for every preset (gpt3-xl, gpt3-13b).
     """
-    head_dim = model.n_embd // model.n_head
-    non_position = num_parameters - model.block_size * model.n_embd
-    return 6 * non_position + 12 * model.n_layer * model.n_head * head_dim * seq_len
+    position_parameters = model.block_size * model.n_embd if model.position == "learned" else 0
+    return 6 * (num_parameters - position_parameters) + 12 * model.n_layer * model.n_head * model.head_dim * seq_len
 
 
 def device_peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> float | None:
