@@ -109,9 +109,20 @@ def test_quickstart_yaml_is_exactly_the_builtin_defaults():
     assert load_config(REPO / "configs" / "quickstart.yaml") == load_config(None)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_expands_into_valid_trials_over_three_seeds(path):
+    from gptray.tune.spec import load_sweep
+
+    sweep = load_sweep(path)
+    assert len(sweep.spec.seeds) >= 3 and len(sweep.labels()) >= 2
+    budgets = {t.config.train.max_steps * t.config.train.batch_size * t.config.train.effective_seq_len(t.config.model)
+               for t in sweep.trials}
+    assert len(budgets) == 1  # compute-matched: every trial trains the same number of tokens
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

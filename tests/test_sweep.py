@@ -57,6 +57,24 @@ def test_budget_in_tokens_matches_compute_across_shapes(tmp_path):
     assert steps == {32: 16, 64: 8}  # 4 sequences × 32 or 64 tokens per step
 
 
+def test_named_variants_change_several_keys_together(tmp_path):
+    path = write_sweep(tmp_path / "arch.yaml", str(tmp_path / "data"), {
+        "axes": {"arch": {"wide": {"model.n_embd": 128, "model.n_head": 4},
+                          "deep": {"model.n_layer": 3, "train.lr": 1e-3}}},
+        "seeds": [0], "baseline": "deep"})
+    sweep = load_sweep(path)
+    wide, deep = sweep.trials
+    assert (wide.name, wide.label, wide.values) == ("wide-seed0", "wide", {"arch": "wide"})
+    assert (wide.config.model.n_embd, wide.config.model.n_head, wide.config.model.n_layer) == (128, 4, 1)
+    assert (deep.config.model.n_layer, deep.config.train.lr) == (3, 1e-3)
+    assert wide.tags("arch")["gptray.sweep.axis.arch"] == '"wide"'
+    bad = write_sweep(tmp_path / "bad.yaml", str(tmp_path / "data"),
+                      {"axes": {"arch": {"odd": {"model.n_embd": 65}}}})
+    with pytest.raises(ConfigError) as info:
+        load_sweep(bad)
+    assert info.value.key == "sweep.axes.arch.odd"
+
+
 def test_sweep_overrides_reach_the_base_and_the_sweep_section(tmp_path):
     path = write_sweep(tmp_path / "o.yaml", str(tmp_path / "data"), {"axes": {"model.n_layer": [1, 2]}})
     sweep = load_sweep(path, ["sweep.seeds=[5]", "train.max_steps=3"])

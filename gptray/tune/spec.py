@@ -8,6 +8,14 @@
       seeds: [0, 1, 2]
       budget_tokens: 2000000           # compute-matched: every trial trains this many tokens
 
+An axis is a config key with a list of values, or any name with named bundles of overrides,
+for variants that differ in several keys at once:
+
+      axes:
+        architecture:
+          gpt2: {model.preset: gpt2, train.recipe: gpt2}
+          gpt3: {model.preset: gpt3-small, model.attention: alternating, train.recipe: gpt3}
+
 Every trial's config is built and validated before anything runs.
 """
 
@@ -28,7 +36,7 @@ from gptray.errors import ConfigError
 
 @dataclass
 class SweepConfig:
-    axes: dict[str, list] = field(default_factory=dict)  # dotted config key → the values to try
+    axes: dict[str, list | dict] = field(default_factory=dict)  # key → values, or name → {label: overrides}
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     seed_key: str = "train.seed"  # the config key each seed goes to (init and data order)
     budget_tokens: int | None = None  # every trial trains this many tokens (its max_steps follows)
@@ -120,7 +128,12 @@ def _validate(spec: SweepConfig) -> None:
     for key, values in spec.axes.items():
         if not values:
             raise ConfigError(f"sweep.axes.{key}", "needs at least one value")
-        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+        if isinstance(values, dict):
+            for label, bundle in values.items():
+                if not isinstance(bundle, dict) or not bundle:
+                    raise ConfigError(f"sweep.axes.{key}.{label}",
+                                      "a named variant is a mapping of config keys to values")
+        elif len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise ConfigError(f"sweep.axes.{key}", f"has repeated values: {values}")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError("sweep.seeds", f"needs distinct seeds (got {spec.seeds})")
@@ -137,27 +150,38 @@ def _expand(data: dict, base: ExperimentConfig, spec: SweepConfig) -> list[Trial
     keys = list(spec.axes)
     trials = []
     for combination in itertools.product(*(spec.axes[k] for k in keys)):
-        values = dict(zip(keys, combination))
+        values = dict(zip(keys, combination))  # for a named-variant axis, the variant's name
         label = group_label(values)
+        settings = {}
+        for key, value in values.items():
+            if isinstance(spec.axes[key], dict):
+                settings.update(spec.axes[key][value])
+            else:
+                settings[key] = value
         for seed in spec.seeds:
             name = run_name(label, seed)
-            overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()] + [
+            overrides = [f"{k}={json.dumps(v)}" for k, v in settings.items()] + [
                 f"{spec.seed_key}={seed}", f"name={name}", f"out_dir={sweep_dir}",
                 f"tracking.uri={base.tracking_uri()}",  # every trial logs where the sweep's parent run is
             ]
-            config = _trial_config(data, overrides, values)
+            config = _trial_config(data, overrides, values, spec)
             if spec.budget_tokens is not None:
                 tokens_per_step = config.train.batch_size * config.train.effective_seq_len(config.model)
                 steps = math.ceil(spec.budget_tokens / tokens_per_step)
-                config = _trial_config(data, [*overrides, f"train.max_steps={steps}"], values)
+                config = _trial_config(data, [*overrides, f"train.max_steps={steps}"], values, spec)
             trials.append(Trial(name, label, values, seed, config))
     return trials
 
 
-def _trial_config(data: dict, overrides: list[str], values: dict) -> ExperimentConfig:
+def _trial_config(data: dict, overrides: list[str], values: dict, spec: SweepConfig) -> ExperimentConfig:
     try:
         return ExperimentConfig.from_dict(apply_overrides(json.loads(json.dumps(data)), overrides)).resolved()
     except ConfigError as exc:
-        axis = next((k for k in values if exc.key == k or exc.key.startswith(k + ".")), None)
-        where = f"sweep.axes.{axis}" if axis else exc.key
-        raise ConfigError(where, f"the trial {group_label(values)} is invalid: {exc}") from None
+        where = exc.key
+        for axis, value in values.items():
+            keys = spec.axes[axis][value] if isinstance(spec.axes[axis], dict) else [axis]
+            if any(exc.key == k or exc.key.startswith(k + ".") for k in keys):
+                where = f"sweep.axes.{axis}" + (f".{value}" if isinstance(spec.axes[axis], dict) else "")
+                break
+        raise ConfigError(where, f"the trial {group_label(values)} is invalid: "
+                                 f"{exc if where != exc.key else exc.message}") from None
