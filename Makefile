@@ -5,8 +5,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 # Offline machines keep tiktoken's files and small corpora in ../shared beside the checkout.
 SHARED := $(abspath ../shared)
@@ -20,21 +18,10 @@ endif
 .PHONY: setup quickstart test clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/install.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# torch first: where there is no NVIDIA GPU, the CPU build (PyPI's default Linux wheel is the
-	@# multi-GB CUDA one). Without internet, pip's configured local wheels are used as they are.
-	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
-	  echo "torch already installed"; \
-	elif command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	elif $(BIN)/python -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" 2>/dev/null; then \
-	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
-	else \
-	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	scripts/install.sh $(BIN)/python dev
 	@touch $@
 
 quickstart: setup
