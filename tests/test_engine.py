@@ -120,3 +120,18 @@ def test_flops_use_the_real_head_width():
     assert flops_per_token(xl, n, 2048) == 6 * (n - 2048 * 2048) + 12 * 24 * 24 * 128 * 2048
     rope = ModelConfig(preset="nano", position="rope").resolved()  # no position parameters to leave out
     assert flops_per_token(rope, 1000, 64) == 6 * 1000 + 12 * 4 * 4 * 32 * 64
+
+
+def test_a_checkpoint_cut_short_is_not_taken_for_complete(tmp_path):
+    from gptray.train.checkpoint import TrainingState, is_complete, latest_checkpoint, save_checkpoint
+
+    e = engine("train.batch_size=4")
+    model_state, optimizer_state, _ = e.full_state()
+    for step in (5, 10):
+        save_checkpoint(tmp_path / f"checkpoint_{step:08d}", model_state, optimizer_state,
+                        TrainingState(step=step), e.config)
+    assert latest_checkpoint(tmp_path).name == "checkpoint_00000010"
+    newest = tmp_path / "checkpoint_00000010" / "optimizer.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # an upload stopped halfway
+    assert not is_complete(tmp_path / "checkpoint_00000010")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_00000005"

@@ -114,3 +114,46 @@ def test_tokenize_and_pretrain_jobs_succeed(head):
     (run,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "job"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+
+
+def job_command(address: str, *args: str) -> list[str]:
+    return [str(BIN / "ray"), "job", *args[:1], "--address", address, *args[1:]]
+
+
+def test_a_stopped_job_leaves_a_checkpoint_the_next_job_resumes(head, shakespeare_dataset):
+    import json
+
+    from gptray.train.checkpoint import is_complete, latest_checkpoint, read_state
+
+    address, env, root = head
+    run_dir = root / "stop" / "stopped"
+    runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"PYTHONUNBUFFERED": "1"}})
+    pretrain = ["python", "pipelines/pretrain.py", "--config", "configs/quickstart.yaml",
+                f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"out_dir={root}/stop", "name=stopped",
+                "model.n_layer=1", "train.checkpoint_interval=3", "train.log_interval=1", "tracking.enabled=false"]
+    submitted = subprocess.run(
+        job_command(address, "submit", "--no-wait", "--submission-id", "gptray-stop-test",
+                    "--runtime-env-json", runtime_env, "--", *pretrain, "train.max_steps=400"),
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(run_dir) is None:
+        assert time.monotonic() < deadline, "no checkpoint before the deadline"
+        time.sleep(0.5)
+    stop = subprocess.run(job_command(address, "stop", "gptray-stop-test"), env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    status = subprocess.run(job_command(address, "status", "gptray-stop-test"), env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "was stopped" in status.stdout + status.stderr
+    left = latest_checkpoint(run_dir)
+    assert is_complete(left) and 3 <= read_state(left).step < 400
+
+    resumed = subprocess.run(
+        job_command(address, "submit", "--runtime-env-json", runtime_env, "--", *pretrain,
+                    f"train.max_steps={read_state(left).step + 3}"),
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    logs = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, logs[-5000:]
+    assert f"resumed from checkpoint at step {read_state(left).step}" in logs  # the newest complete one
+    assert read_state(latest_checkpoint(run_dir)).step == read_state(left).step + 3

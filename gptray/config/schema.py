@@ -159,6 +159,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db
     experiment: str = "gptray"
+    retry_seconds: float = 30.0  # after the server fails, wait this long before trying it again
 
 
 @dataclass
@@ -219,6 +220,8 @@ class ExperimentConfig:
         _validate_ray(self.ray)
         if not self.tracking.experiment:
             raise ConfigError("tracking.experiment", "must not be empty")
+        _require(self.tracking.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0",
+                 self.tracking.retry_seconds)
         g = self.generate
         _require(g.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", g.max_new_tokens)
         _require(g.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", g.temperature)

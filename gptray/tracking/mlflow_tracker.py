@@ -18,13 +18,13 @@ from gptray.config import ExperimentConfig, flatten, is_uri
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "mlflow_run.json"  # in the run directory: which MLflow run this training run logs to
+OUTBOX = "mlflow_outbox.jsonl"  # in the run directory: metric points the server never got
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-RETRY_SECONDS = 30.0  # after a failure, how long to wait before talking to the server again
 MAX_BUFFERED = 100_000  # metric points kept while the server is away
 
 
 class MlflowTracker:
-    def __init__(self, tracking_uri: str, run_id: str, experiment_id: str = ""):
+    def __init__(self, tracking_uri: str, run_id: str, experiment_id: str = "", retry_seconds: float = 30.0):
         _fail_fast_http()
         from mlflow.tracking import MlflowClient
 
@@ -32,6 +32,7 @@ class MlflowTracker:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.client = MlflowClient(tracking_uri)
+        self.retry_seconds = retry_seconds  # after a failure, how long to wait before trying again
         self.lost_since: float | None = None
         self._buffer: list = []
 
@@ -56,7 +57,7 @@ class MlflowTracker:
         if record.is_file():
             saved = json.loads(record.read_text())
             if saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
-                tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""))
+                tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""), config.tracking.retry_seconds)
                 client.update_run(saved["run_id"], status="RUNNING")
                 tracker._record_config_changes(flatten(config.to_dict()))
                 if tags:
@@ -68,7 +69,7 @@ class MlflowTracker:
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id  # how MLflow nests runs
         run = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
-        tracker = cls(uri, run.info.run_id, experiment_id)
+        tracker = cls(uri, run.info.run_id, experiment_id, config.tracking.retry_seconds)
         tracker.log_params(flatten(config.to_dict()))
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id,
@@ -101,7 +102,7 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None)
         del self._buffer[:-MAX_BUFFERED]
-        if self.lost and time.monotonic() - self.lost_since < RETRY_SECONDS:
+        if self.lost and time.monotonic() - self.lost_since < self.retry_seconds:
             return
         pending = self._buffer
         for i in range(0, len(pending), 1000):  # and at most 1000 metrics
@@ -121,11 +122,50 @@ class MlflowTracker:
     def log_artifact(self, local_path: str) -> None:
         self._call(self.client.log_artifact, self.run_id, local_path)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def flush(self) -> bool:
+        """Try now to send what is kept; True when nothing is left."""
         if self._buffer:
-            self.lost_since = None  # one last try to deliver what is buffered
+            self.lost_since = None
             self.log_metrics({}, 0)
-        self._call(self.client.set_terminated, self.run_id, status)
+        return not self._buffer
+
+    def save_outbox(self, run_dir: str | Path) -> int:
+        """Keep undelivered metric points in the run directory, for a later launch to send."""
+        if self.flush():
+            return 0
+        with open(Path(run_dir) / OUTBOX, "a") as f:
+            for m in self._buffer:
+                f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                    "timestamp": m.timestamp, "step": m.step}) + "\n")
+        log.warning("MLflow: %d metric point(s) could not be sent; kept in %s for the next launch of this run",
+                    len(self._buffer), Path(run_dir) / OUTBOX)
+        kept, self._buffer = len(self._buffer), []
+        return kept
+
+    def send_outbox(self, run_dir: str | Path) -> None:
+        """Send the points an earlier process kept (see save_outbox); the file goes once they are sent."""
+        from mlflow.entities import Metric
+
+        path = Path(run_dir) / OUTBOX
+        if not path.is_file():
+            return
+        points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self._buffer = [Metric(p["key"], p["value"], p["timestamp"], p["step"])
+                        for p in points if p["run_id"] == self.run_id] + self._buffer
+        if self.flush():
+            path.unlink()
+            log.info("MLflow: sent %d metric point(s) kept from an earlier launch", len(points))
+        else:
+            self._buffer = []  # they stay in the file for the next try
+
+    def finish(self, status: str = "FINISHED", run_dir: str | Path | None = None) -> bool:
+        """Close the run; with `run_dir`, note in its run record whether that reached the server."""
+        closed = self.flush() and self._call(self.client.set_terminated, self.run_id, status)
+        record = Path(run_dir) / RUN_RECORD if run_dir is not None else None
+        if record is not None and record.is_file():
+            data = json.loads(record.read_text())
+            record.write_text(json.dumps({**data, "closed": closed}, indent=2))
+        return closed
 
     def _call(self, fn, *args, **kwargs) -> bool:
         try:
@@ -157,6 +197,8 @@ def _fail_fast_http() -> None:
     # training step that long. Users can still set their own values.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # urllib3 warns at every retried request; our own warning says once that tracking was lost.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -172,3 +214,12 @@ def _local_artifact_location(uri: str, out_dir: str) -> str | None:
     if uri.startswith("sqlite:") and not is_uri(out_dir):
         return Path(out_dir, "mlartifacts").absolute().as_uri()
     return None
+
+
+def tracking_settled(run_dir: str | Path) -> bool:
+    """Nothing left to tell MLflow about a run: no unsent metrics, and its run was closed (or never tracked)."""
+    run_dir = Path(run_dir)
+    if (run_dir / OUTBOX).exists():
+        return False
+    record = run_dir / RUN_RECORD
+    return not record.is_file() or json.loads(record.read_text()).get("closed", True)

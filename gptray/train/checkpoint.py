@@ -21,7 +21,7 @@ from gptray.config import ExperimentConfig
 from gptray.errors import CheckpointError
 from gptray.model.config import ModelConfig
 
-STATE_FILE = "state.json"  # written last: its presence marks a complete checkpoint
+STATE_FILE = "state.json"  # written last, with the size of every other file (see is_complete)
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -34,6 +34,7 @@ class TrainingState:
     world_size: int = 1
     best_val_loss: float | None = None
     metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
+    files: dict = field(default_factory=dict)  # name → bytes of every file beside state.json
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -51,6 +52,10 @@ def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: d
     if scaler_state is not None:
         torch.save(scaler_state, directory / "scaler.pt")
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # Copies to storage (Ray's upload, an rsync) do not keep our write order: the sizes let a
+    # reader tell a complete checkpoint from one whose copy was cut short.
+    state.files = {f.name: f.stat().st_size for f in sorted(directory.iterdir())
+                   if f.is_file() and not f.name.startswith(STATE_FILE)}
     tmp = directory / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, directory / STATE_FILE)
@@ -114,15 +119,31 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     found = [
         (int(m.group(1)), p) for p in run_dir.iterdir()
-        if (m := CHECKPOINT_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+        if (m := CHECKPOINT_DIR.match(p.name)) and is_complete(p)
     ]
     return max(found)[1] if found else None
+
+
+def is_complete(directory: str | Path) -> bool:
+    """A checkpoint whose state.json and every file it lists are there, at their recorded sizes."""
+    directory = Path(directory)
+    try:
+        state = read_state(directory)
+    except CheckpointError:
+        return False
+    for name, size in state.files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory or a run directory (→ its latest checkpoint)."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
+        if not is_complete(path):
+            raise CheckpointError(f"checkpoint {path} is incomplete (a copy or upload was cut short)")
         return path
     latest = latest_checkpoint(path)
     if latest is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -10,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from gptray.config import ExperimentConfig
+from gptray.config import ExperimentConfig, is_uri
 from gptray.data.manifest import Manifest
 from gptray.data.windows import open_split_tokens
 from gptray.errors import TrainingError
@@ -19,6 +20,7 @@ from gptray.train.checkpoint import (
     TrainingState,
     check_compatible,
     checkpoint_dir_name,
+    latest_checkpoint,
     load_tensors,
     optional_tensors,
     read_state,
@@ -53,23 +55,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = TrainingEngine(config, device, rank, world_size, train_tokens, val_tokens)
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model), world_size=world_size)
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    with _resume_directory(ray.train.get_checkpoint(), config) as directory:
+        if directory is not None:
             saved = read_state(directory)
             check_compatible(saved, config, manifest.fingerprint, directory)
             engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
                               optional_tensors(directory, "scaler.pt"))
-        state = saved
-        state.world_size = world_size
-        if rank == 0:
-            log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
+            state = saved
+            state.world_size = world_size
+            if rank == 0:
+                log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
 
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
         from gptray.tracking import MlflowTracker
 
-        tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+        tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
+                                retry_seconds=config.tracking.retry_seconds)
     if rank == 0:
         _log_start(engine, config, state)
 
@@ -128,8 +130,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if eval_due or sample_due or checkpoint_due:
             interval_start = time.perf_counter()
 
-    if tracker is not None:
-        tracker.log_metrics({}, step=state.step)  # deliver anything kept while the server was away
+    if tracker is not None and not is_uri(config.run_dir):
+        tracker.save_outbox(config.run_dir)  # what the server never got waits for the driver or the next launch
+    elif tracker is not None:
+        tracker.flush()
+
+
+@contextlib.contextmanager
+def _resume_directory(checkpoint, config: ExperimentConfig):
+    """The checkpoint to resume from: Ray's latest registered one, or a newer complete one on disk.
+
+    A job stopped while a checkpoint was being reported can leave that checkpoint complete in the
+    run directory but unregistered with Ray; resuming from it loses nothing and agrees with what
+    the driver found (gptray.train.checkpoint.latest_checkpoint).
+    """
+    on_disk = None if is_uri(config.run_dir) else latest_checkpoint(config.run_dir)
+    if checkpoint is None:
+        yield on_disk
+        return
+    with checkpoint.as_directory() as directory:
+        if on_disk is not None and read_state(on_disk).step > read_state(directory).step:
+            yield on_disk
+        else:
+            yield directory
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import yaml
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.errors import CheckpointError, DataError, TrainingError
+from gptray.tracking.mlflow_tracker import tracking_settled
 from gptray.train.checkpoint import check_compatible, latest_checkpoint, read_state
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,19 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     if previous is not None and start_step >= config.train.max_steps:
         log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
                  config.train.max_steps)
+        if tracker is None and config.tracking.enabled and not tracking_settled(run_dir):
+            tracker = _start_tracking(config)  # what an earlier launch could not tell MLflow goes now
         if tracker is not None:
-            tracker.finish("FINISHED")
+            tracker.send_outbox(run_dir)
+            tracker.finish("FINISHED", run_dir)
         return _finished_result(config, previous, start_step, started, sample, tracker)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     if tracker is None:
         tracker = _start_tracking(config)
+    if tracker is not None:
+        tracker.send_outbox(run_dir)
     init_ray(config.ray)
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
@@ -116,7 +122,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         result = trainer.fit()
     except Exception as exc:
         if tracker:
-            tracker.finish("FAILED")
+            tracker.finish("FAILED", run_dir)
         cause = _root_cause(exc)
         if isinstance(cause, (CheckpointError, DataError)):
             raise cause from exc
@@ -126,10 +132,12 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     final_state = read_state(final) if final else None
     text = _final_sample(config, final) if sample and final else None
     if tracker:
+        tracker.send_outbox(run_dir)
         if text is not None:
             tracker.log_text(text, f"samples/step_{final_state.step:08d}.txt")
         tracker.log_artifact(str(run_dir / "config.yaml"))
-        tracker.finish("FINISHED")
+        if not tracker.finish("FINISHED", run_dir):
+            log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
     return PretrainResult(
         run_dir=str(run_dir),
         checkpoint=str(final) if final else None,
