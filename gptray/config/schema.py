@@ -166,8 +166,15 @@ class GenerateConfig:
     prompt: str = "\n"
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 means greedy
-    top_k: int | None = 200
-    seed: int = 1337
+    top_k: int | None = 200  # sample among the k most likely tokens; null: all
+    top_p: float | None = None  # nucleus: among the most likely tokens holding this much probability; null: all
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the context less likely (CTRL); 1 is off
+    num_beams: int = 1  # > 1: beam search (deterministic: temperature, top_k and top_p do not apply)
+    length_penalty: float = 1.0  # beam search ranks ended beams by log-probability / length ** this
+    stop_at_eot: bool = False  # end a sequence at <|endoftext|> (false: write through document ends)
+    stop: list[str] = field(default_factory=list)  # end a sequence once its text holds one; the text is cut there
+    use_cache: bool = True  # KV cache; false recomputes the whole context for every token
+    seed: int = 1337  # sequence i of a batch draws from its own generator, seeded seed + i
 
 
 @dataclass
@@ -223,6 +230,12 @@ class ExperimentConfig:
         _require(g.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", g.max_new_tokens)
         _require(g.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", g.temperature)
         _require(g.top_k is None or g.top_k > 0, "generate.top_k", "must be positive or null", g.top_k)
+        _require(g.top_p is None or 0 < g.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", g.top_p)
+        _require(g.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
+                 g.repetition_penalty)
+        _require(g.num_beams >= 1, "generate.num_beams", "must be >= 1", g.num_beams)
+        for i, stop in enumerate(g.stop):
+            _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
 
 
 def _require(ok: bool, key: str, message: str, value) -> None:
