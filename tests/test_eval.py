@@ -17,7 +17,7 @@ from conftest import make_config, metric_history, small_run_config
 from gptray.cli.main import main
 from gptray.config import ExperimentConfig
 from gptray.data.tokenizer import Tokenizer
-from gptray.errors import ConfigError, DataError
+from gptray.errors import CheckpointError, ConfigError, DataError
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
@@ -195,6 +195,9 @@ def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
     assert info.value.key == "eval.tasks[0]"
     with pytest.raises(DataError, match="missing manifest.json"):  # perplexity on a dataset that is not there
         evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.dataset_dir={tmp_path}/nothing"))
+    (tmp_path / "small" / "model.pt").unlink()
+    with pytest.raises(CheckpointError, match="lacks model.pt"):
+        evaluate_checkpoint(tmp_path / "small", eval_config(tmp_path))
     base = ["eval", "--checkpoint", str(checkpoint), "--local", "--no-track"]
     assert main([*base, "--hellaswag", str(tmp_path / "none.jsonl"), "--task", "hellaswag", f"out_dir={tmp_path}"]) == 3
     assert main([*base, "--task", "perplexity", f"out_dir={tmp_path}", "eval.stride=0"]) == 2

@@ -96,6 +96,9 @@ def cmd_generate(args) -> int:
         raise ConfigError("--num-samples", f"must be at least 1 (got {args.num_samples})")
     if args.interactive and args.prompt:
         raise ConfigError("--interactive", "reads its prompts from stdin: leave out --prompt")
+    if args.num_samples > 1 and (config.generate.num_beams > 1 or config.generate.temperature == 0):
+        log.warning("--num-samples %d with deterministic decoding (greedy or beam search) repeats one result",
+                    args.num_samples)
     model, checkpoint = load_model(args.checkpoint or config.run_dir, resolve_device(args.device))
     tokenizer = Tokenizer(checkpoint_tokenizer(checkpoint, config.data.tokenizer))
     log.info("generating from %s (%s parameters, %s) on %s", checkpoint, f"{model.num_parameters():,}",

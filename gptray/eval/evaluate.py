@@ -71,6 +71,8 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
     pool with eval.distributed (joining or starting Ray as config.ray says), else in this process."""
     directory = resolve_checkpoint(checkpoint).absolute()
     step = read_state(directory).step
+    if not (directory / "model.pt").is_file():  # found here rather than inside every actor
+        raise CheckpointError(f"checkpoint {directory} lacks model.pt")
     _, prepared = prepare_tasks(directory, config)
     if config.eval.distributed:
         from gptray.runtime import init_ray

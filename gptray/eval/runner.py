@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gptray.config import EvalConfig
+from gptray.errors import ConfigError
 from gptray.eval.tasks import TASKS, PreparedTask, batches
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ def actor_pool(settings: EvalConfig, num_batches: int) -> tuple[int, float, floa
 
     resources = ray.cluster_resources()
     gpus = 0.0 if settings.device == "cpu" else float(resources.get("GPU", 0))
+    if settings.device.startswith("cuda") and gpus < 1:
+        raise ConfigError("eval.device", f"{settings.device!r} asked for, but the Ray cluster has no GPU")
     use_gpu = gpus >= 1 and (settings.device == "auto" or settings.device.startswith("cuda"))
     if settings.num_actors is not None:
         size = settings.num_actors
