@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 import time
 
@@ -29,12 +28,28 @@ def register(commands) -> None:
     sub.add_argument("--no-sample", action="store_true", help="do not generate a sample after training")
     sub.set_defaults(handler=cmd_pretrain)
 
-    sub = add_command(commands, "generate", "generate text from a checkpoint", """\
+    sub = add_command(commands, "generate", "generate text from a checkpoint (KV cache; sampling or beam search)", """\
         Load a checkpoint (a checkpoint directory, a run directory, or by default the latest checkpoint
-        of out_dir/name) and continue a prompt. generate.temperature=0 is greedy decoding.""")
-    sub.add_argument("--checkpoint", metavar="PATH", help="checkpoint or run directory")
-    sub.add_argument("--prompt", help="text to continue (default: generate.prompt)")
-    sub.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to draw (seeds seed, seed+1, …)")
+        of out_dir/name) and continue prompts, decoding with a KV cache. Several --prompt options (and
+        --num-samples) run as one batch; --interactive reads prompts from stdin, one per line.
+
+        Decoding is set by generate.* overrides:
+          temperature=0 greedy; otherwise sampling, after repetition_penalty, top_k and top_p
+          num_beams=N    beam search (deterministic), ranked with length_penalty
+          stop_at_eot=true, stop=[...]   end a sequence at <|endoftext|> or at a stop string (cut there)
+          seed=S         the i-th sequence of a batch samples with seed S + i (reproducible)
+
+        examples:
+          gptray generate --checkpoint runs/quickstart --prompt "ROMEO:" generate.temperature=0.7 generate.top_p=0.9
+          gptray generate --checkpoint checkpoints/gpt2 --prompt "Hello" --prompt "The sky" generate.num_beams=4
+          echo "JULIET:" | gptray generate --checkpoint runs/quickstart --interactive""")
+    sub.add_argument("--checkpoint", metavar="PATH", help="checkpoint or run directory (default: out_dir/name)")
+    sub.add_argument("--prompt", action="append", metavar="TEXT",
+                     help="text to continue; repeat for a batch (default: generate.prompt)")
+    sub.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt (default 1)")
+    sub.add_argument("--interactive", action="store_true",
+                     help="read prompts from stdin, one per line, until end of input or a line ':quit'")
+    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: a GPU if there is one)")
     sub.set_defaults(handler=cmd_generate)
 
     sub = add_command(commands, "quickstart", "tokenize, train, track and sample end to end on local defaults", """\
@@ -74,20 +89,88 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     from gptray.data.tokenizer import Tokenizer
-    from gptray.generation import generate_text, load_model
+    from gptray.generation import checkpoint_tokenizer, load_model, resolve_device
 
     config = load_experiment(args)
     if args.num_samples < 1:
         raise ConfigError("--num-samples", f"must be at least 1 (got {args.num_samples})")
-    model, checkpoint = load_model(args.checkpoint or config.run_dir)
-    tokenizer = Tokenizer(config.data.tokenizer)
-    log.info("generating from %s", checkpoint)
-    prompt = config.generate.prompt if args.prompt is None else args.prompt
-    for i in range(args.num_samples):
-        settings = dataclasses.replace(config.generate, seed=config.generate.seed + i)
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1} (seed {settings.seed}) ---")
-        print(prompt + generate_text(model, tokenizer, settings, prompt))
+    if args.interactive and args.prompt:
+        raise ConfigError("--interactive", "reads its prompts from stdin: leave out --prompt")
+    if args.num_samples > 1 and (config.generate.num_beams > 1 or config.generate.temperature == 0):
+        log.warning("--num-samples %d with deterministic decoding (greedy or beam search) repeats one result",
+                    args.num_samples)
+    model, checkpoint = load_model(args.checkpoint or config.run_dir, resolve_device(args.device))
+    tokenizer = Tokenizer(checkpoint_tokenizer(checkpoint, config.data.tokenizer))
+    log.info("generating from %s (%s parameters, %s) on %s", checkpoint, f"{model.num_parameters():,}",
+             describe_decoding(config.generate), next(model.parameters()).device)
+    if args.interactive:
+        return _interactive(model, tokenizer, config.generate, args.num_samples)
+    _generate_batch(model, tokenizer, config.generate, args.prompt or [config.generate.prompt], args.num_samples)
+    return EXIT_OK
+
+
+def describe_decoding(g) -> str:
+    if g.num_beams > 1:
+        how = f"beam search over {g.num_beams} beams"
+    elif g.temperature == 0:
+        how = "greedy"
+    else:
+        how = f"sampling at temperature {g.temperature}"
+        how += "".join(f", {name} {value}" for name, value in (("top_k", g.top_k), ("top_p", g.top_p)) if value)
+    if g.repetition_penalty != 1:
+        how += f", repetition penalty {g.repetition_penalty}"
+    return how + ("" if g.use_cache else ", no KV cache")
+
+
+def _generate_batch(model, tokenizer, settings, prompts: list[str], num_samples: int) -> None:
+    """Every prompt × sample as one batch; a single sequence streams its text as it is generated."""
+    from gptray.generation import TextStream, encode_prompt, generate_texts
+
+    for prompt in prompts:  # a prompt the model cannot read is refused before anything is written
+        encode_prompt(tokenizer, prompt, model.config.vocab_size)
+    rows = [p for p in prompts for _ in range(num_samples)]
+    stream = TextStream(tokenizer, settings) if len(rows) == 1 and settings.num_beams == 1 else None
+    if stream is not None:
+        print(rows[0], end="", flush=True)
+    completions = generate_texts(model, tokenizer, settings, rows, on_token=stream)
+    if stream is not None:
+        stream.finish(completions[0])
+        return
+    for i, (prompt, completion) in enumerate(zip(rows, completions)):
+        parts = []
+        if len(prompts) > 1:
+            parts.append(f"prompt {i // num_samples + 1}")
+        if num_samples > 1:
+            parts.append(f"sample {i % num_samples + 1}")
+        if settings.num_beams == 1 and settings.temperature > 0:
+            parts.append(f"seed {settings.seed + i}")
+        if parts:
+            print(f"--- {', '.join(parts)} ---")
+        print(prompt + completion.text)
+
+
+def _interactive(model, tokenizer, settings, num_samples: int) -> int:
+    """A prompt loop on stdin: each line is a prompt; results go to stdout as they are generated."""
+    import sys
+
+    tty = sys.stdin.isatty()
+    print("interactive: type a prompt and press Enter (':quit' or end of input to leave)", file=sys.stderr)
+    count = 0
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.rstrip("\n") == ":quit":
+            break
+        prompt = line.rstrip("\n")
+        if not prompt.strip():
+            continue
+        try:
+            _generate_batch(model, tokenizer, settings, [prompt], num_samples)
+            count += 1
+        except ConfigError as exc:  # a prompt the model cannot read: say so and take the next one
+            print(f"gptray generate: error: {exc}", file=sys.stderr)
+    print(f"interactive: {count} prompt(s) answered", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from gptray.config.loader import apply_overrides, flatten, parse_override, read_yaml
 from gptray.config.schema import (
     DataConfig,
+    EvalConfig,
     ExperimentConfig,
     GenerateConfig,
     RayConfig,
@@ -17,7 +18,7 @@ from gptray.config.schema import (
 from gptray.model.config import ModelConfig
 
 __all__ = [
-    "DataConfig", "ExperimentConfig", "GenerateConfig", "ModelConfig", "RayConfig", "SourceConfig",
+    "DataConfig", "EvalConfig", "ExperimentConfig", "GenerateConfig", "ModelConfig", "RayConfig", "SourceConfig",
     "TrackingConfig", "TrainConfig", "absolute_path", "apply_overrides", "flatten", "is_uri",
     "join_path", "load_config", "parse_override", "read_yaml",
 ]

@@ -167,8 +167,41 @@ class GenerateConfig:
     prompt: str = "\n"
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 means greedy
-    top_k: int | None = 200
-    seed: int = 1337
+    top_k: int | None = 200  # sample among the k most likely tokens; null: all
+    top_p: float | None = None  # nucleus: among the most likely tokens holding this much probability; null: all
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the context less likely (CTRL); 1 is off
+    num_beams: int = 1  # > 1: beam search (deterministic: temperature, top_k and top_p do not apply)
+    length_penalty: float = 1.0  # beam search ranks ended beams by log-probability / length ** this
+    stop_at_eot: bool = False  # end a sequence at <|endoftext|> (false: write through document ends)
+    stop: list[str] = field(default_factory=list)  # end a sequence once its text holds one; the text is cut there
+    use_cache: bool = True  # KV cache; false recomputes the whole context for every token
+    seed: int = 1337  # sequence i of a batch draws from its own generator, seeded seed + i
+
+
+HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """`gptray eval` on a checkpoint, and the tasks evaluated during training."""
+
+    tasks: list[str] = field(default_factory=lambda: ["perplexity"])  # hellaswag, perplexity
+    hellaswag: str = HELLASWAG_VAL_URL  # hellaswag_val.jsonl: a local path, or a URL downloaded once to the cache
+    text_files: list[str] = field(default_factory=list)  # perplexity over these files instead of the token dataset
+    dataset_dir: str | None = None  # token dataset for perplexity; null: the checkpoint's run's data.dataset_dir
+    split: str = "val"  # its split
+    max_length: int | None = None  # perplexity window (input tokens); null: the model's block_size
+    stride: int | None = None  # perplexity window step; null: max_length / 2
+    limit: int | None = None  # at most this many examples (HellaSwag) or windows (perplexity) per task
+    batch_size: int = 4  # examples (all their endings) or windows per forward pass
+    distributed: bool = True  # a Ray Data actor pool; false: in this process
+    num_actors: int | None = None  # null: one per GPU, else one per CPU but one (at least 1), at most the batches
+    cpus_per_actor: float = 1.0  # also the torch threads of each CPU actor
+    device: str = "auto"  # auto: a GPU where there is one; cpu; cuda
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the forward passes
+    train_tasks: list[str] = field(default_factory=list)  # evaluated during training, logged to the run
+    train_interval: int | None = None  # every N steps (and at the last); null: train.eval_interval
+    train_limit: int | None = None  # examples or windows per task during training; null: eval.limit
 
 
 @dataclass
@@ -181,6 +214,7 @@ class ExperimentConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> str:
@@ -205,6 +239,11 @@ class ExperimentConfig:
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
         if config.data.cache_dir is not None:
             config.data.cache_dir = absolute_path(config.data.cache_dir)
+        if config.eval.dataset_dir is not None:
+            config.eval.dataset_dir = absolute_path(config.eval.dataset_dir)
+        config.eval.text_files = [absolute_path(p) for p in config.eval.text_files]
+        if not is_uri(config.eval.hellaswag):
+            config.eval.hellaswag = absolute_path(config.eval.hellaswag)
         for source in config.data.sources:
             if source.path is not None:
                 source.path = absolute_path(source.path)
@@ -226,6 +265,13 @@ class ExperimentConfig:
         _require(g.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", g.max_new_tokens)
         _require(g.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", g.temperature)
         _require(g.top_k is None or g.top_k > 0, "generate.top_k", "must be positive or null", g.top_k)
+        _require(g.top_p is None or 0 < g.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", g.top_p)
+        _require(g.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
+                 g.repetition_penalty)
+        _require(g.num_beams >= 1, "generate.num_beams", "must be >= 1", g.num_beams)
+        for i, stop in enumerate(g.stop):
+            _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
+        _validate_eval(self.eval)
 
 
 def _require(ok: bool, key: str, message: str, value) -> None:
@@ -278,6 +324,25 @@ def _validate_train(train: TrainConfig, model: ModelConfig, ray: RayConfig) -> N
             "train.batch_size",
             f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {train.batch_size})",
         )
+
+
+EVAL_TASKS = ("hellaswag", "perplexity")
+
+
+def _validate_eval(e: EvalConfig) -> None:
+    for key in ("tasks", "train_tasks"):
+        for i, task in enumerate(getattr(e, key)):
+            _require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+    _require(bool(e.tasks), "eval.tasks", "must name at least one task", e.tasks)
+    _require(bool(e.hellaswag), "eval.hellaswag", "must be a path or URL", e.hellaswag)
+    for key in ("max_length", "stride", "limit", "num_actors", "train_interval", "train_limit"):
+        value = getattr(e, key)
+        _require(value is None or value > 0, f"eval.{key}", "must be positive or null", value)
+    if e.max_length is not None and e.stride is not None:
+        _require(e.stride <= e.max_length, "eval.stride", f"must be <= eval.max_length ({e.max_length})", e.stride)
+    _require(e.batch_size > 0, "eval.batch_size", "must be positive", e.batch_size)
+    _require(e.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", e.cpus_per_actor)
+    _require(bool(e.split), "eval.split", "must name a split", e.split)
 
 
 def _validate_ray(ray: RayConfig) -> None:

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptray.model.config import ModelConfig
+from gptray.model.kv_cache import LayerCache
 
 
 @dataclass
@@ -26,8 +27,9 @@ class LayerMask:
 
 
 def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """(Tq, Tk) bool: key positions at or before each query position, the last `window` of them if given."""
-    offset = q_pos[:, None] - k_pos[None, :]  # how far back each key is from each query
+    """(Tq, Tk) bool: key positions at or before each query position, the last `window` of them if given.
+    Positions per sequence, (B, Tq) and (B, Tk), give (B, Tq, Tk)."""
+    offset = q_pos[..., :, None] - k_pos[..., None, :]  # how far back each key is from each query
     allowed = offset >= 0
     if window is not None:
         allowed = allowed & (offset < window)
@@ -92,9 +94,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_mask: LayerM
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, (T, head_dim), in fp32 whatever the autocast dtype."""
+    """cos and sin of the rotary angles, (T, head_dim), in fp32 whatever the autocast dtype; positions
+    per sequence, (B, T), give (B, T, head_dim)."""
     inv_freq = base ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
+    angles = positions.float()[..., None] * inv_freq  # (T, head_dim / 2)
     angles = torch.cat([angles, angles], dim=-1)  # the two halves of a head rotate as pairs (i, i + d/2)
     return angles.cos(), angles.sin()
 
@@ -121,7 +124,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, layer_mask: LayerMask,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, kv: LayerCache | None = None) -> torch.Tensor:
+        """`kv`: this layer's slot in a KVCache; the new keys and values join the cached ones, and the
+        queries (the new tokens only) attend over all of them."""
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.inner, dim=2)
         # (B, T, inner) → (B, n_head, T, head_dim)
@@ -130,6 +135,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k, v = kv.extend(k, v)  # (B, n_head, past + T, head_dim)
         y = attend(q, k, v, layer_mask, self.dropout if self.training else 0.0, self.impl)
         y = y.transpose(1, 2).contiguous().view(B, T, self.inner)
         return self.resid_dropout(self.c_proj(y))

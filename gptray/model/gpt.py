@@ -25,6 +25,7 @@ from gptray.model.attention import (
     user_mask_4d,
 )
 from gptray.model.config import ModelConfig
+from gptray.model.kv_cache import CacheStep, KVCache, LayerCache
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -61,8 +62,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, layer_mask: LayerMask,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), layer_mask, rope)
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, kv: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer_mask, rope, kv)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -106,31 +107,48 @@ class GPT(nn.Module):
         return self
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids → logits (B, T, vocab); loss is mean cross-entropy if targets given.
 
         `attn_mask` restricts attention further, on top of the configured pattern (a causal LM
         never sees later tokens): boolean, True where a query may attend, or additive (added to the
         scores, -inf blocks), shaped (T, T) for every sequence, (B, T, T) per sequence or
-        (B|1, n_head|1, T, T) per head.
+        (B|1, n_head|1, T, T) per head. With a cache its last dimension spans the cached tokens too.
+
+        `cache`: a KVCache holding the keys and values of tokens already seen; `idx` holds only the
+        new tokens, which are appended to it (incremental decoding).
         """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+            dense, local = self.layer_masks(idx, pos, attn_mask)
+        else:
+            step = cache.begin(idx)
+            pos = step.q_positions.clamp(min=0)  # (B, T); padding takes position 0, and is never attended to
+            dense, local = self.cached_layer_masks(step, attn_mask, cache.padded)
         x = self.transformer.wte(idx)
         if self.config.position == "learned":
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        rope = rope_tables(pos, self.config.head_dim, self.config.rope_base) if self.config.position == "rope" else None
-        dense, local = self.layer_masks(idx, pos, attn_mask)
-        for block in self.transformer.h:
+        rope = None
+        if self.config.position == "rope":
+            rope = rope_tables(pos, self.config.head_dim, self.config.rope_base)
+            if pos.dim() == 2:  # per-sequence positions: (B, T, head_dim) → (B, 1, T, head_dim), shared by heads
+                rope = tuple(t[:, None] for t in rope)
+        for i, block in enumerate(self.transformer.h):
             layer_mask = local if block.attn.local else dense
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            if cache is not None:
+                x = block(x, layer_mask, rope, cache.layers[i])
+            elif self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, layer_mask, rope, use_reentrant=False)
             else:
                 x = block(x, layer_mask, rope)
+        if cache is not None:
+            cache.commit(T)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -154,6 +172,33 @@ class GPT(nn.Module):
             if documents is not None:
                 pattern = pattern & documents
             return LayerMask(mask=combine_masks(pattern, user), is_causal=False)
+
+        dense = build(None)
+        local = build(config.attention_window) if config.attention != "causal" else None
+        return dense, local
+
+    def cached_layer_masks(self, step: CacheStep, attn_mask: torch.Tensor | None,
+                           padded: bool) -> tuple[LayerMask, LayerMask | None]:
+        """The masks of new tokens' queries against cached and new keys, from the positions the cache keeps."""
+        config = self.config
+        B, T = step.q_positions.shape
+        tk = step.k_positions.size(1)
+        user = None if attn_mask is None else user_mask_4d(attn_mask, B, config.n_head, T, tk)
+        plain = step.q_documents is None and user is None and not padded
+
+        def build(window: int | None) -> LayerMask:
+            if plain and window is None:
+                if T == 1:
+                    return LayerMask(mask=None, is_causal=False)  # one new token sees every cached key
+                if step.past == 0:
+                    return LayerMask(mask=None, is_causal=True)  # a first chunk: the square causal pattern
+            pattern = allowed_keys(step.q_positions, step.k_positions, window) & step.k_valid[:, None, :]
+            if step.q_documents is not None:
+                pattern = pattern & (step.q_documents[:, :, None] == step.k_documents[:, None, :])
+            # Padding queries may look anywhere: their outputs are never used, but must stay finite (a
+            # query with no key at all could give NaN, which zero attention weights would still spread).
+            pattern = pattern | ~step.q_valid[:, :, None]
+            return LayerMask(mask=combine_masks(pattern[:, None], user), is_causal=False)  # (B, 1, T, Tk)
 
         dense = build(None)
         local = build(config.attention_window) if config.attention != "causal" else None

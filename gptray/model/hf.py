@@ -367,7 +367,7 @@ def write_gpt2_tokenizer(out: Path, model_max_length: int) -> list[Path]:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> HfExport:
     """Export a gptray checkpoint (or a run directory's latest) as a Hugging Face GPT-2 directory,
     with the tokenizer when the run used GPT-2's."""
-    from gptray.generation.sampling import load_model
+    from gptray.generation import load_model
     from gptray.train.checkpoint import read_config, read_state, resolve_checkpoint
 
     directory = resolve_checkpoint(checkpoint)

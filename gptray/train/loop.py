@@ -66,6 +66,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
 
+    evaluator = None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
+    if loop_config.get("eval_tasks"):
+        from gptray.eval.training import TrainingEvaluator
+
+        evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size)
+
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
         from gptray.tracking import MlflowTracker
@@ -88,7 +94,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         eval_due = engine.has_validation() and (state.step % train.eval_interval == 0 or last)
         sample_due = train.sample_interval > 0 and state.step % train.sample_interval == 0
         checkpoint_due = state.step % train.checkpoint_interval == 0 or last
-        if not (log_due or eval_due or sample_due or checkpoint_due):
+        tasks_due = evaluator is not None and evaluator.due(state.step, last)
+        if not (log_due or eval_due or sample_due or checkpoint_due or tasks_due):
             continue
 
         # Every rank reaches here at the same steps, so the collectives below pair up.
@@ -116,6 +123,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["val/loss"] = engine.evaluate()
             if state.best_val_loss is None or metrics["val/loss"] < state.best_val_loss:
                 state.best_val_loss = metrics["val/loss"]
+        if tasks_due:
+            metrics.update(evaluator.run(engine))  # a collective, like evaluate()
         if rank == 0:
             _log_progress(state.step, train.max_steps, metrics)
             if tracker is not None:
@@ -127,7 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if checkpoint_due:
             _report_checkpoint(engine, state, metrics, config, rank)
         # evaluation, sampling and checkpointing are not training time
-        if eval_due or sample_due or checkpoint_due:
+        if eval_due or sample_due or checkpoint_due or tasks_due:
             interval_start = time.perf_counter()
 
     if tracker is not None and not is_uri(config.run_dir):
@@ -196,6 +205,8 @@ def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
     parts = [f"step {step}/{max_steps}", f"loss {metrics['train/loss']:.4f}"]
     if "val/loss" in metrics:
         parts.append(f"val {metrics['val/loss']:.4f}")
+    parts += [f"{k.split('/')[1]} {k.split('/')[2]} {v:.4f}" for k, v in metrics.items()
+              if k.startswith("eval/") and k.endswith(("/acc_norm", "/ppl"))]
     parts.append(f"lr {metrics['train/lr']:.2e}")
     if "train/tokens_per_s" in metrics:
         parts.append(f"{metrics['train/tokens_per_s']:,.0f} tok/s")

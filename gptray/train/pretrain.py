@@ -63,6 +63,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     from ray.train.torch import TorchTrainer
 
     from gptray.data.tokenizer import Tokenizer
+    from gptray.eval.training import training_payload
     from gptray.runtime import init_ray
     from gptray.train.loop import train_loop_per_worker
 
@@ -89,6 +90,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    eval_tasks = training_payload(config)  # before Ray starts: a missing HellaSwag file stops the run here
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
@@ -105,6 +107,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             "tracking_uri": tracker.tracking_uri if tracker else None,
             # by value: workers need no tiktoken cache to decode periodic samples
             "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
+            "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
         },
         scaling_config=ScalingConfig(
             num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources

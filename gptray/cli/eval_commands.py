@@ -1,0 +1,81 @@
+"""The `gptray eval` command: HellaSwag and perplexity of a checkpoint, over a Ray Data actor pool, to MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptray.cli.common import EXIT_OK, add_command, load_experiment, log
+
+
+def register(commands) -> None:
+    sub = add_command(commands, "eval", "evaluate a checkpoint: HellaSwag, perplexity (Ray Data actor pool)", """\
+        Evaluate a checkpoint (a checkpoint directory, a run directory's latest, or by default out_dir/name's)
+        on eval.tasks, with the tokenizer its run used:
+          hellaswag   completion style: acc (lowest total loss of an ending) and acc_norm (lowest loss per
+                      token), from the official hellaswag_val.jsonl, a local path or URL (eval.hellaswag;
+                      by default the public URL, downloaded once to ~/.cache/gptray/eval)
+          perplexity  loss and perplexity over the token dataset's eval.split (the checkpoint's run's
+                      dataset unless eval.dataset_dir), or over --text files: sliding windows of
+                      eval.max_length tokens every eval.stride
+
+        Examples are scored by a Ray Data actor pool (map_batches with one model per actor: one per GPU,
+        else one per CPU but one); --local scores them in this process instead. Results print as a
+        table and go to MLflow: to --run, else to the training run recorded beside the checkpoint, else
+        to a new run in tracking.experiment; metrics are eval/<task>/<metric> at the checkpoint's step.
+
+        examples:
+          gptray eval --checkpoint runs/quickstart --task perplexity
+          gptray model import --hf openai-community/gpt2 --out checkpoints/gpt2
+          gptray eval --checkpoint checkpoints/gpt2 --task hellaswag     # acc_norm 0.2955 for GPT-2 124M
+          gptray eval --checkpoint checkpoints/gpt2 --text book.txt eval.max_length=1024 eval.stride=512""")
+    sub.add_argument("--checkpoint", metavar="PATH", help="checkpoint or run directory (default: out_dir/name)")
+    sub.add_argument("--task", action="append", choices=["hellaswag", "perplexity"],
+                     help="task to run; repeat for several (default: eval.tasks, or perplexity with --text)")
+    sub.add_argument("--text", action="append", metavar="FILE", help="perplexity over this text file (repeatable)")
+    sub.add_argument("--hellaswag", metavar="PATH_OR_URL", help="hellaswag_val.jsonl (default: eval.hellaswag)")
+    sub.add_argument("--limit", type=int, metavar="N", help="at most N examples or windows per task")
+    sub.add_argument("--local", action="store_true", help="score in this process, without Ray")
+    sub.add_argument("--run", metavar="RUN_ID", help="MLflow run to log to (default: the checkpoint's training run)")
+    sub.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    sub.add_argument("--output", metavar="FILE.json", help="also write the results, per example, as JSON")
+    sub.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from gptray.eval import evaluate_checkpoint, format_table, log_report
+
+    overrides = []  # the options are shorthands for eval.* settings; explicit overrides given after them win
+    if args.task:
+        overrides.append(f"eval.tasks={json.dumps(args.task)}")
+    elif args.text:
+        overrides.append('eval.tasks=["perplexity"]')
+    if args.text:
+        overrides.append(f"eval.text_files={json.dumps(args.text)}")
+    if args.hellaswag:
+        overrides.append(f"eval.hellaswag={json.dumps(args.hellaswag)}")
+    if args.limit is not None:
+        overrides.append(f"eval.limit={args.limit}")
+    if args.local:
+        overrides.append("eval.distributed=false")
+    args.overrides = overrides + list(args.overrides)
+    config = load_experiment(args)
+    report = evaluate_checkpoint(args.checkpoint or config.run_dir, config)
+    print(f"checkpoint {report.checkpoint} (step {report.step})")
+    width = max(len(t.label) for t in report.tasks)
+    for task in report.tasks:
+        print(f"{task.label:<{width}}  {task.description}; {task.seconds:.1f} s on {task.workers}")
+        for note in task.notes:
+            print(f"{'':<{width}}  note: {note}")
+    print()
+    print(format_table(report))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report.to_dict(details=True), indent=1) + "\n")
+        print(f"\nresults    {args.output}")
+    if not args.no_track and config.tracking.enabled:
+        target = log_report(report, config, args.run)
+        kind = "new run" if target.created else "run"
+        print(f"MLflow     {kind} {target.run_id} at {target.tracking_uri}")
+    elif args.run:
+        log.warning("--run %s ignored: tracking is off", args.run)
+    return EXIT_OK

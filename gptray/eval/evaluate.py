@@ -1,0 +1,91 @@
+"""Evaluating a checkpoint: prepare every task first (bad input stops before any work), score, report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptray.config import ExperimentConfig
+from gptray.errors import CheckpointError, ConfigError
+from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
+from gptray.eval.tasks import PreparedTask, prepare
+from gptray.model import ModelConfig
+from gptray.train.checkpoint import read_config, read_state, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+COUNTS = ("examples", "truncated", "tokens", "windows")  # metrics that are counts: shown as integers
+
+
+def format_metric(name: str, value: float) -> str:
+    return f"{value:,.0f}" if name in COUNTS else f"{value:.4f}"
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    step: int  # the checkpoint's training step: where its metrics go in the run's history
+    tasks: list[TaskResult]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow metric names: eval/<task>/<metric>."""
+        return {f"eval/{t.label}/{name}": float(value) for t in self.tasks for name, value in t.metrics.items()}
+
+    def to_dict(self, details: bool = False) -> dict:
+        return {"checkpoint": self.checkpoint, "step": self.step, "tasks": [
+            {"task": t.label, "description": t.description, "metrics": t.metrics, "seconds": round(t.seconds, 2),
+             "workers": t.workers, "notes": t.notes, **({"results": t.results} if details else {})}
+            for t in self.tasks]}
+
+
+def saved_run_config(directory: Path) -> ExperimentConfig | None:
+    """The config the checkpoint was trained (or imported) with, if it is readable."""
+    try:
+        return read_config(directory)
+    except (CheckpointError, ConfigError) as exc:
+        log.warning("cannot read the config of %s (%s): using the command's config for tokenizer and data", directory,
+                    exc)
+        return None
+
+
+def prepare_tasks(directory: Path, config: ExperimentConfig) -> tuple[ModelConfig, list[PreparedTask]]:
+    """Tokenize every task's inputs for the checkpoint's model, with the tokenizer its run used."""
+    from gptray.data.tokenizer import Tokenizer
+
+    model = ModelConfig.from_saved(read_state(directory).model)
+    saved = saved_run_config(directory)
+    tokenizer = Tokenizer(saved.data.tokenizer if saved else config.data.tokenizer)
+    dataset_dir = config.eval.dataset_dir or (saved.data.dataset_dir if saved else config.data.dataset_dir)
+    prepared = []
+    for name in dict.fromkeys(config.eval.tasks):  # each task once, in the order given
+        task = prepare(name, config.eval, tokenizer, model, dataset_dir, config.data.cache_dir)
+        log.info("%s: %s", task.label, task.description)
+        prepared.append(task)
+    return model, prepared
+
+
+def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> EvalReport:
+    """Run config.eval.tasks on a checkpoint (or a run directory's latest one): over a Ray Data actor
+    pool with eval.distributed (joining or starting Ray as config.ray says), else in this process."""
+    directory = resolve_checkpoint(checkpoint).absolute()
+    step = read_state(directory).step
+    if not (directory / "model.pt").is_file():  # found here rather than inside every actor
+        raise CheckpointError(f"checkpoint {directory} lacks model.pt")
+    _, prepared = prepare_tasks(directory, config)
+    if config.eval.distributed:
+        from gptray.runtime import init_ray
+
+        init_ray(config.ray)
+        results = [evaluate_with_ray(directory, task, config.eval) for task in prepared]
+    else:
+        from gptray.generation.loading import load_model, resolve_device
+
+        device = resolve_device(config.eval.device)
+        model, _ = load_model(directory, device)
+        results = [evaluate_in_process(model, task, config.eval, device) for task in prepared]
+    for result in results:
+        shown = ", ".join(f"{k} {format_metric(k, v)}" for k, v in result.metrics.items())
+        log.info("%s: %s in %.1f s on %s", result.label, shown, result.seconds, result.workers)
+    return EvalReport(str(directory), step, results)

@@ -1,0 +1,85 @@
+"""Perplexity of a token stream with a sliding window, as in Hugging Face's perplexity guide.
+
+Windows of `max_length` input tokens start every `stride` tokens. Each window scores only the targets
+the previous one did not, so every token after the first is predicted exactly once, with at least
+max_length − stride tokens of context (fewer only at the start). stride = max_length gives disjoint
+windows (fast, less context); a smaller stride approaches the model's full-context loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptray.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, scored) for a stream of num_tokens: inputs tokens[begin:end], targets
+    tokens[begin+1:end+1], of which the last `scored` are counted."""
+    if num_tokens < 2:
+        return []
+    windows, scored_until = [], 0  # targets up to this token index are scored already
+    last_target = num_tokens - 1
+    begin = 0
+    while True:
+        end = min(begin + max_length, last_target)
+        windows.append((begin, end, end - scored_until))
+        scored_until = end
+        if end == last_target:
+            return windows
+        begin += stride
+
+
+def stream_units(tokens: np.ndarray, max_length: int, stride: int, source: int = 0) -> list[dict]:
+    """The windows of one token stream as self-contained units (their tokens travel with them)."""
+    return [{"source": source, "begin": begin, "tokens": tokens[begin : end + 1].astype(np.int64).tolist(),
+             "scored": scored} for begin, end, scored in sliding_windows(len(tokens), max_length, stride)]
+
+
+def read_text_files(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, text) of each file, in order; a missing or unreadable file is a DataError."""
+    texts = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"no text file at {path} (eval.text_files)")
+        try:
+            texts.append((str(path), path.read_text(encoding="utf-8", errors="replace")))
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+    return texts
+
+
+def score(model, units: list[dict], device: torch.device) -> list[dict]:
+    """One forward pass over the windows of `units`: each one's summed loss over its scored targets."""
+    width = max(len(u["tokens"]) for u in units) - 1
+    x = torch.zeros(len(units), width, dtype=torch.long)
+    y = torch.full((len(units), width), IGNORE_INDEX, dtype=torch.long)
+    for r, unit in enumerate(units):
+        tokens = torch.tensor(list(unit["tokens"]), dtype=torch.long)
+        n, scored = len(tokens) - 1, int(unit["scored"])
+        x[r, :n] = tokens[:-1]
+        y[r, n - scored : n] = tokens[n - scored + 1 :]
+    logits, _ = model(x.to(device))
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view(len(units), width)
+    sums = losses.sum(dim=1).double().cpu().tolist()
+    return [{"source": int(u["source"]), "begin": int(u["begin"]), "nll": nll, "tokens": int(u["scored"])}
+            for u, nll in zip(units, sums)]
+
+
+def totals(results: list[dict]) -> np.ndarray:
+    """[summed loss, scored tokens, windows]: sums that add across workers."""
+    return np.array([sum(r["nll"] for r in results), sum(r["tokens"] for r in results), len(results)],
+                    dtype=np.float64)
+
+
+def metrics(sums: np.ndarray) -> dict[str, float]:
+    loss = sums[0] / max(sums[1], 1)
+    return {"loss": loss, "ppl": float(np.exp(loss)), "tokens": sums[1], "windows": sums[2]}

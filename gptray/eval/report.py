@@ -1,0 +1,104 @@
+"""Evaluation results: to MLflow (the checkpoint's training run, a run named by id, or a new run) and as a table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptray.config import ExperimentConfig, flatten
+from gptray.errors import ConfigError
+from gptray.eval.evaluate import EvalReport, format_metric
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class TrackedRun:
+    tracking_uri: str
+    run_id: str
+    created: bool  # a new evaluation run (rather than the training run or one named by id)
+
+
+def training_run_of(checkpoint: Path) -> dict | None:
+    """The MLflow run recorded in the checkpoint's run directory (mlflow_run.json), if any."""
+    from gptray.tracking.mlflow_tracker import RUN_RECORD
+
+    record = checkpoint.parent / RUN_RECORD
+    if not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text())
+        return {"run_id": saved["run_id"], "tracking_uri": saved["tracking_uri"]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        log.warning("%s is malformed: not logging to the training run it names", record)
+        return None
+
+
+def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None = None) -> TrackedRun:
+    """`run_id` if given; else the checkpoint's training run; else a new run in tracking.experiment."""
+    from mlflow.tracking import MlflowClient
+
+    from gptray.tracking.mlflow_tracker import experiment_for
+
+    checkpoint = Path(report.checkpoint)
+    recorded = training_run_of(checkpoint)
+    if run_id is not None:
+        uri = recorded["tracking_uri"] if recorded and recorded["run_id"] == run_id else config.tracking_uri()
+        if not _run_exists(MlflowClient(uri), run_id):
+            raise ConfigError("--run", f"no MLflow run {run_id} at {uri} (set tracking.uri to its server)")
+        return TrackedRun(uri, run_id, created=False)
+    if recorded is not None:
+        if _run_exists(MlflowClient(recorded["tracking_uri"]), recorded["run_id"]):
+            return TrackedRun(recorded["tracking_uri"], recorded["run_id"], created=False)
+        log.warning("the training run %s recorded beside %s is not at %s: logging to a new run", recorded["run_id"],
+                    checkpoint, recorded["tracking_uri"])
+    uri = config.tracking_uri()
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_for(client, config), run_name=f"eval-{checkpoint.parent.name}-{checkpoint.name}",
+                            tags={"gptray.kind": "eval", "gptray.checkpoint": str(checkpoint)})
+    return TrackedRun(uri, run.info.run_id, created=True)
+
+
+def log_report(report: EvalReport, config: ExperimentConfig, run_id: str | None = None) -> TrackedRun:
+    """Metrics eval/<task>/<metric> at the checkpoint's step, the full report as an artifact, tags."""
+    from gptray.tracking import MlflowTracker
+
+    target = choose_run(report, config, run_id)
+    tracker = MlflowTracker(target.tracking_uri, target.run_id)
+    if target.created:
+        tracker.log_params({f"eval.{k}": v for k, v in flatten(config.eval.__dict__).items()})
+    tracker.log_metrics(report.metrics(), step=report.step)
+    tracker.set_tags({f"gptray.eval.{t.label}": f"{t.description} ({report.checkpoint})" for t in report.tasks})
+    with tempfile.TemporaryDirectory(prefix="gptray-eval-") as tmp:
+        path = Path(tmp) / f"eval_step_{report.step:08d}.json"
+        path.write_text(json.dumps(report.to_dict(details=True), indent=1))
+        tracker.log_artifact(str(path))
+    if target.created:
+        tracker.finish("FINISHED")
+    else:
+        tracker.log_metrics({}, step=report.step)  # deliver anything kept while the server was away
+    if tracker.lost:
+        log.warning("MLflow could not take the results at %s; they are printed below", target.tracking_uri)
+    return target
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:  # not found, or a server that does not answer: either way, not a run to log to
+        return False
+
+
+def format_table(report: EvalReport) -> str:
+    rows = [("task", "metric", "value")]
+    for task in report.tasks:
+        for i, (name, value) in enumerate(task.metrics.items()):
+            rows.append((task.label if i == 0 else "", name, format_metric(name, value)))
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Loading a model to generate with or evaluate: a checkpoint (or a run's latest), its tokenizer, a device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from gptray.errors import CheckpointError, ConfigError
+from gptray.model import GPT, ModelConfig
+from gptray.train.checkpoint import load_tensors, read_config, read_state, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" is the GPU where there is one, else the CPU; anything else is a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError("device", f"not a torch device: {name!r} ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} asked for, but torch sees no CUDA GPU here")
+    return device
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Path]:
+    """Build the model a checkpoint (or a run directory's latest checkpoint) holds, in eval mode."""
+    directory = resolve_checkpoint(checkpoint)
+    state = read_state(directory)
+    model = GPT(ModelConfig.from_saved(state.model))
+    model.load_state_dict(load_tensors(directory, "model.pt", device))
+    return model.to(device).eval(), directory
+
+
+def checkpoint_tokenizer(directory: str | Path, default: str) -> str:
+    """The tiktoken encoding the checkpoint's run used (its config.yaml), else `default`."""
+    try:
+        return read_config(directory).data.tokenizer
+    except (CheckpointError, ConfigError, OSError) as exc:
+        log.warning("cannot read the tokenizer of %s (%s); using %r", directory, exc, default)
+        return default

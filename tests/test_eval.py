@@ -1,0 +1,287 @@
+"""Evaluation: HellaSwag on a fixture whose answers a tiny trained model knows, perplexity against its
+definition, Ray Data actor pools against in-process scoring, MLflow targets, errors, and evaluation
+during training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_config, metric_history, small_run_config
+from gptray.cli.main import main
+from gptray.config import ExperimentConfig
+from gptray.data.tokenizer import Tokenizer
+from gptray.errors import CheckpointError, ConfigError, DataError
+from gptray.eval import evaluate_checkpoint
+from gptray.eval.hellaswag import read_examples
+from gptray.eval.perplexity import sliding_windows
+from gptray.model import GPT, ModelConfig
+from gptray.train.checkpoint import TrainingState, save_checkpoint
+
+# Sentences a tiny model learns by heart: the ending after each context is then the one it expects.
+FACTS = [
+    ("The cat sat on the", "mat."),
+    ("A dog barked at the", "mailman."),
+    ("She poured a cup of", "coffee."),
+    ("He rode his bike to", "school."),
+    ("They sailed across the", "ocean."),
+    ("The baker took fresh bread out of the", "oven."),
+]
+WRONG_LABELS = {4, 5}  # examples labelled with a wrong ending: the model "fails" them, so acc is 4/6
+
+
+@pytest.fixture(scope="module")
+def memorizer(tmp_path_factory) -> tuple[GPT, Path]:
+    """A small GPT trained on FACTS until it knows them, saved as a checkpoint at step 80."""
+    tokenizer = Tokenizer("gpt2")
+    rows = [tokenizer.encode(f"{context} {ending}\n") for context, ending in FACTS]  # one sequence each
+    width = max(len(r) for r in rows) - 1
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.full((len(rows), width), -100)  # padding is not learned
+    for i, r in enumerate(rows):
+        x[i, : len(r) - 1], y[i, : len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(preset=None, n_layer=2, n_head=2, n_embd=32, block_size=64).resolved())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+    root = tmp_path_factory.mktemp("memorizer")
+    checkpoint = root / "runs" / "memorizer" / "checkpoint_00000080"
+    save_checkpoint(checkpoint, model.state_dict(), None, TrainingState(step=80, model=asdict(model.config)),
+                    ExperimentConfig(model=model.config))
+    return model.eval(), checkpoint
+
+
+def write_hellaswag(path: Path, extra_lines: tuple[str, ...] = ()) -> list[int]:
+    """The official jsonl format; the endings of each example are all the FACTS' endings, rotated."""
+    endings = [e for _, e in FACTS]
+    labels = []
+    with open(path, "w") as out:
+        for i, (context, _) in enumerate(FACTS):
+            choices = [endings[(i + k) % len(FACTS)] for k in range(4)]  # the true ending is choice 0 …
+            choices = choices[i % 4:] + choices[: i % 4]  # … moved to position (4 - i % 4) % 4
+            truth = choices.index(endings[i])
+            label = (truth + 1) % 4 if i in WRONG_LABELS else truth
+            labels.append(truth)
+            out.write(json.dumps({"ind": i, "activity_label": "test", "ctx_a": context, "ctx_b": "", "ctx": context,
+                                  "split": "val", "split_type": "indomain", "endings": choices, "label": label,
+                                  "source_id": f"fixture-{i}"}) + "\n")
+        for line in extra_lines:
+            out.write(line + "\n")
+    return labels
+
+
+@torch.no_grad()
+def reference_losses(model: GPT, context: str, endings: list[str]) -> tuple[list[float], list[float]]:
+    """Total and mean loss of each ending's tokens after the context, one plain forward pass per ending."""
+    tokenizer = Tokenizer("gpt2")
+    ctx = tokenizer.encode(context)
+    totals, means = [], []
+    for ending in endings:
+        end = tokenizer.encode(" " + ending)
+        logits, _ = model(torch.tensor([ctx + end]))
+        log_probs = F.log_softmax(logits[0, len(ctx) - 1 : -1], dim=-1)
+        losses = [-float(log_probs[i, t]) for i, t in enumerate(end)]
+        totals.append(sum(losses))
+        means.append(sum(losses) / len(losses))
+    return totals, means
+
+
+def eval_config(root: Path, *overrides: str) -> ExperimentConfig:
+    return make_config(root, "eval.distributed=false", *overrides)
+
+
+def test_hellaswag_picks_the_endings_the_model_knows_and_scores_them_by_definition(memorizer, tmp_path):
+    model, checkpoint = memorizer
+    truths = write_hellaswag(tmp_path / "hellaswag_val.jsonl")
+    config = eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hellaswag_val.jsonl", "eval.tasks=[hellaswag]",
+                         "eval.batch_size=4")
+    report = evaluate_checkpoint(checkpoint, config)
+    [result] = report.tasks
+    assert report.step == 80
+    assert [r["pred"] for r in result.results] == truths
+    assert [r["pred_norm"] for r in result.results] == truths
+    assert result.metrics["acc"] == pytest.approx(4 / 6) and result.metrics["acc_norm"] == pytest.approx(4 / 6)
+    assert result.metrics["examples"] == 6
+    examples = [json.loads(line) for line in (tmp_path / "hellaswag_val.jsonl").read_text().splitlines()]
+    for example, row in zip(examples, result.results):
+        totals, means = reference_losses(model, example["ctx"], example["endings"])
+        assert row["losses"] == pytest.approx(totals, abs=1e-4)
+        assert row["pred"] == int(np.argmin(totals)) and row["pred_norm"] == int(np.argmin(means))
+    assert report.metrics()["eval/hellaswag/acc_norm"] == pytest.approx(4 / 6)
+
+
+def test_hellaswag_file_or_url_and_bad_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_hellaswag(tmp_path / "hs.jsonl", extra_lines=(
+        "not json", json.dumps({"ctx": "x", "endings": ["a", "b"]}),  # no label: the test split
+        json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 2}), ""))
+    examples = read_examples(str(tmp_path / "hs.jsonl"))
+    assert len(examples.items) == 6 and examples.skipped == 3
+    assert "line 7: not JSON" in examples.problems[0] and "test split" in examples.problems[1]
+    assert len(read_examples(str(tmp_path / "hs.jsonl"), limit=2).items) == 2
+    url = (tmp_path / "hs.jsonl").as_uri()  # a real URL fetch through urllib, from the local filesystem
+    fetched = read_examples(url)
+    assert fetched.items == examples.items
+    assert Path(fetched.source) == tmp_path / "cache" / "gptray" / "eval" / "hellaswag" / "hs.jsonl"
+    (tmp_path / "hs.jsonl").unlink()
+    assert read_examples(url).items == examples.items  # downloaded once: the cached copy serves
+    with pytest.raises(DataError, match="no HellaSwag file"):
+        read_examples(str(tmp_path / "hs.jsonl"))
+    with pytest.raises(DataError, match="eval.hellaswag=/path/to/hellaswag_val.jsonl"):
+        read_examples((tmp_path / "missing.jsonl").as_uri())
+    (tmp_path / "bad.jsonl").write_text("{}\n[1]\n")
+    with pytest.raises(DataError, match="holds no HellaSwag examples"):
+        read_examples(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.parametrize("tokens, length, stride", [(2, 4, 2), (10, 4, 4), (11, 4, 1), (100, 16, 5), (17, 16, 8)])
+def test_sliding_windows_predict_every_token_once_with_enough_context(tokens, length, stride):
+    scored = []
+    for begin, end, count in sliding_windows(tokens, length, stride):
+        assert 0 < end - begin <= length and 0 < count <= end - begin
+        targets = list(range(end - count + 1, end + 1))  # the last `count` of the targets begin+1 … end
+        scored += targets
+        assert all(t - begin >= min(t, length - stride) for t in targets)  # context before each target
+    assert scored == list(range(1, tokens))
+
+
+@torch.no_grad()
+def test_perplexity_of_text_files_equals_its_definition(memorizer, tmp_path):
+    """stride 1: each token predicted from the max_length tokens before it (fewer at the start)."""
+    model, checkpoint = memorizer
+    text = "The cat sat on the mat. She poured a cup of coffee. A dog barked at the ocean."
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text("He rode his bike to school.")
+    config = eval_config(tmp_path, f"eval.text_files=[{tmp_path}/a.txt, {tmp_path}/b.txt]", "eval.max_length=8",
+                         "eval.stride=1", "eval.batch_size=5")
+    [result] = evaluate_checkpoint(checkpoint, config).tasks
+    tokenizer = Tokenizer("gpt2")
+    losses = []
+    for file_text in (text, "He rode his bike to school."):  # files are separate streams
+        ids = tokenizer.encode(file_text)
+        for t in range(1, len(ids)):
+            logits, _ = model(torch.tensor([ids[max(0, t - 8) : t]]))
+            losses.append(-float(F.log_softmax(logits[0, -1], dim=-1)[ids[t]]))
+    assert result.label == "perplexity-text"
+    assert result.metrics["tokens"] == len(losses)
+    assert result.metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert result.metrics["ppl"] == pytest.approx(np.exp(np.mean(losses)), rel=1e-5)
+
+
+def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
+    _, checkpoint = memorizer
+    small = GPT(ModelConfig(preset=None, n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=96).resolved())
+    save_checkpoint(tmp_path / "small", small.state_dict(), None, TrainingState(model=asdict(small.config)),
+                    ExperimentConfig(model=small.config))
+    write_hellaswag(tmp_path / "hs.jsonl")
+    with pytest.raises(DataError, match="outside the model's vocabulary of 96"):
+        evaluate_checkpoint(tmp_path / "small", eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hs.jsonl",
+                                                            "eval.tasks=[hellaswag]"))
+    with pytest.raises(ConfigError, match="block_size"):
+        evaluate_checkpoint(checkpoint, eval_config(tmp_path, "eval.max_length=65", f"eval.text_files=[{tmp_path}/x]"))
+    with pytest.raises(ConfigError) as info:
+        eval_config(tmp_path, "eval.tasks=[lambada]")
+    assert info.value.key == "eval.tasks[0]"
+    with pytest.raises(DataError, match="missing manifest.json"):  # perplexity on a dataset that is not there
+        evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.dataset_dir={tmp_path}/nothing"))
+    (tmp_path / "small" / "model.pt").unlink()
+    with pytest.raises(CheckpointError, match="lacks model.pt"):
+        evaluate_checkpoint(tmp_path / "small", eval_config(tmp_path))
+    base = ["eval", "--checkpoint", str(checkpoint), "--local", "--no-track"]
+    assert main([*base, "--hellaswag", str(tmp_path / "none.jsonl"), "--task", "hellaswag", f"out_dir={tmp_path}"]) == 3
+    assert main([*base, "--task", "perplexity", f"out_dir={tmp_path}", "eval.stride=0"]) == 2
+
+
+def mlflow_metrics(uri: str, run_id: str) -> dict[str, tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return {k: (h[-1].step, h[-1].value) for k in client.get_run(run_id).data.metrics
+            for h in [client.get_metric_history(run_id, k)]}
+
+
+def test_cli_eval_logs_to_the_training_run_a_named_run_or_a_new_one(memorizer, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from gptray.tracking import MlflowTracker
+
+    _, checkpoint = memorizer
+    write_hellaswag(tmp_path / "hs.jsonl")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = [f"out_dir={tmp_path}", f"tracking.uri={uri}", "tracking.experiment=evals"]
+    base = ["eval", "--local", "--hellaswag", str(tmp_path / "hs.jsonl"), "--task", "hellaswag"]
+
+    # A checkpoint with no training run beside it: a new run in tracking.experiment.
+    assert main([*base, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out.json"), *settings]) == 0
+    out = capsys.readouterr().out
+    assert "acc_norm" in out and "0.6667" in out and "MLflow     new run" in out
+    new_run = out.split("MLflow     new run ")[1].split()[0]
+    assert mlflow_metrics(uri, new_run)["eval/hellaswag/acc"] == (80, pytest.approx(4 / 6))
+    assert MlflowClient(uri).get_run(new_run).info.status == "FINISHED"
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["step"] == 80 and len(saved["tasks"][0]["results"]) == 6
+
+    # The run a training run recorded beside its checkpoints (mlflow_run.json) gets the results.
+    training = MlflowTracker.start(make_config(tmp_path, f"tracking.uri={uri}", "name=memorizer",
+                                               f"out_dir={checkpoint.parent.parent}"))
+    assert main([*base, "--checkpoint", str(checkpoint.parent), *settings]) == 0  # the run directory: its latest
+    assert f"MLflow     run {training.run_id}" in capsys.readouterr().out
+    assert mlflow_metrics(uri, training.run_id)["eval/hellaswag/acc_norm"] == (80, pytest.approx(4 / 6))
+
+    # --run names the run; --no-track logs nothing.
+    assert main([*base, "--checkpoint", str(checkpoint), "--run", new_run, *settings, "eval.limit=3"]) == 0
+    assert mlflow_metrics(uri, new_run)["eval/hellaswag/examples"] == (80, 3)
+    runs = len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("evals").experiment_id]))
+    assert main([*base, "--checkpoint", str(checkpoint), "--no-track", *settings]) == 0
+    assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("evals").experiment_id])) == runs
+    assert main([*base, "--checkpoint", str(checkpoint), "--run", "0" * 32, *settings]) == 2
+
+
+@pytest.mark.slow
+def test_ray_data_actor_pool_scores_what_one_process_scores(memorizer, shakespeare_dataset, tmp_path):
+    """Perplexity on the token dataset's val split and HellaSwag, over a pool of 2 actors."""
+    _, checkpoint = memorizer
+    write_hellaswag(tmp_path / "hs.jsonl")
+    overrides = [f"eval.hellaswag={tmp_path}/hs.jsonl", "eval.tasks=[hellaswag, perplexity]",
+                 f"eval.dataset_dir={shakespeare_dataset.dataset_dir}", "eval.limit=24", "eval.batch_size=3"]
+    local = evaluate_checkpoint(checkpoint, eval_config(tmp_path, *overrides))
+    pooled = evaluate_checkpoint(checkpoint, make_config(tmp_path, *overrides, "eval.num_actors=2",
+                                                         "eval.distributed=true"))
+    assert [t.label for t in pooled.tasks] == ["hellaswag", "perplexity"]
+    assert "2 Ray Data actor(s)" in pooled.tasks[0].workers
+    for ours, theirs in zip(local.tasks, pooled.tasks):
+        assert ours.metrics == pytest.approx(theirs.metrics, rel=1e-6)
+    assert pooled.tasks[1].metrics["windows"] == 24 and pooled.tasks[1].metrics["tokens"] == 64 + 23 * 32
+
+
+@pytest.mark.slow
+def test_evaluation_during_training_logs_to_the_run_and_matches_evaluating_the_checkpoint(shakespeare_dataset,
+                                                                                          tmp_path):
+    from gptray.train.pretrain import pretrain
+
+    """Under FSDP, where every rank's forward passes must pair up: 5 units over 2 ranks in batches of 2
+    leave one rank a pass short, which it must pad."""
+    write_hellaswag(tmp_path / "hs.jsonl")
+    config = small_run_config(tmp_path, shakespeare_dataset, "name=with-evals", "train.max_steps=4",
+                              "train.parallelism=fsdp", "eval.train_tasks=[hellaswag, perplexity]",
+                              "eval.train_interval=2", "eval.limit=5", "eval.batch_size=2",
+                              f"eval.hellaswag={tmp_path}/hs.jsonl")
+    result = pretrain(config, sample=False)
+    history = metric_history(result, "eval/hellaswag/acc_norm")
+    assert sorted(history) == [2, 4]
+    assert sorted(metric_history(result, "eval/perplexity/ppl")) == [2, 4]
+    report = evaluate_checkpoint(result.checkpoint, ExperimentConfig.from_dict(
+        {**config.to_dict(), "eval": {**config.to_dict()["eval"], "distributed": False}}))
+    at_end = {k: metric_history(result, k)[4] for k in report.metrics()}
+    assert at_end == pytest.approx(report.metrics(), rel=1e-5)
