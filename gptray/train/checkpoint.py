@@ -124,26 +124,35 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def is_complete(directory: str | Path) -> bool:
-    """A checkpoint whose state.json and every file it lists are there, at their recorded sizes."""
+def missing_files(directory: str | Path) -> list[str]:
+    """What keeps a checkpoint from being complete: state.json, or files it lists absent or cut short."""
     directory = Path(directory)
     try:
         state = read_state(directory)
     except CheckpointError:
-        return False
+        return [STATE_FILE]
+    problems = []
     for name, size in state.files.items():
         path = directory / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+        if not path.is_file():
+            problems.append(f"{name} (missing)")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} ({path.stat().st_size} of {size} bytes)")
+    return problems
+
+
+def is_complete(directory: str | Path) -> bool:
+    """A checkpoint whose state.json and every file it lists are there, at their recorded sizes."""
+    return not missing_files(directory)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory or a run directory (→ its latest checkpoint)."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
-        if not is_complete(path):
-            raise CheckpointError(f"checkpoint {path} is incomplete (a copy or upload was cut short)")
+        if problems := missing_files(path):
+            raise CheckpointError(f"checkpoint {path} is incomplete: {', '.join(problems)} "
+                                  "(a copy or upload cut short?)")
         return path
     latest = latest_checkpoint(path)
     if latest is None:
