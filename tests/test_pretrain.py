@@ -132,3 +132,24 @@ def test_generate_command_reads_the_checkpoint(reference_run, capsys):
     assert cli(args) == 0
     assert capsys.readouterr().out == greedy  # greedy decoding is deterministic
     assert cli(["generate", "--checkpoint", str(Path(result.run_dir) / "nope")]) == 4
+
+
+def test_every_run_logs_its_curves_and_a_metrics_csv(reference_run, tmp_path, capsys):
+    import csv
+
+    from mlflow.tracking import MlflowClient
+
+    _, result = reference_run
+    client = MlflowClient(result.tracking_uri)
+    attached = {a.path for a in client.list_artifacts(result.mlflow_run_id, "plots")}
+    assert attached == {"plots/curves.png", "plots/metrics.csv"}
+    with open(Path(result.run_dir) / "plots" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 37))
+    assert [float(r["train/loss"]) for r in rows] == [metric_history(result, "train/loss")[s] for s in range(1, 37)]
+
+    # and on demand, from the run directory alone
+    assert cli(["plot", result.run_dir, "--out", str(tmp_path / "again"), "--no-log"]) == 0
+    assert {Path(p).name for p in capsys.readouterr().out.split()} == {"curves.png", "metrics.csv"}
+    assert (tmp_path / "again" / "curves.png").stat().st_size > 10_000
+    assert cli(["plot", str(tmp_path)]) == 3  # not a run directory: a data error, exit 3

@@ -1,4 +1,4 @@
-"""The research commands: sweep (Ray Tune ablations) and compare (statistics from MLflow)."""
+"""The research commands: sweep (Ray Tune ablations), compare (statistics from MLflow), plot (one run)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def register(commands) -> None:
                                                      "(and attach them to the sweep run)")
     sub.add_argument("--export", metavar="FILE", help="write one row per run to FILE (.jsonl or .csv)")
     sub.set_defaults(handler=cmd_compare)
+
+    sub = add_command(commands, "plot", "draw one run's loss and learning-rate curves from MLflow (PNG + CSV)",
+                      """\
+        Read a run's metric histories from MLflow and write curves.png (train and val loss; learning
+        rate) and metrics.csv (every metric by step). RUN is an MLflow run id or a run directory
+        (its mlflow_run.json names the run and the tracking store). Every training run does this
+        by itself at its end; this command redraws it at any time, also for a run still going.""",
+                      config=False)
+    sub.add_argument("run", metavar="RUN", help="an MLflow run id, or a run directory (out_dir/name)")
+    sub.add_argument("--tracking-uri", metavar="URI",
+                     help="MLflow tracking URI (default: the run directory's, else sqlite:///runs/mlflow.db)")
+    sub.add_argument("--out", metavar="DIR", help="where to write (default: RUN/plots for a run directory, "
+                                                   "else ./plots-<run id>)")
+    sub.add_argument("--no-log", action="store_true", help="do not attach the files to the MLflow run")
+    sub.set_defaults(handler=cmd_plot)
 
 
 def _sweep_file(args):
@@ -109,4 +124,39 @@ def cmd_compare(args) -> int:
         files = write_report(tracking_uri, comparison, args.plot)
         log.info("wrote %d file(s) to %s%s", len(files), args.plot,
                  " and attached them to the sweep run" if comparison.info.get("parent_run_id") else "")
+    return EXIT_OK
+
+
+def cmd_plot(args) -> int:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from gptray.config import load_config
+    from gptray.errors import DataError
+    from gptray.tracking.mlflow_tracker import RUN_RECORD
+    from gptray.tracking.plots import run_report
+
+    run_id, tracking_uri, out = args.run, args.tracking_uri, args.out
+    record = Path(args.run) / RUN_RECORD
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        run_id, tracking_uri = saved["run_id"], tracking_uri or saved["tracking_uri"]
+        out = out or str(Path(args.run) / "plots")
+    elif Path(args.run).is_dir():
+        raise DataError(f"{args.run} has no {RUN_RECORD}: it is not a tracked run directory")
+    tracking_uri = tracking_uri or load_config(None).tracking_uri()
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:
+        raise DataError(f"no MLflow run {run_id!r} at {tracking_uri}: {exc}") from None
+    files = run_report(client, run_id, out or f"plots-{run_id}")
+    if not files:
+        raise DataError(f"run {run_id} has no metrics to plot yet")
+    if not args.no_log:
+        for path in files:
+            client.log_artifact(run_id, str(path), "plots")
+    for path in files:
+        print(path)
     return EXIT_OK

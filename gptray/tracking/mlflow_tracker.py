@@ -119,8 +119,8 @@ class MlflowTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call(self.client.log_text, self.run_id, text, artifact_file)
 
-    def log_artifact(self, local_path: str) -> None:
-        self._call(self.client.log_artifact, self.run_id, local_path)
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self._call(self.client.log_artifact, self.run_id, local_path, artifact_path)
 
     def flush(self) -> bool:
         """Try now to send what is kept; True when nothing is left."""

@@ -75,3 +75,47 @@ def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def run_report(client, run_id: str, directory: str | Path) -> list[Path]:
+    """One run's curves (losses; learning rate) as PNG and all its metric histories as CSV."""
+    import csv
+
+    plt = _pyplot()
+    run = client.get_run(run_id)
+    histories = {key: sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+                 for key in sorted(run.data.metrics)}
+    histories = {k: {m.step: m.value for m in h} for k, h in histories.items() if h}  # last value per step
+    if not histories:
+        return []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    csv_path = directory / "metrics.csv"
+    steps = sorted({s for h in histories.values() for s in h})
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", *histories])
+        for step in steps:
+            writer.writerow([step, *(h.get(step, "") for h in histories.values())])
+    files.append(csv_path)
+
+    loss_keys = [k for k in histories if k.endswith("/loss")]
+    panels = [(loss_keys, "loss")] + ([(["train/lr"], "learning rate")] if "train/lr" in histories else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, (keys, ylabel) in zip(axes[:, 0], panels):
+        for key in keys:
+            points = sorted(histories[key].items())
+            ax.plot([s for s, _ in points], [v for _, v in points], label=key,
+                    marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(f"{run.info.run_name} ({run_id[:8]})")
+    fig.tight_layout()
+    png = directory / "curves.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    files.append(png)
+    return files

@@ -139,6 +139,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         if text is not None:
             tracker.log_text(text, f"samples/step_{final_state.step:08d}.txt")
         tracker.log_artifact(str(run_dir / "config.yaml"))
+        _log_run_plots(tracker, run_dir)
         if not tracker.finish("FINISHED", run_dir):
             log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
     return PretrainResult(
@@ -173,6 +174,19 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, star
         mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
         sample=_final_sample(config, checkpoint) if sample else None, seconds=time.monotonic() - started,
     )
+
+
+def _log_run_plots(tracker, run_dir: Path) -> None:
+    """The run's curves (PNG) and metrics (CSV), in run_dir/plots and as MLflow artifacts."""
+    from gptray.tracking.plots import run_report
+
+    try:
+        files = run_report(tracker.client, tracker.run_id, run_dir / "plots")
+    except Exception as exc:  # plots are a convenience: never fail a finished run over them
+        log.warning("could not draw the run's plots: %s: %s", type(exc).__name__, exc)
+        return
+    for path in files:
+        tracker.log_artifact(str(path), "plots")
 
 
 def _start_tracking(config: ExperimentConfig):
