@@ -1,0 +1,123 @@
+"""The read plan: every source cut into ordered read tasks that Ray tasks run in parallel.
+
+Task order is corpus order, so the concatenated output of tasks 0, 1, 2, … is the corpus. A task
+is one of:
+- "range": bytes [start, end) of an uncompressed line-oriented file (lines, paragraphs, JSON
+  lines). Neighbouring ranges agree on the piece boundary near their shared cut point, so a
+  single large file is read by many tasks at once;
+- "file": a whole file (compressed files, JSON arrays, files that are one document);
+- "parquet": row groups [start, end) of a Parquet file;
+- "table": rows [start, end) of a prepared Hugging Face dataset (an Arrow table);
+- "stream": shard `start` of a streamed Hugging Face dataset;
+- "problem": a file that could not even be planned (it is reported as unreadable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gptray.data.readers import UTF8_BOM, file_format, is_splittable
+from gptray.data.sources import ResolvedSource, document_start_rows
+from gptray.data.storage import FileEntry
+
+
+@dataclass
+class ReadTask:
+    source: int
+    kind: str
+    name: str = ""  # what locations in bad-input reports start with
+    path: str = ""  # inside the source's filesystem
+    fmt: str = ""  # "text" or "json" (range and file tasks)
+    unit: str = "file"  # "file", "line" or "paragraph"
+    start: int = 0
+    end: int = 0
+    first_row: int = 0  # parquet: the file row its first row group starts at; table: unused
+    error: str = ""  # problem tasks
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+def plan_tasks(sources: list[ResolvedSource], read_chunk_bytes: int) -> list[ReadTask]:
+    """All read tasks of all sources, in corpus order."""
+    tasks: list[ReadTask] = []
+    for source in sources:
+        if source.kind == "files":
+            for entry in source.files:
+                tasks += _file_tasks(source, entry, read_chunk_bytes)
+        elif source.kind == "hf_table":
+            tasks += _table_tasks(source, read_chunk_bytes)
+        else:
+            tasks += [ReadTask(source.index, "stream", source.description, start=shard)
+                      for shard in range(source.stream.num_shards)]
+    return tasks
+
+
+def plan_digest(tasks: list[ReadTask]) -> str:
+    """Identity of a plan: a resumed job must cut the corpus into exactly the same tasks."""
+    return hashlib.sha256(json.dumps([t.to_row() for t in tasks], sort_keys=True).encode()).hexdigest()
+
+
+def _file_tasks(source: ResolvedSource, entry: FileEntry, chunk: int) -> list[ReadTask]:
+    name, fmt = source.name(entry), file_format(entry.path)
+    base = ReadTask(source.index, "file", name, entry.path, fmt, source.text_unit if fmt == "text" else "line")
+    try:
+        if fmt == "parquet":
+            return _parquet_tasks(source, entry, name, chunk)
+        if not is_splittable(entry.path) or (fmt == "text" and source.text_unit == "file"):
+            return [base]
+        if fmt == "json" and entry.path.lower().endswith(".json") and _is_json_array(source, entry):
+            return [base]
+    except (OSError, pa.ArrowException) as exc:
+        return [ReadTask(source.index, "problem", name, entry.path, error=f"{type(exc).__name__}: {exc}")]
+    return [
+        ReadTask(source.index, "range", name, entry.path, fmt, base.unit, start, min(start + chunk, entry.size))
+        for start in range(0, max(entry.size, 1), chunk)
+    ]
+
+
+def _is_json_array(source: ResolvedSource, entry: FileEntry) -> bool:
+    with source.fs.open_input_file(entry.path) as f:
+        head = f.read(1 << 16)
+    return head.removeprefix(UTF8_BOM).lstrip().startswith(b"[")
+
+
+def _parquet_tasks(source: ResolvedSource, entry: FileEntry, name: str, chunk: int) -> list[ReadTask]:
+    """Consecutive row groups of about `chunk` uncompressed bytes per task."""
+    with source.fs.open_input_file(entry.path) as f:
+        metadata = pq.ParquetFile(f).metadata
+    tasks, first, first_row, row, size = [], 0, 0, 0, 0
+    for group in range(metadata.num_row_groups):
+        size += metadata.row_group(group).total_byte_size
+        row += metadata.row_group(group).num_rows
+        if size >= chunk or group == metadata.num_row_groups - 1:
+            tasks.append(ReadTask(source.index, "parquet", name, entry.path, start=first, end=group + 1,
+                                  first_row=first_row))
+            first, first_row, size = group + 1, row, 0
+    return tasks or [ReadTask(source.index, "parquet", name, entry.path, start=0, end=0)]
+
+
+def _table_tasks(source: ResolvedSource, chunk: int) -> list[ReadTask]:
+    """Row ranges of about `chunk` text bytes, cut only where a document may begin."""
+    table = source.table
+    if table.num_rows == 0:
+        return []
+    lengths = pc.fill_null(pc.binary_length(table.column(source.text_field)), 0).to_numpy(zero_copy_only=False)
+    before = np.concatenate([[0], np.cumsum(lengths)])  # text bytes before each row
+    cuts = document_start_rows(table, source.text_field, source.join_rows)
+    cut_bytes = before[cuts]
+    tasks, start = [], 0
+    while start < table.num_rows:
+        # the first allowed cut at least `chunk` bytes further on, else the end of the table
+        i = max(int(np.searchsorted(cut_bytes, before[start] + chunk)), int(np.searchsorted(cuts, start, "right")))
+        end = int(cuts[i]) if i < len(cuts) else table.num_rows
+        tasks.append(ReadTask(source.index, "table", source.description, start=start, end=end))
+        start = end
+    return tasks
