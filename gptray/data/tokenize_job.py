@@ -211,6 +211,7 @@ class _Job:
                 tokenize_tasks, batch_size=1, batch_format="pyarrow",
                 fn_kwargs={"readers_by_source": readers, "settings": settings},
             )
+            self.meter.restart()  # rates count from here: Ray start-up is not tokenizing
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 self._route(batch)
         finally:
@@ -263,10 +264,13 @@ class _Job:
         written = np.repeat(np.arange(len(codes)), copies)  # one entry per copy, in order
         doc_ids = self.next_doc + np.arange(len(written), dtype=np.int64)
         is_val = batch.column("is_val").to_numpy(zero_copy_only=False)[written]
+        once = bool((copies == 1).all())
         new_shards = 0
         for split, in_split in (("train", ~is_val), ("val", is_val)):
             mask = in_split & (doc_ids > self.covered[split])  # a resumed run skips what is written
-            if mask.any():
+            if once and mask.all():  # every record, once, all in this split: no copy of the tokens needed
+                new_shards += self.writers[split].add(doc_ids, tokens)
+            elif mask.any():
                 new_shards += self.writers[split].add(doc_ids[mask], tokens.take(pa.array(written[mask])))
         self.next_doc += len(written)
         self.meter.update(int(kept.sum()), int(lengths[kept].sum()), int(nbytes.sum()), int(task_ids[-1]),
@@ -356,6 +360,9 @@ class _Meter:
         self.start = self.last = time.monotonic()
         self.documents = self.tokens = self.bytes = 0
         self.total_tasks = 0
+
+    def restart(self) -> None:
+        self.start = self.last = time.monotonic()
 
     def update(self, documents: int, tokens: int, nbytes: int, task: int, description: str) -> None:
         self.documents += documents

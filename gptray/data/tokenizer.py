@@ -23,8 +23,8 @@ _BUILT: dict[str, tiktoken.Encoding] = {}
 def _encoding_digest(encoding: tiktoken.Encoding) -> str:
     """Identity of an encoding's content (regex, merges, special tokens), not just its name."""
     digest = hashlib.sha256(encoding._pat_str.encode())
-    for token, rank in sorted(encoding._mergeable_ranks.items(), key=lambda item: item[1]):
-        digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    for token, rank in encoding._mergeable_ranks.items():
+        digest.update(b"%d:%d:" % (rank, len(token)) + token)
     for token, rank in sorted(encoding._special_tokens.items()):
         digest.update(f"{token}={rank};".encode())
     return digest.hexdigest()

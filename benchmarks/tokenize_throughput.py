@@ -1,0 +1,127 @@
+"""Benchmark: tokens/s of the Ray Data tokenize job against plain single-process tiktoken, on the same corpus.
+
+    python benchmarks/tokenize_throughput.py [--mb 200] [--rounds 2] [--cpus N] [--workdir DIR]
+
+It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
+tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
+each round, it measures
+  1. plain tiktoken: `encode_ordinary_batch(all documents, num_threads=1)` in this process, with the
+     documents already parsed into memory (reading is not timed: the most favourable baseline);
+  2. the gptray tokenize job on a local Ray instance with --cpus CPUs: `tokenize_corpus` from config
+     to manifest (read, parse, tokenize, split, write zstd Parquet shards, checksums), Ray already
+     started;
+and prints both and the ratio  job tokens/s / (--cpus × plain tokens/s). The issue's target on a
+2-core machine is a ratio of at least 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
+    from gptray.data.corpora import corpus_file
+
+    text = corpus_file("tinyshakespeare").read_text(encoding="utf-8")
+    speeches = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    rng = random.Random(seed)
+    tmp = path.with_suffix(".tmp")
+    size = 0
+    with open(tmp, "w", encoding="utf-8") as out:
+        while size < megabytes * 1_000_000:
+            document = "\n\n".join(rng.choice(speeches) for _ in range(rng.randint(2, 30)))
+            line = json.dumps({"text": document}) + "\n"
+            out.write(line)
+            size += len(line.encode())
+    tmp.rename(path)
+
+
+def plain_tiktoken(path: Path) -> tuple[int, float]:
+    import tiktoken
+
+    documents = [json.loads(line)["text"] for line in path.open(encoding="utf-8")]
+    encoding = tiktoken.get_encoding("gpt2")
+    started = time.perf_counter()
+    tokens = sum(len(ids) + 1 for ids in encoding.encode_ordinary_batch(documents, num_threads=1))  # +1: EOT
+    return tokens, time.perf_counter() - started
+
+
+def ray_job(path: Path, out: Path) -> tuple[int, float]:
+    from gptray.config import load_config
+    from gptray.data.tokenize_job import tokenize_corpus
+
+    shutil.rmtree(out, ignore_errors=True)
+    config = load_config(None, [f"data.sources=[{{path: {path}}}]", f"data.dataset_dir={out}",
+                                "data.val_fraction=0.001", "data.shard_tokens=20000000"])
+    started = time.perf_counter()
+    result = tokenize_corpus(config)
+    return result.manifest.tokens, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (at least 50)")
+    parser.add_argument("--rounds", type=int, default=2, help="measure both this many times, interleaved")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gptray-bench"),
+                        help="where the corpus is kept and shards are written")
+    args = parser.parse_args()
+    if args.mb < 50:
+        parser.error("--mb must be at least 50")
+    import logging
+
+    import ray
+
+    from gptray.runtime import configure_logging
+
+    configure_logging(logging.WARNING)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / f"corpus-{args.mb}mb.jsonl"
+    if not corpus.exists():
+        print(f"making {corpus} ...", flush=True)
+        make_corpus(corpus, args.mb)
+    print(f"corpus     {corpus} ({corpus.stat().st_size / 1e6:.0f} MB)")
+    print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start")
+
+    started = time.perf_counter()
+    ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
+             log_to_driver=False)
+    print(f"ray.init   {time.perf_counter() - started:.1f} s (not counted), {args.cpus} CPU(s)")
+    plain_rates, job_rates = [], []
+    try:
+        for round_number in range(1, args.rounds + 1):
+            tokens, seconds = plain_tiktoken(corpus)
+            plain_rates.append(tokens / seconds)
+            print(f"round {round_number}    plain tiktoken, 1 process: {tokens:,} tokens in {seconds:.1f} s = "
+                  f"{plain_rates[-1] / 1e6:.2f} M tokens/s", flush=True)
+            job_tokens, seconds = ray_job(corpus, work / "shards")
+            job_rates.append(job_tokens / seconds)
+            print(f"           gptray tokenize job, Ray Data: {job_tokens:,} tokens in {seconds:.1f} s = "
+                  f"{job_rates[-1] / 1e6:.2f} M tokens/s (load average {os.getloadavg()[0]:.2f})", flush=True)
+            if job_tokens != tokens:
+                print(f"           token counts differ: job {job_tokens:,} vs plain {tokens:,}", file=sys.stderr)
+                return 1
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    plain, job = statistics.median(plain_rates), statistics.median(job_rates)
+    ratio = job / (args.cpus * plain)
+    print(f"median     plain {plain / 1e6:.2f} M tokens/s; job {job / 1e6:.2f} M tokens/s")
+    print(f"ratio      job / ({args.cpus} × plain) = {ratio:.2f}  (target ≥ 0.80)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
