@@ -39,6 +39,7 @@ PARQUET_BATCH_ROWS = 4096
 PARAGRAPH_BREAK = re.compile(rb"\n\s*\n")
 NON_SPACE = re.compile(rb"\S")
 UTF8_BOM = b"\xef\xbb\xbf"
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Doc(NamedTuple):
@@ -224,15 +225,15 @@ def _json_doc(piece: bytes, loc: str, text_field: str) -> Doc:
 
 def _row_doc(value, loc: str, text_field: str, status: str, nbytes: int) -> Doc:
     if not isinstance(value, str):
-        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        what = "missing" if value is None else f"not a string ({type(value).__name__})"
         return problem(loc, "missing_field", f"field {text_field!r} is {what}", nbytes)
     if not value.strip():
         return problem(loc, "empty", "", nbytes)
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError:  # JSON escapes can spell lone surrogates ("\ud800"), which are not text
-        raw = value.encode("utf-8", errors="replace")
-        value, status = raw.decode("utf-8"), "undecodable"
+        value, status = SURROGATE.sub("\ufffd", value), "undecodable"
+        raw = value.encode("utf-8")
     if status != "ok":
         return Doc(value, raw, status, loc, "invalid UTF-8 replaced by U+FFFD", nbytes)
     return Doc(value, raw, "ok", "", "", nbytes)

@@ -20,6 +20,7 @@ from gptray.errors import DataError
 
 ROW_GROUP_DOCUMENTS = 8192
 SHARD_PREFIX = "shard-"
+SEGMENT_PREFIX = "pending-"  # saved pending documents of an unfinished job
 
 
 def shard_schema(dtype: np.dtype) -> pa.Schema:
@@ -37,24 +38,28 @@ def _storage(dataset_dir: str | Path | Storage) -> Storage:
 class TokenShardWriter:
     """Collects whole documents of one split and writes a shard once it holds `shard_tokens` tokens.
 
-    `shards` continues an earlier run's list (resuming); new shards are numbered after them.
+    Resuming, `shards` continues an earlier run's list (new shards are numbered after them) and
+    `segments` are its saved pending documents, which the next shard then starts with.
     """
 
     def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
-                 shards: list[ShardInfo] | None = None):
+                 shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None):
         self.storage = _storage(dataset_dir)
         self.split = split
         self.schema = shard_schema(dtype)
         self.shard_tokens = shard_tokens
         self.shards: list[ShardInfo] = list(shards or [])
+        self.segments: list[ShardInfo] = []  # files holding the pending documents saved so far, in order
+        self.obsolete_segments: list[ShardInfo] = []  # saved pending documents that are now in a shard
         self._pending: list[pa.Table] = []
         self._pending_tokens = 0
+        self._saved_tables = 0  # how many of the pending tables are in `segments`
         self.storage.make_dirs(split)
-
-    @property
-    def first_pending_document(self) -> int | None:
-        """Global id of the first document not yet in a written shard (None if nothing is pending)."""
-        return int(self._pending[0].column("doc")[0].as_py()) if self._pending else None
+        for segment in segments or []:
+            self._pending.append(read_shard(self.storage, segment).cast(self.schema))
+            self._pending_tokens += segment.tokens
+            self.segments.append(segment)
+        self._saved_tables = len(self._pending)
 
     def add(self, doc_ids: np.ndarray, tokens: pa.ListArray) -> int:
         """Append documents (global ids, one token list each) in corpus order; returns shards written."""
@@ -75,6 +80,23 @@ class TokenShardWriter:
                 written += 1
         return written
 
+    def save_pending(self) -> None:
+        """Write the pending documents not saved yet as a segment file, so a resumed job need not redo them."""
+        unsaved = self._pending[self._saved_tables:]
+        if not unsaved or not sum(t.num_rows for t in unsaved):
+            return
+        table = pa.concat_tables(unsaved).combine_chunks()
+        first = int(table.column("doc")[0].as_py())
+        self.segments.append(self._write(table, f"{self.split}/{SEGMENT_PREFIX}{first:012d}.parquet",
+                                         int(pc.sum(pc.list_value_length(table.column("tokens"))).as_py() or 0)))
+        self._saved_tables = len(self._pending)
+
+    def delete_obsolete_segments(self) -> None:
+        """Remove segment files whose documents are now in a shard (after the progress no longer lists them)."""
+        for segment in self.obsolete_segments:
+            self.storage.delete(segment.path)
+        self.obsolete_segments = []
+
     def close(self) -> list[ShardInfo]:
         if self._pending:
             self._flush()
@@ -82,25 +104,21 @@ class TokenShardWriter:
 
     def _flush(self) -> None:
         table = pa.concat_tables(self._pending).combine_chunks()
-        relative = shard_path(self.split, len(self.shards))
+        self.shards.append(self._write(table, shard_path(self.split, len(self.shards)), self._pending_tokens))
+        self._pending, self._pending_tokens, self._saved_tables = [], 0, 0
+        self.obsolete_segments += self.segments
+        self.segments = []
+
+    def _write(self, table: pa.Table, relative: str, tokens: int) -> ShardInfo:
         sink = pa.BufferOutputStream()
         # Dictionary-encoding 50K distinct token ids costs ~20% more time than it saves in bytes.
         pq.write_table(table, sink, row_group_size=ROW_GROUP_DOCUMENTS, compression="zstd", use_dictionary=["doc"])
         data = sink.getvalue().to_pybytes()
         self.storage.write_bytes(relative, data)
         docs = table.column("doc")
-        self.shards.append(
-            ShardInfo(
-                path=relative,
-                documents=table.num_rows,
-                tokens=self._pending_tokens,
-                first_document=int(docs[0].as_py()),
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-                last_document=int(docs[table.num_rows - 1].as_py()),
-            )
-        )
-        self._pending, self._pending_tokens = [], 0
+        return ShardInfo(path=relative, documents=table.num_rows, tokens=tokens,
+                         first_document=int(docs[0].as_py()), sha256=hashlib.sha256(data).hexdigest(),
+                         bytes=len(data), last_document=int(docs[table.num_rows - 1].as_py()))
 
 
 def file_sha256(path: str | Path) -> str:

@@ -30,7 +30,7 @@ from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts,
 from gptray.data.plan import ReadTask, plan_digest, plan_tasks
 from gptray.data.progress import PROGRESS_NAME, Progress, ResumePoint, TaskStats, resume_point
 from gptray.data.readers import STATUSES
-from gptray.data.shards import SHARD_PREFIX, TokenShardWriter, shard_is_intact
+from gptray.data.shards import SEGMENT_PREFIX, SHARD_PREFIX, TokenShardWriter, shard_is_intact
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
 from gptray.data.storage import Storage
@@ -88,13 +88,13 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
         return TokenizeResult(point, store.uri(), True, time.monotonic() - started, tasks=len(tasks))
     if point is None:
         _remove_outputs(store)
-        point = ResumePoint(0, 0, {s: [] for s in SPLITS}, {s: -1 for s in SPLITS}, [])
+        point = ResumePoint.start()
     else:
         store.delete(MANIFEST_NAME)  # the old manifest describes shards that are about to be rewritten
-        log.info("resuming at read task %d of %d (document %s); keeping %s", point.task, len(tasks),
+        log.info("resuming at read task %d of %d (document %s); keeping %s", point.task + 1, len(tasks),
                  f"{point.next_doc:,}", ", ".join(f"{len(v)} {k} shard(s)" for k, v in point.shards.items()))
     job = _Job(store, sources, tokenizer, config, strict if strict is not None else data.strict, point,
-               Progress(digest, plan_id, shards=point.shards, resume_doc=point.next_doc, next_doc=point.next_doc,
+               Progress(digest, plan_id, shards=point.shards, segments=point.segments, next_doc=point.next_doc,
                         tasks=point.tasks))
     job.run(tasks)
     manifest = job.finish(digest)
@@ -132,7 +132,8 @@ def _starting_point(store: Storage, digest: str, plan_id: str, overwrite: bool) 
         log.warning("the read plan changed since the interrupted run (data.read_chunk_bytes or files): starting over")
         return None
     intact = _intact_shards(progress.shards, store)
-    return resume_point(progress, intact)
+    intact_segments = _intact_shards(progress.segments, store)
+    return resume_point(progress, intact, intact_segments)
 
 
 def _load_manifest(store: Storage) -> Manifest | None:
@@ -149,7 +150,7 @@ def _intact_shards(shards: dict[str, list], store: Storage) -> dict[str, int]:
     """Per split, how many leading shards exist with their recorded checksum."""
     total = sum(len(v) for v in shards.values())
     if total:
-        log.info("verifying %d existing shard(s) in %s", total, store.uri())
+        log.info("verifying %d existing file(s) in %s", total, store.uri())
     intact = {}
     for split in SPLITS:
         listed = shards.get(split, [])
@@ -163,7 +164,7 @@ def _remove_outputs(store: Storage) -> None:
     store.delete(PROGRESS_NAME)
     for split in SPLITS:
         for name in store.list(split):
-            if name.startswith(SHARD_PREFIX):
+            if name.startswith((SHARD_PREFIX, SEGMENT_PREFIX)):
                 store.delete(f"{split}/{name}")
 
 
@@ -176,7 +177,8 @@ class _Job:
         self.store, self.sources, self.tokenizer, self.config, self.strict = store, sources, tokenizer, config, strict
         self.progress = progress
         self.writers = {split: TokenShardWriter(store, split, tokenizer.dtype, data.shard_tokens,
-                                                shards=point.shards[split]) for split in SPLITS}
+                                                shards=point.shards[split], segments=point.segments[split])
+                        for split in SPLITS}
         self.covered = dict(point.covered)  # per split: documents up to this id are already written
         self.next_doc = point.next_doc
         self.first_task = point.task
@@ -279,13 +281,17 @@ class _Job:
             self._save_progress()
 
     def _save_progress(self, complete: bool = False) -> None:
-        pending = [w.first_pending_document for w in self.writers.values()]
+        """Save the documents waiting for their split's next shard, then the progress that lists them."""
+        for writer in self.writers.values():
+            writer.save_pending()
         self.progress.shards = {split: list(w.shards) for split, w in self.writers.items()}
-        self.progress.resume_doc = min([self.next_doc] + [p for p in pending if p is not None])
+        self.progress.segments = {split: list(w.segments) for split, w in self.writers.items()}
         self.progress.next_doc = self.next_doc
         self.progress.tasks = [self.stats[t] for t in sorted(self.stats)]
         self.progress.complete = complete
         self.progress.save(self.store)
+        for writer in self.writers.values():  # only now that no saved progress refers to them
+            writer.delete_obsolete_segments()
 
     def _fail_strict(self, batch: pa.Table, problems: np.ndarray) -> None:
         codes = batch.column("status").to_numpy()
@@ -300,6 +306,10 @@ class _Job:
         for writer in self.writers.values():
             writer.close()
         self._save_progress(complete=True)
+        for split in SPLITS:  # segments a crash left behind after they were no longer listed
+            for name in self.store.list(split):
+                if name.startswith(SEGMENT_PREFIX):
+                    self.store.delete(f"{split}/{name}")
         splits = {}
         for split, writer in self.writers.items():
             shards = writer.shards
