@@ -74,3 +74,17 @@ def test_preview_shows_exactly_the_trainers_windows(shakespeare_dataset, tmp_pat
 def test_preview_rejects_bad_arguments(args, key, capsys):
     assert main(["data", "preview", *args]) == 2
     assert key in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["data"], ["data", "list"], ["data", "inspect"], ["data", "preview"],
+                                     ["tokenize"]])
+def test_data_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: gptray" in out and "exit codes:" in out
+    if command == ["data"]:
+        assert all(name in out for name in ("list", "inspect", "preview"))
+    if command == ["tokenize"]:
+        assert "--strict" in out and "--overwrite" in out
