@@ -86,6 +86,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     point = _starting_point(store, digest, plan_id, overwrite)
     if isinstance(point, Manifest):
         return TokenizeResult(point, store.uri(), True, time.monotonic() - started, tasks=len(tasks))
+    resumed_from = None if point is None else point.task
     if point is None:
         _remove_outputs(store)
         point = ResumePoint.start()
@@ -98,9 +99,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
                         tasks=point.tasks))
     job.run(tasks)
     manifest = job.finish(digest)
-    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started,
-                          resumed_from_task=point.task if point.task or point.next_doc or any(point.shards.values())
-                          else None, tasks=len(tasks))
+    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started, resumed_from, len(tasks))
 
 
 def _starting_point(store: Storage, digest: str, plan_id: str, overwrite: bool) -> Manifest | ResumePoint | None:
