@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,13 +46,18 @@ class ReadTask:
         return asdict(self)
 
 
+PLANNING_THREADS = 16  # Parquet footers and JSON heads are read concurrently: object stores have latency
+
+
 def plan_tasks(sources: list[ResolvedSource], read_chunk_bytes: int) -> list[ReadTask]:
     """All read tasks of all sources, in corpus order."""
     tasks: list[ReadTask] = []
     for source in sources:
         if source.kind == "files":
-            for entry in source.files:
-                tasks += _file_tasks(source, entry, read_chunk_bytes)
+            with ThreadPoolExecutor(PLANNING_THREADS) as pool:
+                chunks = [read_chunk_bytes] * len(source.files)
+                for file_tasks in pool.map(_file_tasks, [source] * len(source.files), source.files, chunks):
+                    tasks += file_tasks
         elif source.kind == "hf_table":
             tasks += _table_tasks(source, read_chunk_bytes)
         else:
