@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from gptray.data import readers
-from gptray.data.plan import ReadTask
 from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
 from gptray.data.split import copies, is_validation
+from gptray.data.tasks import ReadTask
 from gptray.data.tokenizer import Tokenizer
 
 STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}

@@ -1,15 +1,6 @@
-"""The read plan: every source cut into ordered read tasks that Ray tasks run in parallel.
+"""The read plan: every source cut into ordered read tasks (tasks.py) that Ray tasks run in parallel.
 
-Task order is corpus order, so the concatenated output of tasks 0, 1, 2, … is the corpus. A task
-is one of:
-- "range": bytes [start, end) of an uncompressed line-oriented file (lines, paragraphs, JSON
-  lines). Neighbouring ranges agree on the piece boundary near their shared cut point, so a
-  single large file is read by many tasks at once;
-- "file": a whole file (compressed files, JSON arrays, files that are one document);
-- "parquet": row groups [start, end) of a Parquet file;
-- "table": rows [start, end) of a prepared Hugging Face dataset (an Arrow table);
-- "stream": shard `start` of a streamed Hugging Face dataset;
-- "problem": a file that could not even be planned (it is reported as unreadable).
+Task order is corpus order, so the concatenated output of tasks 0, 1, 2, … is the corpus.
 """
 
 from __future__ import annotations
@@ -17,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -27,24 +17,7 @@ import pyarrow.parquet as pq
 from gptray.data.readers import UTF8_BOM, file_format, is_splittable
 from gptray.data.sources import ResolvedSource, document_start_rows
 from gptray.data.storage import FileEntry
-
-
-@dataclass
-class ReadTask:
-    source: int
-    kind: str
-    name: str = ""  # what locations in bad-input reports start with
-    path: str = ""  # inside the source's filesystem
-    fmt: str = ""  # "text" or "json" (range and file tasks)
-    unit: str = "file"  # "file", "line" or "paragraph"
-    start: int = 0
-    end: int = 0
-    first_row: int = 0  # parquet: the file row its first row group starts at; table: unused
-    error: str = ""  # problem tasks
-
-    def to_row(self) -> dict:
-        return asdict(self)
-
+from gptray.data.tasks import ReadTask
 
 PLANNING_THREADS = 16  # Parquet footers and JSON heads are read concurrently: object stores have latency
 

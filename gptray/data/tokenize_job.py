@@ -27,13 +27,14 @@ import pyarrow.compute as pc
 from gptray.config import ExperimentConfig
 from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockSettings, SourceReader, tokenize_tasks
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
-from gptray.data.plan import ReadTask, plan_digest, plan_tasks
+from gptray.data.plan import plan_digest, plan_tasks
 from gptray.data.progress import PROGRESS_NAME, Progress, ResumePoint, TaskStats, resume_point
 from gptray.data.readers import STATUSES
 from gptray.data.shards import SEGMENT_PREFIX, SHARD_PREFIX, TokenShardWriter, shard_is_intact
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
 from gptray.data.storage import Storage
+from gptray.data.tasks import ReadTask
 from gptray.data.tokenizer import Tokenizer
 from gptray.errors import DataError
 
