@@ -1,6 +1,6 @@
 """Benchmark: tokens/s of the Ray Data tokenize job against plain single-process tiktoken, on the same corpus.
 
-    python benchmarks/tokenize_throughput.py [--mb 200] [--rounds 2] [--cpus N] [--workdir DIR]
+    python benchmarks/tokenize_throughput.py [--mb 200] [--rounds 3] [--cpus N] [--worker-niceness 0] [--workdir DIR]
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -110,8 +110,10 @@ def ray_cpu_seconds(ray_dir: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (at least 50)")
-    parser.add_argument("--rounds", type=int, default=2, help="measure both this many times, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="measure both this many times, interleaved")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
+    parser.add_argument("--worker-niceness", type=int, default=0,
+                        help="niceness of the Ray workers (Ray's own default is 15; this process runs at 0)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gptray-bench"),
                         help="where the corpus is kept and shards are written")
     args = parser.parse_args()
@@ -133,11 +135,15 @@ def main() -> int:
     print(f"corpus     {corpus} ({corpus.stat().st_size / 1e6:.0f} MB)")
     print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start")
 
+    # Ray runs its workers at nice 15 unless told otherwise: on a machine that other work also loads,
+    # they would yield to it while the plain baseline (nice 0) would not. Compare on equal terms.
+    os.environ.setdefault("RAY_worker_niceness", str(args.worker_niceness))
     started = time.perf_counter()
     ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
              log_to_driver=False)
-    print(f"ray.init   {time.perf_counter() - started:.1f} s (not counted), {args.cpus} CPU(s)")
+    print(f"ray.init   {time.perf_counter() - started:.1f} s (not counted), {args.cpus} CPU(s), workers at nice "
+          f"{os.environ['RAY_worker_niceness']}")
     plain_rates, list_rates, job_rates, plain_cpu, job_cpu = [], [], [], [], []
     try:
         for round_number in range(1, args.rounds + 1):
