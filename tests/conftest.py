@@ -21,7 +21,15 @@ os.environ.setdefault("GPTRAY_CORPORA", str(SHARED / "corpora"))
 os.environ["XDG_CACHE_HOME"] = str(_SCRATCH / "cache")  # gptray's token cache and corpus downloads
 os.environ["HF_HOME"] = str(_SCRATCH / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# S3 tests talk to a moto server on loopback. Ray workers read S3 through filesystems pickled by
+# the driver (which carry the endpoint) but take credentials from their environment: give every
+# process dummy ones, and never let an S3 client wait on the EC2 metadata service.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -94,3 +102,26 @@ def reference_run(shakespeare_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     config = small_run_config(root, shakespeare_dataset, "name=reference", "train.max_steps=36")
     return config, pretrain(config)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto in server mode) on a free loopback port, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, request):
+    """A fresh bucket; AWS_ENDPOINT_URL points this process's S3 clients at the server."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    name = "gptray-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

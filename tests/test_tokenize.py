@@ -118,7 +118,8 @@ def test_jsonl_documents_and_bad_lines(ray_session, tmp_path):
     assert stream == expected_stream(JSONL_DOCS)
     assert manifest.documents == len(JSONL_DOCS)
     assert manifest.problems.counts == {"malformed_json": 1, "empty": 1, "missing_field": 2}
-    assert manifest.problems.examples["malformed_json"][0].startswith(f"{path}:line 3")
+    line_3 = len(b"".join(path.read_bytes().split(b"\n", 2)[:2])) + 2  # byte offset where line 3 starts
+    assert manifest.problems.examples["malformed_json"][0].startswith(f"{path}:byte {line_3}:")
     check_manifest_counts(tmp_path / "data", result.manifest)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptray.cli import eval_commands, model_commands, run_commands, sweep_commands
+from gptray.cli import data_commands, eval_commands, model_commands, run_commands, sweep_commands
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
 from gptray.errors import GptrayError
 
 # Each module adds its subcommands with `register(commands)`.
-COMMAND_GROUPS = [run_commands, model_commands, sweep_commands, eval_commands]
+COMMAND_GROUPS = [run_commands, data_commands, model_commands, sweep_commands, eval_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

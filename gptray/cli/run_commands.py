@@ -13,12 +13,19 @@ from gptray.errors import ConfigError
 
 def register(commands) -> None:
     sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray Data)", """\
-        Read data.sources (local txt/jsonl/json/parquet files, directories, globs, Hugging Face datasets,
-        named corpora), tokenize them with tiktoken, append <|endoftext|> after every document, split
-        documents into train/val by a seeded content hash, and write Parquet token shards plus
-        manifest.json to data.dataset_dir. An identical earlier run is reused.""")
+        Read data.sources (local or s3:// / gs:// txt/jsonl/json/parquet files, also .gz/.zst compressed,
+        directories, globs, Hugging Face datasets, named corpora from `gptray data list`), tokenize them
+        with tiktoken in parallel Ray tasks, append <|endoftext|> after every document, split documents
+        into train/val by a seeded content hash, write each source's documents as often as its weight
+        says, and write Parquet token shards plus manifest.json to data.dataset_dir (a local path or a
+        URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
+        Rerunning reuses a finished identical dataset after verifying its shards, and resumes an
+        interrupted one after its last intact shard.""")
     sub.add_argument("--overwrite", action="store_true",
-                     help="replace a different token dataset already in data.dataset_dir")
+                     help="replace a different token dataset (or unfinished job) already in data.dataset_dir")
+    sub.add_argument("--strict", action="store_true",
+                     help="stop with an error (exit 3) at the first bad input instead of skipping and counting it "
+                          "(same as data.strict=true)")
     sub.set_defaults(handler=cmd_tokenize)
 
     sub = add_command(commands, "pretrain", "train a GPT on token shards with Ray Train (DDP)", """\
@@ -73,7 +80,7 @@ def cmd_tokenize(args) -> int:
     from gptray.data.tokenize_job import tokenize_corpus
 
     config = load_experiment(args)
-    result = tokenize_corpus(config, overwrite=args.overwrite)
+    result = tokenize_corpus(config, overwrite=args.overwrite, strict=True if args.strict else None)
     _print_dataset(result)
     return EXIT_OK
 
@@ -195,12 +202,21 @@ def cmd_quickstart(args) -> int:
 def _print_dataset(result) -> None:
     m = result.manifest
     train, val = m.split_info("train"), m.split_info("val")
-    state = "reused" if result.reused else f"written in {result.seconds:.0f} s"
+    if result.reused:
+        state = "reused: shards verified"
+    elif result.resumed_from_task is not None:
+        state = (f"resumed at read task {result.resumed_from_task + 1} of {result.tasks}, "
+                 f"finished in {result.seconds:.0f} s")
+    else:
+        state = f"written in {result.seconds:.0f} s"
     print(f"dataset    {result.dataset_dir} ({state})")
     print(f"           {m.documents:,} documents, {m.tokens:,} tokens: train {train.tokens:,} in "
           f"{len(train.shards)} shard(s), val {val.tokens:,} in {len(val.shards)} shard(s)")
+    if len(m.sources) > 1:
+        shares = ", ".join(f"{s.description} {s.share:.1%}" for s in m.sources)
+        print(f"           sources: {shares}")
     if m.problems.total():
-        print(f"           skipped or repaired input: {m.problems.counts} (see manifest.json)")
+        print(f"           skipped or repaired input: {m.problems.counts} (gptray data inspect shows where)")
 
 
 def _print_run(config, result) -> None:

@@ -6,6 +6,7 @@ A YAML file plus dotted overrides is the whole truth of a run; the resolved form
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,19 +19,32 @@ from gptray.model.config import ModelConfig
 
 @dataclass
 class SourceConfig:
-    """One corpus to tokenize: a local path (file, directory or glob), a Hugging Face dataset, or a named corpus."""
+    """One corpus to tokenize: local or object-store files, a Hugging Face dataset, or a named corpus.
 
-    path: str | None = None  # local .txt/.jsonl/.parquet file, directory, or glob
-    hf: str | None = None  # Hugging Face dataset name for `datasets.load_dataset` ("wikitext", "json", …)
-    corpus: str | None = None  # a name from gptray's corpus registry ("tinyshakespeare")
+    Exactly one of `path`, `hf` and `corpus` is set.
+    """
+
+    # Local or object-store files: a file, a directory (read recursively in sorted order) or a glob;
+    # s3://bucket/prefix/*.jsonl.gz and gs://… work too. Formats by suffix: .txt/.text/.md,
+    # .jsonl/.ndjson/.json, .parquet, each text or JSON format also compressed (.gz, .zst, .bz2).
+    path: str | None = None
+    hf: str | None = None  # Hugging Face dataset for `datasets.load_dataset` ("Salesforce/wikitext", "json", …)
+    corpus: str | None = None  # a name from gptray's corpus registry (`gptray data list`)
     hf_config: str | None = None  # the dataset's config name ("wikitext-2-raw-v1")
     hf_split: str = "train"
+    hf_revision: str | None = None  # pin a dataset version (git revision on the Hub)
     data_files: list[str] | None = None  # for hf: json/text/parquet builders reading local files
+    # Stream the dataset (nothing downloaded up front; shards read in parallel) instead of
+    # preparing it in the local cache. Null: a named corpus decides by its size; hf datasets do not stream.
+    streaming: bool | None = None
     text_field: str = "text"  # the field holding a document in jsonl/parquet/HF rows
     # How a .txt file divides into documents: the whole file, blank-line separated
     # paragraphs, or single lines; null means "file" (a named corpus picks its own).
     # Each document is followed by <|endoftext|>.
     text_unit: Literal["file", "paragraph", "line"] | None = None
+    # Mixture weight: how many times each document is written. 1 writes every document once, 3 three
+    # times, 0.25 a deterministic quarter of them (chosen by a seeded hash of the document).
+    weight: float = 1.0
 
     def kind(self) -> str:
         return "path" if self.path else "hf" if self.hf else "corpus"
@@ -46,12 +60,17 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
-    dataset_dir: str = "data/tinyshakespeare"  # where shards + manifest.json are written and read
+    dataset_dir: str = "data/tinyshakespeare"  # where shards + manifest.json go: a local path or s3://, gs:// URI
     tokenizer: str = "gpt2"  # a tiktoken encoding name
     val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
     split_seed: int = 0
     shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
-    batch_documents: int = 512  # documents per Ray Data tokenize batch
+    batch_documents: int = 4096  # at most this many documents per tokenized block a read task sends on
+    # A larger document (line, paragraph, JSON line, file, row) is skipped and counted as "oversized";
+    # input is read in blocks, so even a 100 GB line never has to fit in memory.
+    max_document_bytes: int = 32 << 20
+    read_chunk_bytes: int = 8 << 20  # uncompressed line-oriented files are read in ranges of this size, in parallel
+    strict: bool = False  # any bad input (see the manifest's problem kinds) stops the job with an error
     cache_dir: str | None = None  # node-local cache of decoded token arrays; default ~/.cache/gptray
 
 
@@ -288,9 +307,17 @@ def _validate_data(data: DataConfig) -> None:
             raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
         if not source.text_field:
             raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
+        if source.hf_revision is not None and not source.hf:
+            raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
+        if source.streaming is not None and source.path:
+            raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
+        _require(math.isfinite(source.weight) and source.weight > 0, f"data.sources[{i}].weight",
+                 "must be a positive number", source.weight)
     _require(0.0 <= data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", data.val_fraction)
     _require(data.shard_tokens > 0, "data.shard_tokens", "must be positive", data.shard_tokens)
     _require(data.batch_documents > 0, "data.batch_documents", "must be positive", data.batch_documents)
+    _require(data.max_document_bytes > 0, "data.max_document_bytes", "must be positive", data.max_document_bytes)
+    _require(data.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", data.read_chunk_bytes)
     _require(bool(data.dataset_dir), "data.dataset_dir", "must not be empty", data.dataset_dir)
 
 

@@ -1,4 +1,11 @@
-"""Named corpora: where to find them on disk, and where to download them from when missing."""
+"""Named corpora: what each one is, how big, where it comes from, and how to find it on this machine.
+
+Two kinds. A file corpus (tinyshakespeare) is one file, found in $GPTRAY_CORPORA or the cache,
+else downloaded and checked against its sha256. A Hugging Face corpus loads through `datasets`
+from the Hub (streamed where it is large), or from a local copy of its Hub repository: a
+directory `<dir>/<owner>/<name>` in $GPTRAY_CORPORA, e.g. made with
+`huggingface-cli download --repo-type dataset Salesforce/wikitext --local-dir $GPTRAY_CORPORA/Salesforce/wikitext`.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +26,31 @@ CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) search
 class Corpus:
     name: str
     description: str
-    filename: str
-    url: str
-    sha256: str
-    size: str
-    text_unit: str = "file"  # how its text files divide into documents
+    size: str  # documents, GPT-2 tokens and bytes, as far as known (approximate)
+    # A file corpus:
+    filename: str = ""
+    url: str = ""
+    sha256: str = ""
+    text_unit: str = "file"  # how its text file divides into documents
+    # A Hugging Face corpus:
+    hf: str = ""
+    hf_config: str | None = None
+    hf_revision: str | None = None
+    text_field: str = "text"
+    streaming: bool = False  # large corpora are streamed: nothing is prepared on local disk first
+    # Rows that are lines of longer documents, joined back before tokenizing ("wikitext": an article
+    # starts at a ` = Title = ` heading row).
+    join_rows: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "hf" if self.hf else "file"
+
+    @property
+    def source(self) -> str:
+        if self.hf:
+            return f"hf:{self.hf}" + (f" ({self.hf_config})" if self.hf_config else "")
+        return self.url
 
 
 REGISTRY: dict[str, Corpus] = {
@@ -32,11 +59,66 @@ REGISTRY: dict[str, Corpus] = {
         Corpus(
             name="tinyshakespeare",
             description="40,000 lines of Shakespeare (Karpathy's char-rnn corpus); one document per speech",
+            size="7.2K documents, 0.33M tokens, 1.1 MB",
             filename="tinyshakespeare.txt",
             url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
             sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-            size="1.1 MB",
             text_unit="paragraph",
+        ),
+        Corpus(
+            name="wikitext-2",
+            description="WikiText-2 (raw): Wikipedia Good and Featured articles; one document per article",
+            size="0.6K articles, 2.4M tokens, 11 MB",
+            hf="Salesforce/wikitext", hf_config="wikitext-2-raw-v1", join_rows="wikitext",
+        ),
+        Corpus(
+            name="wikitext-103",
+            description="WikiText-103 (raw): Wikipedia Good and Featured articles; one document per article",
+            size="28K articles, 0.12B tokens, 0.54 GB",
+            hf="Salesforce/wikitext", hf_config="wikitext-103-raw-v1", join_rows="wikitext",
+        ),
+        Corpus(
+            name="openwebtext-10k",
+            description="The first 10,000 documents of OpenWebText, for quick experiments",
+            size="10K documents, 11M tokens, 50 MB",
+            hf="stas/openwebtext-10k", hf_revision="refs/convert/parquet", hf_config="plain_text",
+        ),
+        Corpus(
+            name="openwebtext",
+            description="OpenWebText: an open reproduction of GPT-2's WebText (Reddit-linked web pages)",
+            size="8.0M documents, 9.0B tokens, 38 GB",
+            hf="Skylion007/openwebtext", streaming=True,
+        ),
+        Corpus(
+            name="tinystories",
+            description="TinyStories: short stories in simple English written by GPT-3.5/GPT-4",
+            size="2.1M documents, 0.47B tokens, 1.9 GB",
+            hf="roneneldan/TinyStories",
+        ),
+        Corpus(
+            name="fineweb-edu-10bt",
+            description="FineWeb-Edu sample-10BT: educational web pages filtered from FineWeb",
+            size="9.7M documents, 10B tokens, 27 GB",
+            hf="HuggingFaceFW/fineweb-edu", hf_config="sample-10BT", streaming=True,
+        ),
+        Corpus(
+            name="c4-en",
+            description="C4 (en): the Colossal Clean Crawled Corpus used to train T5",
+            size="365M documents, 156B tokens, 305 GB",
+            hf="allenai/c4", hf_config="en", streaming=True,
+        ),
+        Corpus(
+            name="pile-uncopyrighted",
+            description="The Pile with its copyrighted subsets (Books3, BookCorpus2, OpenSubtitles, YTSubtitles, "
+                        "OWT2) removed",
+            size="~177M documents, ~0.3T tokens, ~0.8 TB",
+            hf="monology/pile-uncopyrighted", streaming=True,
+        ),
+        Corpus(
+            name="redpajama-sample",
+            description="RedPajama-Data-1T-Sample: a 1B-token sample of RedPajama's LLaMA-style mixture",
+            size="0.93M documents, ~1B tokens, ~3 GB",
+            hf="togethercomputer/RedPajama-Data-1T-Sample", hf_revision="refs/convert/parquet", streaming=True,
         ),
     ]
 }
@@ -53,18 +135,26 @@ def search_dirs() -> list[Path]:
 
 def lookup(name: str, key: str = "corpus") -> Corpus:
     if name not in REGISTRY:
-        raise ConfigError(key, f"unknown corpus {name!r}; known corpora: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(key, f"unknown corpus {name!r}; known corpora: {', '.join(sorted(REGISTRY))} "
+                               "(`gptray data list` describes them)")
     return REGISTRY[name]
 
 
-def corpus_file(name: str, key: str = "corpus") -> Path:
-    """The local file of a named corpus: found in GPTRAY_CORPORA dirs or the cache, else downloaded."""
-    corpus = lookup(name, key)
+def local_copy(corpus: Corpus) -> Path | None:
+    """Where the corpus already is on this machine: its file, or a local copy of its Hub repository."""
     for directory in search_dirs():
-        candidate = directory / corpus.filename
-        if candidate.is_file():
+        candidate = directory / (corpus.filename if corpus.kind == "file" else corpus.hf)
+        if candidate.is_file() if corpus.kind == "file" else candidate.is_dir():
             return candidate
-    return _download(corpus)
+    return None
+
+
+def corpus_file(name: str, key: str = "corpus") -> Path:
+    """The local file of a named file corpus: found in GPTRAY_CORPORA dirs or the cache, else downloaded."""
+    corpus = lookup(name, key)
+    if corpus.kind != "file":
+        raise ConfigError(key, f"corpus {name!r} is a Hugging Face dataset, not a file")
+    return local_copy(corpus) or _download(corpus)
 
 
 def _download(corpus: Corpus) -> Path:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptray.config.loader import build
+from gptray.data.storage import Storage
 from gptray.errors import ConfigError, DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -27,6 +27,7 @@ class ShardInfo:
     first_document: int  # global index (corpus order) of the shard's first document
     sha256: str
     bytes: int
+    last_document: int = -1  # global index of its last document (-1: not recorded, older manifests)
 
 
 @dataclass
@@ -66,20 +67,26 @@ class SourceInfo:
     text_unit: str
     files: list[str] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
-    documents: int = 0
+    weight: float = 1.0  # mixture weight: copies written of each document (fractions subsample)
+    documents_read: int = 0  # documents read and tokenized, before the weight
+    tokens_read: int = 0
+    bytes_read: int = 0  # input bytes of its documents and problem records
+    documents: int = 0  # documents written to the shards (after the weight)
     tokens: int = 0
+    share: float = 0.0  # its part of all tokens written
     problems: ProblemCounts = field(default_factory=ProblemCounts)
 
 
 @dataclass
 class Manifest:
     tokenizer: dict
-    split: dict  # how documents were assigned: {"val_fraction", "seed", "method"}
+    split: dict  # how documents were assigned: {"val_fraction", "seed", "method", "request_digest"}
     sources: list[SourceInfo]
     splits: dict[str, SplitInfo]
     documents: int = 0
     tokens: int = 0
     problems: ProblemCounts = field(default_factory=ProblemCounts)
+    mixture: dict = field(default_factory=dict)  # how source weights became copies: {"method"}
     fingerprint: str = ""
     created_at: str = ""
     format: str = FORMAT
@@ -96,28 +103,29 @@ class Manifest:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, dataset_dir: str | Path) -> Path:
-        path = Path(dataset_dir) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)  # readers never see a half-written manifest
-        return path
+    def save(self, dataset_dir: str | Path | Storage) -> str:
+        """Write manifest.json atomically (readers never see a half-written one); returns its location."""
+        store = dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
+        store.write_bytes(MANIFEST_NAME, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        return store.uri(MANIFEST_NAME)
 
     @classmethod
-    def load(cls, dataset_dir: str | Path) -> Manifest:
-        path = Path(dataset_dir) / MANIFEST_NAME
-        if not path.is_file():
-            raise DataError(f"no token dataset at {dataset_dir} (missing {MANIFEST_NAME}); run `gptray tokenize` first")
+    def load(cls, dataset_dir: str | Path | Storage) -> Manifest:
+        """The manifest of a token dataset in a local directory or at an object-store URI."""
+        store = dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
+        where = store.uri(MANIFEST_NAME)
+        if not store.exists(MANIFEST_NAME):
+            raise DataError(f"no token dataset at {store.uri()} (missing {MANIFEST_NAME}); run `gptray tokenize` first")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}") from None
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise DataError(f"{path} is not a {FORMAT} v{VERSION} manifest")
+            data = json.loads(store.read_bytes(MANIFEST_NAME))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise DataError(f"{where} is not a {FORMAT} v{VERSION} manifest")
         try:
             return build(cls, data)
         except ConfigError as exc:
-            raise DataError(f"{path} is malformed: {exc}") from None
+            raise DataError(f"{where} is malformed: {exc}") from None
 
     def split_info(self, split: str) -> SplitInfo:
         return self.splits.get(split, SplitInfo())

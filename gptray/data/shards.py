@@ -1,4 +1,4 @@
-"""Parquet token shards: one row per document (`doc`, `tokens`), written in corpus order.
+"""Parquet token shards: one row per document (`doc`, `tokens`), written in corpus order, locally or to object stores.
 
 A split's token stream is its shards' `tokens` concatenated in manifest order; documents
 never straddle shards, and each already ends with <|endoftext|>.
@@ -7,7 +7,6 @@ never straddle shards, and each already ends with <|endoftext|>.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,33 +15,58 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gptray.data.manifest import ShardInfo
+from gptray.data.storage import Storage
 from gptray.errors import DataError
 
 ROW_GROUP_DOCUMENTS = 8192
+SHARD_PREFIX = "shard-"
+SEGMENT_PREFIX = "pending-"  # saved pending documents of an unfinished job
 
 
 def shard_schema(dtype: np.dtype) -> pa.Schema:
     return pa.schema([("doc", pa.int64()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))])
 
 
-class TokenShardWriter:
-    """Collects whole documents of one split and writes a shard once it holds `shard_tokens` tokens."""
+def shard_path(split: str, number: int) -> str:
+    return f"{split}/{SHARD_PREFIX}{number:05d}.parquet"
 
-    def __init__(self, dataset_dir: str | Path, split: str, dtype: np.dtype, shard_tokens: int):
-        self.dataset_dir = Path(dataset_dir)
+
+def _storage(dataset_dir: str | Path | Storage) -> Storage:
+    return dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
+
+
+class TokenShardWriter:
+    """Collects whole documents of one split and writes a shard once it holds `shard_tokens` tokens.
+
+    Resuming, `shards` continues an earlier run's list (new shards are numbered after them) and
+    `segments` are its saved pending documents, which the next shard then starts with.
+    """
+
+    def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
+                 shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None):
+        self.storage = _storage(dataset_dir)
         self.split = split
         self.schema = shard_schema(dtype)
         self.shard_tokens = shard_tokens
-        self.shards: list[ShardInfo] = []
+        self.shards: list[ShardInfo] = list(shards or [])
+        self.segments: list[ShardInfo] = []  # files holding the pending documents saved so far, in order
+        self.obsolete_segments: list[ShardInfo] = []  # saved pending documents that are now in a shard
         self._pending: list[pa.Table] = []
         self._pending_tokens = 0
-        (self.dataset_dir / split).mkdir(parents=True, exist_ok=True)
+        self._saved_tables = 0  # how many of the pending tables are in `segments`
+        self.storage.make_dirs(split)
+        for segment in segments or []:
+            self._pending.append(read_shard(self.storage, segment).cast(self.schema))
+            self._pending_tokens += segment.tokens
+            self.segments.append(segment)
+        self._saved_tables = len(self._pending)
 
-    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray) -> None:
-        """Append documents (global ids, one token list each) in corpus order."""
+    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray) -> int:
+        """Append documents (global ids, one token list each) in corpus order; returns shards written."""
         table = pa.table({"doc": pa.array(doc_ids, pa.int64()), "tokens": tokens}).cast(self.schema)
+        written = 0
         while table.num_rows:
-            lengths = np.asarray(pc.list_value_length(table.column("tokens")))
+            lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False)
             needed = self.shard_tokens - self._pending_tokens
             reached = np.nonzero(np.cumsum(lengths) >= needed)[0]
             # The shard closes right after the document that fills it, so shard boundaries
@@ -53,6 +77,25 @@ class TokenShardWriter:
             table = table.slice(take)
             if self._pending_tokens >= self.shard_tokens:
                 self._flush()
+                written += 1
+        return written
+
+    def save_pending(self) -> None:
+        """Write the pending documents not saved yet as a segment file, so a resumed job need not redo them."""
+        unsaved = self._pending[self._saved_tables:]
+        if not unsaved or not sum(t.num_rows for t in unsaved):
+            return
+        table = pa.concat_tables(unsaved).combine_chunks()
+        first = int(table.column("doc")[0].as_py())
+        self.segments.append(self._write(table, f"{self.split}/{SEGMENT_PREFIX}{first:012d}.parquet",
+                                         int(pc.sum(pc.list_value_length(table.column("tokens"))).as_py() or 0)))
+        self._saved_tables = len(self._pending)
+
+    def delete_obsolete_segments(self) -> None:
+        """Remove segment files whose documents are now in a shard (after the progress no longer lists them)."""
+        for segment in self.obsolete_segments:
+            self.storage.delete(segment.path)
+        self.obsolete_segments = []
 
     def close(self) -> list[ShardInfo]:
         if self._pending:
@@ -61,22 +104,21 @@ class TokenShardWriter:
 
     def _flush(self) -> None:
         table = pa.concat_tables(self._pending).combine_chunks()
-        relative = f"{self.split}/shard-{len(self.shards):05d}.parquet"
-        path = self.dataset_dir / relative
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_DOCUMENTS, compression="zstd")
-        os.replace(tmp, path)
-        self.shards.append(
-            ShardInfo(
-                path=relative,
-                documents=table.num_rows,
-                tokens=self._pending_tokens,
-                first_document=int(table.column("doc")[0].as_py()),
-                sha256=file_sha256(path),
-                bytes=path.stat().st_size,
-            )
-        )
-        self._pending, self._pending_tokens = [], 0
+        self.shards.append(self._write(table, shard_path(self.split, len(self.shards)), self._pending_tokens))
+        self._pending, self._pending_tokens, self._saved_tables = [], 0, 0
+        self.obsolete_segments += self.segments
+        self.segments = []
+
+    def _write(self, table: pa.Table, relative: str, tokens: int) -> ShardInfo:
+        sink = pa.BufferOutputStream()
+        # Dictionary-encoding 50K distinct token ids costs ~20% more time than it saves in bytes.
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_DOCUMENTS, compression="zstd", use_dictionary=["doc"])
+        data = sink.getvalue().to_pybytes()
+        self.storage.write_bytes(relative, data)
+        docs = table.column("doc")
+        return ShardInfo(path=relative, documents=table.num_rows, tokens=tokens,
+                         first_document=int(docs[0].as_py()), sha256=hashlib.sha256(data).hexdigest(),
+                         bytes=len(data), last_document=int(docs[table.num_rows - 1].as_py()))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -87,15 +129,23 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_shard(dataset_dir: str | Path, shard: ShardInfo, verify: bool = True) -> pa.Table:
-    """A shard's rows; with `verify`, its bytes must match the manifest checksum."""
-    path = Path(dataset_dir) / shard.path
+def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool:
+    """Whether a shard exists with exactly the bytes its manifest entry describes."""
+    store = _storage(dataset_dir)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read shard {path}: {exc}") from exc
+        data = store.read_bytes(shard.path)
+    except DataError:
+        return False
+    return len(data) == shard.bytes and hashlib.sha256(data).hexdigest() == shard.sha256
+
+
+def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool = True) -> pa.Table:
+    """A shard's rows (local or object store); with `verify`, its bytes must match the manifest checksum."""
+    store = _storage(dataset_dir)
+    data = store.read_bytes(shard.path)
     if verify and hashlib.sha256(data).hexdigest() != shard.sha256:
-        raise DataError(f"shard {path} does not match its checksum in the manifest (changed or corrupt)")
+        raise DataError(f"shard {store.uri(shard.path)} does not match its checksum in the manifest "
+                        "(changed or corrupt)")
     return pq.read_table(pa.BufferReader(data))
 
 

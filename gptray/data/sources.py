@@ -1,32 +1,54 @@
-"""Resolve configured sources to concrete inputs, and read each as an ordered Ray Dataset of documents."""
+"""Resolve configured sources before any Ray work: find files (local or object store), open Hugging Face datasets.
+
+Everything that can be wrong with a source's configuration (a missing path, an unknown corpus, a
+dataset without the text column) is found here and reported as a ConfigError naming its key.
+"""
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from gptray.config import SourceConfig
-from gptray.data import corpora
-from gptray.data.readers import file_format, read_documents
+from gptray.data import corpora, storage
+from gptray.data.readers import article_starts, file_format
+from gptray.data.storage import FileEntry
 from gptray.errors import ConfigError, DataError
+
+SUPPORTED_HELP = ".txt/.text/.md, .jsonl/.ndjson/.json, .parquet, text and JSON also as .gz/.zst/.bz2"
 
 
 @dataclass
 class ResolvedSource:
-    """A source with its files found (local) or its Hugging Face dataset named, ready to read."""
+    """A source with its files found or its dataset opened, ready to plan read tasks for."""
 
     index: int
     config: SourceConfig
-    kind: str  # "files" or "hf"
+    kind: str  # "files", "hf_table" (prepared in the local datasets cache) or "hf_stream"
     description: str
     text_unit: str = "file"
-    files: list[str] = field(default_factory=list)
-    skipped_files: list[str] = field(default_factory=list)  # found in a directory, format not supported
+    text_field: str = "text"
+    weight: float = 1.0
+    fs: pafs.FileSystem | None = None
+    name_prefix: str = ""  # turns a path inside `fs` into the name users know ("s3://" + "bucket/key")
+    files: list[FileEntry] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)  # found in a directory or glob, format not supported
+    table: pa.Table | None = None  # hf_table: the text column, in dataset order
+    join_rows: str | None = None  # rows are lines of documents ("wikitext")
+    stream: Any = None  # hf_stream: a datasets.IterableDataset of the text column
+    identity: dict = field(default_factory=dict)  # what decides the source's content (for rerun checks)
+
+    def name(self, entry: FileEntry) -> str:
+        return self.name_prefix + entry.path
+
+    @property
+    def file_names(self) -> list[str]:
+        return [self.name(f) for f in self.files]
 
 
 def resolve_sources(sources: list[SourceConfig]) -> list[ResolvedSource]:
@@ -38,102 +60,118 @@ def resolve_sources(sources: list[SourceConfig]) -> list[ResolvedSource]:
 
 def _resolve(index: int, source: SourceConfig) -> ResolvedSource:
     key = f"data.sources[{index}]"
+    common = dict(index=index, config=source, description=source.describe(), text_field=source.text_field,
+                  weight=source.weight)
+    if source.path:
+        return _resolve_files(source.path, f"{key}.path", text_unit=source.text_unit or "file", **common)
     if source.hf:
-        return ResolvedSource(index, source, "hf", source.describe(), text_unit=source.text_unit or "file")
-    if source.corpus:
-        entry = corpora.lookup(source.corpus, f"{key}.corpus")
+        streaming = bool(source.streaming)
+        return _resolve_hf(source.hf, source.hf_config, source.hf_split, source.hf_revision, source.data_files,
+                           streaming, None, key, **common)
+    corpus = corpora.lookup(source.corpus, f"{key}.corpus")
+    if corpus.kind == "file":
         path = str(corpora.corpus_file(source.corpus, f"{key}.corpus"))
-        return ResolvedSource(index, source, "files", source.describe(),
-                              text_unit=source.text_unit or entry.text_unit, files=[path])
-    files, skipped = _local_files(source.path, f"{key}.path")
-    return ResolvedSource(index, source, "files", source.describe(), text_unit=source.text_unit or "file",
-                          files=files, skipped_files=skipped)
+        return _resolve_files(path, f"{key}.corpus", text_unit=source.text_unit or corpus.text_unit, **common)
+    streaming = corpus.streaming if source.streaming is None else source.streaming
+    if corpus.join_rows and streaming:
+        raise ConfigError(f"{key}.streaming", f"corpus {corpus.name!r} joins rows into documents, "
+                                              "which needs streaming: false")
+    mirror = corpora.local_copy(corpus)
+    common["text_field"] = corpus.text_field if source.text_field == "text" else source.text_field
+    return _resolve_hf(str(mirror) if mirror else corpus.hf, corpus.hf_config, source.hf_split,
+                       None if mirror else corpus.hf_revision, None, streaming, corpus.join_rows, key, **common)
 
 
-def _local_files(path: str, key: str) -> tuple[list[str], list[str]]:
-    if any(ch in path for ch in "*?["):
-        matches = sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m))
-        if not matches:
-            raise ConfigError(key, f"no files match {path!r}")
-        return _split_supported(matches, key, path)
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        if not found:
-            raise ConfigError(key, f"directory {path} holds no files")
-        return _split_supported(found, key, path)
-    if p.is_file():
-        if file_format(path) is None:
-            raise ConfigError(key, f"{path}: unsupported file type (use .txt, .jsonl, .json, .parquet, "
-                                   "or .gz of text or JSON)")
-        return [str(p)], []
-    raise ConfigError(key, f"no such file or directory: {path}")
+# --- files ---------------------------------------------------------------------------------------
 
-
-def _split_supported(paths: list[str], key: str, pattern: str) -> tuple[list[str], list[str]]:
-    supported = [p for p in paths if file_format(p) is not None]
-    skipped = [p for p in paths if file_format(p) is None]
+def _resolve_files(location: str, key: str, **common) -> ResolvedSource:
+    try:
+        fs, path = storage.resolve(location)
+    except DataError as exc:
+        raise ConfigError(key, str(exc)) from None
+    prefix = location.split("://", 1)[0] + "://" if storage.is_uri(location) else ""
+    if prefix == "file://":
+        prefix = ""
+    try:
+        if any(ch in path for ch in storage.GLOB_CHARS):
+            found = storage.glob_files(fs, path)
+            if not found:
+                raise ConfigError(key, f"no files match {location!r}")
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                found = storage.list_tree(fs, path)
+                if not found:
+                    raise ConfigError(key, f"directory {location} holds no files")
+            elif info.type == pafs.FileType.File:
+                if file_format(path) is None:
+                    raise ConfigError(key, f"{location}: unsupported file type (use {SUPPORTED_HELP})")
+                found = [storage.file_entry(fs, path)]
+            else:
+                raise ConfigError(key, f"no such file or directory: {location}")
+    except (OSError, DataError) as exc:
+        raise ConfigError(key, f"cannot list {location}: {exc}") from None
+    supported = [f for f in found if file_format(f.path) is not None]
     if not supported:
-        raise ConfigError(key, f"{pattern}: none of its {len(paths)} file(s) is .txt, .jsonl, .json or .parquet")
-    return supported, skipped
+        raise ConfigError(key, f"{location}: none of its {len(found)} file(s) is {SUPPORTED_HELP}")
+    source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=supported, **common)
+    source.skipped_files = [prefix + f.path for f in found if file_format(f.path) is None]
+    source.identity = {"files": [[source.name(f), f.size, f.mtime_ns] for f in supported]}
+    return source
 
 
-def _read_file_row(row: dict, text_unit: str, text_field: str):
-    yield from read_documents(row["path"], text_unit=text_unit, text_field=text_field)
+# --- Hugging Face datasets -----------------------------------------------------------------------
 
-
-def source_dataset(source: ResolvedSource, rows_per_block: int = 4096):
-    """An ordered Ray Dataset of `{text, loc, status, error}` records for one source."""
-    import ray.data
-
-    if source.kind == "files":
-        files = ray.data.from_items([{"path": f} for f in source.files], override_num_blocks=len(source.files))
-        return files.flat_map(
-            _read_file_row, fn_kwargs={"text_unit": source.text_unit, "text_field": source.config.text_field}
-        )
-    table = _hf_table(source)
-    blocks = [table.slice(start, rows_per_block) for start in range(0, max(len(table), 1), rows_per_block)]
-    return ray.data.from_arrow(blocks).map_batches(
-        _hf_records, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"text_field": source.config.text_field, "description": source.description},
-    )
-
-
-def _hf_table(source: ResolvedSource) -> pa.Table:
-    """Load a Hugging Face dataset (downloading/caching as `datasets` does) as one Arrow table."""
+def _resolve_hf(path: str, name: str | None, split: str, revision: str | None, data_files: list[str] | None,
+                streaming: bool, join_rows: str | None, key: str, **common) -> ResolvedSource:
     import datasets
 
-    cfg = source.config
+    description = common["description"]
+    text_field = common["text_field"]
     try:
-        dataset = datasets.load_dataset(cfg.hf, cfg.hf_config, split=cfg.hf_split, data_files=cfg.data_files)
+        dataset = datasets.load_dataset(path, name, split=split, revision=revision, data_files=data_files,
+                                        streaming=streaming)
     except Exception as exc:  # datasets raises many kinds: missing files, hub errors, bad configs
-        raise DataError(
-            f"could not load Hugging Face dataset {source.description}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if cfg.text_field not in dataset.column_names:
-        raise ConfigError(
-            f"data.sources[{source.index}].text_field",
-            f"{source.description} has no column {cfg.text_field!r} (columns: {', '.join(dataset.column_names)})",
-        )
-    # Slicing in arrow format gives the rows in dataset order (honouring any indices mapping)
-    # without copying memory-mapped data.
-    table = dataset.select_columns([cfg.text_field]).with_format("arrow")[:]
-    return table.append_column("__row", pa.array(np.arange(len(table), dtype=np.int64)))
+        raise DataError(f"could not load Hugging Face dataset {description} from {path}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    columns = dataset.column_names
+    if columns is None and streaming:  # JSON/text builders learn their columns from the first rows
+        columns = list(next(iter(dataset.take(1)), {}).keys())
+    field_key = f"{key}.text_field"
+    if text_field not in (columns or []):
+        raise ConfigError(field_key, f"{description} has no column {text_field!r} "
+                                     f"(columns: {', '.join(columns or []) or 'none'})")
+    identity = {"hf": path, "config": name, "split": split, "revision": revision, "streaming": streaming,
+                "data_files": _local_file_stats(data_files or []) + _local_file_stats([path])}
+    if streaming:
+        stream = dataset.select_columns([text_field])
+        # Parquet datasets read a row group per shard: more parallel read tasks than files.
+        stream = stream.reshard() if hasattr(stream, "reshard") else stream
+        identity["shards"] = stream.num_shards
+        return ResolvedSource(kind="hf_stream", stream=stream, identity=identity, join_rows=None, **common)
+    table = dataset.select_columns([text_field]).with_format("arrow")[:]
+    identity["cache_files"] = [os.path.basename(os.path.dirname(f["filename"])) + "/" + os.path.basename(f["filename"])
+                               for f in dataset.cache_files]
+    identity["rows"] = table.num_rows
+    return ResolvedSource(kind="hf_table", table=table, identity=identity, join_rows=join_rows, **common)
 
 
-def _hf_records(batch: pa.Table, text_field: str, description: str) -> pa.Table:
-    texts = batch.column(text_field).to_pylist()
-    rows = batch.column("__row").to_pylist()
-    out = {"text": [], "loc": [], "status": [], "error": []}
-    for text, row in zip(texts, rows):
-        loc = f"{description}:row {row + 1}"
-        if not isinstance(text, str):
-            out["text"].append("")
-            out["status"].append("missing_field")
-            out["error"].append(f"{text_field!r} is {type(text).__name__}, not a string")
-        else:
-            out["text"].append(text)
-            out["status"].append("ok" if text.strip() else "empty")
-            out["error"].append("")
-        out["loc"].append(loc)
-    return pa.table(out)
+def _local_file_stats(paths: list[str]) -> list:
+    """Size and modification time of local files (every file under a local directory)."""
+    stats = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, _, names in sorted(os.walk(path)):
+                for name in sorted(names):
+                    full = os.path.join(root, name)
+                    stats.append([full, os.path.getsize(full), os.stat(full).st_mtime_ns])
+        elif os.path.isfile(path):
+            stats.append([path, os.path.getsize(path), os.stat(path).st_mtime_ns])
+    return stats
+
+
+def document_start_rows(table: pa.Table, text_field: str, join_rows: str | None) -> np.ndarray:
+    """Rows where a document may begin: every row, or for joined rows only the rows that open a document."""
+    if join_rows == "wikitext":
+        return np.array(article_starts(table.column(text_field)), dtype=np.int64)
+    return np.arange(table.num_rows, dtype=np.int64)

@@ -1,0 +1,167 @@
+"""What each Ray task of the tokenize job does: run read tasks and send on tokenized Arrow blocks.
+
+Reading, decoding, the split decision, mixture copies and tokenization all happen here, in
+parallel tasks, so the driver's per-batch work is a few vectorized Arrow operations.
+One block's columns (one row per document record, problems included):
+  task (int32), status (int8, index into readers.STATUSES), loc and error (strings, empty for
+  clean documents), is_val (bool), copies (int32), bytes (int64), tokens (list of token ids,
+  <|endoftext|> last; empty for skipped records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from gptray.data import readers
+from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
+from gptray.data.split import copies, is_validation
+from gptray.data.tasks import ReadTask
+from gptray.data.tokenizer import Tokenizer
+
+STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}
+KEPT_CODES = np.array([STATUS_CODES[s] for s in KEPT_STATUSES], dtype=np.int8)
+BLOCK_TEXT_BYTES = 8 << 20  # a block is sent on once it holds this much text (or batch_documents documents)
+STREAM_BATCH_ROWS = 1024
+
+
+@dataclass
+class SourceReader:
+    """What a Ray task needs to read one source's tasks (pickled to every task)."""
+
+    kind: str
+    description: str
+    fs: pafs.FileSystem | None = None
+    text_field: str = "text"
+    weight: float = 1.0
+    join_rows: str | None = None
+    table_slices: dict[int, Any] = field(default_factory=dict)  # table: first row → ObjectRef of its rows
+    stream: Any = None  # stream: the datasets.IterableDataset
+
+
+@dataclass
+class BlockSettings:
+    tokenizer: Tokenizer
+    val_fraction: float
+    split_seed: int
+    max_document_bytes: int
+    batch_documents: int
+
+
+def tokenize_tasks(batch: pa.Table, readers_by_source: list[SourceReader], settings: BlockSettings
+                   ) -> Iterator[pa.Table]:
+    """Ray Data batch function: rows of read tasks in → tokenized blocks out, in task order."""
+    for row in batch.to_pylist():
+        index = row.pop("index")
+        task = ReadTask(**row)
+        reader = readers_by_source[task.source]
+        block = _BlockBuilder(index, reader.weight, settings)
+        for doc in task_documents(task, reader, settings.max_document_bytes):
+            block.add(doc)
+            if block.full():
+                yield block.build()
+        if block.rows:
+            yield block.build()
+
+
+def task_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> Iterator[Doc]:
+    """The document records of one read task, in corpus order."""
+    if task.kind == "range":
+        yield from readers.range_documents(reader.fs, task.path, task.name, task.fmt, task.unit, task.start,
+                                           task.end, max_bytes, reader.text_field)
+    elif task.kind == "file":
+        yield from readers.file_documents(reader.fs, task.path, task.name, task.fmt, task.unit, max_bytes,
+                                          reader.text_field)
+    elif task.kind == "parquet":
+        yield from readers.parquet_documents(reader.fs, task.path, task.name, range(task.start, task.end),
+                                             task.first_row, reader.text_field, max_bytes)
+    elif task.kind == "table":
+        import ray
+
+        table = ray.get(reader.table_slices[task.start])
+        if reader.join_rows:
+            yield from readers.joined_row_documents(table, reader.text_field, task.name, task.start, max_bytes)
+        else:
+            yield from readers.table_documents(table, reader.text_field, task.name, task.start, max_bytes)
+    elif task.kind == "stream":
+        yield from _stream_documents(task, reader, max_bytes)
+    else:
+        yield problem(task.name, "unreadable", task.error)
+
+
+def _stream_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> Iterator[Doc]:
+    name = f"{task.name}:shard {task.start}"
+    shard = reader.stream.shard(num_shards=reader.stream.num_shards, index=task.start, contiguous=True)
+    row = 0
+    try:
+        for table in shard.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
+            yield from readers.table_documents(table, reader.text_field, name, row, max_bytes)
+            row += table.num_rows
+    except Exception as exc:  # network, decompression or parsing errors of one shard: report, go on
+        yield problem(f"{name}:row {row + 1}", "unreadable", f"{type(exc).__name__}: {exc}")
+
+
+class _BlockBuilder:
+    """Collects one task's document records and turns them into a tokenized Arrow block."""
+
+    def __init__(self, task: int, weight: float, settings: BlockSettings):
+        self.task, self.weight, self.settings = task, weight, settings
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows = 0
+        self.text_bytes = 0
+        self.codes: list[int] = []
+        self.locs: list[str] = []
+        self.errors: list[str] = []
+        self.nbytes: list[int] = []
+        self.is_val: list[bool] = []
+        self.copies: list[int] = []
+        self.texts: list[str] = []
+
+    def add(self, doc: Doc) -> None:
+        self.rows += 1
+        self.codes.append(STATUS_CODES[doc.status])
+        self.locs.append(doc.loc)
+        self.errors.append(doc.error)
+        self.nbytes.append(doc.nbytes)
+        if doc.status in KEPT_STATUSES:
+            data = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
+            s = self.settings
+            self.is_val.append(is_validation(data, s.val_fraction, s.split_seed))
+            self.copies.append(copies(data, self.weight, s.split_seed))
+            self.texts.append(doc.text)
+            self.text_bytes += len(data)
+        else:
+            self.is_val.append(False)
+            self.copies.append(0)
+
+    def full(self) -> bool:
+        return self.rows >= self.settings.batch_documents or self.text_bytes >= BLOCK_TEXT_BYTES
+
+    def build(self) -> pa.Table:
+        tokenizer = self.settings.tokenizer
+        codes = np.array(self.codes, dtype=np.int8)
+        kept = np.isin(codes, KEPT_CODES)
+        values, doc_offsets = tokenizer.encode_concatenated(self.texts)
+        lengths = np.zeros(self.rows, dtype=np.int64)
+        lengths[kept] = np.diff(doc_offsets)
+        offsets = np.zeros(self.rows + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        table = pa.table({
+            "task": pa.array(np.full(self.rows, self.task, dtype=np.int32)),
+            "status": pa.array(codes),
+            "loc": pa.array(self.locs, pa.string()),
+            "error": pa.array(self.errors, pa.string()),
+            "is_val": pa.array(self.is_val, pa.bool_()),
+            "copies": pa.array(np.array(self.copies, dtype=np.int32)),
+            "bytes": pa.array(np.array(self.nbytes, dtype=np.int64)),
+            "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        })
+        self._reset()
+        return table

@@ -1,0 +1,230 @@
+"""Files on local disk or in object stores (s3://, gs://, anything fsspec knows) behind one pyarrow interface.
+
+A location is a local path or a URI. `resolve` turns it into a pyarrow FileSystem and a path inside
+it; the FileSystem pickles with its settings (endpoint, region), so Ray tasks read through it
+exactly as the driver does. S3 settings come from the usual AWS variables (AWS_ENDPOINT_URL,
+AWS_REGION, AWS_ACCESS_KEY_ID, …) or from query parameters in the URI
+(`s3://bucket/prefix?endpoint_override=http://127.0.0.1:9000&region=us-east-1`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from gptray.errors import DataError
+
+# Compression suffixes read transparently, and the codec pyarrow streams them with.
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+GLOB_CHARS = "*?["
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file found by listing: its path inside the filesystem, size and modification time."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class Storage:
+    """A filesystem and a base path inside it; every method takes paths relative to the base."""
+
+    def __init__(self, location: str):
+        self.location = location
+        self.fs, self.base = resolve(location)
+
+    def path(self, relative: str = "") -> str:
+        return join(self.base, relative) if relative else self.base
+
+    def uri(self, relative: str = "") -> str:
+        """The user-facing name of a file (a URI for object stores, a path locally)."""
+        return join(self.location.split("?", 1)[0], relative) if relative else self.location
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.File
+
+    def read_bytes(self, relative: str) -> bytes:
+        return read_bytes(self.fs, self.path(relative), self.uri(relative))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        write_bytes(self.fs, self.path(relative), data, self.uri(relative))
+
+    def delete(self, relative: str) -> None:
+        try:
+            self.fs.delete_file(self.path(relative))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise DataError(f"cannot delete {self.uri(relative)}: {exc}") from exc
+
+    def list(self, relative_dir: str) -> list[str]:
+        """Names of the files directly in a directory (none if it does not exist)."""
+        selector = pafs.FileSelector(self.path(relative_dir), allow_not_found=True, recursive=False)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise DataError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+    def make_dirs(self, relative_dir: str) -> None:
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(self.path(relative_dir), recursive=True)
+        # object stores have no directories: a key's prefix exists once a key under it does
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow FileSystem of a local path or URI, and the path inside it."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
+        # Schemes pyarrow has no native filesystem for (hf://, az://, …) go through fsspec.
+        try:
+            import fsspec
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            fs, path = fsspec.core.url_to_fs(location)
+        except (ImportError, ValueError) as exc:
+            raise DataError(f"no filesystem for {location!r}: {arrow_error}; fsspec: {exc}") from exc
+        return PyFileSystem(FSSpecHandler(fs)), path
+    except OSError as exc:
+        raise DataError(f"cannot open {location!r}: {exc}") from exc
+
+
+def join(base: str, relative: str) -> str:
+    return f"{base.rstrip('/')}/{relative.lstrip('/')}" if base else relative
+
+
+def read_bytes(fs: pafs.FileSystem, path: str, name: str | None = None) -> bytes:
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as exc:
+        raise DataError(f"no such file: {name or path}") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {name or path}: {exc}") from exc
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, name: str | None = None) -> None:
+    """Write a whole file so that readers see either the old or the new content, never a part.
+
+    Object-store uploads are atomic by themselves; on a local or shared filesystem the bytes go
+    to a temporary file beside the target first and are renamed over it.
+    """
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with fs.open_output_stream(path) as stream:
+                stream.write(data)
+    except OSError as exc:
+        raise DataError(f"cannot write {name or path}: {exc}") from exc
+
+
+def file_entry(fs: pafs.FileSystem, path: str) -> FileEntry | None:
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return None
+    return FileEntry(path, info.size or 0, _mtime_ns(info))
+
+
+def list_tree(fs: pafs.FileSystem, directory: str) -> list[FileEntry]:
+    """Every file under a directory (recursively), hidden files left out, in sorted path order."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=True))
+    prefix = directory.rstrip("/") + "/"
+    entries = [
+        FileEntry(i.path, i.size or 0, _mtime_ns(i)) for i in infos
+        if i.type == pafs.FileType.File and not _hidden(i.path[len(prefix):])
+    ]
+    return sorted(entries, key=lambda e: e.path)
+
+
+def glob_files(fs: pafs.FileSystem, pattern: str) -> list[FileEntry]:
+    """Files matching a glob (`*` and `?` within a name, `[…]` classes, `**` across directories)."""
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in GLOB_CHARS))
+    base = "/".join(parts[:fixed]) or "/"
+    recursive = len(parts) - fixed > 1 or "**" in pattern
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+    except OSError as exc:
+        raise DataError(f"cannot list {base}: {exc}") from exc
+    matcher = glob_regex(pattern)
+    prefix = base.rstrip("/") + "/"
+    entries = [
+        FileEntry(i.path, i.size or 0, _mtime_ns(i)) for i in infos
+        if i.type == pafs.FileType.File and matcher.fullmatch(i.path) and not _hidden(i.path[len(prefix):])
+    ]
+    return sorted(entries, key=lambda e: e.path)
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """The regular expression of a path glob, with shell semantics: wildcards never match '/' except `**`."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def compression_of(path: str) -> str | None:
+    """The codec a file's suffix implies (`.gz` → gzip, `.zst` → zstd, …), else None."""
+    for suffix, codec in COMPRESSION_SUFFIXES.items():
+        if path.lower().endswith(suffix):
+            return codec
+    return None
+
+
+def strip_compression(path: str) -> str:
+    codec_suffix = next((s for s in COMPRESSION_SUFFIXES if path.lower().endswith(s)), "")
+    return path[: len(path) - len(codec_suffix)] if codec_suffix else path
+
+
+def open_stream(fs: pafs.FileSystem, path: str):
+    """A sequential reader of a file's content, decompressed by suffix."""
+    return fs.open_input_stream(path, compression=compression_of(path), buffer_size=1 << 20)
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def _mtime_ns(info: pafs.FileInfo) -> int:
+    return int(info.mtime_ns or 0) if info.mtime is not None else 0

@@ -1,0 +1,136 @@
+"""Readers without Ray: byte-range tasks cut files exactly like one whole-file read, bounded memory, globs, weights."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tracemalloc
+
+import pyarrow as pa
+import pytest
+
+from gptray.data import readers
+from gptray.data.readers import PARAGRAPH_BREAK, aligned_offset, iter_pieces, range_documents
+from gptray.data.split import copies, is_validation
+from gptray.data.storage import glob_regex
+
+ALPHABET = [b"a", b"b", b" ", b"\n", b"\n\n", b"\t", b" \n \n", b"\r\n", b"xyz", b"\xc3\xa9"]
+
+
+def whole_file_pieces(data: bytes, unit: str) -> list[bytes]:
+    """The reference: what splitting the whole file at once gives (blank pieces dropped)."""
+    if unit == "line":
+        return [p.rstrip(b"\r") for p in data.split(b"\n") if p.strip()]
+    return [p for p in PARAGRAPH_BREAK.split(data) if p.strip()]
+
+
+def ranged_pieces(data: bytes, cuts: list[int], unit: str, max_bytes: int = 10**9) -> list:
+    out = []
+    for start, end in zip(cuts, cuts[1:]):
+        file = pa.BufferReader(data)
+        first, last = aligned_offset(file, start, len(data), unit), aligned_offset(file, end, len(data), unit)
+        if first < last:
+            file.seek(first)
+            out += list(iter_pieces(file.read, first, last - first, unit, max_bytes))
+    return out
+
+
+@pytest.mark.parametrize("unit", ["line", "paragraph"])
+def test_byte_ranges_partition_a_file_exactly(unit, monkeypatch):
+    rng = random.Random(7)
+    for _ in range(1500):
+        monkeypatch.setattr(readers, "BLOCK_BYTES", rng.choice([1, 2, 3, 7, 64]))  # pieces straddle blocks
+        data = b"".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 90)))
+        cuts = sorted({0, len(data), *(rng.randint(0, len(data)) for _ in range(rng.randint(0, 6)))})
+        pieces = ranged_pieces(data, cuts, unit)
+        assert [p for _, p, _ in pieces] == whole_file_pieces(data, unit), (data, cuts)
+        for offset, piece, length in pieces:  # offsets point at the piece in the file
+            assert data[offset:offset + length].rstrip(b"\r") == piece.rstrip(b"\r")
+
+
+@pytest.mark.parametrize("unit", ["line", "paragraph"])
+def test_oversized_pieces_are_reported_once_with_their_offset(unit, monkeypatch):
+    rng = random.Random(11)
+    for _ in range(1500):
+        monkeypatch.setattr(readers, "BLOCK_BYTES", rng.choice([1, 2, 5, 64]))
+        data = b"".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 90)))
+        limit = rng.randint(1, 12)
+        cuts = sorted({0, len(data), *(rng.randint(0, len(data)) for _ in range(rng.randint(0, 4)))})
+        pieces = ranged_pieces(data, cuts, unit, limit)
+        raw = [p for p in (data.split(b"\n") if unit == "line" else PARAGRAPH_BREAK.split(data)) if p.strip()]
+        kept = [p.rstrip(b"\r") if unit == "line" else p for p in raw if len(p) <= limit]
+        assert [p for _, p, _ in pieces if p is not None] == kept
+        oversized = [(offset, length) for offset, p, length in pieces if p is None]
+        assert len(oversized) == sum(len(p) > limit for p in raw)
+        for offset, length in oversized:
+            assert length > limit and data[offset:offset + length].strip()
+
+
+def test_an_enormous_line_is_skipped_without_holding_it(tmp_path):
+    import pyarrow.fs as pafs
+
+    line = b"x" * (24 << 20)  # 24 MB with no newline, between two normal JSON lines
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"text": "before"}\n' + line + b'\n{"text": "after"}\n')
+    tracemalloc.start()
+    docs = list(range_documents(pafs.LocalFileSystem(), str(path), "big.jsonl", "json", "line", 0,
+                                path.stat().st_size, max_bytes=1 << 20, text_field="text"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [(d.status, d.text) for d in docs] == [("ok", "before"), ("oversized", ""), ("ok", "after")]
+    assert docs[1].loc == "big.jsonl:byte 19" and docs[1].nbytes == len(line)
+    assert peak < 12 << 20, f"peak {peak / 2**20:.1f} MiB: the line was held in memory"
+
+
+def test_glob_patterns_follow_shell_rules():
+    assert glob_regex("/d/*.txt").fullmatch("/d/a.txt")
+    assert not glob_regex("/d/*.txt").fullmatch("/d/sub/a.txt")
+    assert glob_regex("/d/**/*.txt").fullmatch("/d/a.txt")
+    assert glob_regex("/d/**/*.txt").fullmatch("/d/x/y/a.txt")
+    assert glob_regex("b/part-[0-9]?.json[!l]").fullmatch("b/part-12.jsonx")
+    assert not glob_regex("b/part-[0-9]?.json[!l]").fullmatch("b/part-12.jsonl")
+
+
+def test_split_and_copies_follow_the_documented_hashes():
+    docs = [f"document {i}".encode() for i in range(4000)]
+
+    def unit(data: bytes, person: bytes = b"") -> float:
+        digest = hashlib.blake2b(data, digest_size=8, key=(5).to_bytes(8, "little"), person=person).digest()
+        return int.from_bytes(digest, "little") / 2**64
+
+    assert [is_validation(d, 0.1, 5) for d in docs] == [unit(d) < 0.1 for d in docs]
+    assert all(copies(d, 3.0, 5) == 3 for d in docs)
+    quarter = [copies(d, 0.25, 5) for d in docs]
+    assert quarter == [int(unit(d, b"gptray-mixture") < 0.25) for d in docs]
+    assert 0.22 < sum(quarter) / len(docs) < 0.28
+    assert {copies(d, 2.5, 5) for d in docs} == {2, 3}
+    # the mixture choice is independent of the split choice
+    val = [is_validation(d, 0.5, 5) for d in docs]
+    assert 0.2 < sum(v and c for v, c in zip(val, quarter)) / sum(quarter) < 0.8
+
+
+def test_resume_point_restarts_at_the_first_document_not_safely_written():
+    from gptray.data.manifest import ShardInfo
+    from gptray.data.progress import Progress, TaskStats, resume_point
+
+    def files(*ranges):
+        return [ShardInfo(f"f{a}", b - a + 1, 10, a, "x", 1, b) for a, b in ranges]
+
+    tasks = [TaskStats(0, 0, 0), TaskStats(1, 0, 40), TaskStats(2, 0, 95), TaskStats(3, 0, 150)]
+    progress = Progress("r", "p", shards={"train": files((0, 60), (61, 130)), "val": []},
+                        segments={"train": files((131, 160)), "val": files((5, 90), (95, 158))},
+                        next_doc=161, tasks=tasks)
+    # everything intact: continue in the last task, skipping what is written
+    point = resume_point(progress, {"train": 2, "val": 0}, {"train": 1, "val": 2})
+    assert (point.task, point.next_doc, point.covered) == (3, 150, {"train": 160, "val": 160})
+    assert [t.task for t in point.tasks] == [0, 1, 2] and len(point.segments["val"]) == 2
+    # a damaged val segment: val restarts after the last intact val file
+    point = resume_point(progress, {"train": 2, "val": 0}, {"train": 1, "val": 1})
+    assert (point.task, point.next_doc, point.covered) == (1, 40, {"train": 160, "val": 90})  # doc 91: task 1
+    # a damaged train shard drops the train segments after it too
+    point = resume_point(progress, {"train": 1, "val": 0}, {"train": 1, "val": 2})
+    assert (point.task, point.next_doc, point.covered) == (1, 40, {"train": 60, "val": 160})
+    assert point.segments["train"] == [] and len(point.shards["train"]) == 1
+    # nothing intact at all: from the start
+    point = resume_point(progress, {"train": 0, "val": 0}, {"train": 0, "val": 0})
+    assert (point.task, point.next_doc, point.tasks) == (0, 0, [])
