@@ -24,6 +24,11 @@ class DataError(GptrayError):
     exit_code = 3
 
 
+class StorageError(DataError):
+    """A directory or object store cannot be reached, listed, read or written (bad URI, missing
+    bucket, unreachable endpoint, refused credentials). A DataError, so it shares its exit code."""
+
+
 class CheckpointError(GptrayError):
     """A checkpoint is missing, incomplete, or does not match the run that wants it."""
 

@@ -15,7 +15,8 @@ exit codes:
   0    success
   1    unexpected error
   2    invalid config or command line (nothing was run)
-  3    data error: corpus or token dataset missing, unreadable or inconsistent
+  3    data error: corpus or token dataset missing, unreadable or inconsistent, or
+       storage (a directory or object store) unreachable, unreadable or unwritable
   4    checkpoint error: missing, incomplete, or not matching this run
   5    training failed on the Ray cluster
   130  interrupted

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from gptray.config.loader import apply_overrides, build, deep_merge, read_yaml, to_dict
 from gptray.errors import ConfigError
@@ -176,7 +177,7 @@ class RayConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db
+    uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db (local out_dir)
     experiment: str = "gptray"
     retry_seconds: float = 30.0  # after the server fails, wait this long before trying it again
 
@@ -273,6 +274,7 @@ class ExperimentConfig:
         """Check every value and the relations between them; raise ConfigError naming the key."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError("name", f"must be a plain directory name (got {self.name!r})")
+        _validate_out_dir(self.out_dir, self.tracking)
         _validate_data(self.data)
         _validate_train(self.train, self.model, self.ray)
         _validate_ray(self.ray)
@@ -296,6 +298,18 @@ class ExperimentConfig:
 def _require(ok: bool, key: str, message: str, value) -> None:
     if not ok:
         raise ConfigError(key, f"{message} (got {value!r})")
+
+
+def _validate_out_dir(out_dir: str, tracking: TrackingConfig) -> None:
+    if not is_uri(out_dir):
+        return
+    if not urlsplit(out_dir).netloc:
+        raise ConfigError("out_dir", f"an object-store URI must name a bucket: s3://bucket/prefix (got {out_dir!r})")
+    if tracking.enabled and tracking.uri is None:
+        # The default tracking database is SQLite under out_dir, and SQLite needs a local file.
+        raise ConfigError("tracking.uri", f"must be set when out_dir is on an object store ({out_dir}): an MLflow "
+                                          "server (http://host:5000) or a local sqlite:////path/mlflow.db; or set "
+                                          "tracking.enabled=false")
 
 
 def _validate_data(data: DataConfig) -> None:
@@ -395,7 +409,9 @@ def absolute_path(path: str) -> str:
 
 def join_path(base: str, *parts: str) -> str:
     if is_uri(base):
-        return "/".join([base.rstrip("/"), *parts])
+        # settings in the query (s3://bucket/prefix?endpoint_override=…) stay at the end
+        location, _, query = base.partition("?")
+        return "/".join([location.rstrip("/"), *parts]) + (f"?{query}" if query else "")
     return str(Path(base, *parts))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from gptray.errors import DataError
+from gptray.errors import StorageError
 
 # Compression suffixes read transparently, and the codec pyarrow streams them with.
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
@@ -45,6 +45,22 @@ class Storage:
         self.location = location
         self.fs, self.base = resolve(location)
 
+    @classmethod
+    def on(cls, fs: pafs.FileSystem, base: str, location: str | None = None) -> Storage:
+        """A Storage on a filesystem already resolved (e.g. one Ray hands over), without a lookup."""
+        store = cls.__new__(cls)
+        store.fs, store.base, store.location = fs, base, location or base
+        return store
+
+    def child(self, relative: str) -> Storage:
+        """The Storage of a subdirectory, on the same filesystem (its settings are not looked up again)."""
+        location, _, query = self.location.partition("?")
+        return Storage.on(self.fs, self.path(relative), join(location, relative) + (f"?{query}" if query else ""))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def path(self, relative: str = "") -> str:
         return join(self.base, relative) if relative else self.base
 
@@ -53,10 +69,18 @@ class Storage:
         return join(self.location.split("?", 1)[0], relative) if relative else self.location
 
     def exists(self, relative: str) -> bool:
-        return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.File
+        return self.size(relative) is not None
 
     def read_bytes(self, relative: str) -> bytes:
         return read_bytes(self.fs, self.path(relative), self.uri(relative))
+
+    def size(self, relative: str) -> int | None:
+        """A file's size in bytes; None if there is no such file."""
+        try:
+            info = self.fs.get_file_info(self.path(relative))
+        except OSError as exc:
+            raise StorageError(f"cannot look up {self.uri(relative)}: {exc}") from exc
+        return info.size if info.type == pafs.FileType.File else None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         write_bytes(self.fs, self.path(relative), data, self.uri(relative))
@@ -67,7 +91,7 @@ class Storage:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise DataError(f"cannot delete {self.uri(relative)}: {exc}") from exc
+            raise StorageError(f"cannot delete {self.uri(relative)}: {exc}") from exc
 
     def list(self, relative_dir: str) -> list[str]:
         """Names of the files directly in a directory (none if it does not exist)."""
@@ -75,8 +99,26 @@ class Storage:
         try:
             infos = self.fs.get_file_info(selector)
         except OSError as exc:
-            raise DataError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
+            raise StorageError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+    def list_dirs(self, relative_dir: str = "") -> list[str]:
+        """Names of the directories directly in a directory (on object stores: the key prefixes)."""
+        selector = pafs.FileSelector(self.path(relative_dir), allow_not_found=True, recursive=False)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def download(self, local_dir: str | Path) -> None:
+        """Copy every file under the base into a local directory."""
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            pafs.copy_files(self.base, str(local_dir), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        except OSError as exc:
+            raise StorageError(f"cannot download {self.uri()}: {exc}") from exc
 
     def make_dirs(self, relative_dir: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
@@ -98,10 +140,10 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 
             fs, path = fsspec.core.url_to_fs(location)
         except (ImportError, ValueError) as exc:
-            raise DataError(f"no filesystem for {location!r}: {arrow_error}; fsspec: {exc}") from exc
+            raise StorageError(f"no filesystem for {location!r}: {arrow_error}; fsspec: {exc}") from exc
         return PyFileSystem(FSSpecHandler(fs)), path
     except OSError as exc:
-        raise DataError(f"cannot open {location!r}: {exc}") from exc
+        raise StorageError(f"cannot open {location!r}: {exc}") from exc
 
 
 def join(base: str, relative: str) -> str:
@@ -113,9 +155,9 @@ def read_bytes(fs: pafs.FileSystem, path: str, name: str | None = None) -> bytes
         with fs.open_input_stream(path) as stream:
             return stream.read()
     except FileNotFoundError as exc:
-        raise DataError(f"no such file: {name or path}") from exc
+        raise StorageError(f"no such file: {name or path}") from exc
     except OSError as exc:
-        raise DataError(f"cannot read {name or path}: {exc}") from exc
+        raise StorageError(f"cannot read {name or path}: {exc}") from exc
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, name: str | None = None) -> None:
@@ -135,7 +177,7 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, name: str | None = 
             with fs.open_output_stream(path) as stream:
                 stream.write(data)
     except OSError as exc:
-        raise DataError(f"cannot write {name or path}: {exc}") from exc
+        raise StorageError(f"cannot write {name or path}: {exc}") from exc
 
 
 def file_entry(fs: pafs.FileSystem, path: str) -> FileEntry | None:
@@ -165,7 +207,7 @@ def glob_files(fs: pafs.FileSystem, pattern: str) -> list[FileEntry]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
     except OSError as exc:
-        raise DataError(f"cannot list {base}: {exc}") from exc
+        raise StorageError(f"cannot list {base}: {exc}") from exc
     matcher = glob_regex(pattern)
     prefix = base.rstrip("/") + "/"
     entries = [

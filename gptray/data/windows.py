@@ -18,6 +18,7 @@ import numpy as np
 
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
+from gptray.data.storage import Storage
 from gptray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "tokens"
 
 
-def open_split_tokens(dataset_dir: str, manifest: Manifest, split: str, cache_dir: str | None = None) -> np.ndarray:
+def open_split_tokens(dataset_dir: str | Storage, manifest: Manifest, split: str, cache_dir: str | None = None,
+                      ) -> np.ndarray:
     """A split's whole token stream as a read-only memory map.
 
     The Parquet shards are decoded (and their checksums verified) once per node into a flat
@@ -51,7 +53,7 @@ def open_split_tokens(dataset_dir: str, manifest: Manifest, split: str, cache_di
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _build_cache(dataset_dir: str, manifest: Manifest, split: str, path: Path, dtype: np.dtype) -> None:
+def _build_cache(dataset_dir: str | Storage, manifest: Manifest, split: str, path: Path, dtype: np.dtype) -> None:
     info = manifest.split_info(split)
     log.info("decoding %d %s shard(s) (%s tokens) into %s", len(info.shards), split, f"{info.tokens:,}", path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 from gptray.config import ExperimentConfig, flatten, is_uri
+from gptray.data.storage import Storage
 
 log = logging.getLogger(__name__)
 
-RUN_RECORD = "mlflow_run.json"  # in the run directory: which MLflow run this training run logs to
-OUTBOX = "mlflow_outbox.jsonl"  # in the run directory: metric points the server never got
+# Both in the run directory, local or on an object store, so any launch of the run finds them.
+RUN_RECORD = "mlflow_run.json"  # which MLflow run this training run logs to
+OUTBOX = "mlflow_outbox.jsonl"  # metric points the server never got
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_BUFFERED = 100_000  # metric points kept while the server is away
 
@@ -53,9 +55,9 @@ class MlflowTracker:
 
         uri = config.tracking_uri()
         client = MlflowClient(uri)
-        record = Path(config.run_dir) / RUN_RECORD
-        if record.is_file():
-            saved = json.loads(record.read_text())
+        run = Storage(config.run_dir)
+        if run.exists(RUN_RECORD):
+            saved = json.loads(run.read_bytes(RUN_RECORD))
             if saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
                 tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""), config.tracking.retry_seconds)
                 client.update_run(saved["run_id"], status="RUNNING")
@@ -68,13 +70,12 @@ class MlflowTracker:
         run_tags = {"gptray.run_dir": config.run_dir, **(tags or {})}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id  # how MLflow nests runs
-        run = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
-        tracker = cls(uri, run.info.run_id, experiment_id, config.tracking.retry_seconds)
+        created = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
+        tracker = cls(uri, created.info.run_id, experiment_id, config.tracking.retry_seconds)
         tracker.log_params(flatten(config.to_dict()))
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id,
-                                      "tracking_uri": uri}, indent=2))
-        log.info("MLflow: run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
+        record = {"run_id": tracker.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+        run.write_bytes(RUN_RECORD, json.dumps(record, indent=2).encode())
+        log.info("MLflow: run %s in experiment %r at %s", tracker.run_id, config.tracking.experiment, uri)
         return tracker
 
     def _record_config_changes(self, params: dict) -> None:
@@ -129,42 +130,43 @@ class MlflowTracker:
             self.log_metrics({}, 0)
         return not self._buffer
 
-    def save_outbox(self, run_dir: str | Path) -> int:
+    def save_outbox(self, run_dir: str | Path | Storage) -> int:
         """Keep undelivered metric points in the run directory, for a later launch to send."""
         if self.flush():
             return 0
-        with open(Path(run_dir) / OUTBOX, "a") as f:
-            for m in self._buffer:
-                f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
-                                    "timestamp": m.timestamp, "step": m.step}) + "\n")
+        run = _storage(run_dir)
+        kept_before = run.read_bytes(OUTBOX) if run.exists(OUTBOX) else b""  # object stores cannot append
+        lines = "".join(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                    "timestamp": m.timestamp, "step": m.step}) + "\n" for m in self._buffer)
+        run.write_bytes(OUTBOX, kept_before + lines.encode())
         log.warning("MLflow: %d metric point(s) could not be sent; kept in %s for the next launch of this run",
-                    len(self._buffer), Path(run_dir) / OUTBOX)
+                    len(self._buffer), run.uri(OUTBOX))
         kept, self._buffer = len(self._buffer), []
         return kept
 
-    def send_outbox(self, run_dir: str | Path) -> None:
+    def send_outbox(self, run_dir: str | Path | Storage) -> None:
         """Send the points an earlier process kept (see save_outbox); the file goes once they are sent."""
         from mlflow.entities import Metric
 
-        path = Path(run_dir) / OUTBOX
-        if not path.is_file():
+        run = _storage(run_dir)
+        if not run.exists(OUTBOX):
             return
-        points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        points = [json.loads(line) for line in run.read_bytes(OUTBOX).decode().splitlines() if line.strip()]
         self._buffer = [Metric(p["key"], p["value"], p["timestamp"], p["step"])
                         for p in points if p["run_id"] == self.run_id] + self._buffer
         if self.flush():
-            path.unlink()
+            run.delete(OUTBOX)
             log.info("MLflow: sent %d metric point(s) kept from an earlier launch", len(points))
         else:
             self._buffer = []  # they stay in the file for the next try
 
-    def finish(self, status: str = "FINISHED", run_dir: str | Path | None = None) -> bool:
+    def finish(self, status: str = "FINISHED", run_dir: str | Path | Storage | None = None) -> bool:
         """Close the run; with `run_dir`, note in its run record whether that reached the server."""
         closed = self.flush() and self._call(self.client.set_terminated, self.run_id, status)
-        record = Path(run_dir) / RUN_RECORD if run_dir is not None else None
-        if record is not None and record.is_file():
-            data = json.loads(record.read_text())
-            record.write_text(json.dumps({**data, "closed": closed}, indent=2))
+        run = _storage(run_dir) if run_dir is not None else None
+        if run is not None and run.exists(RUN_RECORD):
+            data = json.loads(run.read_bytes(RUN_RECORD))
+            run.write_bytes(RUN_RECORD, json.dumps({**data, "closed": closed}, indent=2).encode())
         return closed
 
     def _call(self, fn, *args, **kwargs) -> bool:
@@ -210,16 +212,33 @@ def _run_exists(client, run_id: str) -> bool:
 
 
 def _local_artifact_location(uri: str, out_dir: str) -> str | None:
-    """For a local database, keep artifacts beside it rather than in ./mlruns of whatever directory."""
-    if uri.startswith("sqlite:") and not is_uri(out_dir):
+    """For a local database, keep artifacts beside it rather than in ./mlruns of whatever directory.
+
+    With out_dir on an object store, the database (given as tracking.uri) is still a local file:
+    its artifacts go beside it, where the processes that log them can write.
+    """
+    if not uri.startswith("sqlite:"):
+        return None
+    if not is_uri(out_dir):
         return Path(out_dir, "mlartifacts").absolute().as_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).absolute().parent.joinpath("mlartifacts").as_uri()
     return None
 
 
-def tracking_settled(run_dir: str | Path) -> bool:
+def tracking_settled(run_dir: str | Path | Storage) -> bool:
     """Nothing left to tell MLflow about a run: no unsent metrics, and its run was closed (or never tracked)."""
-    run_dir = Path(run_dir)
-    if (run_dir / OUTBOX).exists():
+    run = _storage(run_dir)
+    if run.exists(OUTBOX):
         return False
-    record = run_dir / RUN_RECORD
-    return not record.is_file() or json.loads(record.read_text()).get("closed", True)
+    return not run.exists(RUN_RECORD) or json.loads(run.read_bytes(RUN_RECORD)).get("closed", True)
+
+
+def read_run_record(run_dir: str | Path | Storage) -> dict:
+    """The run record of a run directory (which MLflow run it logs to); empty if it has none."""
+    run = _storage(run_dir)
+    return json.loads(run.read_bytes(RUN_RECORD)) if run.exists(RUN_RECORD) else {}
+
+
+def _storage(location: str | Path | Storage) -> Storage:
+    return location if isinstance(location, Storage) else Storage(str(location))

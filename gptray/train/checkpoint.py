@@ -1,5 +1,8 @@
 """Checkpoints: the complete training state as tensors and JSON, loadable with `weights_only=True`.
 
+Checkpoints live in a run directory on local disk or on an object store (s3://, gs://); their
+metadata is read where they are, and tensors are loaded from a local directory (a downloaded copy).
+
 A checkpoint directory holds `model.pt` (state dict), `optimizer.pt`, `state.json` (step,
 tokens seen, model shape, dataset fingerprint) and `config.yaml` (the resolved run config).
 Randomness needs no saved state: every step reseeds from (seed, step, rank), so a resumed
@@ -9,17 +12,22 @@ run draws the same dropout masks as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from gptray.config import ExperimentConfig
+from gptray.config import ExperimentConfig, is_uri
+from gptray.data.storage import Storage
 from gptray.errors import CheckpointError
 from gptray.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"  # written last, with the size of every other file (see is_complete)
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
@@ -62,21 +70,22 @@ def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: d
     return directory
 
 
-def read_state(directory: str | Path) -> TrainingState:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not a complete gptray checkpoint (no {STATE_FILE})")
+def read_state(directory: str | Path | Storage) -> TrainingState:
+    """A checkpoint's state.json, from a local directory or an object store."""
+    store = _storage(directory)
+    if not store.exists(STATE_FILE):
+        raise CheckpointError(f"{store.uri()} is not a complete gptray checkpoint (no {STATE_FILE})")
     try:
-        return TrainingState(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"{path} is malformed: {exc}") from None
+        return TrainingState(**json.loads(store.read_bytes(STATE_FILE)))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{store.uri(STATE_FILE)} is malformed: {exc}") from None
 
 
-def read_config(directory: str | Path) -> ExperimentConfig:
-    path = Path(directory) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no config.yaml")
-    return ExperimentConfig.from_dict(yaml.safe_load(path.read_text()))
+def read_config(directory: str | Path | Storage) -> ExperimentConfig:
+    store = _storage(directory)
+    if not store.exists("config.yaml"):
+        raise CheckpointError(f"{store.uri()} has no config.yaml")
+    return ExperimentConfig.from_dict(yaml.safe_load(store.read_bytes("config.yaml")))
 
 
 def load_tensors(directory: str | Path, name: str, device: torch.device | str = "cpu"):
@@ -112,49 +121,101 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
         )
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in a run directory, if any."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
+    """The complete checkpoint with the highest step in a run directory, if any.
+
+    A local run directory gives a Path; one on an object store (s3://…) gives a URI.
+    """
+    latest = latest_stored_checkpoint(_storage(run_dir))
+    if latest is None:
         return None
-    found = [
-        (int(m.group(1)), p) for p in run_dir.iterdir()
-        if (m := CHECKPOINT_DIR.match(p.name)) and is_complete(p)
-    ]
-    return max(found)[1] if found else None
+    return latest.location if is_uri(str(run_dir)) else Path(run_dir) / Path(latest.base).name
 
 
-def missing_files(directory: str | Path) -> list[str]:
+def latest_stored_checkpoint(run: Storage) -> Storage | None:
+    """latest_checkpoint for a run directory given as a Storage (e.g. one a Ray worker got from the driver)."""
+    found = [(int(m.group(1)), name) for name in run.list_dirs() if (m := CHECKPOINT_DIR.match(name))]
+    for _, name in sorted(found, reverse=True):  # newest first: usually only the newest is read
+        if is_complete(run.child(name)):
+            return run.child(name)
+    return None
+
+
+def missing_files(directory: str | Path | Storage) -> list[str]:
     """What keeps a checkpoint from being complete: state.json, or files it lists absent or cut short."""
-    directory = Path(directory)
+    store = _storage(directory)
     try:
-        state = read_state(directory)
+        state = read_state(store)
     except CheckpointError:
         return [STATE_FILE]
     problems = []
     for name, size in state.files.items():
-        path = directory / name
-        if not path.is_file():
+        found = store.size(name)
+        if found is None:
             problems.append(f"{name} (missing)")
-        elif path.stat().st_size != size:
-            problems.append(f"{name} ({path.stat().st_size} of {size} bytes)")
+        elif found != size:
+            problems.append(f"{name} ({found} of {size} bytes)")
     return problems
 
 
-def is_complete(directory: str | Path) -> bool:
+def is_complete(directory: str | Path | Storage) -> bool:
     """A checkpoint whose state.json and every file it lists are there, at their recorded sizes."""
     return not missing_files(directory)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a run directory (→ its latest checkpoint)."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        if problems := missing_files(path):
-            raise CheckpointError(f"checkpoint {path} is incomplete: {', '.join(problems)} "
+    """Accept a checkpoint directory or a run directory (→ its latest checkpoint), local or on an object store.
+
+    A checkpoint on an object store is downloaded once into the local cache; the local copy is returned.
+    """
+    store = _storage(path)
+    if store.exists(STATE_FILE):
+        if problems := missing_files(store):
+            raise CheckpointError(f"checkpoint {store.uri()} is incomplete: {', '.join(problems)} "
                                   "(a copy or upload cut short?)")
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(f"no checkpoint at {path} (neither a checkpoint nor a run directory holding one)")
-    return latest
+        checkpoint = store
+    else:
+        checkpoint = latest_stored_checkpoint(store)
+        if checkpoint is None:
+            raise CheckpointError(f"no checkpoint at {store.uri()} (neither a checkpoint nor a run directory "
+                                  "holding one)")
+    if not is_uri(str(path)):
+        return Path(path) if checkpoint is store else Path(path) / Path(checkpoint.base).name
+    return local_copy(checkpoint)
+
+
+def local_copy(checkpoint: Storage, cache_dir: str | Path | None = None) -> Path:
+    """A local copy of a complete checkpoint on an object store, kept in the cache and reused.
+
+    A copy is reused only while its state.json matches the stored one byte for byte (a run
+    started afresh under the same name rewrites checkpoints under the same names).
+    """
+    cache = Path(cache_dir) if cache_dir else default_checkpoint_cache()
+    scheme = checkpoint.location.split("://", 1)[0]
+    target = cache / scheme / checkpoint.base.lstrip("/")
+    stored_state = checkpoint.read_bytes(STATE_FILE)
+    if (target / STATE_FILE).is_file() and (target / STATE_FILE).read_bytes() == stored_state and is_complete(target):
+        return target
+    log.info("downloading checkpoint %s to %s", checkpoint.uri(), target)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpoint.download(partial)
+    if problems := missing_files(partial):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(f"checkpoint {checkpoint.uri()} changed while it was downloaded: {', '.join(problems)}")
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(partial, target)
+    except OSError:  # another process put its copy there first
+        shutil.rmtree(partial, ignore_errors=True)
+        if (target / STATE_FILE).read_bytes() != stored_state or not is_complete(target):
+            raise
+    return target
+
+
+def default_checkpoint_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "checkpoints"
+
+
+def _storage(location: str | Path | Storage) -> Storage:
+    return location if isinstance(location, Storage) else Storage(str(location))

@@ -11,8 +11,9 @@ from dataclasses import asdict
 
 import torch
 
-from gptray.config import ExperimentConfig, is_uri
+from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
+from gptray.data.storage import Storage
 from gptray.data.windows import open_split_tokens
 from gptray.errors import TrainingError
 from gptray.runtime import configure_logging
@@ -20,7 +21,7 @@ from gptray.train.checkpoint import (
     TrainingState,
     check_compatible,
     checkpoint_dir_name,
-    latest_checkpoint,
+    latest_stored_checkpoint,
     load_tensors,
     optional_tensors,
     read_state,
@@ -49,16 +50,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    manifest = Manifest.load(config.data.dataset_dir)
-    train_tokens = open_split_tokens(config.data.dataset_dir, manifest, "train", config.data.cache_dir)
-    val_tokens = open_split_tokens(config.data.dataset_dir, manifest, "val", config.data.cache_dir)
+    # The dataset and run directory as the driver resolved them: an object store's endpoint and
+    # region travel with them, so workers need only credentials in their environment.
+    dataset, run = loop_config["dataset"], loop_config["run"]
+    manifest = Manifest.load(dataset)
+    train_tokens = open_split_tokens(dataset, manifest, "train", config.data.cache_dir)
+    val_tokens = open_split_tokens(dataset, manifest, "val", config.data.cache_dir)
     engine = TrainingEngine(config, device, rank, world_size, train_tokens, val_tokens)
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model), world_size=world_size)
 
-    with _resume_directory(ray.train.get_checkpoint(), config) as directory:
+    with _resume_directory(ray.train.get_checkpoint(), run) as (directory, where):
         if directory is not None:
             saved = read_state(directory)
-            check_compatible(saved, config, manifest.fingerprint, directory)
+            check_compatible(saved, config, manifest.fingerprint, where)
             engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
                               optional_tensors(directory, "scaler.pt"))
             state = saved
@@ -139,29 +143,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if eval_due or sample_due or checkpoint_due or tasks_due:
             interval_start = time.perf_counter()
 
-    if tracker is not None and not is_uri(config.run_dir):
-        tracker.save_outbox(config.run_dir)  # what the server never got waits for the driver or the next launch
-    elif tracker is not None:
-        tracker.flush()
+    if tracker is not None:
+        tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
 
 
 @contextlib.contextmanager
-def _resume_directory(checkpoint, config: ExperimentConfig):
-    """The checkpoint to resume from: Ray's latest registered one, or a newer complete one on disk.
+def _resume_directory(registered, run: Storage):
+    """The checkpoint to resume from, as a local directory and the name to report it by.
 
-    A job stopped while a checkpoint was being reported can leave that checkpoint complete in the
-    run directory but unregistered with Ray; resuming from it loses nothing and agrees with what
-    the driver found (gptray.train.checkpoint.latest_checkpoint).
+    The newer of Ray's latest registered checkpoint and the newest complete one in the run
+    directory: a job stopped while a checkpoint was being reported can leave that checkpoint
+    complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
+    driver found (gptray.train.checkpoint.latest_checkpoint). Only the chosen one is downloaded.
     """
-    on_disk = None if is_uri(config.run_dir) else latest_checkpoint(config.run_dir)
-    if checkpoint is None:
-        yield on_disk
+    from ray.train import Checkpoint
+
+    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
+    if not candidates:
+        yield None, None
         return
-    with checkpoint.as_directory() as directory:
-        if on_disk is not None and read_state(on_disk).step > read_state(directory).step:
-            yield on_disk
-        else:
-            yield directory
+    chosen = max(candidates, key=lambda c: read_state(c).step)
+    # as_directory: the directory itself on a local filesystem, a temporary download otherwise
+    with Checkpoint(path=chosen.base, filesystem=chosen.fs).as_directory() as directory:
+        yield directory, chosen.uri()
+
+
+def _stored(checkpoint) -> Storage | None:
+    """Ray's registered checkpoint (path and filesystem) as a Storage; None if there is none."""
+    if checkpoint is None:
+        return None
+    return Storage.on(checkpoint.filesystem, checkpoint.path)
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from gptray.config import ExperimentConfig
+from gptray.config import ExperimentConfig, is_uri
 from gptray.data.manifest import Manifest
+from gptray.data.storage import Storage
 from gptray.errors import CheckpointError, DataError, TrainingError
 from gptray.tracking.mlflow_tracker import tracking_settled
 from gptray.train.checkpoint import check_compatible, latest_checkpoint, read_state
@@ -70,9 +71,9 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
     check_dataset(config, manifest)
-    run_dir = Path(config.run_dir)
+    run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
     start_step = 0
-    previous = latest_checkpoint(run_dir)
+    previous = latest_checkpoint(config.run_dir)
     if previous is not None:
         state = read_state(previous)
         check_compatible(state, config, manifest.fingerprint, str(previous))
@@ -81,20 +82,20 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     if previous is not None and start_step >= config.train.max_steps:
         log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
                  config.train.max_steps)
-        if tracker is None and config.tracking.enabled and not tracking_settled(run_dir):
+        if tracker is None and config.tracking.enabled and not tracking_settled(run):
             tracker = _start_tracking(config)  # what an earlier launch could not tell MLflow goes now
         if tracker is not None:
-            tracker.send_outbox(run_dir)
-            tracker.finish("FINISHED", run_dir)
+            tracker.send_outbox(run)
+            tracker.finish("FINISHED", run)
         return _finished_result(config, previous, start_step, started, sample, tracker)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run.make_dirs("")
+    run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
     eval_tasks = training_payload(config)  # before Ray starts: a missing HellaSwag file stops the run here
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
-        tracker.send_outbox(run_dir)
+        tracker.send_outbox(run)
     init_ray(config.ray)
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
@@ -108,13 +109,16 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             # by value: workers need no tiktoken cache to decode periodic samples
             "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
+            # resolved here: an object store's endpoint and region travel with them to the workers
+            "dataset": Storage(config.data.dataset_dir),
+            "run": run,
         },
         scaling_config=ScalingConfig(
             num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=config.name,
-            storage_path=config.out_dir,
+            **_ray_storage(config.out_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -125,25 +129,25 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         result = trainer.fit()
     except Exception as exc:
         if tracker:
-            tracker.finish("FAILED", run_dir)
+            tracker.finish("FAILED", run)
         cause = _root_cause(exc)
         if isinstance(cause, (CheckpointError, DataError)):
             raise cause from exc
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
 
-    final = latest_checkpoint(run_dir)
+    final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
     text = _final_sample(config, final) if sample and final else None
     if tracker:
-        tracker.send_outbox(run_dir)
+        tracker.send_outbox(run)
         if text is not None:
             tracker.log_text(text, f"samples/step_{final_state.step:08d}.txt")
-        tracker.log_artifact(str(run_dir / "config.yaml"))
-        _log_run_plots(tracker, run_dir)
-        if not tracker.finish("FINISHED", run_dir):
+        tracker.log_text(run.read_bytes("config.yaml").decode(), "config.yaml")
+        _log_run_plots(tracker, run)
+        if not tracker.finish("FINISHED", run):
             log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
     return PretrainResult(
-        run_dir=str(run_dir),
+        run_dir=config.run_dir,
         checkpoint=str(final) if final else None,
         start_step=start_step,
         final_step=final_state.step if final_state else 0,
@@ -156,15 +160,12 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     )
 
 
-def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, started: float,
+def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int, started: float,
                      sample: bool, tracker=None) -> PretrainResult:
     """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
-    import json
+    from gptray.tracking.mlflow_tracker import read_run_record
 
-    from gptray.tracking.mlflow_tracker import RUN_RECORD
-
-    record_path = Path(config.run_dir) / RUN_RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_run_record(config.run_dir)
     if tracker is not None:
         record = {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id,
                   "experiment_id": tracker.experiment_id}
@@ -176,17 +177,25 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, star
     )
 
 
-def _log_run_plots(tracker, run_dir: Path) -> None:
+def _log_run_plots(tracker, run: Storage) -> None:
     """The run's curves (PNG) and metrics (CSV), in run_dir/plots and as MLflow artifacts."""
+    import tempfile
+
     from gptray.tracking.plots import run_report
 
-    try:
-        files = run_report(tracker.client, tracker.run_id, run_dir / "plots")
-    except Exception as exc:  # plots are a convenience: never fail a finished run over them
-        log.warning("could not draw the run's plots: %s: %s", type(exc).__name__, exc)
-        return
-    for path in files:
-        tracker.log_artifact(str(path), "plots")
+    with tempfile.TemporaryDirectory(prefix="gptray-plots-") as scratch:
+        # drawn where they will stay on local disk; drawn aside and uploaded for an object store
+        directory = Path(run.path("plots")) if run.is_local else Path(scratch)
+        try:
+            files = run_report(tracker.client, tracker.run_id, directory)
+            if not run.is_local:
+                for path in files:
+                    run.write_bytes(f"plots/{path.name}", path.read_bytes())
+        except Exception as exc:  # plots are a convenience: never fail a finished run over them
+            log.warning("could not draw the run's plots: %s: %s", type(exc).__name__, exc)
+            return
+        for path in files:
+            tracker.log_artifact(str(path), "plots")
 
 
 def _start_tracking(config: ExperimentConfig):
@@ -202,7 +211,20 @@ def _start_tracking(config: ExperimentConfig):
         return None
 
 
-def _final_sample(config: ExperimentConfig, checkpoint: Path) -> str:
+def _ray_storage(out_dir: str) -> dict:
+    """RunConfig's storage settings: Ray's run directory is out_dir/name, as ours is.
+
+    On an object store the filesystem is resolved here and handed to Ray, so its controller and
+    workers use the endpoint and region this process found (AWS_ENDPOINT_URL, the URI's query),
+    whatever the environment they were started with.
+    """
+    if not is_uri(out_dir):
+        return {"storage_path": out_dir}
+    out = Storage(out_dir)
+    return {"storage_path": out.base, "storage_filesystem": out.fs}
+
+
+def _final_sample(config: ExperimentConfig, checkpoint: Path | str) -> str:
     from gptray.data.tokenizer import Tokenizer
     from gptray.generation import generate_text, load_model
 

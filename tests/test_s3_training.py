@@ -1,0 +1,129 @@
+"""Training with out_dir and the token dataset on an object store: a real S3-compatible server (moto) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from conftest import metric_history, small_run_config
+from gptray.cli.main import main as cli
+from gptray.errors import CheckpointError, ConfigError, StorageError
+from gptray.train.checkpoint import latest_checkpoint, read_state
+from gptray.train.pretrain import pretrain
+
+pytestmark = pytest.mark.slow
+
+RUN = "ons3"
+
+
+def upload_dataset(client, bucket: str, dataset_dir: str, prefix: str) -> str:
+    """A local token dataset copied into the bucket; its URI."""
+    for path in sorted(Path(dataset_dir).rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(dataset_dir)}", Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}"
+
+
+def keys(client, bucket: str, prefix: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+
+
+def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, reference_run, shakespeare_dataset,
+                                                           s3_endpoint, s3_bucket, tmp_path, capsys):
+    import ray
+
+    # Ray's workers were started without AWS_ENDPOINT_URL: the endpoint reaches them only inside
+    # the filesystems the driver resolved (Ray's storage_filesystem, the dataset and run dir).
+    assert ray.get(ray.remote(lambda: os.environ.get("AWS_ENDPOINT_URL")).options(num_cpus=0).remote()) is None
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    dataset = upload_dataset(client, s3_bucket, shakespeare_dataset.dataset_dir, "data/shakespeare")
+    cache = tmp_path / "token-cache"  # a fresh cache: the workers must decode the shards from the bucket
+
+    def config(max_steps: int):
+        return small_run_config(tmp_path, shakespeare_dataset, f"out_dir=s3://{s3_bucket}/runs", f"name={RUN}",
+                                f"data.dataset_dir={dataset}", f"data.cache_dir={cache}",
+                                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"train.max_steps={max_steps}")
+
+    first = pretrain(config(12))
+    run_dir = f"s3://{s3_bucket}/runs/{RUN}"
+    assert (first.start_step, first.final_step, first.run_dir) == (0, 12, run_dir)
+    assert first.checkpoint == f"{run_dir}/checkpoint_00000012"
+    stored = keys(client, s3_bucket, f"runs/{RUN}/")
+    assert {"config.yaml", "mlflow_run.json", "checkpoint_00000012/model.pt", "checkpoint_00000012/optimizer.pt",
+            "checkpoint_00000012/state.json", "checkpoint_00000012/config.yaml", "plots/metrics.csv"} <= stored
+    assert any(key.startswith("checkpoint_manager_snapshot") for key in stored)  # Ray's record of its checkpoints
+    record = json.loads(client.get_object(Bucket=s3_bucket, Key=f"runs/{RUN}/mlflow_run.json")["Body"].read())
+    assert record["run_id"] == first.mlflow_run_id and record["closed"]
+    assert yaml.safe_load(client.get_object(Bucket=s3_bucket, Key=f"runs/{RUN}/config.yaml")["Body"].read()) \
+        == config(12).to_dict()
+    assert list(cache.glob("*/train.bin"))  # decoded from the S3 shards
+    assert not (tmp_path / "runs").exists()  # nothing of the run on local disk
+    assert first.sample  # the final model, loaded from the bucket, generated text
+
+    # relaunched with more steps: it resumes from the checkpoint in the bucket, exactly
+    second = pretrain(config(24))
+    assert (second.start_step, second.final_step) == (12, 24)
+    assert second.mlflow_run_id == first.mlflow_run_id  # the run record in the bucket names the same MLflow run
+    assert read_state(latest_checkpoint(run_dir)).step == 24
+    _, full = reference_run
+    resumed, uninterrupted = metric_history(second, "train/loss"), metric_history(full, "train/loss")
+    assert sorted(resumed) == list(range(1, 25))
+    assert [resumed[s] for s in range(13, 25)] == [uninterrupted[s] for s in range(13, 25)]
+    assert metric_history(second, "val/loss")[24] == metric_history(full, "val/loss")[24]
+
+    # a finished run relaunched trains nothing and reads what it reports from the bucket
+    again = pretrain(config(24), sample=False)
+    assert (again.start_step, again.final_step, again.checkpoint) == (24, 24, second.checkpoint)
+    assert again.mlflow_run_id == first.mlflow_run_id and again.metrics == second.metrics
+
+    # generate reads the run's latest checkpoint from the bucket (a cached local copy)
+    args = ["generate", "--checkpoint", run_dir, "--prompt", "ROMEO:", "generate.temperature=0",
+            "generate.max_new_tokens=12"]
+    capsys.readouterr()
+    assert cli(args) == 0
+    from_bucket = capsys.readouterr().out
+    assert from_bucket.startswith("ROMEO:") and len(from_bucket) > len("ROMEO:\n")
+    assert cli(args) == 0
+    assert capsys.readouterr().out == from_bucket
+    assert cli(["generate", "--checkpoint", f"{run_dir}/checkpoint_00000012", "--prompt", "ROMEO:"]) == 0
+    assert cli(["generate", "--checkpoint", f"s3://{s3_bucket}/runs/nothing-here"]) == 4
+
+
+def test_incomplete_checkpoints_on_s3_are_passed_over(s3_endpoint, s3_bucket):
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    state = {"step": 5, "files": {"model.pt": 10}}
+    for step, size in ((5, 10), (7, 4)):  # step 7's upload was cut short
+        client.put_object(Bucket=s3_bucket, Key=f"run/checkpoint_{step:08d}/state.json",
+                          Body=json.dumps({**state, "step": step}).encode())
+        client.put_object(Bucket=s3_bucket, Key=f"run/checkpoint_{step:08d}/model.pt", Body=b"x" * size)
+    run_dir = f"s3://{s3_bucket}/run"
+    assert latest_checkpoint(run_dir) == f"{run_dir}/checkpoint_00000005"
+    from gptray.train.checkpoint import resolve_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"model.pt \(4 of 10 bytes\)"):
+        resolve_checkpoint(f"{run_dir}/checkpoint_00000007")
+
+
+def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endpoint, s3_bucket, tmp_path):
+    with pytest.raises(ConfigError) as info:  # SQLite cannot live in a bucket
+        small_run_config(tmp_path, shakespeare_dataset, f"out_dir=s3://{s3_bucket}/runs")
+    assert info.value.key == "tracking.uri"
+    with pytest.raises(ConfigError) as info:
+        small_run_config(tmp_path, shakespeare_dataset, "out_dir=s3://", "tracking.enabled=false")
+    assert info.value.key == "out_dir"
+
+    config = small_run_config(tmp_path, shakespeare_dataset, "out_dir=s3://no-such-bucket/runs",
+                              "tracking.enabled=false")
+    with pytest.raises(StorageError, match="no-such-bucket"):
+        pretrain(config)  # stops before Ray starts
+    unreachable = "s3://bucket/runs/x?endpoint_override=http://127.0.0.1:9"  # nothing listens on port 9
+    with pytest.raises(StorageError, match="cannot look up s3://bucket/runs/x/state.json"):
+        from gptray.generation import load_model
+
+        load_model(unreachable)
