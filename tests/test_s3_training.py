@@ -96,6 +96,9 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
     # and so does eval, on the run's token dataset in the bucket
     assert cli(["eval", "--checkpoint", run_dir, "--task", "perplexity", "--limit", "2", "--local", "--no-track"]) == 0
     assert "(step 24)" in capsys.readouterr().out
+    # plot finds the MLflow run through the run record in the bucket
+    assert cli(["plot", run_dir, "--out", str(tmp_path / "plots"), "--no-log"]) == 0
+    assert (tmp_path / "plots" / "metrics.csv").read_text().count("\n") == 25  # header and steps 1–24
 
 
 def test_metrics_the_server_never_got_wait_in_the_bucket(s3_endpoint, s3_bucket):
@@ -116,7 +119,7 @@ def test_metrics_the_server_never_got_wait_in_the_bucket(s3_endpoint, s3_bucket)
     assert not tracking_settled(run_dir)
 
 
-def test_incomplete_checkpoints_on_s3_are_passed_over(s3_endpoint, s3_bucket):
+def test_incomplete_checkpoints_on_s3_are_passed_over(s3_endpoint, s3_bucket, monkeypatch):
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     state = {"step": 5, "files": {"model.pt": 10}}
     for step, size in ((5, 10), (7, 4)):  # step 7's upload was cut short
@@ -129,6 +132,12 @@ def test_incomplete_checkpoints_on_s3_are_passed_over(s3_endpoint, s3_bucket):
 
     with pytest.raises(CheckpointError, match=r"model.pt \(4 of 10 bytes\)"):
         resolve_checkpoint(f"{run_dir}/checkpoint_00000007")
+
+    # the endpoint given in the URI instead of the environment stays with what is found there
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    query = f"?endpoint_override={s3_endpoint}"
+    assert latest_checkpoint(run_dir + query) == f"{run_dir}/checkpoint_00000005{query}"
+    assert read_state(latest_checkpoint(run_dir + query)).step == 5
 
 
 def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endpoint, s3_bucket, tmp_path):
@@ -143,6 +152,16 @@ def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endp
                               "tracking.enabled=false")
     with pytest.raises(StorageError, match="no-such-bucket"):
         pretrain(config)  # stops before Ray starts
+    from test_sweep import write_sweep
+
+    from gptray.tune.runner import run_sweep
+    from gptray.tune.spec import load_sweep
+
+    sweep = write_sweep(tmp_path / "grid.yaml", f"s3://{s3_bucket}/data", {"axes": {"train.lr": [1e-3]}},
+                        out_dir=f"s3://{s3_bucket}/runs", tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    with pytest.raises(ConfigError) as info:  # sweeps keep Tune's state on a local path
+        run_sweep(load_sweep(sweep))
+    assert info.value.key == "out_dir"
     unreachable = "s3://bucket/runs/x?endpoint_override=http://127.0.0.1:9"  # nothing listens on port 9
     with pytest.raises(StorageError, match="cannot look up s3://bucket/runs/x/state.json"):
         from gptray.generation import load_model

@@ -128,21 +128,18 @@ def cmd_compare(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    import json
-
     from mlflow.tracking import MlflowClient
 
-    from gptray.config import load_config
+    from gptray.config import is_uri, load_config
     from gptray.errors import DataError
-    from gptray.tracking.mlflow_tracker import RUN_RECORD
+    from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
     from gptray.tracking.plots import run_report
 
     run_id, tracking_uri, out = args.run, args.tracking_uri, args.out
-    record = Path(args.run) / RUN_RECORD
-    if record.is_file():
-        saved = json.loads(record.read_text())
+    saved = read_run_record(args.run)  # a run directory, local or on an object store; else a run id
+    if saved:
         run_id, tracking_uri = saved["run_id"], tracking_uri or saved["tracking_uri"]
-        out = out or str(Path(args.run) / "plots")
+        out = out or (f"plots-{run_id}" if is_uri(args.run) else str(Path(args.run) / "plots"))
     elif Path(args.run).is_dir():
         raise DataError(f"{args.run} has no {RUN_RECORD}: it is not a tracked run directory")
     tracking_uri = tracking_uri or load_config(None).tracking_uri()

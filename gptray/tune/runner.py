@@ -15,7 +15,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptray.config import ExperimentConfig
+from gptray.config import ExperimentConfig, is_uri
+from gptray.errors import ConfigError
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
     from gptray.tracking import MlflowTracker
 
     base, spec = sweep.base, sweep.spec
+    if is_uri(sweep.directory):
+        # Tune's own state and restore (tune.Tuner.restore) go through a local path here.
+        raise ConfigError("out_dir", f"a sweep needs a local or shared-filesystem out_dir, not {base.out_dir}; "
+                                     "object-store URIs work for single runs (gptray pretrain)")
     init_ray(base.ray)
     Path(sweep.directory).mkdir(parents=True, exist_ok=True)
     parent = None
