@@ -15,6 +15,7 @@ import yaml
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.errors import CheckpointError, DataError, TrainingError
+from gptray.model import ModelConfig
 from gptray.tracking.mlflow_tracker import tracking_settled
 from gptray.train.checkpoint import check_compatible, latest_checkpoint, read_state
 
@@ -91,6 +92,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     eval_tasks = training_payload(config)  # before Ray starts: a missing HellaSwag file stops the run here
+    init_checkpoint = _init_checkpoint(config) if previous is None else None
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
@@ -108,6 +110,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             # by value: workers need no tiktoken cache to decode periodic samples
             "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
+            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
         },
         scaling_config=ScalingConfig(
             num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources
@@ -174,6 +177,22 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path, step: int, star
         mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
         sample=_final_sample(config, checkpoint) if sample else None, seconds=time.monotonic() - started,
     )
+
+
+def _init_checkpoint(config: ExperimentConfig) -> Path | None:
+    """Fine-tuning's base weights as a gptray checkpoint (imported first if from Hugging Face), checked
+    against the run's model."""
+    if not config.train.init_from:
+        return None
+    from gptray.train.finetune import base_checkpoint, find_base
+
+    directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
+    base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
+    if base_shape != config.model.shape():
+        raise CheckpointError(f"the base checkpoint {directory} no longer matches the run's model "
+                              "(did it change since the config was resolved?)")
+    log.info("fine-tuning from %s", directory)
+    return directory
 
 
 def _log_run_plots(tracker, run_dir: Path) -> None:
