@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,28 @@ def ray_session():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -> None:
+    """Wait until a Ray head started by `process` answers on its dashboard (a 401 asking for the token
+    counts as up); fail with the end of its log if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not start:\n{Path(log_path).read_text()[-3000:]}") from None
+            time.sleep(0.5)
 
 
 def make_config(root: Path, *overrides: str):

@@ -8,20 +8,17 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
-from conftest import REPO
+from conftest import REPO, free_port, wait_for_dashboard
 
 CLUSTER = REPO / "cluster"
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml", "local-fake.yaml"]
@@ -125,12 +122,6 @@ def test_the_image_is_the_pinned_ray_image_installed_the_way_ci_installs():
     assert re.search(r"^\tscripts/install\.sh \$\(BIN\)/python dev$", (REPO / "Makefile").read_text(), re.M)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def node_types(status_address: str, env: dict) -> list[str]:
     """Node types in `ray status`'s Active section, e.g. ['ray.head.default', 'cpu_worker']."""
     out = subprocess.run([str(BIN / "ray"), "status", "--address", status_address], env=env,
@@ -162,16 +153,7 @@ def test_autoscaler_adds_a_worker_node_for_a_job_and_removes_it_when_idle(shakes
     log = open(root / "head.log", "w")
     head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # up, asking for the token
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, (root / "head.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_for_dashboard(f"http://127.0.0.1:{dashboard}", head, root / "head.log")
         status = f"127.0.0.1:{gcs}"
         deadline = time.monotonic() + 60
         while node_types(status, env) != ["ray.head.default"]:  # the head alone, with no CPUs for work

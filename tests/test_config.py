@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gptray.config import ExperimentConfig, load_config
+from gptray.config.loader import read_yaml
 from gptray.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,8 +111,19 @@ def test_quickstart_yaml_is_exactly_the_builtin_defaults():
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_is_valid(path):
-    load_config(path)
+def test_every_shipped_config_is_valid(path, tmp_path):
+    from dataclasses import asdict
+
+    from gptray.model import GPT
+    from gptray.train.checkpoint import TrainingState, save_checkpoint
+
+    overrides = []
+    if read_yaml(path).get("train", {}).get("init_from"):  # a fine-tuning config: give it its base
+        base = load_config(None).model
+        save_checkpoint(tmp_path / "base", GPT(base).state_dict(), None, TrainingState(model=asdict(base)),
+                        ExperimentConfig(model=base))
+        overrides = [f"train.init_from={tmp_path / 'base'}"]
+    load_config(path, overrides)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -142,7 +154,8 @@ def test_cli_config_prints_the_resolved_config():
     assert printed["model"]["n_embd"] == 768 and printed["train"]["max_steps"] == 7
 
 
-@pytest.mark.parametrize("command", [[], ["tokenize"], ["pretrain"], ["generate"], ["quickstart"], ["config"]])
+@pytest.mark.parametrize("command", [[], ["tokenize"], ["pretrain"], ["finetune"], ["generate"], ["quickstart"],
+                                     ["config"]])
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0
@@ -150,8 +163,13 @@ def test_every_command_has_help(command):
     if command:
         assert "--config" in result.stdout and "key=value" in result.stdout
     else:
-        for name in ("tokenize", "pretrain", "generate", "quickstart"):
+        for name in ("tokenize", "pretrain", "finetune", "generate", "quickstart"):
             assert name in result.stdout
+
+
+def test_finetune_without_a_base_is_refused_before_any_work(tmp_path):
+    result = run_cli("finetune", f"out_dir={tmp_path}", f"data.dataset_dir={tmp_path}/none")
+    assert result.returncode == 2 and "train.init_from: fine-tuning needs a base model" in result.stderr
 
 
 def test_gpt3_recipe_fills_unset_optimizer_settings():

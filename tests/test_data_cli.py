@@ -19,8 +19,8 @@ from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
 def test_data_list_names_every_corpus_with_size_and_source(capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    for name in ("openwebtext", "openwebtext-10k", "wikitext-2", "wikitext-103", "tinystories", "fineweb-edu-10bt",
-                 "c4-en", "pile-uncopyrighted", "redpajama-sample", "tinyshakespeare"):
+    for name in ("openwebtext", "openwebtext-10k", "wikipedia", "wikitext-2", "wikitext-103", "tinystories",
+                 "fineweb-edu-10bt", "c4-en", "pile-uncopyrighted", "redpajama-sample", "tinyshakespeare"):
         assert name in REGISTRY
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert REGISTRY[name].size in line and REGISTRY[name].source in line

@@ -137,6 +137,28 @@ def test_every_source_kind_is_exactly_tiktoken(ray_session, tmp_path, monkeypatc
     assert again.manifest.fingerprint == result.manifest.fingerprint
 
 
+def test_wikipedia_dump_of_a_chosen_language_and_date(ray_session, tmp_path, monkeypatch):
+    """The registry's Wikipedia streams the dump that hf_config names (<date>.<language>), from a local copy
+    laid out as the wikimedia/wikipedia Hub repository."""
+    repo = tmp_path / "mirror" / "wikimedia" / "wikipedia"
+    articles = {"20231101.en": SPEECHES[:12], "20231101.de": SPEECHES[12:30]}
+    configs = []
+    for name, texts in articles.items():
+        (repo / name).mkdir(parents=True)
+        ids = [str(i) for i in range(len(texts))]
+        pq.write_table(pa.table({"id": ids, "title": [f"T{i}" for i in ids], "text": texts}),
+                       repo / name / "train-00000-of-00001.parquet", row_group_size=4)
+        configs.append(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/train-*\n")
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n")
+    monkeypatch.setenv("GPTRAY_CORPORA", f"{tmp_path / 'mirror'}{os.pathsep}{os.environ['GPTRAY_CORPORA']}")
+
+    result = tokenize_corpus(make_config(tmp_path, sources_override("{corpus: wikipedia, hf_config: 20231101.de}")))
+    stream, manifest = corpus_stream(tmp_path / "data")
+    assert stream == expected_stream(articles["20231101.de"])
+    assert manifest.sources[0].kind == "hf_stream" and "20231101.de" in manifest.sources[0].description
+    assert result.manifest.documents == len(articles["20231101.de"])
+
+
 def _overrides(config) -> list[str]:
     sources = json.dumps([{k: v for k, v in vars(s).items() if v is not None} for s in config.data.sources])
     return [f"data.sources={sources}", "data.val_fraction=0.2"]

@@ -6,28 +6,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port, wait_for_dashboard
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent  # the venv that runs the tests also runs the cluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +42,7 @@ def head():
     log = open(root / "head.log", "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # 401: up, and asking for the token
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log_text = (root / "head.log").read_text()[-3000:]
-                raise RuntimeError(f"ray head did not start:\n{log_text}") from None
-            time.sleep(0.5)
+    wait_for_dashboard(address, process, root / "head.log")
     yield address, env, root
     process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 SCRIPT = REPO / "cluster" / "slurm" / "gptray.sbatch"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
@@ -31,12 +31,6 @@ def test_script_is_valid_bash_and_follows_the_ray_slurm_pattern():
     assert "ray start --head --block" in text and "ray start --block --address" in text
     assert "--dashboard-host=127.0.0.1" in text and "RAY_AUTH_MODE=token" in text
     assert 'python -u "$pipeline"' in text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -96,6 +96,8 @@ def cmd_inspect(args) -> int:
         size = sum(s.bytes for s in info.shards)
         print(f"  {split:<8} {info.documents:>12,} documents {info.tokens:>15,} tokens in "
               f"{len(info.shards)} shard(s), {size / 1e6:,.1f} MB")
+    if manifest.prompt_masked:
+        print("loss       prompt/completion documents: training counts only completion tokens (shards' prompt_tokens)")
     split = manifest.split
     print(f"split      val_fraction {split.get('val_fraction')}, seed {split.get('seed')}: {split.get('method', '')}")
     print("sources")

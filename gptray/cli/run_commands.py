@@ -1,4 +1,4 @@
-"""The pipeline commands: tokenize, pretrain, generate, quickstart, config."""
+"""The pipeline commands: tokenize, pretrain, finetune, generate, quickstart, config."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def register(commands) -> None:
         launching the same run again resumes from its latest checkpoint.""")
     sub.add_argument("--no-sample", action="store_true", help="do not generate a sample after training")
     sub.set_defaults(handler=cmd_pretrain)
+
+    sub = add_command(commands, "finetune", "fine-tune a gptray or Hugging Face GPT-2 checkpoint (Ray Train)", """\
+        Continue training from train.init_from (a gptray checkpoint or run directory, a Hugging Face GPT-2
+        directory, or hf:NAME) on data.dataset_dir: the same Ray Train engine, checkpoints and MLflow
+        logging as pretrain. The model keeps the base's architecture; train.recipe defaults to
+        `finetune` (lr 5e-5, warmup 5% of the steps, batch 32, dropout 0.1). Tokenize prompt/completion
+        jsonl with data.sources[i].prompt_field set, and the loss leaves out the prompt tokens. The base
+        is only read; relaunching the run resumes from its own latest checkpoint.""")
+    sub.add_argument("--init-from", metavar="CHECKPOINT",
+                     help="the base model (same as train.init_from=CHECKPOINT)")
+    sub.add_argument("--no-sample", action="store_true", help="do not generate a sample after training")
+    sub.set_defaults(handler=cmd_finetune)
 
     sub = add_command(commands, "generate", "generate text from a checkpoint (KV cache; sampling or beam search)", """\
         Load a checkpoint (a checkpoint directory, a run directory, or by default the latest checkpoint
@@ -89,6 +101,25 @@ def cmd_pretrain(args) -> int:
     from gptray.train.pretrain import pretrain
 
     config = load_experiment(args)
+    result = pretrain(config, sample=not args.no_sample)
+    _print_run(config, result)
+    return EXIT_OK
+
+
+def cmd_finetune(args) -> int:
+    from gptray.config.loader import parse_override, read_yaml
+    from gptray.train.pretrain import pretrain
+
+    given = {parse_override(o)[0] for o in args.overrides}
+    file_train = (read_yaml(args.config).get("train") or {}) if args.config else {}
+    if "train.recipe" not in given and "recipe" not in file_train:
+        args.overrides = ["train.recipe=finetune", *args.overrides]
+    if args.init_from:
+        args.overrides = [*args.overrides, f"train.init_from={args.init_from}"]
+    config = load_experiment(args)
+    if not config.train.init_from:
+        raise ConfigError("train.init_from", "fine-tuning needs a base model: pass --init-from CHECKPOINT "
+                                             "(a gptray checkpoint or run directory, an HF directory or hf:NAME)")
     result = pretrain(config, sample=not args.no_sample)
     _print_run(config, result)
     return EXIT_OK

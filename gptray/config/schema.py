@@ -31,7 +31,9 @@ class SourceConfig:
     path: str | None = None
     hf: str | None = None  # Hugging Face dataset for `datasets.load_dataset` ("Salesforce/wikitext", "json", …)
     corpus: str | None = None  # a name from gptray's corpus registry (`gptray data list`)
-    hf_config: str | None = None  # the dataset's config name ("wikitext-2-raw-v1")
+    # The dataset's config name ("wikitext-2-raw-v1"); for a named corpus, another of its configs
+    # than the registry's (Wikipedia's language and dump date: "20231101.de").
+    hf_config: str | None = None
     hf_split: str = "train"
     hf_revision: str | None = None  # pin a dataset version (git revision on the Hub)
     data_files: list[str] | None = None  # for hf: json/text/parquet builders reading local files
@@ -39,6 +41,10 @@ class SourceConfig:
     # preparing it in the local cache. Null: a named corpus decides by its size; hf datasets do not stream.
     streaming: bool | None = None
     text_field: str = "text"  # the field holding a document in jsonl/parquet/HF rows
+    # Prompt/completion data (fine-tuning): the JSON field holding the prompt. Each document is then
+    # prompt + text_field (the completion) + <|endoftext|>, and training computes no loss on the
+    # prompt's tokens. Only for .jsonl/.json files.
+    prompt_field: str | None = None
     # How a .txt file divides into documents: the whole file, blank-line separated
     # paragraphs, or single lines; null means "file" (a named corpus picks its own).
     # Each document is followed by <|endoftext|>.
@@ -55,7 +61,7 @@ class SourceConfig:
             return self.path
         if self.hf:
             return f"hf:{self.hf}" + (f"/{self.hf_config}" if self.hf_config else "") + f"[{self.hf_split}]"
-        return f"corpus:{self.corpus}"
+        return f"corpus:{self.corpus}" + (f"/{self.hf_config}" if self.hf_config else "")
 
 
 @dataclass
@@ -86,7 +92,12 @@ class TrainConfig:
     tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
     micro_batch_size: int = 4  # sequences per forward/backward on one worker
     seq_len: int | None = None  # tokens per sequence; default model.block_size
-    recipe: Literal["gpt3", "gpt2"] = "gpt3"  # optimizer hyper-parameters of the GPT-3 or GPT-1/2 papers
+    # Optimizer hyper-parameters of the GPT-3 or GPT-1/2 papers, or the usual GPT-2 fine-tuning
+    # settings (small lr, short warmup, dropout on).
+    recipe: Literal["gpt3", "gpt2", "finetune"] = "gpt3"
+    # Fine-tune: start from these weights (a gptray checkpoint or run directory, a Hugging Face
+    # GPT-2 directory, or hf:NAME) instead of a random init. The model keeps the base's architecture.
+    init_from: str | None = None
     lr: float | None = None  # peak learning rate
     min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
     warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
@@ -135,6 +146,7 @@ class TrainConfig:
                                   f"(got {self.tokens_per_step})")
             self.batch_size = self.tokens_per_step // seq_len
         preset_values = preset.train_values(seq_len) if preset else {}
+        preset_values.update(recipe.train_values())  # a fine-tuning recipe's lr and batch beat the pretraining preset's
         where = f"model preset {model.preset!r}" if model.preset else "a model without a preset"
         for name, example in (("batch_size", "train.batch_size=8 or train.tokens_per_step=524288"),
                               ("lr", "train.lr=6e-4")):
@@ -149,7 +161,10 @@ class TrainConfig:
             self.min_lr = self.lr * recipe.min_lr_ratio
         if self.warmup_steps is None:
             tokens = max(self.batch_size * seq_len, 1)  # a bad batch_size is reported by validation
-            if preset is not None and preset.warmup_tokens is not None:
+            if recipe.warmup_fraction is not None:
+                self.warmup_steps = min(math.ceil(recipe.warmup_fraction * self.max_steps), self.max_steps - 1)
+                source = f"the {self.recipe} recipe's"
+            elif preset is not None and preset.warmup_tokens is not None:
                 self.warmup_steps, source = -(-preset.warmup_tokens // tokens), f"the {model.preset} preset's"
             elif recipe.warmup_steps is not None:
                 self.warmup_steps, source = recipe.warmup_steps, f"the {self.recipe} recipe's"
@@ -253,7 +268,10 @@ class ExperimentConfig:
     def resolved(self) -> ExperimentConfig:
         """Presets filled in, paths made absolute, everything validated."""
         config = ExperimentConfig.from_dict(self.to_dict())
-        config.model = config.model.resolved()
+        if config.train.init_from:
+            config.train.init_from = _resolve_init_from(config)
+        else:
+            config.model = config.model.resolved()
         config.train.resolve(config.model)
         config.out_dir = absolute_path(config.out_dir)
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
@@ -295,6 +313,25 @@ class ExperimentConfig:
         _validate_eval(self.eval)
 
 
+def _resolve_init_from(config: ExperimentConfig) -> str:
+    """Fine-tuning: config.model becomes the base's model (see gptray.train.finetune); returns init_from
+    with a local path made absolute."""
+    from gptray.train.finetune import HF_PREFIX, base_model_config, find_base, finetune_model
+    from gptray.train.recipes import RECIPES
+
+    init_from = config.train.init_from
+    if not init_from.startswith(HF_PREFIX):
+        init_from = absolute_path(init_from)
+    base = find_base(init_from)
+    if base.checkpoint is not None and not is_uri(config.run_dir):
+        run = Path(config.run_dir).absolute()
+        if base.checkpoint.absolute() == run or run in base.checkpoint.absolute().parents:
+            raise ConfigError("name", f"the run directory {run} holds the base checkpoint; fine-tuning writes its "
+                                      "own checkpoints, so give the run another name")
+    config.model = finetune_model(config.model, base_model_config(base), RECIPES[config.train.recipe].dropout)
+    return init_from
+
+
 def _require(ok: bool, key: str, message: str, value) -> None:
     if not ok:
         raise ConfigError(key, f"{message} (got {value!r})")
@@ -321,6 +358,15 @@ def _validate_data(data: DataConfig) -> None:
             raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
         if not source.text_field:
             raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
+        if source.prompt_field is not None:
+            if not source.path:
+                raise ConfigError(f"data.sources[{i}].prompt_field",
+                                  "only applies to path sources (.jsonl/.json files)")
+            if source.prompt_field == source.text_field:
+                raise ConfigError(f"data.sources[{i}].prompt_field",
+                                  f"must differ from text_field (both are {source.text_field!r})")
+        if source.hf_config is not None and source.path:
+            raise ConfigError(f"data.sources[{i}].hf_config", "only applies to hf sources and named corpora")
         if source.hf_revision is not None and not source.hf:
             raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
         if source.streaming is not None and source.path:

@@ -6,6 +6,8 @@ One block's columns (one row per document record, problems included):
   task (int32), status (int8, index into readers.STATUSES), loc and error (strings, empty for
   clean documents), is_val (bool), copies (int32), bytes (int64), tokens (list of token ids,
   <|endoftext|> last; empty for skipped records).
+Blocks of prompt/completion sources also carry prompt_tokens (int32): how many of a document's
+first tokens are its prompt, which training computes no loss on.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class SourceReader:
     join_rows: str | None = None
     table_slices: dict[int, Any] = field(default_factory=dict)  # table: first row → ObjectRef of its rows
     stream: Any = None  # stream: the datasets.IterableDataset
+    prompt_field: str | None = None  # JSON prompt/completion sources: the prompt's field
 
 
 @dataclass
@@ -51,6 +54,7 @@ class BlockSettings:
     split_seed: int
     max_document_bytes: int
     batch_documents: int
+    prompt_column: bool = False  # the dataset has prompt/completion sources: every block carries prompt_tokens
 
 
 def tokenize_tasks(batch: pa.Table, readers_by_source: list[SourceReader], settings: BlockSettings
@@ -60,7 +64,7 @@ def tokenize_tasks(batch: pa.Table, readers_by_source: list[SourceReader], setti
         index = row.pop("index")
         task = ReadTask(**row)
         reader = readers_by_source[task.source]
-        block = _BlockBuilder(index, reader.weight, settings)
+        block = _BlockBuilder(index, reader.weight, settings, reads_prompts=reader.prompt_field is not None)
         for doc in task_documents(task, reader, settings.max_document_bytes):
             block.add(doc)
             if block.full():
@@ -73,10 +77,10 @@ def task_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> Iter
     """The document records of one read task, in corpus order."""
     if task.kind == "range":
         yield from readers.range_documents(reader.fs, task.path, task.name, task.fmt, task.unit, task.start,
-                                           task.end, max_bytes, reader.text_field)
+                                           task.end, max_bytes, reader.text_field, reader.prompt_field)
     elif task.kind == "file":
         yield from readers.file_documents(reader.fs, task.path, task.name, task.fmt, task.unit, max_bytes,
-                                          reader.text_field)
+                                          reader.text_field, reader.prompt_field)
     elif task.kind == "parquet":
         yield from readers.parquet_documents(reader.fs, task.path, task.name, range(task.start, task.end),
                                              task.first_row, reader.text_field, max_bytes)
@@ -109,8 +113,9 @@ def _stream_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> I
 class _BlockBuilder:
     """Collects one task's document records and turns them into a tokenized Arrow block."""
 
-    def __init__(self, task: int, weight: float, settings: BlockSettings):
+    def __init__(self, task: int, weight: float, settings: BlockSettings, reads_prompts: bool = False):
         self.task, self.weight, self.settings = task, weight, settings
+        self.reads_prompts = reads_prompts
         self._reset()
 
     def _reset(self) -> None:
@@ -123,6 +128,7 @@ class _BlockBuilder:
         self.is_val: list[bool] = []
         self.copies: list[int] = []
         self.texts: list[str] = []
+        self.prompts: list[str] = []
 
     def add(self, doc: Doc) -> None:
         self.rows += 1
@@ -132,6 +138,9 @@ class _BlockBuilder:
         self.nbytes.append(doc.nbytes)
         if doc.status in KEPT_STATUSES:
             data = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
+            if self.reads_prompts:  # the split and the copies follow the whole record
+                self.prompts.append(doc.prompt or "")
+                data = self.prompts[-1].encode("utf-8") + b"\0" + data
             s = self.settings
             self.is_val.append(is_validation(data, s.val_fraction, s.split_seed))
             self.copies.append(copies(data, self.weight, s.split_seed))
@@ -149,6 +158,9 @@ class _BlockBuilder:
         codes = np.array(self.codes, dtype=np.int8)
         kept = np.isin(codes, KEPT_CODES)
         values, doc_offsets = tokenizer.encode_concatenated(self.texts)
+        prompt_lengths = np.zeros(len(self.texts), dtype=np.int32)
+        if self.reads_prompts:
+            values, doc_offsets, prompt_lengths = _prepend_prompts(tokenizer, self.prompts, values, doc_offsets)
         lengths = np.zeros(self.rows, dtype=np.int64)
         lengths[kept] = np.diff(doc_offsets)
         offsets = np.zeros(self.rows + 1, dtype=np.int32)
@@ -163,5 +175,24 @@ class _BlockBuilder:
             "bytes": pa.array(np.array(self.nbytes, dtype=np.int64)),
             "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
         })
+        if self.settings.prompt_column:  # uniform blocks: a mixture's other sources have prompts of 0 tokens
+            column = np.zeros(self.rows, dtype=np.int32)
+            column[kept] = prompt_lengths
+            table = table.append_column("prompt_tokens", pa.array(column))
         self._reset()
         return table
+
+
+def _prepend_prompts(tokenizer: Tokenizer, prompts: list[str], values: np.ndarray, offsets: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each document's prompt tokens before its completion tokens (prompt and completion are encoded
+    separately, so the boundary is exact); also returns each document's prompt length."""
+    prompt_parts = [tokenizer.encode(p) for p in prompts]
+    prompt_lengths = np.fromiter((len(p) for p in prompt_parts), dtype=np.int64, count=len(prompt_parts))
+    pieces = []
+    for i, prompt in enumerate(prompt_parts):
+        pieces.append(np.asarray(prompt, dtype=values.dtype))
+        pieces.append(values[offsets[i]:offsets[i + 1]])
+    combined = np.concatenate(pieces) if pieces else values
+    new_offsets = offsets + np.concatenate([[0], np.cumsum(prompt_lengths)])
+    return combined, new_offsets, prompt_lengths.astype(np.int32)

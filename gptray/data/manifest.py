@@ -87,6 +87,9 @@ class Manifest:
     tokens: int = 0
     problems: ProblemCounts = field(default_factory=ProblemCounts)
     mixture: dict = field(default_factory=dict)  # how source weights became copies: {"method"}
+    # Shards carry prompt_tokens per document (prompt/completion sources): training computes no
+    # loss on a document's first prompt_tokens tokens.
+    prompt_masked: bool = False
     fingerprint: str = ""
     created_at: str = ""
     format: str = FORMAT

@@ -51,6 +51,7 @@ class Doc(NamedTuple):
     loc: str
     error: str
     nbytes: int  # size of the input it came from, for throughput
+    prompt: str | None = None  # prompt/completion records: the prompt (`text` is the completion)
 
 
 def problem(loc: str, status: str, error: str, nbytes: int = 0) -> Doc:
@@ -214,13 +215,31 @@ def _text_doc(piece: bytes, loc: str) -> Doc:
     return Doc(text, None, status, loc, "invalid UTF-8 replaced by U+FFFD", len(piece))
 
 
-def _json_doc(piece: bytes, loc: str, text_field: str) -> Doc:
+def _json_doc(piece: bytes, loc: str, text_field: str, prompt_field: str | None = None) -> Doc:
     text, status = _decode(piece.removeprefix(UTF8_BOM))
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         return problem(loc, "malformed_json", str(exc), len(piece))
-    return _row_doc(row.get(text_field) if isinstance(row, dict) else None, loc, text_field, status, len(piece))
+    return _json_row_doc(row, loc, text_field, prompt_field, status, len(piece))
+
+
+def _json_row_doc(row, loc: str, text_field: str, prompt_field: str | None, status: str, nbytes: int) -> Doc:
+    """The document of a parsed JSON row: its text field, with the prompt field before it where one is named."""
+    row = row if isinstance(row, dict) else {}
+    doc = _row_doc(row.get(text_field), loc, text_field, status, nbytes)
+    if prompt_field is None or doc.status not in KEPT_STATUSES:
+        return doc
+    prompt = row.get(prompt_field)
+    if not isinstance(prompt, str):
+        what = "missing" if prompt is None else f"not a string ({type(prompt).__name__})"
+        return problem(loc, "missing_field", f"field {prompt_field!r} is {what}", nbytes)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        prompt = SURROGATE.sub("\ufffd", prompt)
+        doc = doc._replace(status="undecodable", loc=loc, error="invalid UTF-8 replaced by U+FFFD")
+    return doc._replace(prompt=prompt)
 
 
 def _row_doc(value, loc: str, text_field: str, status: str, nbytes: int) -> Doc:
@@ -240,19 +259,19 @@ def _row_doc(value, loc: str, text_field: str, status: str, nbytes: int) -> Doc:
 
 
 def _piece_docs(pieces: Iterator[tuple[int, bytes | None, int]], name: str, fmt: str, text_field: str,
-                max_bytes: int) -> Iterator[Doc]:
+                max_bytes: int, prompt_field: str | None = None) -> Iterator[Doc]:
     for offset, piece, length in pieces:
         loc = f"{name}:byte {offset}"
         if piece is None:
             yield problem(loc, "oversized", f"{length:,} bytes > data.max_document_bytes={max_bytes:,}", length)
         elif fmt == "json":
-            yield _json_doc(piece, loc, text_field)
+            yield _json_doc(piece, loc, text_field, prompt_field)
         else:
             yield _text_doc(piece, loc)
 
 
 def range_documents(fs: pafs.FileSystem, path: str, name: str, fmt: str, unit: str, start: int, end: int,
-                    max_bytes: int, text_field: str) -> Iterator[Doc]:
+                    max_bytes: int, text_field: str, prompt_field: str | None = None) -> Iterator[Doc]:
     """Documents of the pieces that begin in bytes [start, end) of an uncompressed file (lines, paragraphs
     or JSON lines), cut at boundaries that the neighbouring ranges agree on."""
     loc = f"{name}:byte {start}"
@@ -264,23 +283,23 @@ def range_documents(fs: pafs.FileSystem, path: str, name: str, fmt: str, unit: s
                 return
             file.seek(first)
             yield from _piece_docs(iter_pieces(file.read, first, last - first, unit, max_bytes),
-                                   name, fmt, text_field, max_bytes)
+                                   name, fmt, text_field, max_bytes, prompt_field)
     except OSError as exc:
         yield problem(loc, "unreadable", str(exc))
 
 
 def file_documents(fs: pafs.FileSystem, path: str, name: str, fmt: str, unit: str, max_bytes: int,
-                   text_field: str) -> Iterator[Doc]:
+                   text_field: str, prompt_field: str | None = None) -> Iterator[Doc]:
     """Documents of a whole file read front to back (compressed files, JSON arrays, one-document files)."""
     try:
         with open_stream(fs, path) as stream:
             if fmt == "json":
                 head = stream.read(BLOCK_BYTES)
                 if head.lstrip().removeprefix(UTF8_BOM).startswith(b"["):
-                    yield from _json_array_documents(head + stream.read(), name, text_field, max_bytes)
+                    yield from _json_array_documents(head + stream.read(), name, text_field, max_bytes, prompt_field)
                     return
                 pieces = iter_pieces(_prefixed(head, stream.read), 0, None, "line", max_bytes)
-                yield from _piece_docs(pieces, name, fmt, text_field, max_bytes)
+                yield from _piece_docs(pieces, name, fmt, text_field, max_bytes, prompt_field)
             elif unit == "file":
                 data = stream.read(max_bytes + 1)
                 if len(data) > max_bytes:
@@ -313,7 +332,8 @@ def _prefixed(head: bytes, read: Callable[[int], bytes]) -> Callable[[int], byte
     return read_next
 
 
-def _json_array_documents(data: bytes, name: str, text_field: str, max_bytes: int) -> Iterator[Doc]:
+def _json_array_documents(data: bytes, name: str, text_field: str, max_bytes: int,
+                          prompt_field: str | None = None) -> Iterator[Doc]:
     text, status = _decode(data.removeprefix(UTF8_BOM))
     try:
         rows = json.loads(text)
@@ -326,7 +346,8 @@ def _json_array_documents(data: bytes, name: str, text_field: str, max_bytes: in
         if isinstance(value, str) and len(value) > max_bytes // 4 and len(value.encode()) > max_bytes:
             yield problem(loc, "oversized", f"> data.max_document_bytes={max_bytes:,}", len(value.encode()))
         else:
-            yield _row_doc(value, loc, text_field, status, len(value) if isinstance(value, str) else 0)
+            yield _json_row_doc(row, loc, text_field, prompt_field, status,
+                                len(value) if isinstance(value, str) else 0)
 
 
 def parquet_documents(fs: pafs.FileSystem, path: str, name: str, row_groups: range, first_row: int,

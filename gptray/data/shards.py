@@ -1,5 +1,8 @@
 """Parquet token shards: one row per document (`doc`, `tokens`), written in corpus order, locally or to object stores.
 
+Datasets with prompt/completion sources add `prompt_tokens`: how many of a document's first
+tokens are its prompt (no loss is computed on them).
+
 A split's token stream is its shards' `tokens` concatenated in manifest order; documents
 never straddle shards, and each already ends with <|endoftext|>.
 """
@@ -23,8 +26,9 @@ SHARD_PREFIX = "shard-"
 SEGMENT_PREFIX = "pending-"  # saved pending documents of an unfinished job
 
 
-def shard_schema(dtype: np.dtype) -> pa.Schema:
-    return pa.schema([("doc", pa.int64()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))])
+def shard_schema(dtype: np.dtype, with_prompts: bool = False) -> pa.Schema:
+    fields = [("doc", pa.int64()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))]
+    return pa.schema(fields + [("prompt_tokens", pa.int32())] if with_prompts else fields)
 
 
 def shard_path(split: str, number: int) -> str:
@@ -43,10 +47,12 @@ class TokenShardWriter:
     """
 
     def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
-                 shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None):
+                 shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None,
+                 with_prompts: bool = False):
         self.storage = _storage(dataset_dir)
         self.split = split
-        self.schema = shard_schema(dtype)
+        self.with_prompts = with_prompts
+        self.schema = shard_schema(dtype, with_prompts)
         self.shard_tokens = shard_tokens
         self.shards: list[ShardInfo] = list(shards or [])
         self.segments: list[ShardInfo] = []  # files holding the pending documents saved so far, in order
@@ -61,9 +67,14 @@ class TokenShardWriter:
             self.segments.append(segment)
         self._saved_tables = len(self._pending)
 
-    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray) -> int:
-        """Append documents (global ids, one token list each) in corpus order; returns shards written."""
-        table = pa.table({"doc": pa.array(doc_ids, pa.int64()), "tokens": tokens}).cast(self.schema)
+    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray, prompt_tokens: np.ndarray | None = None) -> int:
+        """Append documents (global ids, one token list each, and with prompts the prompt lengths) in
+        corpus order; returns shards written."""
+        columns = {"doc": pa.array(doc_ids, pa.int64()), "tokens": tokens}
+        if self.with_prompts:
+            columns["prompt_tokens"] = pa.array(
+                np.zeros(len(doc_ids), np.int32) if prompt_tokens is None else prompt_tokens, pa.int32())
+        table = pa.table(columns).cast(self.schema)
         written = 0
         while table.num_rows:
             lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False)
@@ -152,3 +163,16 @@ def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool
 def shard_tokens(table: pa.Table) -> np.ndarray:
     """The concatenated token stream of a shard's documents."""
     return np.asarray(table.column("tokens").combine_chunks().flatten())
+
+
+def shard_loss_mask(table: pa.Table) -> np.ndarray:
+    """Per token of a shard's stream, 1 where training computes the loss of predicting it, 0 in prompts."""
+    lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False).astype(np.int64)
+    mask = np.ones(int(lengths.sum()), dtype=np.uint8)
+    if "prompt_tokens" not in table.column_names:
+        return mask
+    prompts = table.column("prompt_tokens").to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for start, length in zip(starts[prompts > 0], prompts[prompts > 0]):
+        mask[start:start + length] = 0
+    return mask

@@ -33,6 +33,7 @@ class ResolvedSource:
     description: str
     text_unit: str = "file"
     text_field: str = "text"
+    prompt_field: str | None = None  # JSON sources of prompt/completion pairs: the prompt's field
     weight: float = 1.0
     fs: pafs.FileSystem | None = None
     name_prefix: str = ""  # turns a path inside `fs` into the name users know ("s3://" + "bucket/key")
@@ -61,7 +62,7 @@ def resolve_sources(sources: list[SourceConfig]) -> list[ResolvedSource]:
 def _resolve(index: int, source: SourceConfig) -> ResolvedSource:
     key = f"data.sources[{index}]"
     common = dict(index=index, config=source, description=source.describe(), text_field=source.text_field,
-                  weight=source.weight)
+                  prompt_field=source.prompt_field, weight=source.weight)
     if source.path:
         return _resolve_files(source.path, f"{key}.path", text_unit=source.text_unit or "file", **common)
     if source.hf:
@@ -78,7 +79,8 @@ def _resolve(index: int, source: SourceConfig) -> ResolvedSource:
                                               "which needs streaming: false")
     mirror = corpora.local_copy(corpus)
     common["text_field"] = corpus.text_field if source.text_field == "text" else source.text_field
-    return _resolve_hf(str(mirror) if mirror else corpus.hf, corpus.hf_config, source.hf_split,
+    # hf_config picks another of the corpus's configs (Wikipedia: another language or dump date).
+    return _resolve_hf(str(mirror) if mirror else corpus.hf, source.hf_config or corpus.hf_config, source.hf_split,
                        None if mirror else corpus.hf_revision, None, streaming, corpus.join_rows, key, **common)
 
 
@@ -114,6 +116,11 @@ def _resolve_files(location: str, key: str, **common) -> ResolvedSource:
     supported = [f for f in found if file_format(f.path) is not None]
     if not supported:
         raise ConfigError(key, f"{location}: none of its {len(found)} file(s) is {SUPPORTED_HELP}")
+    if common.get("prompt_field"):
+        not_json = [f.path for f in supported if file_format(f.path) != "json"]
+        if not_json:
+            raise ConfigError(key.rsplit(".", 1)[0] + ".prompt_field",
+                              f"prompt/completion fields need JSON files, but {not_json[0]} is not .jsonl/.json")
     source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=supported, **common)
     source.skipped_files = [prefix + f.path for f in found if file_format(f.path) is None]
     source.identity = {"files": [[source.name(f), f.size, f.mtime_ns] for f in supported]}

@@ -176,8 +176,10 @@ class _Job:
         data = config.data
         self.store, self.sources, self.tokenizer, self.config, self.strict = store, sources, tokenizer, config, strict
         self.progress = progress
+        self.with_prompts = any(source.prompt_field for source in sources)
         self.writers = {split: TokenShardWriter(store, split, tokenizer.dtype, data.shard_tokens,
-                                                shards=point.shards[split], segments=point.segments[split])
+                                                shards=point.shards[split], segments=point.segments[split],
+                                                with_prompts=self.with_prompts)
                         for split in SPLITS}
         self.covered = dict(point.covered)  # per split: documents up to this id are already written
         self.next_doc = point.next_doc
@@ -201,7 +203,7 @@ class _Job:
         readers = self._readers(todo)
         data = self.config.data
         settings = BlockSettings(self.tokenizer, data.val_fraction, data.split_seed, data.max_document_bytes,
-                                 data.batch_documents)
+                                 data.batch_documents, prompt_column=self.with_prompts)
         context = ray.data.DataContext.get_current()
         saved = (context.execution_options.preserve_order, context.enable_progress_bars)
         context.execution_options.preserve_order = True  # shards must follow corpus order exactly
@@ -225,7 +227,7 @@ class _Job:
         readers = []
         for source in self.sources:
             reader = SourceReader(source.kind, source.description, source.fs, source.text_field, source.weight,
-                                  source.join_rows, stream=source.stream)
+                                  source.join_rows, stream=source.stream, prompt_field=source.prompt_field)
             if source.kind == "hf_table":
                 # Each table task's rows go to the object store once; its Ray task fetches only them.
                 reader.table_slices = {task.start: ray.put(source.table.slice(task.start, task.end - task.start))
@@ -267,13 +269,17 @@ class _Job:
         doc_ids = self.next_doc + np.arange(len(written), dtype=np.int64)
         is_val = batch.column("is_val").to_numpy(zero_copy_only=False)[written]
         once = bool((copies == 1).all())
+        prompts = None
+        if "prompt_tokens" in batch.column_names:
+            prompts = batch.column("prompt_tokens").to_numpy()[written]
         new_shards = 0
         for split, in_split in (("train", ~is_val), ("val", is_val)):
             mask = in_split & (doc_ids > self.covered[split])  # a resumed run skips what is written
             if once and mask.all():  # every record, once, all in this split: no copy of the tokens needed
-                new_shards += self.writers[split].add(doc_ids, tokens)
+                new_shards += self.writers[split].add(doc_ids, tokens, prompts)
             elif mask.any():
-                new_shards += self.writers[split].add(doc_ids[mask], tokens.take(pa.array(written[mask])))
+                new_shards += self.writers[split].add(doc_ids[mask], tokens.take(pa.array(written[mask])),
+                                                      None if prompts is None else prompts[mask])
         self.next_doc += len(written)
         self.meter.update(int(kept.sum()), int(lengths[kept].sum()), int(nbytes.sum()), int(task_ids[-1]),
                           self.sources[self.stats[int(task_ids[-1])].source].description)
@@ -331,6 +337,7 @@ class _Job:
             tokens=total_tokens,
             problems=problems,
             mixture={"method": MIXTURE_METHOD, "weights": [s.weight for s in self.sources]},
+            prompt_masked=self.with_prompts,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         if manifest.documents == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gptray.data.manifest import Manifest
-from gptray.data.shards import read_shard, shard_tokens
+from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
 from gptray.data.storage import Storage
 from gptray.errors import DataError
 
@@ -36,12 +36,27 @@ def open_split_tokens(dataset_dir: str | Storage, manifest: Manifest, split: str
     file keyed by the dataset fingerprint; every worker on the node then shares it through
     the page cache, and random window reads cost nothing.
     """
-    info = manifest.split_info(split)
     dtype = np.dtype(manifest.tokenizer["dtype"])
+    return _cached_stream(dataset_dir, manifest, split, cache_dir, f"{split}.bin", dtype, shard_tokens)
+
+
+def open_split_loss_mask(dataset_dir: str | Storage, manifest: Manifest, split: str,
+                         cache_dir: str | None = None) -> np.ndarray | None:
+    """Per token of a split's stream, 1 where its prediction counts in the loss and 0 inside prompts
+    (a memory map like the tokens'); None for datasets without prompts, where every token counts."""
+    if not manifest.prompt_masked:
+        return None
+    return _cached_stream(dataset_dir, manifest, split, cache_dir, f"{split}.loss_mask.bin", np.dtype(np.uint8),
+                          shard_loss_mask)
+
+
+def _cached_stream(dataset_dir: str | Storage, manifest: Manifest, split: str, cache_dir: str | None, name: str,
+                   dtype: np.dtype, per_shard) -> np.ndarray:
+    info = manifest.split_info(split)
     if info.tokens == 0:
         return np.empty(0, dtype=dtype)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = cache / manifest.fingerprint / f"{split}.bin"
+    path = cache / manifest.fingerprint / name
     expected_bytes = info.tokens * dtype.itemsize
     if not (path.is_file() and path.stat().st_size == expected_bytes):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,22 +64,21 @@ def open_split_tokens(dataset_dir: str | Storage, manifest: Manifest, split: str
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (path.is_file() and path.stat().st_size == expected_bytes):
-                _build_cache(dataset_dir, manifest, split, path, dtype)
+                _build_cache(dataset_dir, manifest, split, path, dtype, per_shard)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _build_cache(dataset_dir: str | Storage, manifest: Manifest, split: str, path: Path, dtype: np.dtype) -> None:
+def _build_cache(dataset_dir: str | Storage, manifest: Manifest, split: str, path: Path, dtype: np.dtype,
+                 per_shard) -> None:
     info = manifest.split_info(split)
     log.info("decoding %d %s shard(s) (%s tokens) into %s", len(info.shards), split, f"{info.tokens:,}", path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    written = 0
     with open(tmp, "wb") as out:
         for shard in info.shards:
-            tokens = shard_tokens(read_shard(dataset_dir, shard, verify=True))
-            if len(tokens) != shard.tokens:
-                raise DataError(f"shard {shard.path} holds {len(tokens)} tokens, manifest says {shard.tokens}")
-            out.write(tokens.astype(dtype, copy=False).tobytes())
-            written += len(tokens)
+            values = per_shard(read_shard(dataset_dir, shard, verify=True))
+            if len(values) != shard.tokens:
+                raise DataError(f"shard {shard.path} holds {len(values)} tokens, manifest says {shard.tokens}")
+            out.write(values.astype(dtype, copy=False).tobytes())
     os.replace(tmp, path)
 
 
@@ -117,7 +131,16 @@ def eval_starts(num_tokens: int, seq_len: int, count: int) -> np.ndarray:
     return picks * seq_len
 
 
-def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (B, T) and next-token targets (B, T) as int64 arrays."""
+IGNORE_INDEX = -100  # a target F.cross_entropy skips
+
+
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int,
+                   loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (B, T) and next-token targets (B, T) as int64 arrays; targets inside prompts (where
+    `loss_mask` is 0) become IGNORE_INDEX."""
     rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
-    return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+    targets = np.ascontiguousarray(rows[:, 1:])
+    if loss_mask is not None:
+        keep = np.stack([loss_mask[s + 1 : s + seq_len + 1] for s in starts]).astype(bool)
+        targets[~keep] = IGNORE_INDEX
+    return np.ascontiguousarray(rows[:, :-1]), targets

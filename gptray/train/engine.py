@@ -17,14 +17,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gptray.config import ExperimentConfig, GenerateConfig
-from gptray.data.windows import WindowSampler, eval_starts, gather_windows
+from gptray.data.windows import IGNORE_INDEX, WindowSampler, eval_starts, gather_windows
 from gptray.errors import ConfigError
 from gptray.model import GPT
 from gptray.train.flops import device_peak_flops, flops_per_token
 from gptray.train.optim import build_optimizer, learning_rate
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-IGNORE_INDEX = -100  # F.cross_entropy skips these targets: evaluation pads with them
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -52,7 +51,8 @@ class StepResult:
 
 class TrainingEngine:
     def __init__(self, config: ExperimentConfig, device: torch.device, rank: int, world_size: int,
-                 train_tokens: np.ndarray, val_tokens: np.ndarray):
+                 train_tokens: np.ndarray, val_tokens: np.ndarray,
+                 train_loss_mask: np.ndarray | None = None, val_loss_mask: np.ndarray | None = None):
         self.config = config
         self.train = config.train
         self.device = device
@@ -61,6 +61,8 @@ class TrainingEngine:
         self.seq_len = self.train.effective_seq_len(config.model)
         self.train_tokens = train_tokens
         self.val_tokens = val_tokens
+        # Prompt/completion data: 0 where a token is prompt, whose prediction the loss leaves out.
+        self.train_loss_mask, self.val_loss_mask = train_loss_mask, val_loss_mask
         self.sampler = WindowSampler(len(train_tokens), self.seq_len, self.train.seed)
         self.val_starts = eval_starts(len(val_tokens), self.seq_len, self.train.eval_windows)
 
@@ -135,12 +137,15 @@ class TrainingEngine:
             step, self.rank, self.world_size, self.train.batch_size, self.train.micro_batch_size)
         for i, starts in enumerate(micro_batches):
             data_start = time.perf_counter()
-            x, y = gather_windows(self.train_tokens, starts, self.seq_len)
+            x, y = gather_windows(self.train_tokens, starts, self.seq_len, self.train_loss_mask)
+            counted = bool((y != IGNORE_INDEX).any())
             x, y = self._to_device(x), self._to_device(y)
             data_seconds += time.perf_counter() - data_start
             with self._gradient_sync(i == len(micro_batches) - 1):
                 with self.autocast():
-                    _, loss = self.model(x, y)
+                    logits, loss = self.model(x, y)
+                if not counted:  # all prompt: no loss to learn from (the mean over no tokens is NaN),
+                    loss = logits.sum() * 0.0  # but DDP still needs this rank's (zero) gradients
                 loss_sum += loss.detach()
                 scaled = loss / len(micro_batches)
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -168,20 +173,21 @@ class TrainingEngine:
         # short ranks pad with a window whose targets are all ignored.
         per_rank = -(-len(self.val_starts) // self.world_size)
         passes = -(-per_rank // micro)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of window losses, windows)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
         self.eval_model.eval()
         for p in range(passes):
             starts = mine[p * micro : (p + 1) * micro]
             real = len(starts)
             if real < micro:
                 starts = np.concatenate([starts, np.zeros(micro - real, dtype=np.int64)])
-            x, y = gather_windows(self.val_tokens, starts, self.seq_len)
+            x, y = gather_windows(self.val_tokens, starts, self.seq_len, self.val_loss_mask)
             y[real:] = IGNORE_INDEX
+            counted = int((y != IGNORE_INDEX).sum())
             with self.autocast():
                 _, loss = self.eval_model(self._to_device(x), self._to_device(y))
-            if real:  # the mean over real windows' tokens, times their count: the sum of window losses
-                totals[0] += loss.double() * real
-                totals[1] += real
+            if counted:  # the mean over the counted tokens, times their number: their sum
+                totals[0] += loss.double() * counted
+                totals[1] += counted
         self.eval_model.train()
         all_reduce_sum(totals)
         return (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
@@ -232,6 +238,12 @@ class TrainingEngine:
         set_optimizer_state_dict(self.module, self.optimizer, optimizer_state, options=options)
         if self.scaler is not None and scaler_state is not None:
             self.scaler.load_state_dict(scaler_state)
+
+    def load_model_weights(self, model_state: dict) -> None:
+        """Start from another run's weights (fine-tuning); the optimizer starts fresh."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.module, model_state, options=StateDictOptions(full_state_dict=True))
 
     def mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilization of the whole worker group, where the device peak is known."""

@@ -14,7 +14,7 @@ import torch
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.data.storage import Storage
-from gptray.data.windows import open_split_tokens
+from gptray.data.windows import open_split_loss_mask, open_split_tokens
 from gptray.errors import TrainingError
 from gptray.runtime import configure_logging
 from gptray.train.checkpoint import (
@@ -56,7 +56,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     manifest = Manifest.load(dataset)
     train_tokens = open_split_tokens(dataset, manifest, "train", config.data.cache_dir)
     val_tokens = open_split_tokens(dataset, manifest, "val", config.data.cache_dir)
-    engine = TrainingEngine(config, device, rank, world_size, train_tokens, val_tokens)
+    masks = [open_split_loss_mask(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
+    engine = TrainingEngine(config, device, rank, world_size, train_tokens, val_tokens, *masks)
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model), world_size=world_size)
 
     with _resume_directory(ray.train.get_checkpoint(), run) as (directory, where):
@@ -69,6 +70,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.world_size = world_size
             if rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
+        elif loop_config.get("init_checkpoint"):  # fine-tuning's first launch: the base's weights, a fresh optimizer
+            engine.load_model_weights(load_tensors(loop_config["init_checkpoint"], "model.pt"))
+            if rank == 0:
+                log.info("starting from the weights of %s", loop_config["init_checkpoint"])
 
     evaluator = None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     if loop_config.get("eval_tasks"):

@@ -16,6 +16,7 @@ from gptray.config import ExperimentConfig, is_uri
 from gptray.data.manifest import Manifest
 from gptray.data.storage import Storage
 from gptray.errors import CheckpointError, DataError, TrainingError
+from gptray.model import ModelConfig
 from gptray.tracking.mlflow_tracker import tracking_settled
 from gptray.train.checkpoint import check_compatible, latest_checkpoint, read_state
 
@@ -92,6 +93,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
     eval_tasks = training_payload(config)  # before Ray starts: a missing HellaSwag file stops the run here
+    init_checkpoint = _init_checkpoint(config) if previous is None else None
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
@@ -109,6 +111,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             # by value: workers need no tiktoken cache to decode periodic samples
             "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
+            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
             # resolved here: an object store's endpoint and region travel with them to the workers
             "dataset": Storage(config.data.dataset_dir),
             "run": run,
@@ -175,6 +178,22 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int
         mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
         sample=_final_sample(config, checkpoint) if sample else None, seconds=time.monotonic() - started,
     )
+
+
+def _init_checkpoint(config: ExperimentConfig) -> Path | None:
+    """Fine-tuning's base weights as a gptray checkpoint (imported first if from Hugging Face), checked
+    against the run's model."""
+    if not config.train.init_from:
+        return None
+    from gptray.train.finetune import base_checkpoint, find_base
+
+    directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
+    base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
+    if base_shape != config.model.shape():
+        raise CheckpointError(f"the base checkpoint {directory} no longer matches the run's model "
+                              "(did it change since the config was resolved?)")
+    log.info("fine-tuning from %s", directory)
+    return directory
 
 
 def _log_run_plots(tracker, run: Storage) -> None:

@@ -16,7 +16,16 @@ class Recipe:
     grad_clip: float
     min_lr_ratio: float  # the cosine decay ends at lr × this
     warmup_tokens: int | None = None  # warmup length in tokens (GPT-3) …
-    warmup_steps: int | None = None  # … or in optimizer steps (GPT-1/2)
+    warmup_steps: int | None = None  # … or in optimizer steps (GPT-1/2) …
+    warmup_fraction: float | None = None  # … or a share of max_steps (fine-tuning)
+    # Fine-tuning also sets what pretraining takes from the model preset, and turns dropout on.
+    lr: float | None = None
+    batch_size: int | None = None
+    dropout: float | None = None
+
+    def train_values(self) -> dict:
+        """The train settings this recipe gives in place of the model preset's."""
+        return {k: v for k, v in (("lr", self.lr), ("batch_size", self.batch_size)) if v is not None}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -29,4 +38,10 @@ RECIPES: dict[str, Recipe] = {
     # The papers name no clipping; gptray clips at 1.0 as nanoGPT does.
     "gpt2": Recipe("gpt2", "GPT-1/GPT-2 papers", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
                    grad_clip=1.0, min_lr_ratio=0.0, warmup_steps=2000),
+    # The usual GPT-2 fine-tune (Hugging Face's run_clm defaults and the common GPT-2 recipes):
+    # AdamW at lr 5e-5 with default betas, weight decay 0.01, a short warmup (5% of the steps),
+    # decay to 0, a batch of 32 sequences, and dropout 0.1 as in GPT-2's own training.
+    "finetune": Recipe("finetune", "GPT-2 fine-tuning practice", beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=0.01, grad_clip=1.0, min_lr_ratio=0.0, warmup_fraction=0.05,
+                       lr=5e-5, batch_size=32, dropout=0.1),
 }
