@@ -77,6 +77,18 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
     assert [resumed[s] for s in range(1, 25)] == [uninterrupted[s] for s in range(1, 25)]  # 13… after resuming
     assert metric_history(second, "val/loss")[24] == metric_history(full, "val/loss")[24]
 
+    # fine-tuning can start from the checkpoint in the bucket, but not write into the base's run
+    from gptray.train.finetune import find_base
+
+    assert find_base(run_dir).checkpoint == f"{run_dir}/checkpoint_00000024"
+    tuned = small_run_config(tmp_path, shakespeare_dataset, f"train.init_from={run_dir}", "name=tuned",
+                             "train.recipe=finetune")
+    assert tuned.model.n_layer == 2 and tuned.train.init_from == run_dir
+    with pytest.raises(ConfigError) as info:
+        small_run_config(tmp_path, shakespeare_dataset, f"out_dir=s3://{s3_bucket}/runs", f"name={RUN}",
+                         f"train.init_from={run_dir}", "tracking.enabled=false")
+    assert info.value.key == "name"
+
     # a finished run relaunched trains nothing and reads what it reports from the bucket
     again = pretrain(config(24), sample=False)
     assert (again.start_step, again.final_step, again.checkpoint) == (24, 24, second.checkpoint)
@@ -167,3 +179,19 @@ def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endp
         from gptray.generation import load_model
 
         load_model(unreachable)
+
+
+def test_a_hugging_face_base_is_imported_once_into_the_bucket(reference_run, s3_bucket, tmp_path):
+    from gptray.model.hf import export_checkpoint
+    from gptray.train.finetune import base_checkpoint, find_base
+
+    _, base = reference_run
+    export_checkpoint(base.checkpoint, tmp_path / "hf")
+    out_dir = f"s3://{s3_bucket}/runs"
+    imported = base_checkpoint(find_base(str(tmp_path / "hf")), out_dir)
+    assert imported.startswith(f"{out_dir}/bases/")
+    assert read_state(imported).model["n_layer"] == 2
+    assert list((tmp_path / "hf").glob("*.safetensors"))
+    for weights in (tmp_path / "hf").glob("*.safetensors"):
+        weights.unlink()  # an import now would fail: a second call must reuse the one in the bucket
+    assert base_checkpoint(find_base(str(tmp_path / "hf")), out_dir) == imported

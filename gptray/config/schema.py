@@ -323,13 +323,22 @@ def _resolve_init_from(config: ExperimentConfig) -> str:
     if not init_from.startswith(HF_PREFIX):
         init_from = absolute_path(init_from)
     base = find_base(init_from)
-    if base.checkpoint is not None and not is_uri(config.run_dir):
-        run = Path(config.run_dir).absolute()
-        if base.checkpoint.absolute() == run or run in base.checkpoint.absolute().parents:
-            raise ConfigError("name", f"the run directory {run} holds the base checkpoint; fine-tuning writes its "
-                                      "own checkpoints, so give the run another name")
+    if base.checkpoint is not None and _within(str(base.checkpoint), config.run_dir):
+        raise ConfigError("name", f"the run directory {config.run_dir} holds the base checkpoint; fine-tuning "
+                                  "writes its own checkpoints, so give the run another name")
     config.model = finetune_model(config.model, base_model_config(base), RECIPES[config.train.recipe].dropout)
     return init_from
+
+
+def _within(location: str, directory: str) -> bool:
+    """Whether a location is a directory or inside it (local paths, or URIs on the same store)."""
+    if is_uri(location) != is_uri(directory):
+        return False
+    if is_uri(location):
+        inner, outer = location.partition("?")[0].rstrip("/"), directory.partition("?")[0].rstrip("/")
+        return inner == outer or inner.startswith(outer + "/")
+    inner, outer = Path(location).absolute(), Path(directory).absolute()
+    return inner == outer or outer in inner.parents
 
 
 def _require(ok: bool, key: str, message: str, value) -> None:

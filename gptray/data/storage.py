@@ -120,6 +120,15 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot download {self.uri()}: {exc}") from exc
 
+    def upload(self, local_dir: str | Path) -> None:
+        """Copy every file under a local directory to the base (replacing files of the same names)."""
+        try:
+            # one thread: pyarrow's threaded uploads to S3 are not safe (apache/arrow#32372, as Ray notes)
+            pafs.copy_files(str(local_dir), self.base, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs, use_threads=False)
+        except OSError as exc:
+            raise StorageError(f"cannot upload {local_dir} to {self.uri()}: {exc}") from exc
+
     def make_dirs(self, relative_dir: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.create_dir(self.path(relative_dir), recursive=True)

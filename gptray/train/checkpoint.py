@@ -163,25 +163,27 @@ def is_complete(directory: str | Path | Storage) -> bool:
     return not missing_files(directory)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a run directory (→ its latest checkpoint), local or on an object store.
-
-    A checkpoint on an object store is downloaded once into the local cache; the local copy is returned.
-    """
+def find_checkpoint(path: str | Path) -> Path | str:
+    """The complete checkpoint a path names: itself, or a run directory's latest. A Path for a local
+    one, a URI for one on an object store (nothing is downloaded)."""
     store = _storage(path)
     if store.exists(STATE_FILE):
         if problems := missing_files(store):
             raise CheckpointError(f"checkpoint {store.uri()} is incomplete: {', '.join(problems)} "
                                   "(a copy or upload cut short?)")
-        checkpoint = store
-    else:
-        checkpoint = latest_stored_checkpoint(store)
-        if checkpoint is None:
-            raise CheckpointError(f"no checkpoint at {store.uri()} (neither a checkpoint nor a run directory "
-                                  "holding one)")
-    if not is_uri(str(path)):
-        return Path(path) if checkpoint is store else Path(path) / Path(checkpoint.base).name
-    return local_copy(checkpoint)
+        return str(path) if is_uri(str(path)) else Path(path)
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint at {store.uri()} (neither a checkpoint nor a run directory holding one)")
+    return latest
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A local checkpoint directory for a checkpoint or run directory (→ its latest checkpoint), local or
+    on an object store: one on an object store is downloaded once into the local cache.
+    """
+    found = find_checkpoint(path)
+    return local_copy(Storage(found)) if isinstance(found, str) else found
 
 
 def local_copy(checkpoint: Storage, cache_dir: str | Path | None = None) -> Path:

@@ -13,9 +13,12 @@ import dataclasses
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptray.config.schema import is_uri, join_path
+from gptray.data.storage import Storage
 from gptray.errors import CheckpointError, ConfigError
 from gptray.model.config import SHAPE_FIELDS, ModelConfig
 from gptray.model.presets import canonical_preset
@@ -31,7 +34,7 @@ class Base:
     """Where fine-tuning starts: a gptray checkpoint, or a Hugging Face model still to be imported."""
 
     spec: str  # train.init_from as given
-    checkpoint: Path | None  # a gptray checkpoint directory
+    checkpoint: Path | str | None  # a gptray checkpoint: a local directory, or a URI on an object store
     hf_source: str | None  # a Hugging Face directory or hub name
 
     @property
@@ -41,15 +44,15 @@ class Base:
 
 def find_base(init_from: str) -> Base:
     """Classify train.init_from, checking that it exists (raises ConfigError naming the key)."""
-    from gptray.train.checkpoint import STATE_FILE, resolve_checkpoint
+    from gptray.train.checkpoint import STATE_FILE, find_checkpoint
 
     if init_from.startswith(HF_PREFIX):
         return Base(init_from, None, init_from[len(HF_PREFIX):])
     path = Path(init_from)
-    if (path / "config.json").is_file() and not (path / STATE_FILE).is_file():
+    if not is_uri(init_from) and (path / "config.json").is_file() and not (path / STATE_FILE).is_file():
         return Base(init_from, None, str(path))
     try:
-        return Base(init_from, resolve_checkpoint(path), None)
+        return Base(init_from, find_checkpoint(init_from), None)
     except CheckpointError as exc:
         raise ConfigError("train.init_from", f"{exc}; give a gptray checkpoint or run directory, a Hugging Face "
                                              "GPT-2 directory, or hf:NAME") from None
@@ -97,17 +100,25 @@ def finetune_model(requested: ModelConfig, base: ModelConfig, recipe_dropout: fl
     return ModelConfig(**values).resolved()
 
 
-def base_checkpoint(base: Base, out_dir: str) -> Path:
-    """The base as a gptray checkpoint directory, importing a Hugging Face model the first time."""
+def base_checkpoint(base: Base, out_dir: str) -> Path | str:
+    """The base as a gptray checkpoint (a directory, or a URI when out_dir is on an object store),
+    importing a Hugging Face model the first time."""
     if not base.is_hf:
         return base.checkpoint
     from gptray.model.hf import import_hf_checkpoint
     from gptray.train.checkpoint import is_complete
 
-    target = Path(out_dir) / BASES_DIR / re.sub(r"[^A-Za-z0-9._-]+", "--", base.hf_source).strip("-")
-    record = target / "import.json"
-    if is_complete(target) and record.is_file() and json.loads(record.read_text()).get("source") == base.hf_source:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "--", base.hf_source).strip("-")
+    target = join_path(out_dir, BASES_DIR, name) if is_uri(out_dir) else Path(out_dir) / BASES_DIR / name
+    store = Storage(str(target))
+    if is_complete(store) and store.exists("import.json") and \
+            json.loads(store.read_bytes("import.json")).get("source") == base.hf_source:
         return target
     log.info("importing %s as a gptray checkpoint into %s", base.hf_source, target)
-    import_hf_checkpoint(base.hf_source, target, overwrite=True)
+    if not is_uri(out_dir):
+        import_hf_checkpoint(base.hf_source, target, overwrite=True)
+        return target
+    with tempfile.TemporaryDirectory(prefix="gptray-base-") as scratch:  # imported here, then uploaded
+        import_hf_checkpoint(base.hf_source, Path(scratch) / name, overwrite=True)
+        store.upload(Path(scratch) / name)
     return target

@@ -71,9 +71,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
         elif loop_config.get("init_checkpoint"):  # fine-tuning's first launch: the base's weights, a fresh optimizer
-            engine.load_model_weights(load_tensors(loop_config["init_checkpoint"], "model.pt"))
+            base = loop_config["init_checkpoint"]
+            with _local_directory(base) as base_directory:
+                engine.load_model_weights(load_tensors(base_directory, "model.pt"))
             if rank == 0:
-                log.info("starting from the weights of %s", loop_config["init_checkpoint"])
+                log.info("starting from the weights of %s", base.uri())
 
     evaluator = None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     if loop_config.get("eval_tasks"):
@@ -161,16 +163,20 @@ def _resume_directory(registered, run: Storage):
     complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
     driver found (gptray.train.checkpoint.latest_checkpoint). Only the chosen one is downloaded.
     """
-    from ray.train import Checkpoint
-
     candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
     if not candidates:
         yield None, None
         return
     chosen = max(candidates, key=lambda c: read_state(c).step)
-    # as_directory: the directory itself on a local filesystem, a temporary download otherwise
-    with Checkpoint(path=chosen.base, filesystem=chosen.fs).as_directory() as directory:
+    with _local_directory(chosen) as directory:
         yield directory, chosen.uri()
+
+
+def _local_directory(checkpoint: Storage):
+    """A checkpoint as a local directory: itself on a local filesystem, a temporary download otherwise."""
+    from ray.train import Checkpoint
+
+    return Checkpoint(path=checkpoint.base, filesystem=checkpoint.fs).as_directory()
 
 
 def _stored(checkpoint) -> Storage | None:

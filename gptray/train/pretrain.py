@@ -111,7 +111,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             # by value: workers need no tiktoken cache to decode periodic samples
             "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
-            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+            "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,
             # resolved here: an object store's endpoint and region travel with them to the workers
             "dataset": Storage(config.data.dataset_dir),
             "run": run,
@@ -180,7 +180,7 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int
     )
 
 
-def _init_checkpoint(config: ExperimentConfig) -> Path | None:
+def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
     """Fine-tuning's base weights as a gptray checkpoint (imported first if from Hugging Face), checked
     against the run's model."""
     if not config.train.init_from:
