@@ -56,6 +56,32 @@ def ray_session():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _ray_address_file() -> Path:
+    return Path("/tmp/ray/ray_current_cluster")  # ray._common.utils.get_ray_address_file(None) on Linux
+
+
+_RAY_ADDRESS_AT_START = _ray_address_file().read_bytes() if _ray_address_file().is_file() else None
+
+
+@pytest.fixture(autouse=True)
+def restore_ray_address_file():
+    """After each test, put Ray's record of "the current cluster" (/tmp/ray/ray_current_cluster) back as
+    the session found it.
+
+    `ray start --head` in a test writes it, and the test then kills that head. Processes of the
+    session's Ray instance that look the cluster up by it (Ray Train's PlacementGroupCleaner asks
+    the state API with no address) would then wait on a dead GCS: 12 s more per Ray Train run.
+    """
+    yield
+    path = _ray_address_file()
+    now = path.read_bytes() if path.is_file() else None
+    if now != _RAY_ADDRESS_AT_START:
+        if _RAY_ADDRESS_AT_START is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(_RAY_ADDRESS_AT_START)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
