@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from gptray.config.schema import HELLASWAG_VAL_URL  # noqa: F401  (eval.hellaswag's default)
+from gptray.data.windows import IGNORE_INDEX
 from gptray.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PROBLEMS_SHOWN = 5
 
 
