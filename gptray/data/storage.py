@@ -95,21 +95,19 @@ class Storage:
 
     def list(self, relative_dir: str) -> list[str]:
         """Names of the files directly in a directory (none if it does not exist)."""
-        selector = pafs.FileSelector(self.path(relative_dir), allow_not_found=True, recursive=False)
-        try:
-            infos = self.fs.get_file_info(selector)
-        except OSError as exc:
-            raise StorageError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+        return self._names(relative_dir, pafs.FileType.File)
 
     def list_dirs(self, relative_dir: str = "") -> list[str]:
         """Names of the directories directly in a directory (on object stores: the key prefixes)."""
+        return self._names(relative_dir, pafs.FileType.Directory)
+
+    def _names(self, relative_dir: str, kind: pafs.FileType) -> list[str]:
         selector = pafs.FileSelector(self.path(relative_dir), allow_not_found=True, recursive=False)
         try:
             infos = self.fs.get_file_info(selector)
         except OSError as exc:
             raise StorageError(f"cannot list {self.uri(relative_dir)}: {exc}") from exc
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return sorted(i.base_name for i in infos if i.type == kind)
 
     def download(self, local_dir: str | Path) -> None:
         """Copy every file under the base into a local directory."""
