@@ -75,6 +75,13 @@ def load_hf_gpt2(source: str | Path, revision: str | None = None, cache_dir: str
     return HfImport(model=model.eval(), directory=directory, weights=files, hf_config=hf_config, notes=notes)
 
 
+def hf_model_config(source: str | Path, revision: str | None = None, cache_dir: str | None = None) -> ModelConfig:
+    """Our model config for a Hugging Face GPT-2, from its config.json alone (no weights read)."""
+    directory = resolve_hf_source(str(source), revision, cache_dir)
+    return model_config_from_hf(_read_json(directory / "config.json", what="Hugging Face config"),
+                                where=str(directory))[0]
+
+
 def resolve_hf_source(source: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """A local directory as it is; anything else that looks like a hub name is fetched from the hub
     (config and weights only, safetensors preferred) or found in the local hub cache."""

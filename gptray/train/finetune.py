@@ -63,15 +63,9 @@ def base_model_config(base: Base) -> ModelConfig:
     from gptray.train.checkpoint import read_state
 
     if base.is_hf:
-        from gptray.model.hf import model_config_from_hf, resolve_hf_source
+        from gptray.model.hf import hf_model_config
 
-        directory = resolve_hf_source(base.hf_source)
-        config_file = directory / "config.json"
-        try:
-            hf_config = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"cannot read {config_file}: {exc}") from None
-        return model_config_from_hf(hf_config, where=str(directory))[0].resolved()
+        return hf_model_config(base.hf_source).resolved()
     return ModelConfig.from_saved(read_state(base.checkpoint).model)
 
 
