@@ -138,7 +138,7 @@ class TrainingEngine:
         for i, starts in enumerate(micro_batches):
             data_start = time.perf_counter()
             x, y = gather_windows(self.train_tokens, starts, self.seq_len, self.train_loss_mask)
-            counted = bool((y != IGNORE_INDEX).any())
+            counted = self.train_loss_mask is None or bool((y != IGNORE_INDEX).any())
             x, y = self._to_device(x), self._to_device(y)
             data_seconds += time.perf_counter() - data_start
             with self._gradient_sync(i == len(micro_batches) - 1):
