@@ -67,7 +67,8 @@ class TokenShardWriter:
             self.segments.append(segment)
         self._saved_tables = len(self._pending)
 
-    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray, prompt_tokens: np.ndarray | None = None) -> int:
+    def add(self, doc_ids: np.ndarray, tokens: pa.ListArray | pa.ChunkedArray,
+            prompt_tokens: np.ndarray | None = None) -> int:
         """Append documents (global ids, one token list each, and with prompts the prompt lengths) in
         corpus order; returns shards written."""
         columns = {"doc": pa.array(doc_ids, pa.int64()), "tokens": tokens}

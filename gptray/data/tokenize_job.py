@@ -278,7 +278,7 @@ class _Job:
             if once and mask.all():  # every record, once, all in this split: no copy of the tokens needed
                 new_shards += self.writers[split].add(doc_ids, tokens, prompts)
             elif mask.any():
-                new_shards += self.writers[split].add(doc_ids[mask], tokens.take(pa.array(written[mask])),
+                new_shards += self.writers[split].add(doc_ids[mask], _select(tokens, written[mask]),
                                                       None if prompts is None else prompts[mask])
         self.next_doc += len(written)
         self.meter.update(int(kept.sum()), int(lengths[kept].sum()), int(nbytes.sum()), int(task_ids[-1]),
@@ -368,6 +368,18 @@ class _Job:
             info.tokens += stats.tokens
             info.problems.merge(stats.problems)
         return infos
+
+
+def _select(array: pa.Array, rows: np.ndarray) -> pa.Array | pa.ChunkedArray:
+    """`array.take(rows)`, but as zero-copy slices when the rows are most of the array in a few runs: the
+    usual case, a batch's training documents are the batch minus a few validation documents. A few rows
+    are copied instead, so that a writer that keeps them for long (validation) holds no whole batch."""
+    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+    if 2 * len(rows) < len(array) or len(breaks) >= max(8, len(rows) // 16):  # few, scattered, or mixture copies
+        return array.take(pa.array(rows))
+    firsts, lasts = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]]) - 1
+    return pa.chunked_array([array.slice(int(rows[a]), int(rows[b] - rows[a]) + 1) for a, b in zip(firsts, lasts)],
+                            type=array.type)
 
 
 class _Meter:
