@@ -48,7 +48,7 @@ def slurm_cluster():
         f"SlurmdSpoolDir={root}/spool", f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
         f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log", "SlurmUser=root",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_CPU", "ReturnToService=2", "MpiDefault=none",
+        "SelectTypeParameters=CR_CPU", "ReturnToService=2", "MpiDefault=none", "KillWait=2",
         f"NodeName={host} CPUs={os.cpu_count()} RealMemory=1000 State=UNKNOWN",
         f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES", ""]))
     for sub in ("state", "spool"):
