@@ -29,13 +29,21 @@ def head():
     token.write_text(secrets.token_hex(32))
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    dashboard = free_port()
     worker_ports = free_port()
+    taken = set(range(worker_ports, worker_ports + 201))  # Ray refuses a component port inside the worker range
+
+    def port() -> int:
+        while (number := free_port()) in taken:
+            pass
+        taken.add(number)
+        return number
+
+    dashboard = port()
     command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port()}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={port()}", f"--dashboard-agent-listen-port={port()}",
+        f"--dashboard-agent-grpc-port={port()}", f"--runtime-env-agent-port={port()}",
         f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 200}",
         f"--temp-dir={root / 'ray'}", "--disable-usage-stats",
     ]
