@@ -35,10 +35,6 @@ def shard_path(split: str, number: int) -> str:
     return f"{split}/{SHARD_PREFIX}{number:05d}.parquet"
 
 
-def _storage(dataset_dir: str | Path | Storage) -> Storage:
-    return dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
-
-
 class TokenShardWriter:
     """Collects whole documents of one split and writes a shard once it holds `shard_tokens` tokens.
 
@@ -49,7 +45,7 @@ class TokenShardWriter:
     def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
                  shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None,
                  with_prompts: bool = False):
-        self.storage = _storage(dataset_dir)
+        self.storage = Storage.of(dataset_dir)
         self.split = split
         self.with_prompts = with_prompts
         self.schema = shard_schema(dtype, with_prompts)
@@ -143,7 +139,7 @@ def file_sha256(path: str | Path) -> str:
 
 def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool:
     """Whether a shard exists with exactly the bytes its manifest entry describes."""
-    store = _storage(dataset_dir)
+    store = Storage.of(dataset_dir)
     try:
         data = store.read_bytes(shard.path)
     except DataError:
@@ -153,7 +149,7 @@ def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool
 
 def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool = True) -> pa.Table:
     """A shard's rows (local or object store); with `verify`, its bytes must match the manifest checksum."""
-    store = _storage(dataset_dir)
+    store = Storage.of(dataset_dir)
     data = store.read_bytes(shard.path)
     if verify and hashlib.sha256(data).hexdigest() != shard.sha256:
         raise DataError(f"shard {store.uri(shard.path)} does not match its checksum in the manifest "

@@ -46,6 +46,11 @@ class Storage:
         self.fs, self.base = resolve(location)
 
     @classmethod
+    def of(cls, location: str | Path | Storage) -> Storage:
+        """A location as a Storage; a Storage is taken as it is (its filesystem is not looked up again)."""
+        return location if isinstance(location, Storage) else cls(str(location))
+
+    @classmethod
     def on(cls, fs: pafs.FileSystem, base: str, location: str | None = None) -> Storage:
         """A Storage on a filesystem already resolved (e.g. one Ray hands over), without a lookup."""
         store = cls.__new__(cls)

@@ -56,16 +56,15 @@ class MlflowTracker:
         uri = config.tracking_uri()
         client = MlflowClient(uri)
         run = Storage(config.run_dir)
-        if run.exists(RUN_RECORD):
-            saved = json.loads(run.read_bytes(RUN_RECORD))
-            if saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
-                tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""), config.tracking.retry_seconds)
-                client.update_run(saved["run_id"], status="RUNNING")
-                tracker._record_config_changes(flatten(config.to_dict()))
-                if tags:
-                    tracker.set_tags(tags)
-                log.info("MLflow: resuming run %s in %s", saved["run_id"], uri)
-                return tracker
+        saved = read_run_record(run)
+        if saved and saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
+            tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""), config.tracking.retry_seconds)
+            client.update_run(saved["run_id"], status="RUNNING")
+            tracker._record_config_changes(flatten(config.to_dict()))
+            if tags:
+                tracker.set_tags(tags)
+            log.info("MLflow: resuming run %s in %s", saved["run_id"], uri)
+            return tracker
         experiment_id = experiment_for(client, config)
         run_tags = {"gptray.run_dir": config.run_dir, **(tags or {})}
         if parent_run_id:
@@ -134,7 +133,7 @@ class MlflowTracker:
         """Keep undelivered metric points in the run directory, for a later launch to send."""
         if self.flush():
             return 0
-        run = _storage(run_dir)
+        run = Storage.of(run_dir)
         kept_before = run.read_bytes(OUTBOX) if run.exists(OUTBOX) else b""  # object stores cannot append
         lines = "".join(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
                                     "timestamp": m.timestamp, "step": m.step}) + "\n" for m in self._buffer)
@@ -148,7 +147,7 @@ class MlflowTracker:
         """Send the points an earlier process kept (see save_outbox); the file goes once they are sent."""
         from mlflow.entities import Metric
 
-        run = _storage(run_dir)
+        run = Storage.of(run_dir)
         if not run.exists(OUTBOX):
             return
         points = [json.loads(line) for line in run.read_bytes(OUTBOX).decode().splitlines() if line.strip()]
@@ -163,10 +162,9 @@ class MlflowTracker:
     def finish(self, status: str = "FINISHED", run_dir: str | Path | Storage | None = None) -> bool:
         """Close the run; with `run_dir`, note in its run record whether that reached the server."""
         closed = self.flush() and self._call(self.client.set_terminated, self.run_id, status)
-        run = _storage(run_dir) if run_dir is not None else None
-        if run is not None and run.exists(RUN_RECORD):
-            data = json.loads(run.read_bytes(RUN_RECORD))
-            run.write_bytes(RUN_RECORD, json.dumps({**data, "closed": closed}, indent=2).encode())
+        run = Storage.of(run_dir) if run_dir is not None else None
+        if run is not None and (record := read_run_record(run)):
+            run.write_bytes(RUN_RECORD, json.dumps({**record, "closed": closed}, indent=2).encode())
         return closed
 
     def _call(self, fn, *args, **kwargs) -> bool:
@@ -228,17 +226,13 @@ def _local_artifact_location(uri: str, out_dir: str) -> str | None:
 
 def tracking_settled(run_dir: str | Path | Storage) -> bool:
     """Nothing left to tell MLflow about a run: no unsent metrics, and its run was closed (or never tracked)."""
-    run = _storage(run_dir)
+    run = Storage.of(run_dir)
     if run.exists(OUTBOX):
         return False
-    return not run.exists(RUN_RECORD) or json.loads(run.read_bytes(RUN_RECORD)).get("closed", True)
+    return read_run_record(run).get("closed", True)
 
 
 def read_run_record(run_dir: str | Path | Storage) -> dict:
     """The run record of a run directory (which MLflow run it logs to); empty if it has none."""
-    run = _storage(run_dir)
+    run = Storage.of(run_dir)
     return json.loads(run.read_bytes(RUN_RECORD)) if run.exists(RUN_RECORD) else {}
-
-
-def _storage(location: str | Path | Storage) -> Storage:
-    return location if isinstance(location, Storage) else Storage(str(location))

@@ -72,7 +72,7 @@ def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: d
 
 def read_state(directory: str | Path | Storage) -> TrainingState:
     """A checkpoint's state.json, from a local directory or an object store."""
-    store = _storage(directory)
+    store = Storage.of(directory)
     if not store.exists(STATE_FILE):
         raise CheckpointError(f"{store.uri()} is not a complete gptray checkpoint (no {STATE_FILE})")
     try:
@@ -82,7 +82,7 @@ def read_state(directory: str | Path | Storage) -> TrainingState:
 
 
 def read_config(directory: str | Path | Storage) -> ExperimentConfig:
-    store = _storage(directory)
+    store = Storage.of(directory)
     if not store.exists("config.yaml"):
         raise CheckpointError(f"{store.uri()} has no config.yaml")
     return ExperimentConfig.from_dict(yaml.safe_load(store.read_bytes("config.yaml")))
@@ -126,7 +126,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
 
     A local run directory gives a Path; one on an object store (s3://…) gives a URI.
     """
-    latest = latest_stored_checkpoint(_storage(run_dir))
+    latest = latest_stored_checkpoint(Storage.of(run_dir))
     if latest is None:
         return None
     return latest.location if is_uri(str(run_dir)) else Path(run_dir) / Path(latest.base).name
@@ -143,7 +143,7 @@ def latest_stored_checkpoint(run: Storage) -> Storage | None:
 
 def missing_files(directory: str | Path | Storage) -> list[str]:
     """What keeps a checkpoint from being complete: state.json, or files it lists absent or cut short."""
-    store = _storage(directory)
+    store = Storage.of(directory)
     try:
         state = read_state(store)
     except CheckpointError:
@@ -166,7 +166,7 @@ def is_complete(directory: str | Path | Storage) -> bool:
 def find_checkpoint(path: str | Path) -> Path | str:
     """The complete checkpoint a path names: itself, or a run directory's latest. A Path for a local
     one, a URI for one on an object store (nothing is downloaded)."""
-    store = _storage(path)
+    store = Storage.of(path)
     if store.exists(STATE_FILE):
         if problems := missing_files(store):
             raise CheckpointError(f"checkpoint {store.uri()} is incomplete: {', '.join(problems)} "
@@ -217,7 +217,3 @@ def local_copy(checkpoint: Storage, cache_dir: str | Path | None = None) -> Path
 
 def default_checkpoint_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "checkpoints"
-
-
-def _storage(location: str | Path | Storage) -> Storage:
-    return location if isinstance(location, Storage) else Storage(str(location))
