@@ -56,10 +56,12 @@ def _file_tasks(source: ResolvedSource, entry: FileEntry, chunk: int) -> list[Re
             return [base]
     except (OSError, pa.ArrowException) as exc:
         return [ReadTask(source.index, "problem", name, entry.path, error=f"{type(exc).__name__}: {exc}")]
-    return [
-        ReadTask(source.index, "range", name, entry.path, fmt, base.unit, start, min(start + chunk, entry.size))
-        for start in range(0, max(entry.size, 1), chunk)
-    ]
+    # Equal ranges of at most `chunk` bytes, not full ones and a short remainder: with a short last range,
+    # one worker would tokenize the file's final range alone while the others wait.
+    count = max(1, -(-entry.size // chunk))
+    cuts = [entry.size * i // count for i in range(count + 1)]
+    return [ReadTask(source.index, "range", name, entry.path, fmt, base.unit, start, end)
+            for start, end in zip(cuts, cuts[1:])]
 
 
 def _is_json_array(source: ResolvedSource, entry: FileEntry) -> bool:
