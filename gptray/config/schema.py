@@ -76,7 +76,8 @@ class DataConfig:
     # A larger document (line, paragraph, JSON line, file, row) is skipped and counted as "oversized";
     # input is read in blocks, so even a 100 GB line never has to fit in memory.
     max_document_bytes: int = 32 << 20
-    read_chunk_bytes: int = 8 << 20  # uncompressed line-oriented files are read in parallel, in equal ranges of at most this size
+    # Uncompressed line-oriented files are read in parallel, in equal byte ranges of at most this size.
+    read_chunk_bytes: int = 8 << 20
     strict: bool = False  # any bad input (see the manifest's problem kinds) stops the job with an error
     cache_dir: str | None = None  # node-local cache of decoded token arrays; default ~/.cache/gptray
 
