@@ -32,9 +32,16 @@ def test_gradient_accumulation_equals_one_big_batch():
     one = engine("train.batch_size=4", "train.micro_batch_size=4")
     four = engine("train.batch_size=4", "train.micro_batch_size=1")
     assert one.micro_steps == 1 and four.micro_steps == 4
-    assert losses(one, range(3)) == pytest.approx(losses(four, range(3)), abs=1e-5)
+    for step in range(3):
+        big, accumulated = one.train_step(step), four.train_step(step)
+        assert big.loss.item() == pytest.approx(accumulated.loss.item(), abs=1e-5)
+        # Adam cannot tell a gradient from a multiple of it: the norm shows the micro-batches are averaged.
+        assert big.grad_norm.item() == pytest.approx(accumulated.grad_norm.item(), rel=1e-5)
+    # Summation order differs (one batch of 4 against four of 1), and Adam divides each weight's step by
+    # its own gradient's size, so float rounding of ~1e-7 in a tiny gradient moves a weight by up to
+    # ~2e-5 here (a 3e-3 learning rate) on some CPUs. A wrong accumulation moves them by ~lr.
     for a, b in zip(one.module.parameters(), four.module.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def through_a_file(state):
