@@ -54,7 +54,7 @@ def head():
     yield address, env, root
     process.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=5)  # it often takes longer: whatever is left is killed below
     except subprocess.TimeoutExpired:
         pass
     try:  # whatever is left of this cluster (its session is its own) goes too
