@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gptray.config import ExperimentConfig
-from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockSettings, SourceReader, tokenize_tasks
+from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockSettings, SourceReader, TaskInputs, tokenize_tasks
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
 from gptray.data.plan import plan_digest, plan_tasks
 from gptray.data.progress import PROGRESS_NAME, Progress, ResumePoint, TaskStats, resume_point
@@ -214,7 +214,7 @@ class _Job:
             rows = [dict(task.to_row(), index=index) for index, task in todo]
             dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 tokenize_tasks, batch_size=1, batch_format="pyarrow",
-                fn_kwargs={"readers_by_source": readers, "settings": settings},
+                fn_kwargs={"inputs": TaskInputs(readers, settings)},
             )
             self.meter.restart()  # rates count from here: Ray start-up is not tokenizing
             with quick_scheduling():  # read tasks are ~1 s each: Ray Data's 0.1 s polling idled 10-15% of CPUs
