@@ -83,10 +83,7 @@ class Relay:
         self.listener.close()
         with self.lock:
             for s in self.open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                cut(s)
                 s.close()
             self.open = []
 
@@ -112,11 +109,16 @@ class Relay:
         except OSError:
             pass
         finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            cut(source)
+            cut(sink)
+
+
+def cut(connection: socket.socket) -> None:
+    """End a relayed connection in both directions (the peer sees it closed)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already cut
+        pass
 
 
 @pytest.fixture
