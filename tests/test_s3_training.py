@@ -105,9 +105,12 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
     assert capsys.readouterr().out == from_bucket
     assert cli(["generate", "--checkpoint", f"{run_dir}/checkpoint_00000012", "--prompt", "ROMEO:"]) == 0
     assert cli(["generate", "--checkpoint", f"s3://{s3_bucket}/runs/nothing-here"]) == 4
-    # and so does eval, on the run's token dataset in the bucket
-    assert cli(["eval", "--checkpoint", run_dir, "--task", "perplexity", "--limit", "2", "--local", "--no-track"]) == 0
-    assert "(step 24)" in capsys.readouterr().out
+    # and so does eval, on the run's token dataset in the bucket; it logs to the training run the run
+    # record in the bucket names, at the checkpoint's step
+    assert cli(["eval", "--checkpoint", run_dir, "--task", "perplexity", "--limit", "2", "--local"]) == 0
+    assert f"checkpoint {run_dir}/checkpoint_00000024 (step 24)" in capsys.readouterr().out
+    evaluated = metric_history(second, "eval/perplexity/loss")
+    assert list(evaluated) == [24]
     # plot finds the MLflow run through the run record in the bucket
     assert cli(["plot", run_dir, "--out", str(tmp_path / "plots"), "--no-log"]) == 0
     assert (tmp_path / "plots" / "metrics.csv").read_text().count("\n") == 25  # header and steps 1–24

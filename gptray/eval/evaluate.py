@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.config import ExperimentConfig
+from gptray.data.storage import Storage
 from gptray.errors import CheckpointError, ConfigError
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
 from gptray.model import ModelConfig
-from gptray.train.checkpoint import read_config, read_state, resolve_checkpoint
+from gptray.train.checkpoint import find_checkpoint, local_copy, read_config, read_state
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def format_metric(name: str, value: float) -> str:
 
 @dataclass
 class EvalReport:
-    checkpoint: str
+    checkpoint: str  # where the checkpoint lives: a local path, or its URI on an object store
     step: int  # the checkpoint's training step: where its metrics go in the run's history
     tasks: list[TaskResult]
 
@@ -69,7 +70,8 @@ def prepare_tasks(directory: Path, config: ExperimentConfig) -> tuple[ModelConfi
 def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> EvalReport:
     """Run config.eval.tasks on a checkpoint (or a run directory's latest one): over a Ray Data actor
     pool with eval.distributed (joining or starting Ray as config.ray says), else in this process."""
-    directory = resolve_checkpoint(checkpoint).absolute()
+    found = find_checkpoint(checkpoint)  # a URI for one on an object store, which runs from a local copy
+    directory = (local_copy(Storage(found)) if isinstance(found, str) else found).absolute()
     step = read_state(directory).step
     if not (directory / "model.pt").is_file():  # found here rather than inside every actor
         raise CheckpointError(f"checkpoint {directory} lacks model.pt")
@@ -88,4 +90,4 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
     for result in results:
         shown = ", ".join(f"{k} {format_metric(k, v)}" for k, v in result.metrics.items())
         log.info("%s: %s in %.1f s on %s", result.label, shown, result.seconds, result.workers)
-    return EvalReport(str(directory), step, results)
+    return EvalReport(found if isinstance(found, str) else str(directory), step, results)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.config import ExperimentConfig, flatten
-from gptray.errors import ConfigError
+from gptray.data.storage import is_uri
+from gptray.errors import ConfigError, StorageError
 from gptray.eval.evaluate import EvalReport, format_metric
 
 log = logging.getLogger(__name__)
@@ -23,19 +24,32 @@ class TrackedRun:
     created: bool  # a new evaluation run (rather than the training run or one named by id)
 
 
-def training_run_of(checkpoint: Path) -> dict | None:
-    """The MLflow run recorded in the checkpoint's run directory (mlflow_run.json), if any."""
-    from gptray.tracking.mlflow_tracker import RUN_RECORD
+def training_run_of(checkpoint: str) -> dict | None:
+    """The MLflow run recorded in the checkpoint's run directory (mlflow_run.json), local or on an object
+    store, if any."""
+    from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
 
-    record = checkpoint.parent / RUN_RECORD
-    if not record.is_file():
+    run_dir = parent_location(checkpoint)
+    try:
+        saved = read_run_record(run_dir)
+    except (OSError, StorageError, ValueError) as exc:  # unreadable, or not JSON
+        log.warning("cannot read %s beside %s (%s): not logging to the training run", RUN_RECORD, checkpoint, exc)
+        return None
+    if not saved:
         return None
     try:
-        saved = json.loads(record.read_text())
         return {"run_id": saved["run_id"], "tracking_uri": saved["tracking_uri"]}
-    except (json.JSONDecodeError, KeyError, TypeError):
-        log.warning("%s is malformed: not logging to the training run it names", record)
+    except (KeyError, TypeError):
+        log.warning("%s beside %s is malformed: not logging to the training run it names", RUN_RECORD, checkpoint)
         return None
+
+
+def parent_location(location: str) -> str:
+    """The directory holding a local path or object-store URI (a URI keeps its ?query of settings)."""
+    if not is_uri(location):
+        return str(Path(location).parent)
+    path, mark, query = location.partition("?")
+    return path.rstrip("/").rsplit("/", 1)[0] + mark + query
 
 
 def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None = None) -> TrackedRun:
@@ -44,8 +58,8 @@ def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None 
 
     from gptray.tracking.mlflow_tracker import experiment_for
 
-    checkpoint = Path(report.checkpoint)
-    recorded = training_run_of(checkpoint)
+    recorded = training_run_of(report.checkpoint)
+    checkpoint = Path(report.checkpoint.partition("?")[0])  # for its name and its run directory's name
     if run_id is not None:
         uri = recorded["tracking_uri"] if recorded and recorded["run_id"] == run_id else config.tracking_uri()
         if not _run_exists(MlflowClient(uri), run_id):
