@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.config import ExperimentConfig
-from gptray.data.storage import Storage
 from gptray.errors import CheckpointError, ConfigError
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
 from gptray.model import ModelConfig
-from gptray.train.checkpoint import find_checkpoint, local_copy, read_config, read_state
+from gptray.train.checkpoint import find_checkpoint, local_checkpoint, read_config, read_state
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
     """Run config.eval.tasks on a checkpoint (or a run directory's latest one): over a Ray Data actor
     pool with eval.distributed (joining or starting Ray as config.ray says), else in this process."""
     found = find_checkpoint(checkpoint)  # a URI for one on an object store, which runs from a local copy
-    directory = (local_copy(Storage(found)) if isinstance(found, str) else found).absolute()
+    directory = local_checkpoint(found).absolute()
     step = read_state(directory).step
     if not (directory / "model.pt").is_file():  # found here rather than inside every actor
         raise CheckpointError(f"checkpoint {directory} lacks model.pt")

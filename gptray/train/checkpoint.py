@@ -182,7 +182,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A local checkpoint directory for a checkpoint or run directory (→ its latest checkpoint), local or
     on an object store: one on an object store is downloaded once into the local cache.
     """
-    found = find_checkpoint(path)
+    return local_checkpoint(find_checkpoint(path))
+
+
+def local_checkpoint(found: Path | str) -> Path:
+    """What find_checkpoint found, on local disk: itself, or the cached copy of one on an object store."""
     return local_copy(Storage(found)) if isinstance(found, str) else found
 
 
