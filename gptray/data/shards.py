@@ -57,7 +57,6 @@ class TokenShardWriter:
         self.obsolete_segments: list[ShardInfo] = []  # saved pending documents that are now in a shard
         self._pending: list[pa.Table] = []
         self._pending_tokens = 0
-        self._pending_rows = 0
         # The open shard's full row groups are compressed as soon as their documents arrive, so the end of
         # a job leaves only its last partial row group to compress (the bytes equal a one-shot write).
         self._sink: pa.BufferOutputStream | None = None
@@ -68,7 +67,6 @@ class TokenShardWriter:
         for segment in segments or []:
             self._pending.append(read_shard(self.storage, segment).cast(self.schema))
             self._pending_tokens += segment.tokens
-            self._pending_rows += self._pending[-1].num_rows
             self.segments.append(segment)
         self._saved_tables = len(self._pending)
 
@@ -91,7 +89,6 @@ class TokenShardWriter:
             take = int(reached[0]) + 1 if len(reached) else table.num_rows
             self._pending.append(table.slice(0, take))
             self._pending_tokens += int(lengths[:take].sum())
-            self._pending_rows += take
             table = table.slice(take)
             if self._pending_tokens >= self.shard_tokens:
                 self._flush()
@@ -123,9 +120,10 @@ class TokenShardWriter:
         return self.shards
 
     def _encode_full_row_groups(self) -> None:
-        full = (self._pending_rows - self._encoded_rows) // ROW_GROUP_DOCUMENTS * ROW_GROUP_DOCUMENTS
+        pending = pa.concat_tables(self._pending)
+        full = (pending.num_rows - self._encoded_rows) // ROW_GROUP_DOCUMENTS * ROW_GROUP_DOCUMENTS
         if full:
-            self._encode(pa.concat_tables(self._pending).slice(self._encoded_rows, full))
+            self._encode(pending.slice(self._encoded_rows, full))
 
     def _encode(self, rows: pa.Table) -> None:
         if self._encoder is None:
@@ -143,7 +141,7 @@ class TokenShardWriter:
         data = self._sink.getvalue().to_pybytes()
         self._sink, self._encoder, self._encoded_rows = None, None, 0
         self.shards.append(self._store(data, table, shard_path(self.split, len(self.shards)), self._pending_tokens))
-        self._pending, self._pending_tokens, self._pending_rows, self._saved_tables = [], 0, 0, 0
+        self._pending, self._pending_tokens, self._saved_tables = [], 0, 0
         self.obsolete_segments += self.segments
         self.segments = []
 
