@@ -288,9 +288,9 @@ def test_evaluation_during_training_logs_to_the_run_and_matches_evaluating_the_c
 
 
 def test_the_run_directory_of_a_checkpoint_keeps_a_uris_settings():
-    from gptray.eval.report import parent_location
+    from gptray.data.storage import parent
 
-    assert parent_location("/a/run/checkpoint_00000004") == "/a/run"
-    assert parent_location("s3://bucket/runs/x/checkpoint_00000004/") == "s3://bucket/runs/x"
-    assert parent_location("s3://bucket/runs/x/checkpoint_00000004?endpoint_override=http://127.0.0.1:9000") \
+    assert parent("/a/run/checkpoint_00000004") == "/a/run"
+    assert parent("s3://bucket/runs/x/checkpoint_00000004/") == "s3://bucket/runs/x"
+    assert parent("s3://bucket/runs/x/checkpoint_00000004?endpoint_override=http://127.0.0.1:9000") \
         == "s3://bucket/runs/x?endpoint_override=http://127.0.0.1:9000"

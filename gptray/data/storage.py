@@ -162,6 +162,14 @@ def join(base: str, relative: str) -> str:
     return f"{base.rstrip('/')}/{relative.lstrip('/')}" if base else relative
 
 
+def parent(location: str) -> str:
+    """The directory holding a local path or URI (a URI keeps its ?query of settings)."""
+    if not is_uri(location):
+        return str(Path(location).parent)
+    path, mark, query = location.partition("?")
+    return path.rstrip("/").rsplit("/", 1)[0] + mark + query
+
+
 def read_bytes(fs: pafs.FileSystem, path: str, name: str | None = None) -> bytes:
     try:
         with fs.open_input_stream(path) as stream:

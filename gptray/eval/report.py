@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.config import ExperimentConfig, flatten
-from gptray.data.storage import is_uri
+from gptray.data.storage import parent
 from gptray.errors import ConfigError, StorageError
 from gptray.eval.evaluate import EvalReport, format_metric
 
@@ -29,7 +29,7 @@ def training_run_of(checkpoint: str) -> dict | None:
     store, if any."""
     from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
 
-    run_dir = parent_location(checkpoint)
+    run_dir = parent(checkpoint)
     try:
         saved = read_run_record(run_dir)
     except (OSError, StorageError, ValueError) as exc:  # unreadable, or not JSON
@@ -42,14 +42,6 @@ def training_run_of(checkpoint: str) -> dict | None:
     except (KeyError, TypeError):
         log.warning("%s beside %s is malformed: not logging to the training run it names", RUN_RECORD, checkpoint)
         return None
-
-
-def parent_location(location: str) -> str:
-    """The directory holding a local path or object-store URI (a URI keeps its ?query of settings)."""
-    if not is_uri(location):
-        return str(Path(location).parent)
-    path, mark, query = location.partition("?")
-    return path.rstrip("/").rsplit("/", 1)[0] + mark + query
 
 
 def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None = None) -> TrackedRun:
