@@ -123,7 +123,7 @@ def main() -> int:
 
     import ray
 
-    from gptray.runtime import configure_logging
+    from gptray.base.runtime import configure_logging
 
     configure_logging(logging.WARNING)
     work = Path(args.workdir)

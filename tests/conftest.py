@@ -108,10 +108,10 @@ def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -
 
 
 def make_config(root: Path, *overrides: str):
-    """A resolved config whose outputs all live under `root`."""
-    from gptray.config import load_config
+    """A resolved config whose outputs all live under `root` (a fine-tuning one reads its base)."""
+    from gptray.train.finetune import load_finetune_config
 
-    return load_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", *overrides])
+    return load_finetune_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from gptray.model import GPT, ModelConfig
+from gptray.config import ModelConfig
+from gptray.model import GPT
 from gptray.model.attention import document_ids
 
 T, B, H, VOCAB, EOT = 12, 2, 2, 32, 7

@@ -102,8 +102,9 @@ def test_kuberay_rayjob_runs_the_pretrain_pipeline_on_that_cluster():
     job = load("kuberay/rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
     spec = job["spec"]
-    script, config = re.fullmatch(r"python (\S+) --config (\S+)", spec["entrypoint"]).groups()
-    assert script == "pipelines/pretrain.py" and (REPO / script).is_file() and (REPO / config).is_file()
+    module, config = re.fullmatch(r"python -m (\S+) --config (\S+)", spec["entrypoint"]).groups()
+    assert module == "pipelines.pretrain_job" and (REPO / "pipelines" / "pretrain_job.py").is_file()
+    assert (REPO / config).is_file()
     assert spec["clusterSelector"]["ray.io/cluster"] == load("kuberay/raycluster.yaml")["metadata"]["name"]
     assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"] == "/app"  # where the Dockerfile puts us
     check_pod_template(spec["submitterPodTemplate"], "submitter")
@@ -171,7 +172,7 @@ def test_autoscaler_adds_a_worker_node_for_a_job_and_removes_it_when_idle(shakes
         job_log = open(root / "job.log", "w")
         job = subprocess.Popen(
             [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir",
-             str(REPO), "--", "python", "pipelines/pretrain.py", f"out_dir={root}/runs",
+             str(REPO), "--", "python", "-m", "pipelines.pretrain_job", f"out_dir={root}/runs",
              f"data.dataset_dir={shakespeare_dataset.dataset_dir}", "train.max_steps=2", "train.warmup_steps=1",
              "train.checkpoint_interval=2", "generate.max_new_tokens=4", "tracking.enabled=false"],
             env=env, cwd=REPO, stdout=job_log, stderr=subprocess.STDOUT)

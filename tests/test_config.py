@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, load_config
 from gptray.config.loader import read_yaml
-from gptray.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,9 @@ def test_quickstart_yaml_is_exactly_the_builtin_defaults():
 def test_every_shipped_config_is_valid(path, tmp_path):
     from dataclasses import asdict
 
+    from gptray.checkpoint.files import TrainingState, save_checkpoint
     from gptray.model import GPT
-    from gptray.train.checkpoint import TrainingState, save_checkpoint
+    from gptray.train.finetune import load_finetune_config
 
     overrides = []
     if read_yaml(path).get("train", {}).get("init_from"):  # a fine-tuning config: give it its base
@@ -123,7 +124,7 @@ def test_every_shipped_config_is_valid(path, tmp_path):
         save_checkpoint(tmp_path / "base", GPT(base).state_dict(), None, TrainingState(model=asdict(base)),
                         ExperimentConfig(model=base))
         overrides = [f"train.init_from={tmp_path / 'base'}"]
-    load_config(path, overrides)
+    load_finetune_config(path, overrides)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -170,6 +171,21 @@ def test_every_command_has_help(command):
 def test_finetune_without_a_base_is_refused_before_any_work(tmp_path):
     result = run_cli("finetune", f"out_dir={tmp_path}", f"data.dataset_dir={tmp_path}/none")
     assert result.returncode == 2 and "train.init_from: fine-tuning needs a base model" in result.stderr
+
+
+def test_config_command_reads_nothing_from_the_hub_for_a_hub_base(tmp_path):
+    """`gptray config` downloads nothing: a hf:NAME base not in the local cache is named, with what would read it."""
+    result = run_cli("config", f"out_dir={tmp_path}", "train.init_from=hf:gpt2", "train.recipe=finetune",
+                     "model.preset=null")
+    assert result.returncode == 2, result.stderr
+    assert "train.init_from" in result.stderr and "reads nothing from the Hub" in result.stderr
+    assert "gptray finetune` reads its config.json" in result.stderr
+
+
+def test_a_fine_tuning_config_needs_its_base_reader():
+    """The config layer does no I/O: resolving a fine-tuning config without a way to read its base says how."""
+    with pytest.raises(ConfigError, match="train.init_from: a fine-tuning config resolves with its base"):
+        load_config(None, ["train.init_from=runs/quickstart"])
 
 
 def test_gpt3_recipe_fills_unset_optimizer_settings():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gptray.base.errors import DataError
 from gptray.config import TrainConfig
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.windows import WindowSampler, eval_starts, gather_windows, open_split_tokens
-from gptray.errors import DataError
 from gptray.train.optim import learning_rate
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import metric_history, small_run_config
-from gptray.train.checkpoint import read_state
+from gptray.checkpoint.files import read_state
 from gptray.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow

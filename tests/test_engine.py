@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gptray.config import load_config
-from gptray.model import ModelConfig, count_parameters
+from gptray.config import ModelConfig, load_config
+from gptray.model import count_parameters
 from gptray.train.engine import TrainingEngine
 from gptray.train.flops import flops_per_token
 
@@ -130,7 +130,7 @@ def test_flops_use_the_real_head_width():
 
 
 def test_a_checkpoint_cut_short_is_not_taken_for_complete(tmp_path):
-    from gptray.train.checkpoint import TrainingState, is_complete, latest_checkpoint, save_checkpoint
+    from gptray.checkpoint.files import TrainingState, is_complete, latest_checkpoint, save_checkpoint
 
     e = engine("train.batch_size=4")
     model_state, optimizer_state, _ = e.full_state()

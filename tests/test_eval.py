@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_config, metric_history, small_run_config
+from gptray.base.errors import CheckpointError, ConfigError, DataError
+from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
-from gptray.config import ExperimentConfig
+from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.tokenizer import Tokenizer
-from gptray.errors import CheckpointError, ConfigError, DataError
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
-from gptray.model import GPT, ModelConfig
-from gptray.train.checkpoint import TrainingState, save_checkpoint
+from gptray.model import GPT
 
 # Sentences a tiny model learns by heart: the ending after each context is then the one it expects.
 FACTS = [
@@ -288,7 +288,7 @@ def test_evaluation_during_training_logs_to_the_run_and_matches_evaluating_the_c
 
 
 def test_the_run_directory_of_a_checkpoint_keeps_a_uris_settings():
-    from gptray.data.storage import parent
+    from gptray.base.paths import parent
 
     assert parent("/a/run/checkpoint_00000004") == "/a/run"
     assert parent("s3://bucket/runs/x/checkpoint_00000004/") == "s3://bucket/runs/x"

@@ -120,8 +120,8 @@ def masked_loss(checkpoint, config) -> float:
 
 
 def test_finetune_lowers_loss_and_leaves_the_base_untouched(reference_run, pairs_dataset, tmp_path):
+    from gptray.checkpoint.files import latest_checkpoint, read_config, read_state
     from gptray.cli.main import main
-    from gptray.train.checkpoint import latest_checkpoint, read_config, read_state
 
     base_config, base = reference_run
     base_dir = Path(base.run_dir)
@@ -150,7 +150,7 @@ def test_finetune_lowers_loss_and_leaves_the_base_untouched(reference_run, pairs
 
 
 def test_finetune_refuses_what_would_change_or_overwrite_the_base(reference_run, pairs_dataset, tmp_path):
-    from gptray.errors import ConfigError
+    from gptray.base.errors import ConfigError
 
     _, base = reference_run
     config, _, _ = pairs_dataset
@@ -174,8 +174,8 @@ def test_finetune_refuses_what_would_change_or_overwrite_the_base(reference_run,
 
 def test_hugging_face_base_is_imported_once_and_keeps_its_shape(reference_run, pairs_dataset, tmp_path):
     """init_from a Hugging Face GPT-2 directory: the model comes from its config.json, the weights from an import."""
-    from gptray.model.hf import export_checkpoint
-    from gptray.train.checkpoint import load_tensors
+    from gptray.checkpoint.files import load_tensors
+    from gptray.interop.huggingface import export_checkpoint
     from gptray.train.finetune import base_checkpoint, find_base
 
     _, base = reference_run

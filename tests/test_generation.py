@@ -13,14 +13,14 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from gptray.base.errors import ConfigError
+from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
-from gptray.config import ExperimentConfig, GenerateConfig
+from gptray.config import ExperimentConfig, GenerateConfig, ModelConfig
 from gptray.data.tokenizer import Tokenizer
-from gptray.errors import ConfigError
 from gptray.generation import StopCondition, beam_search, generate, generate_texts
 from gptray.generation.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
-from gptray.model import GPT, KVCache, ModelConfig
-from gptray.train.checkpoint import TrainingState, save_checkpoint
+from gptray.model import GPT, KVCache
 
 BLOCK = 16
 VARIANTS = {
@@ -293,7 +293,7 @@ def test_decoding_imported_gpt2_weights_matches_transformers(tmp_path):
     """Greedy and beam search over imported Hugging Face weights give what transformers' generate gives."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptray.model.hf import load_hf_gpt2
+    from gptray.interop.huggingface import load_hf_gpt2
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=24, vocab_size=96)).eval()

@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gptray.base.errors import CheckpointError, ConfigError
 from gptray.cli.main import main
-from gptray.errors import CheckpointError, ConfigError
+from gptray.config import ModelConfig
 from gptray.generation import load_model
-from gptray.model import GPT, ModelConfig
-from gptray.model.hf import export_checkpoint, export_hf, import_hf_checkpoint, load_hf_gpt2
+from gptray.interop.huggingface import export_checkpoint, export_hf, import_hf_checkpoint, load_hf_gpt2
+from gptray.model import GPT
 
 VOCAB, CONTEXT = 96, 24
 
@@ -253,8 +254,8 @@ def test_cli_import_generate_export(tmp_path, capsys):
 
 
 def test_cli_export_refusal_exits_2(tmp_path, capsys):
+    from gptray.checkpoint.files import TrainingState, save_checkpoint
     from gptray.config import ExperimentConfig
-    from gptray.train.checkpoint import TrainingState, save_checkpoint
 
     model = gpt(position="rope")
     save_checkpoint(tmp_path / "ckpt", model, None, TrainingState(model=model.config.__dict__.copy()),

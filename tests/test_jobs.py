@@ -84,12 +84,13 @@ def test_tokenize_and_pretrain_jobs_succeed(head):
     address, env, root = head
     out = root / "out"
     common = ["--config", "configs/quickstart.yaml", f"data.dataset_dir={out}/data", f"out_dir={out}/runs"]
-    tokenize = submit(address, env, "python", "pipelines/tokenize.py", *common)
+    # `python -m gptray COMMAND` is a job entrypoint as much as the pipelines are
+    tokenize = submit(address, env, "python", "-m", "gptray", "tokenize", *common)
     assert tokenize.returncode == 0, tokenize.stdout[-3000:] + tokenize.stderr[-3000:]
     assert "succeeded" in tokenize.stdout + tokenize.stderr
     assert (out / "data" / "manifest.json").is_file()
 
-    pretrain = submit(address, env, "python", "pipelines/pretrain.py", *common, "name=job", "train.max_steps=4",
+    pretrain = submit(address, env, "python", "-m", "pipelines.pretrain_job", *common, "name=job", "train.max_steps=4",
                       "train.checkpoint_interval=2", "train.log_interval=1", "generate.max_new_tokens=8")
     logs = pretrain.stdout + pretrain.stderr
     assert pretrain.returncode == 0, logs[-6000:]
@@ -111,12 +112,12 @@ def job_command(address: str, *args: str) -> list[str]:
 def test_a_stopped_job_leaves_a_checkpoint_the_next_job_resumes(head, shakespeare_dataset):
     import json
 
-    from gptray.train.checkpoint import is_complete, latest_checkpoint, read_state
+    from gptray.checkpoint.files import is_complete, latest_checkpoint, read_state
 
     address, env, root = head
     run_dir = root / "stop" / "stopped"
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"PYTHONUNBUFFERED": "1"}})
-    pretrain = ["python", "pipelines/pretrain.py", "--config", "configs/quickstart.yaml",
+    pretrain = ["python", "-m", "pipelines.pretrain_job", "--config", "configs/quickstart.yaml",
                 f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"out_dir={root}/stop", "name=stopped",
                 "model.n_layer=1", "train.checkpoint_interval=3", "train.log_interval=1", "tracking.enabled=false"]
     submitted = subprocess.run(

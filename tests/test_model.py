@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from gptray.model import GPT, PRESETS, ModelConfig, count_parameters
+from gptray.config import ModelConfig
+from gptray.config.presets import PRESETS
+from gptray.model import GPT, count_parameters
 
 
 def small(**overrides) -> ModelConfig:

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from gptray.cli.main import main
-from gptray.config import TrainConfig, load_config
-from gptray.model import PRESET_ALIASES, PRESETS, ModelConfig, count_parameters, training_recipe
+from gptray.config import ModelConfig, TrainConfig, load_config
+from gptray.config.presets import PRESET_ALIASES, PRESETS, training_recipe
+from gptray.model import count_parameters
 
 # Brown et al. 2020, Table 2.1: n_params, n_layers, d_model, n_heads, d_head, batch size, learning rate.
 GPT3_TABLE = {
@@ -71,7 +72,7 @@ def test_recipes_become_train_config_values():
 
 
 def test_unknown_preset_lists_the_choices():
-    from gptray.errors import ConfigError
+    from gptray.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="davinci") as info:
         load_config(None, ["model.preset=gpt4"])

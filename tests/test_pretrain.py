@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from conftest import make_config, metric_history, small_run_config
+from gptray.base.errors import CheckpointError
+from gptray.checkpoint.files import STATE_FILE, latest_checkpoint, read_state
 from gptray.cli.main import main as cli
-from gptray.errors import CheckpointError
-from gptray.train.checkpoint import STATE_FILE, latest_checkpoint, read_state
 from gptray.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import tracemalloc
 import pyarrow as pa
 import pytest
 
+from gptray.base.storage import glob_regex
 from gptray.data import readers
 from gptray.data.readers import PARAGRAPH_BREAK, aligned_offset, iter_pieces, range_documents
 from gptray.data.split import copies, is_validation
-from gptray.data.storage import glob_regex
 
 ALPHABET = [b"a", b"b", b" ", b"\n", b"\n\n", b"\t", b" \n \n", b"\r\n", b"xyz", b"\xc3\xa9"]
 

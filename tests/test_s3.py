@@ -15,11 +15,11 @@ from test_data_pipeline import SPEECHES, one_line
 from test_tokenize import expected_stream
 
 from conftest import make_config
+from gptray.base.errors import DataError
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
 from gptray.data.windows import open_split_tokens
-from gptray.errors import DataError
 
 
 def s3(endpoint: str):
@@ -86,7 +86,7 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
 
 
 def test_s3_errors_name_the_key(s3_endpoint, s3_bucket, tmp_path):
-    from gptray.errors import ConfigError
+    from gptray.base.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         tokenize_corpus(make_config(tmp_path, f"data.sources=[{{path: 's3://{s3_bucket}/nothing-here/*.jsonl'}}]"))

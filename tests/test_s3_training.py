@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import metric_history, small_run_config
+from gptray.base.errors import CheckpointError, ConfigError, StorageError
+from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.cli.main import main as cli
-from gptray.errors import CheckpointError, ConfigError, StorageError
-from gptray.train.checkpoint import latest_checkpoint, read_state
 from gptray.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
 
 
 def test_metrics_the_server_never_got_wait_in_the_bucket(s3_endpoint, s3_bucket):
-    from gptray.data.storage import Storage
+    from gptray.base.storage import Storage
     from gptray.tracking.mlflow_tracker import MlflowTracker, tracking_settled
 
     run_dir = f"s3://{s3_bucket}/runs/offline"
@@ -143,7 +143,7 @@ def test_incomplete_checkpoints_on_s3_are_passed_over(s3_endpoint, s3_bucket, mo
         client.put_object(Bucket=s3_bucket, Key=f"run/checkpoint_{step:08d}/model.pt", Body=b"x" * size)
     run_dir = f"s3://{s3_bucket}/run"
     assert latest_checkpoint(run_dir) == f"{run_dir}/checkpoint_00000005"
-    from gptray.train.checkpoint import resolve_checkpoint
+    from gptray.checkpoint.files import resolve_checkpoint
 
     with pytest.raises(CheckpointError, match=r"model.pt \(4 of 10 bytes\)"):
         resolve_checkpoint(f"{run_dir}/checkpoint_00000007")
@@ -185,7 +185,7 @@ def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endp
 
 
 def test_a_hugging_face_base_is_imported_once_into_the_bucket(reference_run, s3_bucket, tmp_path):
-    from gptray.model.hf import export_checkpoint
+    from gptray.interop.huggingface import export_checkpoint
     from gptray.train.finetune import base_checkpoint, find_base
 
     _, base = reference_run

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import make_config
+from gptray.base.errors import DataError
 from gptray.data import scheduling
 from gptray.data.tokenize_job import tokenize_corpus
-from gptray.errors import DataError
 
 
 def current() -> tuple[float, float]:

@@ -30,7 +30,7 @@ def test_script_is_valid_bash_and_follows_the_ray_slurm_pattern():
     text = SCRIPT.read_text()
     assert "ray start --head --block" in text and "ray start --block --address" in text
     assert "--dashboard-host=127.0.0.1" in text and "RAY_AUTH_MODE=token" in text
-    assert 'python -u "$pipeline"' in text
+    assert 'python -u -m "$pipeline"' in text
 
 
 @pytest.fixture
@@ -103,5 +103,5 @@ def test_sbatch_starts_ray_and_runs_the_pretrain_pipeline(slurm_cluster, shakesp
     output = log.read_text() if log.exists() else ""
     assert job.returncode == 0, job.stderr + output[-5000:]
     assert "1 Ray node(s) up" in output and "step 2/2" in output
-    assert "pipelines/pretrain.py exited with 0" in output
+    assert "pipelines.pretrain_job exited with 0" in output
     assert (root / "runs" / "quickstart" / "checkpoint_00000002" / "state.json").is_file()

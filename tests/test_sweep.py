@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from conftest import REPO
+from gptray.base.errors import ConfigError
+from gptray.checkpoint.files import STATE_FILE
 from gptray.cli.main import main as cli
-from gptray.errors import ConfigError
-from gptray.train.checkpoint import STATE_FILE
 from gptray.tune.spec import load_sweep
 
 TINY_TRIALS = {

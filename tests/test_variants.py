@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from gptray.config import load_config
-from gptray.errors import CheckpointError, ConfigError
-from gptray.model import GPT, ModelConfig, count_parameters
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.config import ModelConfig, load_config
+from gptray.model import GPT, count_parameters
 from gptray.model.attention import apply_rope, rope_tables
 
 
@@ -256,7 +256,7 @@ def test_configs_of_older_checkpoints_mean_gpt2():
 
 
 def test_an_older_checkpoint_still_resumes(tmp_path):
-    from gptray.train.checkpoint import TrainingState, check_compatible
+    from gptray.checkpoint.files import TrainingState, check_compatible
 
     config = load_config(None, [f"out_dir={tmp_path}"])
     check_compatible(TrainingState(dataset_fingerprint="f", model=OLD_STATE_MODEL), config, "f", "old")

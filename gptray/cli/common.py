@@ -38,10 +38,11 @@ def add_command(commands, name: str, help: str, description: str, config: bool =
     return parser
 
 
-def load_experiment(args):
-    """The resolved, validated config named by --config plus the overrides."""
-    from gptray.config import load_config
+def load_experiment(args, hub: bool = True):
+    """The resolved, validated config named by --config plus the overrides (`hub`: whether a fine-tuning
+    base named hf:NAME may have its config.json read from the Hugging Face Hub)."""
+    from gptray.train.finetune import load_finetune_config  # imports torch: only once a command runs
 
     if args.config is None:
         log.info("no --config given: using the built-in defaults (the quickstart config)")
-    return load_config(args.config, args.overrides)
+    return load_finetune_config(args.config, args.overrides, hub=hub)

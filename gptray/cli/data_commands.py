@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from gptray.base.errors import ConfigError
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_OK, add_command, load_experiment
-from gptray.errors import ConfigError
 
 BAR_WIDTH = 40
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gptray.base.errors import GptrayError
 from gptray.cli import data_commands, eval_commands, model_commands, run_commands, sweep_commands
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
-from gptray.errors import GptrayError
 
 # Each module adds its subcommands with `register(commands)`.
 COMMAND_GROUPS = [run_commands, data_commands, model_commands, sweep_commands, eval_commands]
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gptray.runtime import configure_logging
+    from gptray.base.runtime import configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

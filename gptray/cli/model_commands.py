@@ -54,7 +54,9 @@ def register(commands) -> None:
 
 
 def preset_rows() -> list[dict]:
-    from gptray.model import PRESETS, ModelConfig, count_parameters, training_recipe
+    from gptray.config import ModelConfig
+    from gptray.config.presets import PRESETS, training_recipe
+    from gptray.model import count_parameters
 
     rows = []
     for name in PRESETS:
@@ -70,7 +72,7 @@ def preset_rows() -> list[dict]:
 
 
 def cmd_list(args) -> int:
-    from gptray.model import PRESET_ALIASES
+    from gptray.config.presets import PRESET_ALIASES
 
     rows = preset_rows()
     headers = dict(preset="preset", layers="layers", heads="heads", head="head", width="width", context="context",
@@ -91,7 +93,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from gptray.model.hf import import_hf_checkpoint
+    from gptray.interop.huggingface import import_hf_checkpoint
 
     log.info("reading Hugging Face GPT-2 from %s", args.hf)
     imported, out = import_hf_checkpoint(args.hf, args.out, revision=args.revision, overwrite=args.overwrite)
@@ -108,7 +110,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from gptray.model.hf import export_checkpoint
+    from gptray.interop.huggingface import export_checkpoint
 
     log.info("exporting %s as a Hugging Face GPT-2", args.checkpoint)
     result = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import time
 
 import yaml
 
+from gptray.base.errors import ConfigError
 from gptray.cli.common import EXIT_OK, add_command, load_experiment, log
-from gptray.errors import ConfigError
 
 
 def register(commands) -> None:
@@ -79,12 +80,13 @@ def register(commands) -> None:
 
     sub = add_command(commands, "config", "print the resolved config (validates it; runs nothing)", """\
         Print the config a command would run with, after defaults, presets, overrides and path
-        resolution, as YAML.""")
+        resolution, as YAML. Nothing is downloaded: a fine-tuning base named hf:NAME must be in the
+        local Hugging Face cache (`gptray finetune` reads its config.json from the Hub).""")
     sub.set_defaults(handler=cmd_config)
 
 
 def cmd_config(args) -> int:
-    print(yaml.safe_dump(load_experiment(args).to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(load_experiment(args, hub=False).to_dict(), sort_keys=False), end="")
     return EXIT_OK
 
 
@@ -189,8 +191,6 @@ def _generate_batch(model, tokenizer, settings, prompts: list[str], num_samples:
 
 def _interactive(model, tokenizer, settings, num_samples: int) -> int:
     """A prompt loop on stdin: each line is a prompt; results go to stdout as they are generated."""
-    import sys
-
     tty = sys.stdin.isatty()
     print("interactive: type a prompt and press Enter (':quit' or end of input to leave)", file=sys.stderr)
     count = 0

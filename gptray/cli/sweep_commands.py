@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gptray.base.errors import ConfigError
 from gptray.cli.common import EXIT_OK, add_command, log
-from gptray.errors import ConfigError
 
 EXIT_TRIALS_FAILED = 5  # some trials failed: the sweep finished, the rest are compared
 
@@ -130,8 +130,9 @@ def cmd_compare(args) -> int:
 def cmd_plot(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from gptray.config import is_uri, load_config
-    from gptray.errors import DataError
+    from gptray.base.errors import DataError
+    from gptray.base.paths import is_uri
+    from gptray.config import load_config
     from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
     from gptray.tracking.plots import run_report
 

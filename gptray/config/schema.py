@@ -7,15 +7,19 @@ A YAML file plus dotted overrides is the whole truth of a run; the resolved form
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from gptray.base.errors import ConfigError
+from gptray.base.paths import absolute_path, is_uri, join_path
 from gptray.config.loader import apply_overrides, build, deep_merge, read_yaml, to_dict
-from gptray.errors import ConfigError
-from gptray.model.config import ModelConfig
+from gptray.config.model import ModelConfig, finetune_model
+from gptray.config.optimizer import OptimizerSettings
+from gptray.config.presets import training_recipe
+from gptray.config.recipes import RECIPES
 
 
 @dataclass
@@ -63,6 +67,31 @@ class SourceConfig:
             return f"hf:{self.hf}" + (f"/{self.hf_config}" if self.hf_config else "") + f"[{self.hf_split}]"
         return f"corpus:{self.corpus}" + (f"/{self.hf_config}" if self.hf_config else "")
 
+    def validate(self, i: int) -> None:
+        """Check this source, the `i`-th of data.sources; raise ConfigError naming the key."""
+        chosen = [k for k in ("path", "hf", "corpus") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise ConfigError(f"data.sources[{i}]", f"set exactly one of path, hf, corpus (got {chosen or 'none'})")
+        if self.data_files is not None and not self.hf:
+            raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
+        if not self.text_field:
+            raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
+        if self.prompt_field is not None:
+            if not self.path:
+                raise ConfigError(f"data.sources[{i}].prompt_field",
+                                  "only applies to path sources (.jsonl/.json files)")
+            if self.prompt_field == self.text_field:
+                raise ConfigError(f"data.sources[{i}].prompt_field",
+                                  f"must differ from text_field (both are {self.text_field!r})")
+        if self.hf_config is not None and self.path:
+            raise ConfigError(f"data.sources[{i}].hf_config", "only applies to hf sources and named corpora")
+        if self.hf_revision is not None and not self.hf:
+            raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
+        if self.streaming is not None and self.path:
+            raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
+        _require(math.isfinite(self.weight) and self.weight > 0, f"data.sources[{i}].weight",
+                 "must be a positive number", self.weight)
+
 
 @dataclass
 class DataConfig:
@@ -81,13 +110,24 @@ class DataConfig:
     strict: bool = False  # any bad input (see the manifest's problem kinds) stops the job with an error
     cache_dir: str | None = None  # node-local cache of decoded token arrays; default ~/.cache/gptray
 
+    def validate(self) -> None:
+        """Check every data setting; raise ConfigError naming the key."""
+        for i, source in enumerate(self.sources):
+            source.validate(i)
+        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", self.val_fraction)
+        _require(self.shard_tokens > 0, "data.shard_tokens", "must be positive", self.shard_tokens)
+        _require(self.batch_documents > 0, "data.batch_documents", "must be positive", self.batch_documents)
+        _require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)
+        _require(self.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", self.read_chunk_bytes)
+        _require(bool(self.dataset_dir), "data.dataset_dir", "must not be empty", self.dataset_dir)
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(OptimizerSettings):
     # Settings left null are filled when the config resolves: lr, batch size and warmup from the
-    # model preset's training settings (gptray/model/presets.py: the GPT-3 paper's for GPT-3
+    # model preset's training settings (gptray/config/presets.py: the GPT-3 paper's for GPT-3
     # sizes, gptray's CPU settings for nano/tiny), optimizer settings from `recipe`
-    # (gptray/train/recipes.py). Explicit values always win.
+    # (gptray/config/recipes.py). Explicit values always win.
     max_steps: int = 300
     batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
     tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
@@ -103,11 +143,7 @@ class TrainConfig:
     min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
     warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
     lr_decay_steps: int | None = None  # cosine reaches min_lr here; default max_steps
-    weight_decay: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
-    grad_clip: float | None = None  # max global grad norm; 0 disables clipping
+    # weight_decay, beta1, beta2, eps and grad_clip: see OptimizerSettings (null: the recipe's)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
     compile: bool = False  # torch.compile the model
@@ -121,6 +157,34 @@ class TrainConfig:
     keep_checkpoints: int = 2
     peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
 
+    def validate(self, model: ModelConfig, ray: RayConfig) -> None:
+        """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
+        for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval",
+                    "checkpoint_interval", "keep_checkpoints"):
+            _require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
+        _require(self.lr > 0, "train.lr", "must be positive", self.lr)
+        min_lr = self.effective_min_lr()
+        _require(0 <= min_lr <= self.lr, "train.min_lr", "must be in [0, train.lr]", min_lr)
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
+        if self.lr_decay_steps is not None:
+            _require(self.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", self.lr_decay_steps)
+        self.validate_optimizer("train")
+        _require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
+        _require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
+                 self.sample_interval)
+        if self.peak_tflops is not None:
+            _require(self.peak_tflops > 0, "train.peak_tflops", "must be positive or null", self.peak_tflops)
+        if self.seq_len is not None:
+            _require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
+            if model.block_size is not None and self.seq_len > model.block_size:
+                raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
+        per_step = self.micro_batch_size * max(ray.num_workers, 1)
+        if self.batch_size % per_step != 0:
+            raise ConfigError(
+                "train.batch_size",
+                f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
+            )
+
     def effective_seq_len(self, model: ModelConfig) -> int:
         return self.seq_len if self.seq_len is not None else model.block_size
 
@@ -132,9 +196,6 @@ class TrainConfig:
 
     def resolve(self, model: ModelConfig) -> None:
         """Fill null settings from the model preset and the recipe (in place; model already resolved)."""
-        from gptray.model.presets import training_recipe
-        from gptray.train.recipes import RECIPES
-
         recipe = RECIPES[self.recipe]
         preset = training_recipe(model.preset)
         seq_len = self.effective_seq_len(model)
@@ -155,9 +216,7 @@ class TrainConfig:
                 if name not in preset_values:
                     raise ConfigError(f"train.{name}", f"must be set: {where} carries no default ({example})")
                 setattr(self, name, preset_values[name])
-        for name in ("beta1", "beta2", "eps", "weight_decay", "grad_clip"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(recipe, name))
+        self.fill_from(recipe.optimizer)
         if self.min_lr is None:
             self.min_lr = self.lr * recipe.min_lr_ratio
         if self.warmup_steps is None:
@@ -189,6 +248,17 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 0  # worker-group restarts from the latest checkpoint before giving up
 
+    def validate(self) -> None:
+        """Check every ray setting; raise ConfigError naming the key."""
+        _require(self.num_workers >= 1, "ray.num_workers", "must be >= 1", self.num_workers)
+        _require(self.cpus_per_worker > 0, "ray.cpus_per_worker", "must be positive", self.cpus_per_worker)
+        _require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)
+        if self.num_cpus is not None:
+            _require(self.num_cpus > 0, "ray.num_cpus", "must be positive", self.num_cpus)
+            if self.address not in (None, "local"):
+                raise ConfigError("ray.num_cpus",
+                                  f"only applies to a local Ray instance, not ray.address={self.address!r}")
+
 
 @dataclass
 class TrackingConfig:
@@ -196,6 +266,11 @@ class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db (local out_dir)
     experiment: str = "gptray"
     retry_seconds: float = 30.0  # after the server fails, wait this long before trying it again
+
+    def validate(self) -> None:
+        """Check every tracking setting; raise ConfigError naming the key."""
+        _require(bool(self.experiment), "tracking.experiment", "must not be empty", self.experiment)
+        _require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0", self.retry_seconds)
 
 
 @dataclass
@@ -212,6 +287,18 @@ class GenerateConfig:
     stop: list[str] = field(default_factory=list)  # end a sequence once its text holds one; the text is cut there
     use_cache: bool = True  # KV cache; false recomputes the whole context for every token
     seed: int = 1337  # sequence i of a batch draws from its own generator, seeded seed + i
+
+    def validate(self) -> None:
+        """Check every generate setting; raise ConfigError naming the key."""
+        _require(self.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", self.max_new_tokens)
+        _require(self.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", self.temperature)
+        _require(self.top_k is None or self.top_k > 0, "generate.top_k", "must be positive or null", self.top_k)
+        _require(self.top_p is None or 0 < self.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", self.top_p)
+        _require(self.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
+                 self.repetition_penalty)
+        _require(self.num_beams >= 1, "generate.num_beams", "must be >= 1", self.num_beams)
+        for i, stop in enumerate(self.stop):
+            _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
 
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -238,6 +325,23 @@ class EvalConfig:
     train_tasks: list[str] = field(default_factory=list)  # evaluated during training, logged to the run
     train_interval: int | None = None  # every N steps (and at the last); null: train.eval_interval
     train_limit: int | None = None  # examples or windows per task during training; null: eval.limit
+
+    def validate(self) -> None:
+        """Check every eval setting; raise ConfigError naming the key."""
+        for key in ("tasks", "train_tasks"):
+            for i, task in enumerate(getattr(self, key)):
+                _require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+        _require(bool(self.tasks), "eval.tasks", "must name at least one task", self.tasks)
+        _require(bool(self.hellaswag), "eval.hellaswag", "must be a path or URL", self.hellaswag)
+        for key in ("max_length", "stride", "limit", "num_actors", "train_interval", "train_limit"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"eval.{key}", "must be positive or null", value)
+        if self.max_length is not None and self.stride is not None:
+            _require(self.stride <= self.max_length, "eval.stride", f"must be <= eval.max_length ({self.max_length})",
+                     self.stride)
+        _require(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
+        _require(self.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", self.cpus_per_actor)
+        _require(bool(self.split), "eval.split", "must name a split", self.split)
 
 
 @dataclass
@@ -266,11 +370,22 @@ class ExperimentConfig:
     def from_dict(cls, data: dict) -> ExperimentConfig:
         return build(cls, data)
 
-    def resolved(self) -> ExperimentConfig:
-        """Presets filled in, paths made absolute, everything validated."""
+    def resolved(self, read_base: BaseModelReader | None = None) -> ExperimentConfig:
+        """Presets filled in, paths made absolute, everything validated.
+
+        A fine-tuning config (train.init_from set) takes its model from the base, whose config
+        `read_base` reads (gptray.train.finetune.base_model_reader): the config package does no I/O.
+        """
         config = ExperimentConfig.from_dict(self.to_dict())
         if config.train.init_from:
-            config.train.init_from = _resolve_init_from(config)
+            if not config.train.init_from.startswith(HF_PREFIX):
+                config.train.init_from = absolute_path(config.train.init_from)
+            config.out_dir = absolute_path(config.out_dir)
+            if read_base is None:
+                raise ConfigError("train.init_from", "a fine-tuning config resolves with its base model's config; "
+                                                     "load it through the gptray CLI, a pipeline, or "
+                                                     "gptray.train.finetune.load_finetune_config")
+            config.model = finetune_model(config.model, read_base(config), RECIPES[config.train.recipe].dropout)
         else:
             config.model = config.model.resolved()
         config.train.resolve(config.model)
@@ -290,56 +405,33 @@ class ExperimentConfig:
         return config
 
     def validate(self) -> None:
-        """Check every value and the relations between them; raise ConfigError naming the key."""
+        """Check every section and the relations between them; raise ConfigError naming the key."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError("name", f"must be a plain directory name (got {self.name!r})")
-        _validate_out_dir(self.out_dir, self.tracking)
-        _validate_data(self.data)
-        _validate_train(self.train, self.model, self.ray)
-        _validate_ray(self.ray)
-        if not self.tracking.experiment:
-            raise ConfigError("tracking.experiment", "must not be empty")
-        _require(self.tracking.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0",
-                 self.tracking.retry_seconds)
-        g = self.generate
-        _require(g.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", g.max_new_tokens)
-        _require(g.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", g.temperature)
-        _require(g.top_k is None or g.top_k > 0, "generate.top_k", "must be positive or null", g.top_k)
-        _require(g.top_p is None or 0 < g.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", g.top_p)
-        _require(g.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
-                 g.repetition_penalty)
-        _require(g.num_beams >= 1, "generate.num_beams", "must be >= 1", g.num_beams)
-        for i, stop in enumerate(g.stop):
-            _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
-        _validate_eval(self.eval)
+        self._validate_out_dir()
+        self.data.validate()
+        self.train.validate(self.model, self.ray)
+        self.ray.validate()
+        self.tracking.validate()
+        self.generate.validate()
+        self.eval.validate()
+
+    def _validate_out_dir(self) -> None:
+        if not is_uri(self.out_dir):
+            return
+        if not urlsplit(self.out_dir).netloc:
+            raise ConfigError("out_dir", "an object-store URI must name a bucket: s3://bucket/prefix "
+                                         f"(got {self.out_dir!r})")
+        if self.tracking.enabled and self.tracking.uri is None:
+            # The default tracking database is SQLite under out_dir, and SQLite needs a local file.
+            raise ConfigError("tracking.uri", f"must be set when out_dir is on an object store ({self.out_dir}): an "
+                                              "MLflow server (http://host:5000) or a local sqlite:////path/mlflow.db; "
+                                              "or set tracking.enabled=false")
 
 
-def _resolve_init_from(config: ExperimentConfig) -> str:
-    """Fine-tuning: config.model becomes the base's model (see gptray.train.finetune); returns init_from
-    with a local path made absolute."""
-    from gptray.train.finetune import HF_PREFIX, base_model_config, find_base, finetune_model
-    from gptray.train.recipes import RECIPES
-
-    init_from = config.train.init_from
-    if not init_from.startswith(HF_PREFIX):
-        init_from = absolute_path(init_from)
-    base = find_base(init_from)
-    if base.checkpoint is not None and _within(str(base.checkpoint), config.run_dir):
-        raise ConfigError("name", f"the run directory {config.run_dir} holds the base checkpoint; fine-tuning "
-                                  "writes its own checkpoints, so give the run another name")
-    config.model = finetune_model(config.model, base_model_config(base), RECIPES[config.train.recipe].dropout)
-    return init_from
-
-
-def _within(location: str, directory: str) -> bool:
-    """Whether a location is a directory or inside it (local paths, or URIs on the same store)."""
-    if is_uri(location) != is_uri(directory):
-        return False
-    if is_uri(location):
-        inner, outer = location.partition("?")[0].rstrip("/"), directory.partition("?")[0].rstrip("/")
-        return inner == outer or inner.startswith(outer + "/")
-    inner, outer = Path(location).absolute(), Path(directory).absolute()
-    return inner == outer or outer in inner.parents
+# Reads the model config of a fine-tuning run's base (train.init_from, made absolute) for `resolved`.
+BaseModelReader = Callable[[ExperimentConfig], ModelConfig]
+HF_PREFIX = "hf:"  # train.init_from=hf:NAME: a model on the Hugging Face Hub
 
 
 def _require(ok: bool, key: str, message: str, value) -> None:
@@ -347,133 +439,14 @@ def _require(ok: bool, key: str, message: str, value) -> None:
         raise ConfigError(key, f"{message} (got {value!r})")
 
 
-def _validate_out_dir(out_dir: str, tracking: TrackingConfig) -> None:
-    if not is_uri(out_dir):
-        return
-    if not urlsplit(out_dir).netloc:
-        raise ConfigError("out_dir", f"an object-store URI must name a bucket: s3://bucket/prefix (got {out_dir!r})")
-    if tracking.enabled and tracking.uri is None:
-        # The default tracking database is SQLite under out_dir, and SQLite needs a local file.
-        raise ConfigError("tracking.uri", f"must be set when out_dir is on an object store ({out_dir}): an MLflow "
-                                          "server (http://host:5000) or a local sqlite:////path/mlflow.db; or set "
-                                          "tracking.enabled=false")
-
-
-def _validate_data(data: DataConfig) -> None:
-    for i, source in enumerate(data.sources):
-        chosen = [k for k in ("path", "hf", "corpus") if getattr(source, k)]
-        if len(chosen) != 1:
-            raise ConfigError(f"data.sources[{i}]", f"set exactly one of path, hf, corpus (got {chosen or 'none'})")
-        if source.data_files is not None and not source.hf:
-            raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
-        if not source.text_field:
-            raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
-        if source.prompt_field is not None:
-            if not source.path:
-                raise ConfigError(f"data.sources[{i}].prompt_field",
-                                  "only applies to path sources (.jsonl/.json files)")
-            if source.prompt_field == source.text_field:
-                raise ConfigError(f"data.sources[{i}].prompt_field",
-                                  f"must differ from text_field (both are {source.text_field!r})")
-        if source.hf_config is not None and source.path:
-            raise ConfigError(f"data.sources[{i}].hf_config", "only applies to hf sources and named corpora")
-        if source.hf_revision is not None and not source.hf:
-            raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
-        if source.streaming is not None and source.path:
-            raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
-        _require(math.isfinite(source.weight) and source.weight > 0, f"data.sources[{i}].weight",
-                 "must be a positive number", source.weight)
-    _require(0.0 <= data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", data.val_fraction)
-    _require(data.shard_tokens > 0, "data.shard_tokens", "must be positive", data.shard_tokens)
-    _require(data.batch_documents > 0, "data.batch_documents", "must be positive", data.batch_documents)
-    _require(data.max_document_bytes > 0, "data.max_document_bytes", "must be positive", data.max_document_bytes)
-    _require(data.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", data.read_chunk_bytes)
-    _require(bool(data.dataset_dir), "data.dataset_dir", "must not be empty", data.dataset_dir)
-
-
-def _validate_train(train: TrainConfig, model: ModelConfig, ray: RayConfig) -> None:
-    for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval",
-                "checkpoint_interval", "keep_checkpoints"):
-        _require(getattr(train, key) > 0, f"train.{key}", "must be positive", getattr(train, key))
-    _require(train.lr > 0, "train.lr", "must be positive", train.lr)
-    min_lr = train.effective_min_lr()
-    _require(0 <= min_lr <= train.lr, "train.min_lr", "must be in [0, train.lr]", min_lr)
-    _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", train.warmup_steps)
-    if train.lr_decay_steps is not None:
-        _require(train.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", train.lr_decay_steps)
-    _require(train.weight_decay >= 0, "train.weight_decay", "must be >= 0", train.weight_decay)
-    _require(0 <= train.beta1 < 1, "train.beta1", "must be in [0, 1)", train.beta1)
-    _require(0 <= train.beta2 < 1, "train.beta2", "must be in [0, 1)", train.beta2)
-    _require(train.eps > 0, "train.eps", "must be positive", train.eps)
-    _require(train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", train.grad_clip)
-    _require(train.eval_windows >= 0, "train.eval_windows", "must be >= 0", train.eval_windows)
-    _require(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
-             train.sample_interval)
-    if train.peak_tflops is not None:
-        _require(train.peak_tflops > 0, "train.peak_tflops", "must be positive or null", train.peak_tflops)
-    if train.seq_len is not None:
-        _require(train.seq_len > 0, "train.seq_len", "must be positive", train.seq_len)
-        if model.block_size is not None and train.seq_len > model.block_size:
-            raise ConfigError("train.seq_len", f"must be <= model.block_size ({train.seq_len} > {model.block_size})")
-    per_step = train.micro_batch_size * max(ray.num_workers, 1)
-    if train.batch_size % per_step != 0:
-        raise ConfigError(
-            "train.batch_size",
-            f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {train.batch_size})",
-        )
-
-
 EVAL_TASKS = ("hellaswag", "perplexity")
 
 
-def _validate_eval(e: EvalConfig) -> None:
-    for key in ("tasks", "train_tasks"):
-        for i, task in enumerate(getattr(e, key)):
-            _require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
-    _require(bool(e.tasks), "eval.tasks", "must name at least one task", e.tasks)
-    _require(bool(e.hellaswag), "eval.hellaswag", "must be a path or URL", e.hellaswag)
-    for key in ("max_length", "stride", "limit", "num_actors", "train_interval", "train_limit"):
-        value = getattr(e, key)
-        _require(value is None or value > 0, f"eval.{key}", "must be positive or null", value)
-    if e.max_length is not None and e.stride is not None:
-        _require(e.stride <= e.max_length, "eval.stride", f"must be <= eval.max_length ({e.max_length})", e.stride)
-    _require(e.batch_size > 0, "eval.batch_size", "must be positive", e.batch_size)
-    _require(e.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", e.cpus_per_actor)
-    _require(bool(e.split), "eval.split", "must name a split", e.split)
-
-
-def _validate_ray(ray: RayConfig) -> None:
-    _require(ray.num_workers >= 1, "ray.num_workers", "must be >= 1", ray.num_workers)
-    _require(ray.cpus_per_worker > 0, "ray.cpus_per_worker", "must be positive", ray.cpus_per_worker)
-    _require(ray.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", ray.max_failures)
-    if ray.num_cpus is not None:
-        _require(ray.num_cpus > 0, "ray.num_cpus", "must be positive", ray.num_cpus)
-        if ray.address not in (None, "local"):
-            raise ConfigError("ray.num_cpus", f"only applies to a local Ray instance, not ray.address={ray.address!r}")
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def absolute_path(path: str) -> str:
-    """Make a local path absolute (against the working directory); URIs stay as they are."""
-    if is_uri(path):
-        return path
-    return str(Path(os.path.expanduser(path)).absolute())
-
-
-def join_path(base: str, *parts: str) -> str:
-    if is_uri(base):
-        # settings in the query (s3://bucket/prefix?endpoint_override=…) stay at the end
-        location, _, query = base.partition("?")
-        return "/".join([location.rstrip("/"), *parts]) + (f"?{query}" if query else "")
-    return str(Path(base, *parts))
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or the defaults), apply `key=value` overrides, resolve and validate it."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                read_base: BaseModelReader | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the defaults), apply `key=value` overrides, resolve and validate it
+    (`read_base`: see ExperimentConfig.resolved)."""
     data = read_yaml(path) if path is not None else {}
     # Overrides act on the defaults too (`data.sources.0.text_unit=line` with no sources in the file).
     data = apply_overrides(deep_merge(ExperimentConfig().to_dict(), data), list(overrides or []))
-    return ExperimentConfig.from_dict(data).resolved()
+    return ExperimentConfig.from_dict(data).resolved(read_base)

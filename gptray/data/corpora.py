@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.errors import ConfigError, DataError
+from gptray.base.errors import ConfigError, DataError
 
 CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) searched before downloading
 

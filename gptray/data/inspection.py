@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
+from gptray.base.errors import DataError
+from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
-from gptray.data.storage import Storage
 from gptray.data.tokenizer import Tokenizer
 from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
-from gptray.errors import DataError
 
 
 @dataclass

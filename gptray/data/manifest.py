@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptray.base.errors import ConfigError, DataError
+from gptray.base.storage import Storage
 from gptray.config.loader import build
-from gptray.data.storage import Storage
-from gptray.errors import ConfigError, DataError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "gptray.token-shards"

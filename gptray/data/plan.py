@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gptray.base.storage import FileEntry
 from gptray.data.readers import UTF8_BOM, file_format, is_splittable
 from gptray.data.sources import ResolvedSource, document_start_rows
-from gptray.data.storage import FileEntry
 from gptray.data.tasks import ReadTask
 
 PLANNING_THREADS = 16  # Parquet footers and JSON heads are read concurrently: object stores have latency

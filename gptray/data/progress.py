@@ -17,10 +17,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from gptray.base.errors import ConfigError, DataError
+from gptray.base.storage import Storage
 from gptray.config.loader import build
 from gptray.data.manifest import SPLITS, ProblemCounts, ShardInfo
-from gptray.data.storage import Storage
-from gptray.errors import ConfigError, DataError
 
 PROGRESS_NAME = "progress.json"
 FORMAT = "gptray.tokenize-progress"

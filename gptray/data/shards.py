@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gptray.base.errors import DataError
+from gptray.base.storage import Storage
 from gptray.data.manifest import ShardInfo
-from gptray.data.storage import Storage
-from gptray.errors import DataError
 
 ROW_GROUP_DOCUMENTS = 8192
 # Dictionary-encoding 50K distinct token ids costs ~20% more time than it saves in bytes.

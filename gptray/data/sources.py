@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gptray.base import storage
+from gptray.base.errors import ConfigError, DataError
+from gptray.base.paths import is_uri
+from gptray.base.storage import FileEntry
 from gptray.config import SourceConfig
-from gptray.data import corpora, storage
+from gptray.data import corpora
 from gptray.data.readers import article_starts, file_format
-from gptray.data.storage import FileEntry
-from gptray.errors import ConfigError, DataError
 
 SUPPORTED_HELP = ".txt/.text/.md, .jsonl/.ndjson/.json, .parquet, text and JSON also as .gz/.zst/.bz2"
 
@@ -91,7 +93,7 @@ def _resolve_files(location: str, key: str, **common) -> ResolvedSource:
         fs, path = storage.resolve(location)
     except DataError as exc:
         raise ConfigError(key, str(exc)) from None
-    prefix = location.split("://", 1)[0] + "://" if storage.is_uri(location) else ""
+    prefix = location.split("://", 1)[0] + "://" if is_uri(location) else ""
     if prefix == "file://":
         prefix = ""
     try:

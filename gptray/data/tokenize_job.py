@@ -24,6 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gptray.base.errors import DataError
+from gptray.base.runtime import init_ray
+from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockSettings, SourceReader, TaskInputs, tokenize_tasks
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
@@ -34,10 +37,8 @@ from gptray.data.scheduling import quick_scheduling
 from gptray.data.shards import SEGMENT_PREFIX, SHARD_PREFIX, TokenShardWriter, shard_is_intact
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
-from gptray.data.storage import Storage
 from gptray.data.tasks import ReadTask
 from gptray.data.tokenizer import Tokenizer
-from gptray.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,6 @@ class _Job:
     def run(self, tasks: list[ReadTask]) -> None:
         import ray
 
-        from gptray.runtime import init_ray
 
         todo = list(enumerate(tasks))[self.first_task:]
         self.task_sources = [task.source for task in tasks]
@@ -200,7 +200,7 @@ class _Job:
         self.progress.save(self.store)  # claims the directory for this request before any shard is written
         if not todo:
             return
-        init_ray(self.config.ray)
+        init_ray(self.config.ray.address, self.config.ray.num_cpus)
         readers = self._readers(todo)
         data = self.config.data
         settings = BlockSettings(self.tokenizer, data.val_fraction, data.split_seed, data.max_document_bytes,

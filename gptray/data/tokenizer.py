@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import tiktoken
 
-from gptray.errors import ConfigError, DataError
+from gptray.base.errors import ConfigError, DataError
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gptray.base.errors import DataError
+from gptray.base.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
-from gptray.data.storage import Storage
-from gptray.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.config import ExperimentConfig
-from gptray.errors import CheckpointError, ConfigError
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.runtime import init_ray
+from gptray.checkpoint.files import find_checkpoint, local_checkpoint, read_config, read_state
+from gptray.config import ExperimentConfig, ModelConfig
+from gptray.data.tokenizer import Tokenizer
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
-from gptray.model import ModelConfig
-from gptray.train.checkpoint import find_checkpoint, local_checkpoint, read_config, read_state
+from gptray.generation.loading import load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,6 @@ def saved_run_config(directory: Path) -> ExperimentConfig | None:
 
 def prepare_tasks(directory: Path, config: ExperimentConfig) -> tuple[ModelConfig, list[PreparedTask]]:
     """Tokenize every task's inputs for the checkpoint's model, with the tokenizer its run used."""
-    from gptray.data.tokenizer import Tokenizer
 
     model = ModelConfig.from_saved(read_state(directory).model)
     saved = saved_run_config(directory)
@@ -76,12 +77,10 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
         raise CheckpointError(f"checkpoint {directory} lacks model.pt")
     _, prepared = prepare_tasks(directory, config)
     if config.eval.distributed:
-        from gptray.runtime import init_ray
 
-        init_ray(config.ray)
+        init_ray(config.ray.address, config.ray.num_cpus)
         results = [evaluate_with_ray(directory, task, config.eval) for task in prepared]
     else:
-        from gptray.generation.loading import load_model, resolve_device
 
         device = resolve_device(config.eval.device)
         model, _ = load_model(directory, device)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptray.base.errors import DataError
 from gptray.config.schema import HELLASWAG_VAL_URL  # noqa: F401  (eval.hellaswag's default)
 from gptray.data.windows import IGNORE_INDEX
-from gptray.errors import DataError
 
 log = logging.getLogger(__name__)
 

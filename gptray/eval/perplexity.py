@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptray.base.errors import DataError
 from gptray.data.windows import IGNORE_INDEX
-from gptray.errors import DataError
 
 
 def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:

@@ -8,10 +8,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptray.base.errors import ConfigError, StorageError
+from gptray.base.paths import parent
 from gptray.config import ExperimentConfig, flatten
-from gptray.data.storage import parent
-from gptray.errors import ConfigError, StorageError
 from gptray.eval.evaluate import EvalReport, format_metric
+from gptray.tracking import MlflowTracker
+from gptray.tracking.mlflow_tracker import RUN_RECORD, experiment_for, read_run_record
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,6 @@ class TrackedRun:
 def training_run_of(checkpoint: str) -> dict | None:
     """The MLflow run recorded in the checkpoint's run directory (mlflow_run.json), local or on an object
     store, if any."""
-    from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
 
     run_dir = parent(checkpoint)
     try:
@@ -48,7 +49,6 @@ def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None 
     """`run_id` if given; else the checkpoint's training run; else a new run in tracking.experiment."""
     from mlflow.tracking import MlflowClient
 
-    from gptray.tracking.mlflow_tracker import experiment_for
 
     recorded = training_run_of(report.checkpoint)
     checkpoint = Path(report.checkpoint.partition("?")[0])  # for its name and its run directory's name
@@ -71,7 +71,6 @@ def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None 
 
 def log_report(report: EvalReport, config: ExperimentConfig, run_id: str | None = None) -> TrackedRun:
     """Metrics eval/<task>/<metric> at the checkpoint's step, the full report as an artifact, tags."""
-    from gptray.tracking import MlflowTracker
 
     target = choose_run(report, config, run_id)
     tracker = MlflowTracker(target.tracking_uri, target.run_id)

@@ -8,7 +8,6 @@ multi-node cluster).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptray.base.devices import autocast
+from gptray.base.errors import ConfigError
 from gptray.config import EvalConfig
-from gptray.errors import ConfigError
 from gptray.eval.tasks import TASKS, PreparedTask, batches
+from gptray.generation.loading import load_model, resolve_device
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class TaskResult:
@@ -35,12 +33,6 @@ class TaskResult:
     seconds: float
     workers: str  # where it ran: "this process (cpu)", "3 Ray Data actors (CPU)"
     notes: list[str] = field(default_factory=list)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision not in AMP_DTYPES:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[precision])
 
 
 @torch.no_grad()
@@ -74,7 +66,6 @@ class UnitScorer:
     """Ray Data callable class: one per actor, holding the model for every batch the actor scores."""
 
     def __init__(self, checkpoint: str, task: str, device: str, precision: str, threads: int):
-        from gptray.generation.loading import load_model, resolve_device
 
         torch.set_num_threads(threads)  # no more threads than the CPUs Ray gave this actor
         self.device = resolve_device(device)

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptray.config import EvalConfig
-from gptray.errors import ConfigError, DataError
+from gptray.base.errors import ConfigError, DataError
+from gptray.config import EvalConfig, ModelConfig
+from gptray.data.manifest import Manifest
+from gptray.data.windows import open_split_tokens
 from gptray.eval import hellaswag, perplexity
-from gptray.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,6 @@ def prepare(name: str, settings: EvalConfig, tokenizer, model: ModelConfig, data
 
 def _split_units(split: str, dataset_dir: str | None, cache_dir: str | None, model: ModelConfig, max_length: int,
                  stride: int) -> tuple[list[dict], str]:
-    from gptray.data.manifest import Manifest
-    from gptray.data.windows import open_split_tokens
 
     if not dataset_dir:
         raise ConfigError("eval.dataset_dir", "perplexity needs a token dataset (or eval.text_files)")

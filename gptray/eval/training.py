@@ -13,7 +13,9 @@ import math
 
 import torch
 
+from gptray.base.devices import all_reduce_sum
 from gptray.config import ExperimentConfig
+from gptray.data.tokenizer import Tokenizer
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,6 @@ def training_payload(config: ExperimentConfig) -> dict | None:
     settings = config.eval
     if not settings.train_tasks:
         return None
-    from gptray.data.tokenizer import Tokenizer
-
     tokenizer = Tokenizer(config.data.tokenizer)
     limit = settings.train_limit or settings.limit
     tasks = []
@@ -51,7 +51,6 @@ class TrainingEvaluator:
     @torch.no_grad()
     def run(self, engine) -> dict[str, float]:
         """eval/<task>/<metric> for every task, the same on every rank (a collective)."""
-        from gptray.train.engine import all_reduce_sum
 
         model = engine.eval_model
         model.eval()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from gptray.errors import CheckpointError, ConfigError
-from gptray.model import GPT, ModelConfig
-from gptray.train.checkpoint import load_tensors, read_config, read_state, resolve_checkpoint
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.checkpoint.files import load_tensors, read_config, read_state, resolve_checkpoint
+from gptray.config import ModelConfig
+from gptray.model import GPT
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptray.model.config import ModelConfig
+from gptray.config.model import ModelConfig
 from gptray.model.kv_cache import LayerCache
 
 

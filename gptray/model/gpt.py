@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gptray.config.model import ModelConfig
 from gptray.model.attention import (
     CausalSelfAttention,
     LayerMask,
@@ -24,7 +25,6 @@ from gptray.model.attention import (
     rope_tables,
     user_mask_4d,
 )
-from gptray.model.config import ModelConfig
 from gptray.model.kv_cache import CacheStep, KVCache, LayerCache
 
 

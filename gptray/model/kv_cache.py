@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptray.model.config import ModelConfig
+from gptray.config.model import ModelConfig
 
 
 @dataclass

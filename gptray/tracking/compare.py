@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gptray.errors import ConfigError, DataError
+from gptray.base.errors import ConfigError, DataError
 
 # name → (MLflow metric key, how to reduce its history)
 METRICS = {

@@ -13,8 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from gptray.config import ExperimentConfig, flatten, is_uri
-from gptray.data.storage import Storage
+from gptray.base.paths import is_uri
+from gptray.base.storage import Storage
+from gptray.config import ExperimentConfig, flatten
 
 log = logging.getLogger(__name__)
 

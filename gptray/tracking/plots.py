@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -79,7 +80,6 @@ def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> P
 
 def run_report(client, run_id: str, directory: str | Path) -> list[Path]:
     """One run's curves (losses; learning rate) as PNG and all its metric histories as CSV."""
-    import csv
 
     plt = _pyplot()
     run = client.get_run(run_id)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptray.tracking.compare import METRICS, format_summary, load_runs, summarize, write_export
+from gptray.tracking.plots import bar_chart, loss_curves
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ def write_report(tracking_uri: str, comparison: Comparison, directory: str | Pat
     """summary.{md,csv,json}, curves and bars as PNG, per-run exports; logged to the sweep's parent run."""
     from mlflow.tracking import MlflowClient
 
-    from gptray.tracking.plots import bar_chart, loss_curves
 
     client = MlflowClient(tracking_uri)
     directory = Path(directory)

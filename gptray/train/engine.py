@@ -16,29 +16,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from gptray.base.devices import all_reduce_sum, autocast, distributed
+from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, GenerateConfig
 from gptray.data.windows import IGNORE_INDEX, WindowSampler, eval_starts, gather_windows
-from gptray.errors import ConfigError
+from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.train.flops import device_peak_flops, flops_per_token
 from gptray.train.optim import build_optimizer, learning_rate
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The RNG seed of one rank at one step: dropout masks are a pure function of the step too."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
 
 
 @dataclass
@@ -76,7 +66,6 @@ class TrainingEngine:
         self.eval_model = self.module if self.train.parallelism == "ddp" else self.model
         self.optimizer = build_optimizer(self.module, self.train, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.train.precision == "fp16" else None
-        self.amp_dtype = AMP_DTYPES.get(self.train.precision)
         self.micro_steps = self.train.grad_accum_steps(world_size)
         self.tokens_per_step = self.train.batch_size * self.seq_len
         self.flops_per_token = flops_per_token(config.model, self.num_parameters, self.seq_len)
@@ -100,9 +89,7 @@ class TrainingEngine:
         return model
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.train.precision)
 
     @contextlib.contextmanager
     def _gradient_sync(self, enabled: bool):
@@ -198,7 +185,6 @@ class TrainingEngine:
     @torch.no_grad()
     def sample(self, tokenizer, settings: GenerateConfig) -> str | None:
         """A generated sample from the current model; rank 0 gets the text (FSDP: all ranks take part)."""
-        from gptray.generation import generate_text
 
         if self.train.parallelism == "ddp" and self.rank != 0:
             return None

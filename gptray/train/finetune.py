@@ -9,7 +9,6 @@ Face model is imported once into `out_dir/bases/`, and the run writes its own ch
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -17,15 +16,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.config.schema import is_uri, join_path
-from gptray.data.storage import Storage
-from gptray.errors import CheckpointError, ConfigError
-from gptray.model.config import SHAPE_FIELDS, ModelConfig
-from gptray.model.presets import canonical_preset
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.paths import is_uri, join_path, within
+from gptray.base.storage import Storage
+from gptray.checkpoint.files import STATE_FILE, find_checkpoint, is_complete, read_state
+from gptray.config import ExperimentConfig, ModelConfig, load_config
+from gptray.config.schema import HF_PREFIX, BaseModelReader
+from gptray.interop.huggingface import hf_model_config, import_hf_checkpoint
 
 log = logging.getLogger(__name__)
 
-HF_PREFIX = "hf:"
 BASES_DIR = "bases"  # under out_dir: Hugging Face models imported as gptray checkpoints
 
 
@@ -44,8 +44,6 @@ class Base:
 
 def find_base(init_from: str) -> Base:
     """Classify train.init_from, checking that it exists (raises ConfigError naming the key)."""
-    from gptray.train.checkpoint import STATE_FILE, find_checkpoint
-
     if init_from.startswith(HF_PREFIX):
         return Base(init_from, None, init_from[len(HF_PREFIX):])
     path = Path(init_from)
@@ -58,40 +56,38 @@ def find_base(init_from: str) -> Base:
                                              "GPT-2 directory, or hf:NAME") from None
 
 
-def base_model_config(base: Base) -> ModelConfig:
-    """The resolved model config of the base (for a Hugging Face model, read from its config.json)."""
-    from gptray.train.checkpoint import read_state
-
+def base_model_config(base: Base, hub: bool = True) -> ModelConfig:
+    """The resolved model config of the base: a checkpoint's state.json, or a Hugging Face model's
+    config.json (from the Hub only with `hub`, and never its weights)."""
     if base.is_hf:
-        from gptray.model.hf import hf_model_config
-
-        return hf_model_config(base.hf_source).resolved()
+        try:
+            return hf_model_config(base.hf_source, hub=hub).resolved()
+        except CheckpointError as exc:
+            if hub:
+                raise
+            raise ConfigError("train.init_from", f"{exc}; `gptray finetune` reads its config.json (no weights) "
+                                                 "from the Hub") from None
     return ModelConfig.from_saved(read_state(base.checkpoint).model)
 
 
-def finetune_model(requested: ModelConfig, base: ModelConfig, recipe_dropout: float | None) -> ModelConfig:
-    """The base's model with the request's settings that leave the parameters as they are.
+def base_model_reader(hub: bool = True) -> BaseModelReader:
+    """What ExperimentConfig.resolved calls to read a fine-tuning run's base model config; `hub=False`
+    reads nothing from the Hugging Face Hub (`gptray config`), only local files and its local cache."""
 
-    A shape field (or preset) set in the request must agree with the base; nothing is silently
-    replaced. Dropout: the request's, else the recipe's (fine-tuning turns it on), else the base's.
-    """
-    if requested.preset is not None and canonical_preset(requested.preset) != base.preset:
-        raise ConfigError("model.preset", f"fine-tuning keeps the base model, which is "
-                                          f"{base.preset or 'a custom model'} (asked for {requested.preset!r}); "
-                                          "set model.preset=null or leave it out")
-    values = dataclasses.asdict(base)
-    for name, value in dataclasses.asdict(requested).items():
-        if name == "preset" or value is None:
-            continue
-        if name in SHAPE_FIELDS:
-            if value != values[name]:
-                raise ConfigError(f"model.{name}", f"the base model has {name}={values[name]!r} (asked for "
-                                                   f"{value!r}); fine-tuning keeps the base's architecture")
-            continue
-        values[name] = value
-    if requested.dropout is None and recipe_dropout is not None:
-        values["dropout"] = recipe_dropout
-    return ModelConfig(**values).resolved()
+    def read(config: ExperimentConfig) -> ModelConfig:
+        base = find_base(config.train.init_from)
+        if base.checkpoint is not None and within(str(base.checkpoint), config.run_dir):
+            raise ConfigError("name", f"the run directory {config.run_dir} holds the base checkpoint; fine-tuning "
+                                      "writes its own checkpoints, so give the run another name")
+        return base_model_config(base, hub)
+
+    return read
+
+
+def load_finetune_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                         hub: bool = True) -> ExperimentConfig:
+    """load_config for any config, a fine-tuning one (train.init_from) included."""
+    return load_config(path, overrides, base_model_reader(hub))
 
 
 def base_checkpoint(base: Base, out_dir: str) -> Path | str:
@@ -99,9 +95,6 @@ def base_checkpoint(base: Base, out_dir: str) -> Path | str:
     importing a Hugging Face model the first time."""
     if not base.is_hf:
         return base.checkpoint
-    from gptray.model.hf import import_hf_checkpoint
-    from gptray.train.checkpoint import is_complete
-
     name = re.sub(r"[^A-Za-z0-9._-]+", "--", base.hf_source).strip("-")
     target = join_path(out_dir, BASES_DIR, name) if is_uri(out_dir) else Path(out_dir) / BASES_DIR / name
     store = Storage(str(target))

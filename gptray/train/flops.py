@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gptray.model import ModelConfig
+from gptray.config import ModelConfig
 
 # Dense (no sparsity) tensor-core peaks per device in TFLOP/s from the vendors' datasheets:
 # bf16/fp16, and TF32 for fp32 training. Matched against torch.cuda.get_device_name().

@@ -11,13 +11,10 @@ from dataclasses import asdict
 
 import torch
 
-from gptray.config import ExperimentConfig
-from gptray.data.manifest import Manifest
-from gptray.data.storage import Storage
-from gptray.data.windows import open_split_loss_mask, open_split_tokens
-from gptray.errors import TrainingError
-from gptray.runtime import configure_logging
-from gptray.train.checkpoint import (
+from gptray.base.errors import TrainingError
+from gptray.base.runtime import configure_logging
+from gptray.base.storage import Storage
+from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
     checkpoint_dir_name,
@@ -27,6 +24,11 @@ from gptray.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from gptray.config import ExperimentConfig
+from gptray.data.manifest import Manifest
+from gptray.data.windows import open_split_loss_mask, open_split_tokens
+from gptray.eval.training import TrainingEvaluator
+from gptray.tracking import MlflowTracker
 from gptray.train.engine import TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -79,13 +81,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     evaluator = None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     if loop_config.get("eval_tasks"):
-        from gptray.eval.training import TrainingEvaluator
 
         evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size)
 
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
-        from gptray.tracking import MlflowTracker
 
         tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
                                 retry_seconds=config.tracking.retry_seconds)
@@ -161,7 +161,7 @@ def _resume_directory(registered, run: Storage):
     The newer of Ray's latest registered checkpoint and the newest complete one in the run
     directory: a job stopped while a checkpoint was being reported can leave that checkpoint
     complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
-    driver found (gptray.train.checkpoint.latest_checkpoint). Only the chosen one is downloaded.
+    driver found (gptray.checkpoint.files.latest_checkpoint). Only the chosen one is downloaded.
     """
     candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
     if not candidates:

@@ -6,19 +6,28 @@ Launching a run whose directory already holds checkpoints resumes it from the la
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from gptray.config import ExperimentConfig, is_uri
+from gptray.base.errors import CheckpointError, DataError, TrainingError
+from gptray.base.paths import is_uri
+from gptray.base.runtime import init_ray
+from gptray.base.storage import Storage
+from gptray.checkpoint.files import check_compatible, latest_checkpoint, read_state
+from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
-from gptray.data.storage import Storage
-from gptray.errors import CheckpointError, DataError, TrainingError
-from gptray.model import ModelConfig
-from gptray.tracking.mlflow_tracker import tracking_settled
-from gptray.train.checkpoint import check_compatible, latest_checkpoint, read_state
+from gptray.data.tokenizer import Tokenizer
+from gptray.eval.training import training_payload
+from gptray.generation import generate_text, load_model
+from gptray.tracking import MlflowTracker
+from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
+from gptray.tracking.plots import run_report
+from gptray.train.finetune import base_checkpoint, find_base
+from gptray.train.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +73,6 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from gptray.data.tokenizer import Tokenizer
-    from gptray.eval.training import training_payload
-    from gptray.runtime import init_ray
-    from gptray.train.loop import train_loop_per_worker
 
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
@@ -98,7 +103,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    init_ray(config.ray)
+    init_ray(config.ray.address, config.ray.num_cpus)
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
         resources["GPU"] = 1
@@ -166,7 +171,6 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
 def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int, started: float,
                      sample: bool, tracker=None) -> PretrainResult:
     """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
-    from gptray.tracking.mlflow_tracker import read_run_record
 
     record = read_run_record(config.run_dir)
     if tracker is not None:
@@ -185,7 +189,6 @@ def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
     against the run's model."""
     if not config.train.init_from:
         return None
-    from gptray.train.finetune import base_checkpoint, find_base
 
     directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
     base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
@@ -198,9 +201,7 @@ def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
 
 def _log_run_plots(tracker, run: Storage) -> None:
     """The run's curves (PNG) and metrics (CSV), in run_dir/plots and as MLflow artifacts."""
-    import tempfile
 
-    from gptray.tracking.plots import run_report
 
     with tempfile.TemporaryDirectory(prefix="gptray-plots-") as scratch:
         # drawn where they will stay on local disk; drawn aside and uploaded for an object store
@@ -220,7 +221,6 @@ def _log_run_plots(tracker, run: Storage) -> None:
 def _start_tracking(config: ExperimentConfig):
     if not config.tracking.enabled:
         return None
-    from gptray.tracking import MlflowTracker
 
     try:
         return MlflowTracker.start(config)
@@ -244,8 +244,6 @@ def _ray_storage(out_dir: str) -> dict:
 
 
 def _final_sample(config: ExperimentConfig, checkpoint: Path | str) -> str:
-    from gptray.data.tokenizer import Tokenizer
-    from gptray.generation import generate_text, load_model
 
     model, _ = load_model(checkpoint)
     return generate_text(model, Tokenizer(config.data.tokenizer), config.generate)

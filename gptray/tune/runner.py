@@ -8,15 +8,21 @@ cost nothing and interrupted ones continue where they stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptray.config import ExperimentConfig, is_uri
-from gptray.errors import ConfigError
+from gptray.base.errors import ConfigError
+from gptray.base.paths import is_uri
+from gptray.base.runtime import configure_logging, init_ray
+from gptray.config import ExperimentConfig
+from gptray.tracking import MlflowTracker
+from gptray.train.pretrain import pretrain
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -53,9 +59,6 @@ def run_trial(params: dict, trials: dict[str, dict], parent_run_id: str | None) 
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gptray.runtime import configure_logging
-    from gptray.tracking import MlflowTracker
-    from gptray.train.pretrain import pretrain
 
     configure_logging()
     trial = trials[params["trial"]]
@@ -94,15 +97,13 @@ def max_concurrent_trials(base: ExperimentConfig) -> int:
 def run_sweep(sweep: Sweep) -> SweepOutcome:
     from ray import tune
 
-    from gptray.runtime import init_ray
-    from gptray.tracking import MlflowTracker
 
     base, spec = sweep.base, sweep.spec
     if is_uri(sweep.directory):
         # Tune's own state and restore (tune.Tuner.restore) go through a local path here.
         raise ConfigError("out_dir", f"a sweep needs a local or shared-filesystem out_dir, not {base.out_dir}; "
                                      "object-store URIs work for single runs (gptray pretrain)")
-    init_ray(base.ray)
+    init_ray(base.ray.address, base.ray.num_cpus)
     Path(sweep.directory).mkdir(parents=True, exist_ok=True)
     parent = None
     if base.tracking.enabled:
@@ -185,7 +186,5 @@ def _close_stopped_trials(parent) -> set[str]:
 
 
 def _flat_spec(spec) -> dict:
-    import dataclasses
-    import json
 
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in dataclasses.asdict(spec).items()}

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, apply_overrides, read_yaml
 from gptray.config.loader import build, deep_merge, parse_override
-from gptray.errors import ConfigError
+from gptray.train.finetune import base_model_reader
 
 
 @dataclass
@@ -112,7 +113,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         (sweep_overrides if key.split(".")[0] == "sweep" else run_overrides).append(text)
     apply_overrides(data, run_overrides)
     sweep_raw = apply_overrides({"sweep": sweep_raw}, sweep_overrides)["sweep"]
-    base = ExperimentConfig.from_dict(data).resolved()
+    base = ExperimentConfig.from_dict(data).resolved(base_model_reader())
     spec = build(SweepConfig, sweep_raw, "sweep")
     _validate(spec)
     trials = _expand(data, base, spec)
@@ -175,7 +176,8 @@ def _expand(data: dict, base: ExperimentConfig, spec: SweepConfig) -> list[Trial
 
 def _trial_config(data: dict, overrides: list[str], values: dict, spec: SweepConfig) -> ExperimentConfig:
     try:
-        return ExperimentConfig.from_dict(apply_overrides(json.loads(json.dumps(data)), overrides)).resolved()
+        return ExperimentConfig.from_dict(apply_overrides(json.loads(json.dumps(data)), overrides)).resolved(
+            base_model_reader())
     except ConfigError as exc:
         where = exc.key
         for axis, value in values.items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from gptray.config import RayConfig
-
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
 
 
@@ -22,8 +20,8 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
-def init_ray(config: RayConfig) -> None:
-    """Connect to Ray as configured, unless this process already is.
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to Ray as `ray.address` and `ray.num_cpus` say, unless this process already is.
 
     address null: join the cluster this process belongs to (`ray job submit`, RAY_ADDRESS, or a
     local `ray start`), otherwise start a local instance. "local": always start a fresh local
@@ -33,8 +31,8 @@ def init_ray(config: RayConfig) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"address": config.address}
-    if config.num_cpus is not None:
+    kwargs: dict = {"address": address}
+    if num_cpus is not None:
         kwargs["address"] = "local"
-        kwargs["num_cpus"] = config.num_cpus
+        kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)

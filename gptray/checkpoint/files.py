@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from gptray.config import ExperimentConfig, is_uri
-from gptray.data.storage import Storage
-from gptray.errors import CheckpointError
-from gptray.model.config import ModelConfig
+from gptray.base.errors import CheckpointError
+from gptray.base.paths import is_uri
+from gptray.base.storage import Storage
+from gptray.config import ExperimentConfig
+from gptray.config.model import ModelConfig
 
 log = logging.getLogger(__name__)
 

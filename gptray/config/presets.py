@@ -8,7 +8,9 @@ from `PRESET_DEFAULTS`. A preset from a paper may also carry that paper's traini
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gptray.config.optimizer import OptimizerSettings
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE vocabulary
@@ -79,11 +81,7 @@ class TrainingRecipe:
     warmup_tokens: int | None = None  # linear warmup over this many tokens
     decay_tokens: int | None = None  # cosine decay reaches min_lr after this many tokens
     min_lr_ratio: float | None = None  # min_lr = lr × this
-    weight_decay: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
-    grad_clip: float | None = None
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
 
     def train_values(self, seq_len: int) -> dict:
         """The recipe as values for `TrainConfig` fields, at `seq_len` tokens per sequence.
@@ -93,10 +91,9 @@ class TrainingRecipe:
         """
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive (got {seq_len})")
-        values: dict = {}
-        for name in ("lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"):
-            if getattr(self, name) is not None:
-                values[name] = getattr(self, name)
+        values: dict = self.optimizer.given()
+        if self.lr is not None:
+            values["lr"] = self.lr
         if self.lr is not None and self.min_lr_ratio is not None:
             values["min_lr"] = self.lr * self.min_lr_ratio
         if self.batch_tokens is not None:
@@ -122,8 +119,8 @@ def _gpt3(lr: float, batch_sequences: int) -> TrainingRecipe:
     # 4-12B tokens is not part of the recipe.
     return TrainingRecipe(
         source=_GPT3_PAPER, lr=lr, batch_tokens=batch_sequences * 2048, warmup_tokens=375_000_000,
-        decay_tokens=260_000_000_000, min_lr_ratio=0.1, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
-        grad_clip=1.0,
+        decay_tokens=260_000_000_000, min_lr_ratio=0.1,
+        optimizer=OptimizerSettings(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0),
     )
 
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from gptray.errors import CheckpointError, ConfigError
-from gptray.model.presets import PRESET_ALIASES, PRESET_DEFAULTS, PRESETS, canonical_preset
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.config.presets import PRESET_ALIASES, PRESET_DEFAULTS, PRESETS, canonical_preset
 
 # LLaMA sizes its SwiGLU hidden layer at 2/3 of 4 × width (three matrices instead of two keep the
 # parameter count), rounded up to a multiple of 256.
@@ -132,6 +132,31 @@ class ModelConfig:
             return cls(**values).resolved(prefix)
         except ConfigError as exc:
             raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from None
+
+
+def finetune_model(requested: ModelConfig, base: ModelConfig, recipe_dropout: float | None) -> ModelConfig:
+    """The base's model with the request's settings that leave the parameters as they are.
+
+    A shape field (or preset) set in the request must agree with the base; nothing is silently
+    replaced. Dropout: the request's, else the recipe's (fine-tuning turns it on), else the base's.
+    """
+    if requested.preset is not None and canonical_preset(requested.preset) != base.preset:
+        raise ConfigError("model.preset", f"fine-tuning keeps the base model, which is "
+                                          f"{base.preset or 'a custom model'} (asked for {requested.preset!r}); "
+                                          "set model.preset=null or leave it out")
+    values = dataclasses.asdict(base)
+    for name, value in dataclasses.asdict(requested).items():
+        if name == "preset" or value is None:
+            continue
+        if name in SHAPE_FIELDS:
+            if value != values[name]:
+                raise ConfigError(f"model.{name}", f"the base model has {name}={values[name]!r} (asked for "
+                                                   f"{value!r}); fine-tuning keeps the base's architecture")
+            continue
+        values[name] = value
+    if requested.dropout is None and recipe_dropout is not None:
+        values["dropout"] = recipe_dropout
+    return ModelConfig(**values).resolved()
 
 
 def default_mlp_hidden(mlp: str, n_embd: int) -> int:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gptray.config.optimizer import OptimizerSettings
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     source: str
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    grad_clip: float
+    optimizer: OptimizerSettings  # every setting given: a run takes any it leaves null from here
     min_lr_ratio: float  # the cosine decay ends at lr × this
     warmup_tokens: int | None = None  # warmup length in tokens (GPT-3) …
     warmup_steps: int | None = None  # … or in optimizer steps (GPT-1/2) …
@@ -31,17 +29,19 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # Brown et al. 2020, appendix B: Adam β=(0.9, 0.95), ε=1e-8, clip 1.0, cosine to 10% of
     # the learning rate, linear warmup over the first 375M tokens, weight decay 0.1.
-    "gpt3": Recipe("gpt3", "GPT-3 paper, appendix B", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
-                   grad_clip=1.0, min_lr_ratio=0.1, warmup_tokens=375_000_000),
+    "gpt3": Recipe("gpt3", "GPT-3 paper, appendix B",
+                   OptimizerSettings(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0),
+                   min_lr_ratio=0.1, warmup_tokens=375_000_000),
     # Radford et al. 2018/2019 (GPT-1, followed by GPT-2): Adam with default betas, linear warmup
     # over 2000 updates, cosine annealing to 0, weight decay 0.01 on non-bias, non-gain weights.
     # The papers name no clipping; gptray clips at 1.0 as nanoGPT does.
-    "gpt2": Recipe("gpt2", "GPT-1/GPT-2 papers", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-                   grad_clip=1.0, min_lr_ratio=0.0, warmup_steps=2000),
+    "gpt2": Recipe("gpt2", "GPT-1/GPT-2 papers",
+                   OptimizerSettings(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0),
+                   min_lr_ratio=0.0, warmup_steps=2000),
     # The usual GPT-2 fine-tune (Hugging Face's run_clm defaults and the common GPT-2 recipes):
     # AdamW at lr 5e-5 with default betas, weight decay 0.01, a short warmup (5% of the steps),
     # decay to 0, a batch of 32 sequences, and dropout 0.1 as in GPT-2's own training.
-    "finetune": Recipe("finetune", "GPT-2 fine-tuning practice", beta1=0.9, beta2=0.999, eps=1e-8,
-                       weight_decay=0.01, grad_clip=1.0, min_lr_ratio=0.0, warmup_fraction=0.05,
-                       lr=5e-5, batch_size=32, dropout=0.1),
+    "finetune": Recipe("finetune", "GPT-2 fine-tuning practice",
+                       OptimizerSettings(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0),
+                       min_lr_ratio=0.0, warmup_fraction=0.05, lr=5e-5, batch_size=32, dropout=0.1),
 }

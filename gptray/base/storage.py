@@ -18,15 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from gptray.errors import StorageError
+from gptray.base.errors import StorageError
+from gptray.base.paths import is_uri, join_path
 
 # Compression suffixes read transparently, and the codec pyarrow streams them with.
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 GLOB_CHARS = "*?["
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,7 @@ class Storage:
 
     def child(self, relative: str) -> Storage:
         """The Storage of a subdirectory, on the same filesystem (its settings are not looked up again)."""
-        location, _, query = self.location.partition("?")
-        return Storage.on(self.fs, self.path(relative), join(location, relative) + (f"?{query}" if query else ""))
+        return Storage.on(self.fs, self.path(relative), join_path(self.location, relative))
 
     @property
     def is_local(self) -> bool:
@@ -160,14 +156,6 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 
 def join(base: str, relative: str) -> str:
     return f"{base.rstrip('/')}/{relative.lstrip('/')}" if base else relative
-
-
-def parent(location: str) -> str:
-    """The directory holding a local path or URI (a URI keeps its ?query of settings)."""
-    if not is_uri(location):
-        return str(Path(location).parent)
-    path, mark, query = location.partition("?")
-    return path.rstrip("/").rsplit("/", 1)[0] + mark + query
 
 
 def read_bytes(fs: pafs.FileSystem, path: str, name: str | None = None) -> bytes:

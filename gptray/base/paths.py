@@ -1,0 +1,45 @@
+"""Locations: local paths and object-store URIs (s3://bucket/prefix?endpoint_override=…), told apart and joined."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def absolute_path(path: str) -> str:
+    """Make a local path absolute (against the working directory); URIs stay as they are."""
+    if is_uri(path):
+        return path
+    return str(Path(os.path.expanduser(path)).absolute())
+
+
+def join_path(base: str, *parts: str) -> str:
+    """`base/part/…` for a local path or a URI."""
+    if is_uri(base):
+        # settings in the query (s3://bucket/prefix?endpoint_override=…) stay at the end
+        location, _, query = base.partition("?")
+        return "/".join([location.rstrip("/"), *parts]) + (f"?{query}" if query else "")
+    return str(Path(base, *parts))
+
+
+def parent(location: str) -> str:
+    """The directory holding a local path or URI (a URI keeps its ?query of settings)."""
+    if not is_uri(location):
+        return str(Path(location).parent)
+    path, mark, query = location.partition("?")
+    return path.rstrip("/").rsplit("/", 1)[0] + mark + query
+
+
+def within(location: str, directory: str) -> bool:
+    """Whether a location is a directory or inside it (local paths, or URIs on the same store)."""
+    if is_uri(location) != is_uri(directory):
+        return False
+    if is_uri(location):
+        inner, outer = location.partition("?")[0].rstrip("/"), directory.partition("?")[0].rstrip("/")
+        return inner == outer or inner.startswith(outer + "/")
+    inner, outer = Path(location).absolute(), Path(directory).absolute()
+    return inner == outer or outer in inner.parents

@@ -1,0 +1,1 @@
+"""Interoperability with other tools' files: Hugging Face GPT-2 directories and the Hub."""

@@ -1,0 +1,14 @@
+"""`ray job submit` entrypoint: tokenize corpora into Parquet token shards + manifest.json (Ray Data).
+
+    ray job submit --working-dir . -- python -m pipelines.tokenize_job --config configs/quickstart.yaml [key=value ...]
+
+Takes the same arguments as `gptray tokenize` (run with --help to list them). Run as a module from the
+project root (the job's working dir), so that the gptray package beside it is the one imported.
+"""
+
+import sys
+
+from gptray.cli.main import main
+
+if __name__ == "__main__":
+    sys.exit(main(["tokenize", *sys.argv[1:]]))
