@@ -38,11 +38,16 @@ def add_command(commands, name: str, help: str, description: str, config: bool =
     return parser
 
 
-def load_experiment(args, hub: bool = True):
-    """The resolved, validated config named by --config plus the overrides (`hub`: whether a fine-tuning
-    base named hf:NAME may have its config.json read from the Hugging Face Hub)."""
+def load_experiment(args, hub: bool = True, settings: dict | None = None):
+    """The resolved, validated config named by --config plus the overrides (`settings`: the command's
+    options as dotted keys, which the overrides beat; `hub`: whether a fine-tuning base named hf:NAME
+    may have its config.json read from the Hugging Face Hub)."""
     from gptray.train.finetune import load_finetune_config  # imports torch: only once a command runs
 
+    _say_which_config(args)
+    return load_finetune_config(args.config, args.overrides, hub=hub, settings=settings)
+
+
+def _say_which_config(args) -> None:
     if args.config is None:
         log.info("no --config given: using the built-in defaults (the quickstart config)")
-    return load_finetune_config(args.config, args.overrides, hub=hub)

@@ -6,6 +6,7 @@ import argparse
 import textwrap
 
 from gptray.base.errors import ConfigError
+from gptray.base.tables import text_table
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_OK, add_command, load_experiment
 
 BAR_WIDTH = 40
@@ -55,14 +56,12 @@ def register(commands) -> None:
 def cmd_list(args) -> int:
     from gptray.data.corpora import CORPORA_PATH_ENV, REGISTRY, local_copy
 
-    rows = [("name", "size", "source", "loading", "on this machine")]
+    rows = []
     for corpus in REGISTRY.values():
         copy = local_copy(corpus)
         loading = "download" if corpus.kind == "file" else "stream" if corpus.streaming else "prepare"
         rows.append((corpus.name, corpus.size, corpus.source, loading, str(copy) if copy else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    print(text_table(("name", "size", "source", "loading", "on this machine"), rows))
     print()
     for corpus in REGISTRY.values():
         print(f"{corpus.name}: {corpus.description}")

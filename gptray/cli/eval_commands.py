@@ -45,21 +45,11 @@ def register(commands) -> None:
 def cmd_eval(args) -> int:
     from gptray.eval import evaluate_checkpoint, format_table, log_report
 
-    overrides = []  # the options are shorthands for eval.* settings; explicit overrides given after them win
-    if args.task:
-        overrides.append(f"eval.tasks={json.dumps(args.task)}")
-    elif args.text:
-        overrides.append('eval.tasks=["perplexity"]')
-    if args.text:
-        overrides.append(f"eval.text_files={json.dumps(args.text)}")
-    if args.hellaswag:
-        overrides.append(f"eval.hellaswag={json.dumps(args.hellaswag)}")
-    if args.limit is not None:
-        overrides.append(f"eval.limit={args.limit}")
-    if args.local:
-        overrides.append("eval.distributed=false")
-    args.overrides = overrides + list(args.overrides)
-    config = load_experiment(args)
+    # The options are shorthands for eval.* settings; key=value overrides beat them.
+    options = {"eval.tasks": args.task or (["perplexity"] if args.text else None), "eval.text_files": args.text,
+               "eval.hellaswag": args.hellaswag, "eval.limit": args.limit,
+               "eval.distributed": False if args.local else None}
+    config = load_experiment(args, settings={key: value for key, value in options.items() if value is not None})
     report = evaluate_checkpoint(args.checkpoint or config.run_dir, config)
     print(f"checkpoint {report.checkpoint} (step {report.step})")
     width = max(len(t.label) for t in report.tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gptray.base.tables import text_table
 from gptray.cli.common import EXIT_OK, add_command, log
 
 
@@ -77,16 +78,8 @@ def cmd_list(args) -> int:
     rows = preset_rows()
     headers = dict(preset="preset", layers="layers", heads="heads", head="head", width="width", context="context",
                    parameters="parameters", lr="paper lr", batch_tokens="batch tokens")
-    if args.markdown:
-        print("| " + " | ".join(headers.values()) + " |")
-        print("|---|" + "---:|" * (len(headers) - 1))
-        for row in rows:
-            print("| " + " | ".join(str(row[k]) for k in headers) + " |")
-    else:
-        widths = {k: max(len(str(v)), *(len(str(row[k])) for row in rows)) for k, v in headers.items()}
-        for row in [headers, *rows]:
-            cells = [str(row[k]).ljust(widths[k]) if k == "preset" else str(row[k]).rjust(widths[k]) for k in headers]
-            print("  ".join(cells))
+    print(text_table(list(headers.values()), [[row[k] for k in headers] for row in rows],
+                       align="l" + "r" * (len(headers) - 1), markdown=args.markdown))
     print()
     print("aliases: " + ", ".join(f"{alias} = {name}" for alias, name in PRESET_ALIASES.items()))
     return EXIT_OK

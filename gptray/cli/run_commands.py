@@ -109,19 +109,10 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from gptray.config.loader import parse_override, read_yaml
+    from gptray.train.finetune import finetune_run_config
     from gptray.train.pretrain import pretrain
 
-    given = {parse_override(o)[0] for o in args.overrides}
-    file_train = (read_yaml(args.config).get("train") or {}) if args.config else {}
-    if "train.recipe" not in given and "recipe" not in file_train:
-        args.overrides = ["train.recipe=finetune", *args.overrides]
-    if args.init_from:
-        args.overrides = [*args.overrides, f"train.init_from={args.init_from}"]
-    config = load_experiment(args)
-    if not config.train.init_from:
-        raise ConfigError("train.init_from", "fine-tuning needs a base model: pass --init-from CHECKPOINT "
-                                             "(a gptray checkpoint or run directory, an HF directory or hf:NAME)")
+    config = finetune_run_config(args.config, args.overrides, args.init_from)
     result = pretrain(config, sample=not args.no_sample)
     _print_run(config, result)
     return EXIT_OK

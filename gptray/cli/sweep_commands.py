@@ -93,23 +93,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from gptray.config import load_config
     from gptray.tracking.compare import format_summary, write_export
     from gptray.tracking.report import compare, write_report
+    from gptray.tune.spec import run_or_sweep_config
 
-    sweep, tracking_uri = args.sweep, args.tracking_uri
-    if args.config is not None:
-        try:
-            from gptray.tune.spec import load_sweep
-
-            base = load_sweep(args.config, args.overrides).base
-            sweep = sweep or base.name
-        except ConfigError as exc:
-            if exc.key != "sweep":
-                raise
-            base = load_config(args.config, args.overrides)  # a plain run config
-    else:
-        base = load_config(None, args.overrides)
+    base, sweep_name = run_or_sweep_config(args.config, args.overrides)
+    sweep, tracking_uri = args.sweep or sweep_name, args.tracking_uri
     tracking_uri = tracking_uri or base.tracking_uri()
     if not (sweep or args.experiment or args.runs):
         raise ConfigError("--sweep", "name a sweep (--sweep or a sweep --config), --experiment or --runs")
@@ -128,33 +117,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from gptray.base.errors import DataError
     from gptray.base.paths import is_uri
     from gptray.config import load_config
-    from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
-    from gptray.tracking.plots import run_report
+    from gptray.tracking.report import plot_run
 
-    run_id, tracking_uri, out = args.run, args.tracking_uri, args.out
-    saved = read_run_record(args.run)  # a run directory, local or on an object store; else a run id
-    if saved:
-        run_id, tracking_uri = saved["run_id"], tracking_uri or saved["tracking_uri"]
-        out = out or (f"plots-{run_id}" if is_uri(args.run) else str(Path(args.run) / "plots"))
-    elif Path(args.run).is_dir():
-        raise DataError(f"{args.run} has no {RUN_RECORD}: it is not a tracked run directory")
-    tracking_uri = tracking_uri or load_config(None).tracking_uri()
-    client = MlflowClient(tracking_uri)
-    try:
-        client.get_run(run_id)
-    except Exception as exc:
-        raise DataError(f"no MLflow run {run_id!r} at {tracking_uri}: {exc}") from None
-    files = run_report(client, run_id, out or f"plots-{run_id}")
-    if not files:
-        raise DataError(f"run {run_id} has no metrics to plot yet")
-    if not args.no_log:
-        for path in files:
-            client.log_artifact(run_id, str(path), "plots")
-    for path in files:
+    tracking_uri = args.tracking_uri
+    if tracking_uri is None and not Path(args.run).is_dir() and not is_uri(args.run):
+        tracking_uri = load_config(None).tracking_uri()  # a bare run id: the default local store
+    for path in plot_run(args.run, tracking_uri, args.out, attach=not args.no_log):
         print(path)
     return EXIT_OK

@@ -156,28 +156,39 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply dotted overrides to a raw config dict (before type checking), in order."""
+    """Apply dotted `key=value` overrides to a raw config dict (before type checking), in order."""
     for text in overrides:
-        key, value = parse_override(text)
-        node: Any = data
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                node = node[_list_index(node, part, where)]
-            else:
-                child = node.get(part)
-                if child is None:
-                    child = node[part] = {}
-                if not isinstance(child, (dict, list)):
-                    raise ConfigError(where, f"holds {child!r}, not a section; cannot set {key}")
-                node = child
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_list_index(node, last, key)] = value
-        else:
-            node[last] = value
+        set_dotted(data, *parse_override(text))
     return data
+
+
+def apply_settings(data: dict, settings: dict[str, Any]) -> dict:
+    """Apply dotted keys with values already parsed (a command's options) to a raw config dict, in order."""
+    for key, value in settings.items():
+        set_dotted(data, key, value)
+    return data
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """data[a][b][c] = value for key a.b.c, making sections as needed; a digit indexes a list."""
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where)]
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, (dict, list)):
+                raise ConfigError(where, f"holds {child!r}, not a section; cannot set {key}")
+            node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
 
 
 def _list_index(items: list, part: str, where: str) -> int:

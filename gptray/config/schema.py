@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from gptray.base.errors import ConfigError
 from gptray.base.paths import absolute_path, is_uri, join_path
-from gptray.config.loader import apply_overrides, build, deep_merge, read_yaml, to_dict
+from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
 from gptray.config.model import ModelConfig, finetune_model
 from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
@@ -443,10 +443,12 @@ EVAL_TASKS = ("hellaswag", "perplexity")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                read_base: BaseModelReader | None = None) -> ExperimentConfig:
-    """Read a YAML config (or the defaults), apply `key=value` overrides, resolve and validate it
-    (`read_base`: see ExperimentConfig.resolved)."""
+                read_base: BaseModelReader | None = None, settings: dict | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the defaults), apply `settings` (dotted keys with parsed values, e.g. a
+    command's options) and then the `key=value` overrides, resolve and validate it (`read_base`: see
+    ExperimentConfig.resolved)."""
     data = read_yaml(path) if path is not None else {}
     # Overrides act on the defaults too (`data.sources.0.text_unit=line` with no sources in the file).
-    data = apply_overrides(deep_merge(ExperimentConfig().to_dict(), data), list(overrides or []))
+    data = apply_settings(deep_merge(ExperimentConfig().to_dict(), data), dict(settings or {}))
+    data = apply_overrides(data, list(overrides or []))
     return ExperimentConfig.from_dict(data).resolved(read_base)

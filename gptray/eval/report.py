@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gptray.base.errors import ConfigError, StorageError
 from gptray.base.paths import parent
+from gptray.base.tables import text_table
 from gptray.config import ExperimentConfig, flatten
 from gptray.eval.evaluate import EvalReport, format_metric
 from gptray.tracking import MlflowTracker
@@ -100,10 +101,8 @@ def _run_exists(client, run_id: str) -> bool:
 
 
 def format_table(report: EvalReport) -> str:
-    rows = [("task", "metric", "value")]
+    rows = []
     for task in report.tasks:
         for i, (name, value) in enumerate(task.metrics.items()):
             rows.append((task.label if i == 0 else "", name, format_metric(name, value)))
-    widths = [max(len(r[c]) for r in rows) for c in range(3)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
-    return "\n".join(lines)
+    return text_table(("task", "metric", "value"), rows, align="llr")

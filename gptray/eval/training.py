@@ -45,9 +45,6 @@ class TrainingEvaluator:
         self.rank, self.world_size = rank, world_size
         self.tasks = [PreparedTask(TASKS[t["name"]], t["label"], t["units"], "") for t in payload["tasks"]]
 
-    def due(self, step: int, last: bool) -> bool:
-        return step % self.interval == 0 or last
-
     @torch.no_grad()
     def run(self, engine) -> dict[str, float]:
         """eval/<task>/<metric> for every task, the same on every rank (a collective)."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gptray.base.errors import ConfigError, DataError
+from gptray.base.tables import text_table
 
 # name → (MLflow metric key, how to reduce its history)
 METRICS = {
@@ -193,13 +194,7 @@ def format_summary(summaries: list[GroupSummary], metric: str, fmt: str) -> str:
             writer.writerow([s.label, s.n, s.failed, s.mean, s.std, s.ci_low, s.ci_high,
                              "" if s.diff is None else s.diff, "" if s.p_value is None else s.p_value, s.is_baseline])
         return out.getvalue()
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines) + "\n"
+    return text_table(header, rows, markdown=fmt == "markdown") + "\n"
 
 
 def _json_safe(data):

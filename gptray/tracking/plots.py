@@ -78,14 +78,11 @@ def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> P
     return path
 
 
-def run_report(client, run_id: str, directory: str | Path) -> list[Path]:
-    """One run's curves (losses; learning rate) as PNG and all its metric histories as CSV."""
-
+def run_report(histories: dict[str, dict[int, float]], title: str, directory: str | Path) -> list[Path]:
+    """One run's curves (losses; learning rate) as PNG and all its metric histories (metric → {step:
+    value}) as CSV; nothing when there are none."""
     plt = _pyplot()
-    run = client.get_run(run_id)
-    histories = {key: sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-                 for key in sorted(run.data.metrics)}
-    histories = {k: {m.step: m.value for m in h} for k, h in histories.items() if h}  # last value per step
+    histories = {key: histories[key] for key in sorted(histories) if histories[key]}
     if not histories:
         return []
     directory = Path(directory)
@@ -112,7 +109,7 @@ def run_report(client, run_id: str, directory: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[-1, 0].set_xlabel("step")
-    axes[0, 0].set_title(f"{run.info.run_name} ({run_id[:8]})")
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     png = directory / "curves.png"
     fig.savefig(png, dpi=120)

@@ -6,8 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptray.base.errors import DataError
+from gptray.base.paths import is_uri
 from gptray.tracking.compare import METRICS, format_summary, load_runs, summarize, write_export
-from gptray.tracking.plots import bar_chart, loss_curves
+from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
+from gptray.tracking.plots import bar_chart, loss_curves, run_report
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,6 @@ def write_report(tracking_uri: str, comparison: Comparison, directory: str | Pat
     """summary.{md,csv,json}, curves and bars as PNG, per-run exports; logged to the sweep's parent run."""
     from mlflow.tracking import MlflowClient
 
-
     client = MlflowClient(tracking_uri)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,3 +72,34 @@ def write_report(tracking_uri: str, comparison: Comparison, directory: str | Pat
                 break
     comparison.files = [str(f) for f in files]
     return comparison.files
+
+
+def plot_run(run: str, tracking_uri: str | None = None, out: str | None = None, attach: bool = True) -> list[Path]:
+    """Draw one run's curves and metrics.csv from its MLflow histories (also for a run still going), and
+    attach them to the run. `run`: an MLflow run id, or a run directory whose run record names the run and
+    its tracking store. Written to `out`, by default RUN/plots (a local run directory) or ./plots-<run id>."""
+    from mlflow.tracking import MlflowClient
+
+    run_id, saved = run, read_run_record(run)  # a run directory, local or on an object store; else a run id
+    if saved:
+        run_id, tracking_uri = saved["run_id"], tracking_uri or saved["tracking_uri"]
+        out = out or (None if is_uri(run) else str(Path(run) / "plots"))
+    elif Path(run).is_dir():
+        raise DataError(f"{run} has no {RUN_RECORD}: it is not a tracked run directory")
+    if tracking_uri is None:
+        raise DataError(f"{run!r} is not a run directory: give the run's --tracking-uri")
+    client = MlflowClient(tracking_uri)
+    try:
+        info = client.get_run(run_id)
+    except Exception as exc:
+        raise DataError(f"no MLflow run {run_id!r} at {tracking_uri}: {exc}") from None
+    histories = {key: {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                         key=lambda m: (m.step, m.timestamp))}
+                 for key in info.data.metrics}  # the last value logged at a step wins
+    files = run_report(histories, f"{info.info.run_name} ({run_id[:8]})", out or f"plots-{run_id}")
+    if not files:
+        raise DataError(f"run {run_id} has no metrics to plot yet")
+    if attach:
+        for path in files:
+            client.log_artifact(run_id, str(path), "plots")
+    return files

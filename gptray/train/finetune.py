@@ -20,7 +20,7 @@ from gptray.base.errors import CheckpointError, ConfigError
 from gptray.base.paths import is_uri, join_path, within
 from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, find_checkpoint, is_complete, read_state
-from gptray.config import ExperimentConfig, ModelConfig, load_config
+from gptray.config import ExperimentConfig, ModelConfig, load_config, parse_override, read_yaml
 from gptray.config.schema import HF_PREFIX, BaseModelReader
 from gptray.interop.huggingface import hf_model_config, import_hf_checkpoint
 
@@ -85,9 +85,29 @@ def base_model_reader(hub: bool = True) -> BaseModelReader:
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                         hub: bool = True) -> ExperimentConfig:
+                         hub: bool = True, settings: dict | None = None) -> ExperimentConfig:
     """load_config for any config, a fine-tuning one (train.init_from) included."""
-    return load_config(path, overrides, base_model_reader(hub))
+    return load_config(path, overrides, base_model_reader(hub), settings)
+
+
+def finetune_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                        init_from: str | None = None) -> ExperimentConfig:
+    """The config of a fine-tuning run (`gptray finetune`): the `finetune` recipe unless the file or an
+    override names another; `init_from` sets train.init_from unless an override does. Refuses a
+    config without a base."""
+    overrides = list(overrides or [])
+    settings: dict = {}
+    given = {parse_override(text)[0] for text in overrides}
+    in_file = (read_yaml(path).get("train") or {}) if path is not None else {}
+    if "train.recipe" not in given and "recipe" not in in_file:
+        settings["train.recipe"] = "finetune"
+    if init_from:
+        settings["train.init_from"] = init_from
+    config = load_finetune_config(path, overrides, settings=settings)
+    if not config.train.init_from:
+        raise ConfigError("train.init_from", "fine-tuning needs a base model: pass --init-from CHECKPOINT "
+                                             "(a gptray checkpoint or run directory, an HF directory or hf:NAME)")
+    return config
 
 
 def base_checkpoint(base: Base, out_dir: str) -> Path | str:

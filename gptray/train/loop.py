@@ -29,6 +29,8 @@ from gptray.data.manifest import Manifest
 from gptray.data.windows import open_split_loss_mask, open_split_tokens
 from gptray.eval.training import TrainingEvaluator
 from gptray.tracking import MlflowTracker
+from gptray.tracking.history import MetricHistory
+from gptray.train.cadence import Cadence
 from gptray.train.engine import TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     `loop_config` holds the resolved config, the MLflow run to log to, and (for periodic
     samples) the tokenizer, which pickles by value so workers need no tiktoken cache.
     """
-    import ray.train
+    import ray.train  # heavy, and only in Ray Train workers
     import ray.train.torch
 
     configure_logging()
     config = ExperimentConfig.from_dict(loop_config["config"])
-    train = config.train
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -54,104 +55,126 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # The dataset and run directory as the driver resolved them: an object store's endpoint and
     # region travel with them, so workers need only credentials in their environment.
-    dataset, run = loop_config["dataset"], loop_config["run"]
-    manifest = Manifest.load(dataset)
-    train_tokens = open_split_tokens(dataset, manifest, "train", config.data.cache_dir)
-    val_tokens = open_split_tokens(dataset, manifest, "val", config.data.cache_dir)
-    masks = [open_split_loss_mask(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
-    engine = TrainingEngine(config, device, rank, world_size, train_tokens, val_tokens, *masks)
-    state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model), world_size=world_size)
+    run = loop_config["run"]
+    engine, manifest = _open_engine(config, loop_config["dataset"], device, rank, world_size)
+    state = _resume(engine, config, manifest, ray.train.get_checkpoint(), run, loop_config.get("init_checkpoint"))
+    evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size) if loop_config.get("eval_tasks") \
+        else None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
+    tracker, history = None, None
+    if rank == 0:
+        history = MetricHistory(run)
+        history.discard_after(state.step)
+        if loop_config.get("mlflow_run_id"):
+            tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
+                                    retry_seconds=config.tracking.retry_seconds)
+        _log_start(engine, config, state)
+    cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
+    _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
+    if tracker is not None:
+        tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
 
-    with _resume_directory(ray.train.get_checkpoint(), run) as (directory, where):
+
+def _open_engine(config: ExperimentConfig, dataset: Storage, device: torch.device, rank: int,
+                 world_size: int) -> tuple[TrainingEngine, Manifest]:
+    """This rank's engine over the token dataset (decoded into the node's cache once)."""
+    manifest = Manifest.load(dataset)
+    splits = [open_split_tokens(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
+    masks = [open_split_loss_mask(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
+    return TrainingEngine(config, device, rank, world_size, *splits, *masks), manifest
+
+
+def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest, registered, run: Storage,
+            init_checkpoint: Storage | None) -> TrainingState:
+    """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
+    state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
+                          world_size=engine.world_size)
+    with _resume_directory(registered, run) as (directory, where):
         if directory is not None:
-            saved = read_state(directory)
-            check_compatible(saved, config, manifest.fingerprint, where)
+            state = read_state(directory)
+            check_compatible(state, config, manifest.fingerprint, where)
             engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
                               optional_tensors(directory, "scaler.pt"))
-            state = saved
-            state.world_size = world_size
-            if rank == 0:
+            state.world_size = engine.world_size
+            if engine.rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
-        elif loop_config.get("init_checkpoint"):  # fine-tuning's first launch: the base's weights, a fresh optimizer
-            base = loop_config["init_checkpoint"]
-            with _local_directory(base) as base_directory:
+        elif init_checkpoint is not None:  # fine-tuning's first launch: the base's weights, a fresh optimizer
+            with _local_directory(init_checkpoint) as base_directory:
                 engine.load_model_weights(load_tensors(base_directory, "model.pt"))
-            if rank == 0:
-                log.info("starting from the weights of %s", base.uri())
+            if engine.rank == 0:
+                log.info("starting from the weights of %s", init_checkpoint.uri())
+    return state
 
-    evaluator = None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
-    if loop_config.get("eval_tasks"):
 
-        evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size)
+class _Throughput:
+    """Tokens per second of training alone, over the steps since the last log."""
 
-    tracker = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
+    def __init__(self):
+        self.restart()
 
-        tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
-                                retry_seconds=config.tracking.retry_seconds)
-    if rank == 0:
-        _log_start(engine, config, state)
+    def restart(self) -> None:
+        self.start, self.steps, self.data_seconds = time.perf_counter(), 0, 0.0
 
-    interval_start, interval_steps, data_seconds = time.perf_counter(), 0, 0.0
-    while state.step < train.max_steps:
+    def add(self, data_seconds: float) -> None:
+        self.steps += 1
+        self.data_seconds += data_seconds
+
+    def metrics(self, engine: TrainingEngine) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        tokens_per_second = engine.tokens_per_step * self.steps / elapsed
+        metrics = {"train/tokens_per_s": tokens_per_second, "train/step_seconds": elapsed / self.steps,
+                   "train/data_wait_fraction": self.data_seconds / elapsed}
+        mfu = engine.mfu(tokens_per_second)
+        if mfu is not None:
+            metrics["train/mfu"] = mfu
+        return metrics
+
+
+def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
+           evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None, history: MetricHistory | None,
+           tokenizer) -> None:
+    """Optimizer steps to train.max_steps, with whatever each step makes due."""
+    throughput = _Throughput()
+    while state.step < config.train.max_steps:
         result = engine.train_step(state.step)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
-        interval_steps += 1
-        data_seconds += result.data_seconds
-
-        last = state.step == train.max_steps
-        log_due = state.step % train.log_interval == 0 or last or state.step == 1
-        eval_due = engine.has_validation() and (state.step % train.eval_interval == 0 or last)
-        sample_due = train.sample_interval > 0 and state.step % train.sample_interval == 0
-        checkpoint_due = state.step % train.checkpoint_interval == 0 or last
-        tasks_due = evaluator is not None and evaluator.due(state.step, last)
-        if not (log_due or eval_due or sample_due or checkpoint_due or tasks_due):
+        throughput.add(result.data_seconds)
+        due = cadence.at(state.step)
+        if not due.anything:
             continue
-
         # Every rank reaches here at the same steps, so the collectives below pair up.
         metrics = {"train/loss": engine.global_mean(result.loss), "train/lr": result.lr}
         if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
             raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
                                 f"(lower train.lr, or raise train.warmup_steps)")
-        if log_due:
-            elapsed = time.perf_counter() - interval_start
-            tokens_per_second = engine.tokens_per_step * interval_steps / elapsed
-            metrics.update({
-                "train/tokens_per_s": tokens_per_second,
-                "train/step_seconds": elapsed / interval_steps,
-                "train/data_wait_fraction": data_seconds / elapsed,
-                "train/grad_norm": float(_full(result.grad_norm)),
-                "train/epoch": engine.sampler.epoch_of(state.step, train.batch_size),
-            })
-            mfu = engine.mfu(tokens_per_second)
-            if mfu is not None:
-                metrics["train/mfu"] = mfu
+        if due.log:
+            metrics.update(throughput.metrics(engine))
+            metrics["train/grad_norm"] = float(_full(result.grad_norm))
+            metrics["train/epoch"] = engine.sampler.epoch_of(state.step, config.train.batch_size)
             if engine.scaler is not None:
                 metrics["train/loss_scale"] = engine.scaler.get_scale()
-            interval_start, interval_steps, data_seconds = time.perf_counter(), 0, 0.0
-        if eval_due:
+            throughput.restart()
+        if due.eval:
             metrics["val/loss"] = engine.evaluate()
             if state.best_val_loss is None or metrics["val/loss"] < state.best_val_loss:
                 state.best_val_loss = metrics["val/loss"]
-        if tasks_due:
+        if due.tasks:
             metrics.update(evaluator.run(engine))  # a collective, like evaluate()
-        if rank == 0:
-            _log_progress(state.step, train.max_steps, metrics)
+        if engine.rank == 0:
+            _log_progress(state.step, config.train.max_steps, metrics)
+            history.add(state.step, metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=state.step)
-        if sample_due:
-            text = engine.sample(loop_config["tokenizer"], config.generate)
+        if due.sample:
+            text = engine.sample(tokenizer, config.generate)
             if tracker is not None and text is not None:
                 tracker.log_text(config.generate.prompt + text, f"samples/step_{state.step:08d}.txt")
-        if checkpoint_due:
-            _report_checkpoint(engine, state, metrics, config, rank)
-        # evaluation, sampling and checkpointing are not training time
-        if eval_due or sample_due or checkpoint_due or tasks_due:
-            interval_start = time.perf_counter()
-
-    if tracker is not None:
-        tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
+        if due.checkpoint:
+            if history is not None:
+                history.write()  # before the checkpoint: see gptray.tracking.history
+            _report_checkpoint(engine, state, metrics, config)
+        if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
+            throughput.restart()
 
 
 @contextlib.contextmanager
@@ -174,7 +197,7 @@ def _resume_directory(registered, run: Storage):
 
 def _local_directory(checkpoint: Storage):
     """A checkpoint as a local directory: itself on a local filesystem, a temporary download otherwise."""
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint  # heavy, and only in Ray Train workers
 
     return Checkpoint(path=checkpoint.base, filesystem=checkpoint.fs).as_directory()
 
@@ -191,9 +214,8 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict, config: ExperimentConfig,
-                       rank: int) -> None:
-    import ray.train
+def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict, config: ExperimentConfig) -> None:
+    import ray.train  # heavy, and only in Ray Train workers
     from ray.train import Checkpoint
 
     report = {"step": state.step, "tokens_seen": state.tokens_seen,
@@ -202,7 +224,7 @@ def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: di
     model_state, optimizer_state, scaler_state = engine.full_state()  # a collective under FSDP
     with tempfile.TemporaryDirectory(prefix="gptray-ckpt-") as directory:
         checkpoint = None
-        if rank == 0:  # the whole state is on rank 0: one copy is the checkpoint
+        if engine.rank == 0:  # the whole state is on rank 0: one copy is the checkpoint
             save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
             checkpoint = Checkpoint.from_directory(directory)
         ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))

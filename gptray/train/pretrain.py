@@ -24,6 +24,7 @@ from gptray.data.tokenizer import Tokenizer
 from gptray.eval.training import training_payload
 from gptray.generation import generate_text, load_model
 from gptray.tracking import MlflowTracker
+from gptray.tracking.history import read_history
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.plots import run_report
 from gptray.train.finetune import base_checkpoint, find_base
@@ -70,30 +71,13 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     default one is started from config.tracking. `callbacks`: extra Ray Train callbacks (e.g.
     Tune's TuneReportCallback when the run is a Tune trial).
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
     check_dataset(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
-    start_step = 0
-    previous = latest_checkpoint(config.run_dir)
-    if previous is not None:
-        state = read_state(previous)
-        check_compatible(state, config, manifest.fingerprint, str(previous))
-        start_step = state.step
-        log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
+    previous, start_step = _previous_checkpoint(config, manifest)
     if previous is not None and start_step >= config.train.max_steps:
-        log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, start_step,
-                 config.train.max_steps)
-        if tracker is None and config.tracking.enabled and not tracking_settled(run):
-            tracker = _start_tracking(config)  # what an earlier launch could not tell MLflow goes now
-        if tracker is not None:
-            tracker.send_outbox(run)
-            tracker.finish("FINISHED", run)
-        return _finished_result(config, previous, start_step, started, sample, tracker)
+        return _already_trained(config, run, previous, start_step, started, sample, tracker)
     run.make_dirs("")
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
@@ -104,10 +88,61 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     if tracker is not None:
         tracker.send_outbox(run)
     init_ray(config.ray.address, config.ray.num_cpus)
+    result = _fit(_trainer(config, run, tracker, eval_tasks, init_checkpoint, callbacks), config, run, tracker)
+
+    final = latest_checkpoint(config.run_dir)
+    final_state = read_state(final) if final else None
+    text = _final_sample(config, final) if sample and final else None
+    if tracker:
+        _finish_tracking(tracker, run, config, text, final_state)
+    return PretrainResult(
+        run_dir=config.run_dir,
+        checkpoint=str(final) if final else None,
+        start_step=start_step,
+        final_step=final_state.step if final_state else 0,
+        metrics=final_state.metrics if final_state else dict(result.metrics or {}),
+        tracking_uri=tracker.tracking_uri if tracker else None,
+        mlflow_run_id=tracker.run_id if tracker else None,
+        mlflow_experiment_id=tracker.experiment_id if tracker else None,
+        sample=text,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest) -> tuple[Path | str | None, int]:
+    """The run's latest checkpoint, checked against this config and dataset, and its step (0 without one)."""
+    previous = latest_checkpoint(config.run_dir)
+    if previous is None:
+        return None, 0
+    state = read_state(previous)
+    check_compatible(state, config, manifest.fingerprint, str(previous))
+    log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
+    return previous, state.step
+
+
+def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | str, step: int, started: float,
+                     sample: bool, tracker) -> PretrainResult:
+    """A relaunch of a run already at train.max_steps: settle its tracking, start no Ray."""
+    log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, step,
+             config.train.max_steps)
+    if tracker is None and config.tracking.enabled and not tracking_settled(run):
+        tracker = _start_tracking(config)  # what an earlier launch could not tell MLflow goes now
+    if tracker is not None:
+        tracker.send_outbox(run)
+        tracker.finish("FINISHED", run)
+    return _finished_result(config, checkpoint, step, started, sample, tracker)
+
+
+def _trainer(config: ExperimentConfig, run: Storage, tracker, eval_tasks: dict | None,
+             init_checkpoint: Path | str | None, callbacks: list | None):
+    """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
+    from ray.train.torch import TorchTrainer
+
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.to_dict(),
@@ -133,8 +168,12 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             callbacks=callbacks,
         ),
     )
+
+
+def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
+    """trainer.fit(), with a worker's own data or checkpoint error raised as itself."""
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except Exception as exc:
         if tracker:
             tracker.finish("FAILED", run)
@@ -143,35 +182,21 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             raise cause from exc
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
 
-    final = latest_checkpoint(config.run_dir)
-    final_state = read_state(final) if final else None
-    text = _final_sample(config, final) if sample and final else None
-    if tracker:
-        tracker.send_outbox(run)
-        if text is not None:
-            tracker.log_text(text, f"samples/step_{final_state.step:08d}.txt")
-        tracker.log_text(run.read_bytes("config.yaml").decode(), "config.yaml")
-        _log_run_plots(tracker, run)
-        if not tracker.finish("FINISHED", run):
-            log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
-    return PretrainResult(
-        run_dir=config.run_dir,
-        checkpoint=str(final) if final else None,
-        start_step=start_step,
-        final_step=final_state.step if final_state else 0,
-        metrics=final_state.metrics if final_state else dict(result.metrics or {}),
-        tracking_uri=tracker.tracking_uri if tracker else None,
-        mlflow_run_id=tracker.run_id if tracker else None,
-        mlflow_experiment_id=tracker.experiment_id if tracker else None,
-        sample=text,
-        seconds=time.monotonic() - started,
-    )
+
+def _finish_tracking(tracker, run: Storage, config: ExperimentConfig, sample_text: str | None, final_state) -> None:
+    """What the workers could not send, the final sample, the config and the run's plots; then close the run."""
+    tracker.send_outbox(run)
+    if sample_text is not None:
+        tracker.log_text(sample_text, f"samples/step_{final_state.step:08d}.txt")
+    tracker.log_text(run.read_bytes("config.yaml").decode(), "config.yaml")
+    _log_run_plots(tracker, run, config)
+    if not tracker.finish("FINISHED", run):
+        log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
 
 
 def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int, started: float,
                      sample: bool, tracker=None) -> PretrainResult:
     """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
-
     record = read_run_record(config.run_dir)
     if tracker is not None:
         record = {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id,
@@ -189,7 +214,6 @@ def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
     against the run's model."""
     if not config.train.init_from:
         return None
-
     directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
     base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
     if base_shape != config.model.shape():
@@ -199,15 +223,14 @@ def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
     return directory
 
 
-def _log_run_plots(tracker, run: Storage) -> None:
-    """The run's curves (PNG) and metrics (CSV), in run_dir/plots and as MLflow artifacts."""
-
-
+def _log_run_plots(tracker, run: Storage, config: ExperimentConfig) -> None:
+    """The run's curves (PNG) and metrics (CSV), drawn from the history the run keeps (not read back from
+    MLflow), in run_dir/plots and as MLflow artifacts."""
     with tempfile.TemporaryDirectory(prefix="gptray-plots-") as scratch:
         # drawn where they will stay on local disk; drawn aside and uploaded for an object store
         directory = Path(run.path("plots")) if run.is_local else Path(scratch)
         try:
-            files = run_report(tracker.client, tracker.run_id, directory)
+            files = run_report(read_history(run), f"{config.name} ({tracker.run_id[:8]})", directory)
             if not run.is_local:
                 for path in files:
                     run.write_bytes(f"plots/{path.name}", path.read_bytes())
@@ -221,7 +244,6 @@ def _log_run_plots(tracker, run: Storage) -> None:
 def _start_tracking(config: ExperimentConfig):
     if not config.tracking.enabled:
         return None
-
     try:
         return MlflowTracker.start(config)
     except Exception as exc:  # tracking never takes training down
@@ -244,7 +266,6 @@ def _ray_storage(out_dir: str) -> dict:
 
 
 def _final_sample(config: ExperimentConfig, checkpoint: Path | str) -> str:
-
     model, _ = load_model(checkpoint)
     return generate_text(model, Tokenizer(config.data.tokenizer), config.generate)
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, apply_overrides, read_yaml
 from gptray.config.loader import build, deep_merge, parse_override
-from gptray.train.finetune import base_model_reader
+from gptray.train.finetune import base_model_reader, load_finetune_config
 
 
 @dataclass
@@ -121,6 +121,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if spec.baseline is not None and spec.baseline not in sweep.labels():
         raise ConfigError("sweep.baseline", f"{spec.baseline!r} is none of the groups: {', '.join(sweep.labels())}")
     return sweep
+
+
+def run_or_sweep_config(path: str | Path | None, overrides: list[str] | None = None,
+                        ) -> tuple[ExperimentConfig, str | None]:
+    """What `gptray compare --config` names: a sweep file's base config and sweep name, or a run
+    config and None."""
+    if path is not None and "sweep" in read_yaml(path):
+        sweep = load_sweep(path, overrides)
+        return sweep.base, sweep.base.name
+    return load_finetune_config(path, overrides), None
 
 
 def _validate(spec: SweepConfig) -> None:
