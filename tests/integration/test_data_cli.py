@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from test_tokenize import ENC
 
-from conftest import make_config
 from gptray.cli.main import main
 from gptray.data.corpora import REGISTRY
 from gptray.data.inspection import length_histogram, preview_batches
 from gptray.data.manifest import Manifest
 from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
+from helpers import make_config
 
 
 def test_data_list_names_every_corpus_with_size_and_source(capsys):

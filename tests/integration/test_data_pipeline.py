@@ -22,12 +22,12 @@ import pytest
 import zstandard
 from test_tokenize import ENC, check_manifest_counts, corpus_stream, expected_stream, write_jsonl
 
-from conftest import REPO, SHAKESPEARE, make_config
 from gptray.base.errors import DataError
 from gptray.data.manifest import Manifest
 from gptray.data.progress import PROGRESS_NAME
 from gptray.data.shards import read_shard
 from gptray.data.tokenize_job import tokenize_corpus
+from helpers import REPO, SHAKESPEARE, make_config
 
 SPEECHES = [p for p in re.split(r"\n\s*\n", SHAKESPEARE.read_text(encoding="utf-8")) if p.strip()]
 EXTRA = [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metric_history, small_run_config
 from gptray.checkpoint.files import read_state
 from gptray.train.pretrain import pretrain
+from helpers import metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_config, metric_history, small_run_config
 from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
@@ -23,6 +22,7 @@ from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
 from gptray.model import GPT
+from helpers import make_config, metric_history, small_run_config
 
 # Sentences a tiny model learns by heart: the ending after each context is then the one it expects.
 FACTS = [

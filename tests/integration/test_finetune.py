@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_RUN, make_config
+from helpers import SMALL_RUN, make_config
 
 NAMES = ["Romeo", "Juliet", "Mercutio", "Tybalt", "Benvolio", "Capulet", "Montague", "Nurse"]
 PLACES = ["Verona", "Mantua", "the orchard", "the tomb", "the square", "the ball", "the chapel", "the street"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, wait_for_dashboard
+from helpers import REPO, free_port, wait_for_dashboard
 
 pytestmark = pytest.mark.slow
 

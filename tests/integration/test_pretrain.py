@@ -9,11 +9,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_config, metric_history, small_run_config
 from gptray.base.errors import CheckpointError
+from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, latest_checkpoint, read_state
 from gptray.cli.main import main as cli
+from gptray.tracking.history import read_history
 from gptray.train.pretrain import pretrain
+from helpers import make_config, metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +80,9 @@ def test_relaunch_resumes_from_the_checkpoint_exactly(reference_run, shakespeare
     assert sorted(resumed) == list(range(1, 37))
     # same data order, optimizer state and schedule: the losses after resuming are identical
     assert [resumed[s] for s in range(13, 37)] == [uninterrupted[s] for s in range(13, 37)]
+    # the run's own history (what its plots are drawn from) spans both launches, as MLflow's does
+    kept = read_history(Storage(second.run_dir))["train/loss"]
+    assert kept == resumed
 
     from mlflow.tracking import MlflowClient
 

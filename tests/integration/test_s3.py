@@ -14,12 +14,12 @@ import pytest
 from test_data_pipeline import SPEECHES, one_line
 from test_tokenize import expected_stream
 
-from conftest import make_config
 from gptray.base.errors import DataError
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
 from gptray.data.windows import open_split_tokens
+from helpers import make_config
 
 
 def s3(endpoint: str):

@@ -10,11 +10,11 @@ import boto3
 import pytest
 import yaml
 
-from conftest import metric_history, small_run_config
 from gptray.base.errors import CheckpointError, ConfigError, StorageError
 from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.cli.main import main as cli
 from gptray.train.pretrain import pretrain
+from helpers import metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 

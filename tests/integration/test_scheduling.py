@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from conftest import make_config
 from gptray.base.errors import DataError
 from gptray.data import scheduling
 from gptray.data.tokenize_job import tokenize_corpus
+from helpers import make_config
 
 
 def current() -> tuple[float, float]:

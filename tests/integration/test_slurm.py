@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from helpers import REPO, free_port
 
 SCRIPT = REPO / "cluster" / "slurm" / "gptray.sbatch"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")

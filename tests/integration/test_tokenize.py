@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from conftest import SHAKESPEARE, make_config
 from gptray.base.errors import ConfigError, DataError
 from gptray.data.manifest import Manifest
 from gptray.data.shards import file_sha256, read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
+from helpers import SHAKESPEARE, make_config
 
 ENC = tiktoken.get_encoding("gpt2")
 EOT = ENC.eot_token

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_run_config
 from gptray.train.pretrain import pretrain
+from helpers import small_run_config
 
 pytestmark = pytest.mark.slow
 

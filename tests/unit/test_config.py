@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -12,8 +11,7 @@ import yaml
 from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, load_config
 from gptray.config.loader import read_yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def error_for(*overrides: str) -> ConfigError:

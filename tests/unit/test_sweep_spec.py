@@ -1,39 +1,12 @@
-"""Sweeps with Ray Tune and comparison from MLflow: expansion, a real 2×2 sweep, resume, failures, stats."""
+"""Sweep files: axes × seeds expanded into validated trial configs, budgets matched in tokens, bad sweeps refused."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO
 from gptray.base.errors import ConfigError
-from gptray.checkpoint.files import STATE_FILE
-from gptray.cli.main import main as cli
 from gptray.tune.spec import load_sweep
-
-TINY_TRIALS = {
-    "model": {"n_layer": 1, "n_head": 2, "n_embd": 64},
-    "train": {"max_steps": 4, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 1, "eval_interval": 2,
-              "eval_windows": 8, "checkpoint_interval": 2, "log_interval": 1},
-    "ray": {"num_workers": 1, "num_cpus": 4},  # num_cpus: a sweep started from the CLI gets its own local Ray
-}
-
-
-def write_sweep(path: Path, dataset_dir: str, sweep: dict, **sections) -> Path:
-    content = {"name": path.stem, "out_dir": str(path.parent / "runs"), "data": {"dataset_dir": dataset_dir},
-               **TINY_TRIALS, **sections, "sweep": sweep}
-    path.write_text(yaml.safe_dump(content, sort_keys=False))
-    return path
+from helpers import write_sweep
 
 
 def test_sweep_expands_axes_times_seeds_with_validated_configs(tmp_path):
@@ -96,92 +69,7 @@ def test_invalid_sweeps_are_refused_before_anything_runs(tmp_path, sweep, key):
     assert info.value.key == key
 
 
-def children(client, parent_run_id: str):
-    parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
-@pytest.mark.slow
-def test_a_2x2_sweep_survives_its_driver_dying_and_compares_honestly(shakespeare_dataset, tmp_path):
-    from mlflow.tracking import MlflowClient
-    from scipy import stats
-
-    path = write_sweep(tmp_path / "layers.yaml", shakespeare_dataset.dataset_dir,
-                       {"axes": {"model.n_layer": [1, 2]}, "seeds": [0, 1], "max_concurrent_trials": 2})
-    sweep_dir = tmp_path / "runs" / "layers"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "gptray", "sweep", "--config", str(path)], cwd=REPO,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 400
-        while not list(sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")):
-            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray instance die mid-sweep
-        driver.wait()
-    finished_before = {p.parent.parent.name for p in sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")}
-
-    assert cli(["sweep", "--config", str(path)]) == 0  # the same command again resumes the sweep
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    parent = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
-                                "tags.`gptray.sweep.role` = 'parent'")
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    runs = children(client, parent[0].info.run_id)
-    assert sorted(r.info.run_name for r in runs) == ["1-seed0", "1-seed1", "2-seed0", "2-seed1"]  # no duplicates
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    for run in runs:
-        assert run.data.tags["gptray.sweep.axis.model.n_layer"] == run.info.run_name[0]
-        assert run.data.tags["gptray.sweep.seed"] == run.info.run_name[-1]
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")][-1] == 4
-    for name in finished_before:  # trials done before the crash were not trained again
-        history = client.get_metric_history(next(r for r in runs if r.info.run_name == name).info.run_id,
-                                            "train/loss")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4]
-
-    # `gptray compare` equals the statistics computed here straight from the MLflow client
-    out = tmp_path / "report"
-    assert cli(["compare", "--config", str(path), "--format", "json", "--plot", str(out)]) == 0
-    reported = {g["label"]: g for g in json.loads((out / "summary.json").read_text())["groups"]}
-    best = {}
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "val/loss")
-        best.setdefault(run.data.tags["gptray.sweep.label"], []).append(min(m.value for m in history))
-    for label, values in best.items():
-        group = reported[label]
-        assert group["n"] == 2
-        assert sorted(group["values"]) == pytest.approx(sorted(values), abs=1e-12)
-        assert group["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-        assert group["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
-        half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2)
-        assert (group["ci_low"], group["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
-    assert reported["1"]["is_baseline"]
-    assert reported["2"]["diff"] == pytest.approx(np.mean(best["2"]) - np.mean(best["1"]))
-    assert reported["2"]["p_value"] == pytest.approx(stats.ttest_ind(best["2"], best["1"], equal_var=False).pvalue)
-    for name in ("curves_val_loss.png", "bars_best_val_loss.png", "results.jsonl", "results.csv"):
-        assert (out / name).stat().st_size > 0
-    attached = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare")}
-    assert "compare/bars_best_val_loss.png" in attached
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and {r["axis.model.n_layer"] for r in rows} == {1, 2}
 
 
-@pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_others_finish(shakespeare_dataset, tmp_path, capsys):
-    from mlflow.tracking import MlflowClient
-
-    path = write_sweep(tmp_path / "lr.yaml", shakespeare_dataset.dataset_dir,
-                       {"axes": {"train.lr": [2e-3, 1e12]}, "seeds": [0], "max_concurrent_trials": 2},
-                       train={**TINY_TRIALS["train"], "grad_clip": 0})
-    assert cli(["sweep", "--config", str(path)]) == 5  # finished, with a failed trial
-    printed = capsys.readouterr().out
-    assert "1 of 2 trial(s) finished" in printed and "diverged" in printed
-    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    parent = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
-                                "tags.`gptray.sweep.role` = 'parent'")[0]
-    runs = {r.info.run_name: r for r in children(client, parent.info.run_id)}
-    assert runs["0.002-seed0"].info.status == "FINISHED"
-    failed = runs["1000000000000.0-seed0"]
-    assert failed.info.status == "FAILED" and "diverged" in failed.data.tags["gptray.error"]
-    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
-    assert parent.data.tags["gptray.sweep.failed_trials"] == "1"
