@@ -1,6 +1,6 @@
 # gptray: two commands do all the set-up.
 #   make quickstart   create .venv if missing, then tokenize → train → track → sample on local Ray
-#   make test         create .venv if missing, then run the test suite
+#   make test         create .venv if missing, then lint (ruff) and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart lint test clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -27,7 +27,10 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 quickstart: setup
 	$(BIN)/gptray quickstart $(ARGS)
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
