@@ -193,7 +193,6 @@ class _Job:
     def run(self, tasks: list[ReadTask]) -> None:
         import ray
 
-
         todo = list(enumerate(tasks))[self.first_task:]
         self.task_sources = [task.source for task in tasks]
         self.meter.total_tasks = len(tasks)

@@ -77,11 +77,9 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
         raise CheckpointError(f"checkpoint {directory} lacks model.pt")
     _, prepared = prepare_tasks(directory, config)
     if config.eval.distributed:
-
         init_ray(config.ray.address, config.ray.num_cpus)
         results = [evaluate_with_ray(directory, task, config.eval) for task in prepared]
     else:
-
         device = resolve_device(config.eval.device)
         model, _ = load_model(directory, device)
         results = [evaluate_in_process(model, task, config.eval, device) for task in prepared]

@@ -50,7 +50,6 @@ def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None 
     """`run_id` if given; else the checkpoint's training run; else a new run in tracking.experiment."""
     from mlflow.tracking import MlflowClient
 
-
     recorded = training_run_of(report.checkpoint)
     checkpoint = Path(report.checkpoint.partition("?")[0])  # for its name and its run directory's name
     if run_id is not None:

@@ -66,7 +66,6 @@ class UnitScorer:
     """Ray Data callable class: one per actor, holding the model for every batch the actor scores."""
 
     def __init__(self, checkpoint: str, task: str, device: str, precision: str, threads: int):
-
         torch.set_num_threads(threads)  # no more threads than the CPUs Ray gave this actor
         self.device = resolve_device(device)
         self.model, _ = load_model(checkpoint, self.device)

@@ -93,7 +93,6 @@ def prepare(name: str, settings: EvalConfig, tokenizer, model: ModelConfig, data
 
 def _split_units(split: str, dataset_dir: str | None, cache_dir: str | None, model: ModelConfig, max_length: int,
                  stride: int) -> tuple[list[dict], str]:
-
     if not dataset_dir:
         raise ConfigError("eval.dataset_dir", "perplexity needs a token dataset (or eval.text_files)")
     manifest = Manifest.load(dataset_dir)

@@ -59,7 +59,6 @@ def run_trial(params: dict, trials: dict[str, dict], parent_run_id: str | None) 
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-
     configure_logging()
     trial = trials[params["trial"]]
     config = ExperimentConfig.from_dict(trial["config"])
@@ -96,7 +95,6 @@ def max_concurrent_trials(base: ExperimentConfig) -> int:
 
 def run_sweep(sweep: Sweep) -> SweepOutcome:
     from ray import tune
-
 
     base, spec = sweep.base, sweep.spec
     if is_uri(sweep.directory):
@@ -186,5 +184,4 @@ def _close_stopped_trials(parent) -> set[str]:
 
 
 def _flat_spec(spec) -> dict:
-
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in dataclasses.asdict(spec).items()}
