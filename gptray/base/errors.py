@@ -39,3 +39,9 @@ class TrainingError(GptrayError):
     """Training failed on the Ray cluster (the cause is chained)."""
 
     exit_code = 5
+
+
+class Interrupted(GptrayError):
+    """The user stopped the work (Ctrl-C); what was done is kept, and launching it again resumes."""
+
+    exit_code = 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptray.base.errors import GptrayError
+from gptray.base.errors import GptrayError, Interrupted
 from gptray.cli import data_commands, eval_commands, model_commands, run_commands, sweep_commands
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return args.handler(args)
+    except Interrupted as exc:
+        print(f"gptray {args.command}: interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GptrayError as exc:
         print(f"gptray {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

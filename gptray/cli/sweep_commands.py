@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gptray.base.errors import ConfigError
-from gptray.cli.common import EXIT_OK, add_command, log
+from gptray.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_command, log
 
 EXIT_TRIALS_FAILED = 5  # some trials failed: the sweep finished, the rest are compared
 
@@ -79,8 +79,13 @@ def cmd_sweep(args) -> int:
                   f"{train.batch_size * train.effective_seq_len(trial.config.model):,} tokens")
         return EXIT_OK
     outcome = run_sweep(sweep)
-    print(f"sweep      {sweep.base.name}: {len(outcome.trials) - len(outcome.failed())} of {len(outcome.trials)} "
-          f"trial(s) finished, in {outcome.directory}")
+    done = outcome.count("finished") + outcome.count("stopped")
+    if outcome.interrupted:
+        print(f"interrupted: {done} of {len(outcome.trials)} trial(s) finished, {outcome.count('interrupted')} "
+              f"interrupted, {outcome.count('not started')} not started; launch the same sweep again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"sweep      {sweep.base.name}: {done} of {len(outcome.trials)} trial(s) finished, in {outcome.directory}")
     for trial in outcome.failed():
         print(f"  failed   {trial.name}: {trial.error}")
     if outcome.parent_run_id:

@@ -245,14 +245,26 @@ class RayConfig:
     num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
     num_workers: int = 2  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # one GPU per worker, NCCL; else CPU workers with gloo
-    cpus_per_worker: float = 1.0
+    # CPUs each worker asks for. auto: one each where that fits (and on a cluster that can grow), else an
+    # equal share of a fixed cluster's CPUs beside a sweep's trial drivers (gptray/base/cluster.py).
+    cpus_per_worker: float | Literal["auto"] = "auto"
+    accelerator_type: str | None = None  # GPU workers only on nodes with this GPU (H100, A100, …): no mixed DDP group
     max_failures: int = 0  # worker-group restarts from the latest checkpoint before giving up
+    autoscaling: bool | None = None  # whether an autoscaler can add nodes; null: ask the cluster
+    # On a cluster that can grow, stop (exit 2) when the workers have waited this long for resources;
+    # null: wait as long as it takes, saying every 30 s what is pending.
+    wait_timeout_s: float | None = None
 
     def validate(self) -> None:
         """Check every ray setting; raise ConfigError naming the key."""
         _require(self.num_workers >= 1, "ray.num_workers", "must be >= 1", self.num_workers)
-        _require(self.cpus_per_worker > 0, "ray.cpus_per_worker", "must be positive", self.cpus_per_worker)
+        _require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
+                 "must be positive or auto", self.cpus_per_worker)
         _require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)
+        _require(self.accelerator_type is None or (bool(self.accelerator_type) and self.use_gpu),
+                 "ray.accelerator_type", "needs ray.use_gpu=true and a GPU type such as H100", self.accelerator_type)
+        _require(self.wait_timeout_s is None or self.wait_timeout_s > 0, "ray.wait_timeout_s",
+                 "must be positive or null", self.wait_timeout_s)
         if self.num_cpus is not None:
             _require(self.num_cpus > 0, "ray.num_cpus", "must be positive", self.num_cpus)
             if self.address not in (None, "local"):

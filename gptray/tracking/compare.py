@@ -39,13 +39,14 @@ class RunRecord:
     metrics: dict = field(default_factory=dict)  # metric name → value (None when never logged)
     steps: int | None = None
     error: str = ""
+    stopped_early: bool = False  # stopped by the sweep's scheduler (ASHA), not by a failure or an interrupt
 
 
 @dataclass
 class GroupSummary:
     label: str
     n: int  # finished runs with the metric
-    failed: int
+    failed: int  # runs that ended in an error
     mean: float
     std: float
     ci_low: float
@@ -54,6 +55,17 @@ class GroupSummary:
     p_value: float | None  # Welch's t-test against the baseline
     is_baseline: bool
     values: list[float] = field(default_factory=list)
+    unfinished: int = 0  # runs interrupted (or stopped early) before their last step: a relaunch resumes them
+    not_started: int = 0  # the sweep's trials of this group that never ran
+
+
+def outcome(record: RunRecord) -> str:
+    """finished, failed, stopped (early, by ASHA) or interrupted: what became of a run, from MLflow."""
+    if record.status == "FINISHED":
+        return "finished"
+    if record.status == "FAILED":
+        return "failed"
+    return "stopped" if record.stopped_early else "interrupted"
 
 
 def metric_value(history: list, reduce: str) -> float | None:
@@ -93,7 +105,8 @@ def load_runs(client, *, sweep: str | None = None, experiment: str | None = None
         parent = find_sweep_parent(client, sweep, experiment)
         tags = parent.data.tags
         info = {"parent_run_id": parent.info.run_id, "baseline": tags.get("gptray.sweep.baseline"),
-                "metric": tags.get("gptray.sweep.metric"), "labels": tags.get("gptray.sweep.labels", "").split("\n")}
+                "metric": tags.get("gptray.sweep.metric"), "labels": tags.get("gptray.sweep.labels", "").split("\n"),
+                "seeds": json.loads(parent.data.params.get("sweep.seeds", "[]"))}
         runs = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
     elif run_ids:
@@ -134,19 +147,22 @@ def _record(client, run) -> RunRecord:
         run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
         label=tags.get("gptray.sweep.label", run.info.run_name or run.info.run_id),
         seed=int(seed) if seed is not None else None, status=run.info.status, values=values, metrics=metrics,
-        steps=steps, error=tags.get("gptray.error", ""),
+        steps=steps, error=tags.get("gptray.error", ""), stopped_early=tags.get("gptray.sweep.stopped_early") == "true",
     )
 
 
-def summarize(records: list[RunRecord], metric: str, baseline: str | None = None) -> list[GroupSummary]:
-    """Per-group statistics of `metric` across seeds, with the difference to the baseline group."""
+def summarize(records: list[RunRecord], metric: str, baseline: str | None = None, labels: list[str] | None = None,
+              seeds: int = 0) -> list[GroupSummary]:
+    """Per-group statistics of `metric` across seeds, with the difference to the baseline group. `labels`
+    and `seeds`: a sweep's groups and its seeds per group, so that trials that never ran are counted."""
     from scipy import stats
 
     if metric not in METRICS:
         raise ConfigError("--metric", f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    groups: dict[str, list[RunRecord]] = {}
+    groups: dict[str, list[RunRecord]] = {label: [] for label in labels or [] if label}
     for record in records:
         groups.setdefault(record.label, []).append(record)
+    groups = {label: members for label, members in groups.items() if members or seeds}
     baseline = baseline if baseline is not None else next(iter(groups))
     if baseline not in groups:
         raise ConfigError("--baseline", f"{baseline!r} is none of the groups: {', '.join(groups)}")
@@ -167,8 +183,11 @@ def summarize(records: list[RunRecord], metric: str, baseline: str | None = None
             diff = mean - float(np.mean(base_values))
             if n > 1 and len(base_values) > 1:
                 p_value = float(stats.ttest_ind(values, base_values, equal_var=False).pvalue)
-        summaries.append(GroupSummary(label, n, sum(r.status != "FINISHED" for r in members), mean, std,
-                                      mean - half, mean + half, diff, p_value, label == baseline, values))
+        outcomes = [outcome(r) for r in members]
+        summaries.append(GroupSummary(label, n, outcomes.count("failed"), mean, std, mean - half, mean + half, diff,
+                                      p_value, label == baseline, values,
+                                      unfinished=outcomes.count("interrupted") + outcomes.count("stopped"),
+                                      not_started=max(seeds - len(members), 0)))
     return summaries
 
 
@@ -181,17 +200,20 @@ def format_summary(summaries: list[GroupSummary], metric: str, fmt: str) -> str:
     if fmt == "json":
         return json.dumps({"metric": metric, "confidence": CONFIDENCE,
                            "groups": [_json_safe(asdict(s)) for s in summaries]}, indent=2)
-    header = ["group", "n", "failed", f"mean {metric}", "std", "95% CI", "Δ vs baseline", "p (Welch)"]
-    rows = [[s.label + (" (baseline)" if s.is_baseline else ""), str(s.n), str(s.failed), _fmt(s.mean),
+    header = ["group", "n", "failed", "unfinished", "not started", f"mean {metric}", "std", "95% CI",
+              "Δ vs baseline", "p (Welch)"]
+    rows = [[s.label + (" (baseline)" if s.is_baseline else ""), str(s.n), str(s.failed), str(s.unfinished),
+             str(s.not_started), _fmt(s.mean),
              _fmt(s.std), f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]",
              "—" if s.is_baseline else _fmt(s.diff, 4) if s.diff is None else f"{s.diff:+.4f}",
              "—" if s.is_baseline else _fmt(s.p_value, 3)] for s in summaries]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["group", "n", "failed", "mean", "std", "ci_low", "ci_high", "diff", "p_value", "baseline"])
+        writer.writerow(["group", "n", "failed", "unfinished", "not_started", "mean", "std", "ci_low", "ci_high",
+                         "diff", "p_value", "baseline"])
         for s in summaries:
-            writer.writerow([s.label, s.n, s.failed, s.mean, s.std, s.ci_low, s.ci_high,
+            writer.writerow([s.label, s.n, s.failed, s.unfinished, s.not_started, s.mean, s.std, s.ci_low, s.ci_high,
                              "" if s.diff is None else s.diff, "" if s.p_value is None else s.p_value, s.is_baseline])
         return out.getvalue()
     return text_table(header, rows, markdown=fmt == "markdown") + "\n"

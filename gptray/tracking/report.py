@@ -35,7 +35,8 @@ def compare(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
     baseline = baseline or info.get("baseline")
     if baseline is not None and baseline not in {r.label for r in records}:
         baseline = None  # e.g. the baseline's trials all failed before they logged: fall back to the first
-    return Comparison(records, summarize(records, metric, baseline), metric, info)
+    summaries = summarize(records, metric, baseline, info.get("labels"), len(info.get("seeds") or []))
+    return Comparison(records, summaries, metric, info)
 
 
 def write_report(tracking_uri: str, comparison: Comparison, directory: str | Path,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from gptray.base.errors import CheckpointError, DataError, TrainingError
+from gptray.base.cluster import Cluster, live_cluster
+from gptray.base.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from gptray.base.paths import is_uri
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
@@ -29,6 +30,7 @@ from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.plots import run_report
 from gptray.train.finetune import base_checkpoint, find_base
 from gptray.train.loop import train_loop_per_worker
+from gptray.train.placement import PendingReporter, WorkerPlan, controller_retries, plan_workers
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,10 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     previous, start_step = _previous_checkpoint(config, manifest)
     if previous is not None and start_step >= config.train.max_steps:
         return _already_trained(config, run, previous, start_step, started, sample, tracker)
+    init_ray(config.ray.address, config.ray.num_cpus)
+    cluster = live_cluster(config.ray.autoscaling)
+    plan = plan_workers(config.ray, cluster, f"run {config.name}")  # refuses what can never fit, before any work
+    check_tracking_store(config, cluster)
     run.make_dirs("")
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
@@ -87,11 +93,17 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    init_ray(config.ray.address, config.ray.num_cpus)
-    result = _fit(_trainer(config, run, tracker, eval_tasks, init_checkpoint, callbacks), config, run, tracker)
+    with PendingReporter(plan, cluster):
+        result = _fit(_trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks), config, run,
+                      tracker)
 
     final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
+    if final_state is None or final_state.step < config.train.max_steps:  # Ray Train's Ctrl-C ends fit() quietly
+        if tracker:
+            tracker.finish("KILLED", run)
+        raise Interrupted(f"run {config.name} stopped at step {final_state.step if final_state else 0} of "
+                          f"{config.train.max_steps}; its checkpoints are kept: launch it again to resume")
     text = _final_sample(config, final) if sample and final else None
     if tracker:
         _finish_tracking(tracker, run, config, text, final_state)
@@ -133,15 +145,12 @@ def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | 
     return _finished_result(config, checkpoint, step, started, sample, tracker)
 
 
-def _trainer(config: ExperimentConfig, run: Storage, tracker, eval_tasks: dict | None,
+def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
              init_checkpoint: Path | str | None, callbacks: list | None):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": config.ray.cpus_per_worker}
-    if config.ray.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -157,13 +166,15 @@ def _trainer(config: ExperimentConfig, run: Storage, tracker, eval_tasks: dict |
             "run": run,
         },
         scaling_config=ScalingConfig(
-            num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=resources
+            num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=plan.resources,
+            accelerator_type=config.ray.accelerator_type,
         ),
         run_config=RunConfig(
             name=config.name,
             **_ray_storage(config.out_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            failure_config=FailureConfig(max_failures=config.ray.max_failures,
+                                         controller_failure_limit=controller_retries(config.ray)),
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
@@ -180,6 +191,10 @@ def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
         cause = _root_cause(exc)
         if isinstance(cause, (CheckpointError, DataError)):
             raise cause from exc
+        if type(cause).__name__ == "WorkerGroupStartupTimeoutError":  # only with ray.wait_timeout_s
+            raise ConfigError("ray.wait_timeout_s", f"run {config.name}: no worker group after waiting "
+                                                    f"{config.ray.wait_timeout_s:g} s for the cluster to grow "
+                                                    f"({cause})") from exc
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
 
 
@@ -239,6 +254,17 @@ def _log_run_plots(tracker, run: Storage, config: ExperimentConfig) -> None:
             return
         for path in files:
             tracker.log_artifact(str(path), "plots")
+
+
+def check_tracking_store(config: ExperimentConfig, cluster: Cluster) -> None:
+    """A SQLite file is one machine's store: on a cluster of several nodes, rank 0 and the driver may sit
+    on different ones and write it over a shared filesystem, which SQLite does not survive."""
+    if config.tracking.enabled and config.tracking_uri().startswith("sqlite:") and \
+            (len(cluster.nodes) > 1 or cluster.can_grow):
+        raise ConfigError("tracking.uri", f"is SQLite ({config.tracking_uri()}), but the cluster has "
+                                          f"{cluster.describe()}: run an MLflow server (mlflow server "
+                                          "--backend-store-uri …) and set tracking.uri=http://HOST:5000, or "
+                                          "set tracking.enabled=false")
 
 
 def _start_tracking(config: ExperimentConfig):

@@ -17,25 +17,25 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptray.base.cluster import DRIVER_RESOURCE, DRIVER_SHARE, Cluster, live_cluster
 from gptray.base.errors import ConfigError
 from gptray.base.paths import is_uri
 from gptray.base.runtime import configure_logging, init_ray
+from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.config import ExperimentConfig
 from gptray.tracking import MlflowTracker
-from gptray.train.pretrain import pretrain
+from gptray.train.placement import plan_workers
+from gptray.train.pretrain import check_tracking_store, pretrain
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
-
-TRIAL_CPU = 0.01  # the trainable itself only waits on its TorchTrainer; Tune needs a request > 0
-
 
 @dataclass
 class TrialOutcome:
     name: str
     label: str
     seed: int
-    status: str  # "finished", "failed", or "stopped" (early, by ASHA)
+    status: str  # "finished", "failed", "stopped" (early, by ASHA), "interrupted" or "not started"
     error: str = ""
     metrics: dict = field(default_factory=dict)
 
@@ -49,6 +49,14 @@ class SweepOutcome:
 
     def failed(self) -> list[TrialOutcome]:
         return [t for t in self.trials if t.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(t.status == status for t in self.trials)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the sweep was stopped (Ctrl-C) before every trial ran: launching it again resumes."""
+        return any(t.status in ("interrupted", "not started") for t in self.trials)
 
 
 def run_trial(params: dict, trials: dict[str, dict], parent_run_id: str | None) -> None:
@@ -78,19 +86,28 @@ def run_trial(params: dict, trials: dict[str, dict], parent_run_id: str | None) 
         raise
 
 
-def max_concurrent_trials(base: ExperimentConfig) -> int:
-    """How many trials the cluster runs at once without one trial's workers waiting on another's."""
-    import ray
+def trial_driver(cluster: Cluster) -> dict[str, float]:
+    """What a trial's own process asks for: a share of the driver resource where the cluster has one (the
+    head in cluster/*.yaml, so trial drivers and their Ray Train controllers stay off GPU nodes), else
+    a sliver of a CPU (Tune needs a request above zero)."""
+    if cluster.total(DRIVER_RESOURCE) > 0:
+        return {DRIVER_RESOURCE: DRIVER_SHARE}
+    return {"CPU": DRIVER_SHARE}
 
-    resources = ray.cluster_resources()
-    per_trial_cpu = base.ray.num_workers * base.ray.cpus_per_worker + TRIAL_CPU
-    fits = math.floor(resources.get("CPU", 0) / per_trial_cpu)
-    if base.ray.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / base.ray.num_workers))
-    if fits < 1:
-        log.warning("one trial needs %.2f CPUs%s; the cluster has %s now: trials wait for an autoscaler",
-                    per_trial_cpu, f" and {base.ray.num_workers} GPUs" if base.ray.use_gpu else "", resources)
-    return max(fits, 1)
+
+def concurrency(sweep: Sweep, cluster: Cluster, driver: dict[str, float]) -> tuple[int, float]:
+    """(trials at a time, CPUs per worker). A cluster that can grow gets every trial at once: their pending
+    worker groups are what makes the autoscaler add nodes, up to its max_workers. A fixed one runs as
+    many as fit; with ray.cpus_per_worker auto, one at a time unless sweep.max_concurrent_trials says more."""
+    base, spec = sweep.base, sweep.spec
+    if cluster.can_grow:
+        return spec.max_concurrent_trials or len(sweep.trials), plan_workers(base.ray, cluster, "a trial").cpus
+    if base.ray.cpus_per_worker == "auto":
+        concurrent = spec.max_concurrent_trials or 1
+        return concurrent, plan_workers(base.ray, cluster, "a trial", driver, concurrent).cpus
+    plan = plan_workers(base.ray, cluster, "a trial", driver)  # refuses a trial that can never fit
+    fits = min(math.floor(cluster.total(r) / plan.demand.total(r)) for r in plan.demand.bundle if plan.demand.total(r))
+    return spec.max_concurrent_trials or max(1, fits), plan.cpus
 
 
 def run_sweep(sweep: Sweep) -> SweepOutcome:
@@ -102,6 +119,12 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
         raise ConfigError("out_dir", f"a sweep needs a local or shared-filesystem out_dir, not {base.out_dir}; "
                                      "object-store URIs work for single runs (gptray pretrain)")
     init_ray(base.ray.address, base.ray.num_cpus)
+    cluster = live_cluster(base.ray.autoscaling)
+    driver = trial_driver(cluster)
+    concurrent, cpus = concurrency(sweep, cluster, driver)
+    for trial in sweep.trials:  # each trial's own workers and settings, checked before anything starts
+        plan_workers(_with_cpus(trial.config, cpus).ray, cluster, f"trial {trial.name}", driver, concurrent)
+        check_tracking_store(trial.config, cluster)
     Path(sweep.directory).mkdir(parents=True, exist_ok=True)
     parent = None
     if base.tracking.enabled:
@@ -116,13 +139,12 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
             log.warning("MLflow tracking unavailable at %s (%s); the sweep runs without it", base.tracking_uri(), exc)
 
     specs = {t.name: {"name": t.name, "label": t.label, "seed": t.seed, "tags": t.tags(base.name),
-                      "config": t.config.to_dict()} for t in sweep.trials}
+                      "config": _with_cpus(t.config, cpus).to_dict()} for t in sweep.trials}
     trainable = tune.with_resources(
         functools.partial(run_trial, trials=specs, parent_run_id=parent.run_id if parent else None),
-        {"cpu": TRIAL_CPU},
+        tune.PlacementGroupFactory([driver]),
     )
     tune_dir = str(Path(sweep.directory) / "tune")
-    concurrent = spec.max_concurrent_trials or max_concurrent_trials(base)
     if tune.Tuner.can_restore(tune_dir):
         log.info("sweep %s: restoring Tune's state from %s", base.name, tune_dir)
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -139,28 +161,58 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
                 max_concurrent_trials=concurrent, scheduler=scheduler,
                 trial_name_creator=lambda t: t.config["trial"], trial_dirname_creator=lambda t: t.config["trial"],
             ),
+            # A trial whose driver's node is lost is tried again (from its checkpoints), as often as
+            # Ray Train restarts a lost worker group: ray.max_failures.
             run_config=tune.RunConfig(name="tune", storage_path=sweep.directory,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=base.ray.max_failures)),
         )
     log.info("sweep %s: %d trial(s) (%s × %d seed(s)), up to %d at a time", base.name, len(sweep.trials),
              " × ".join(f"{k}[{len(v)}]" for k, v in spec.axes.items()), len(spec.seeds), concurrent)
     grid = tuner.fit()
 
-    outcomes = []
-    for result in grid:
-        trial = specs[result.config["trial"]]
-        outcomes.append(TrialOutcome(trial["name"], trial["label"], trial["seed"],
-                                     "failed" if result.error else "finished", _describe(result.error),
-                                     dict(result.metrics or {})))
-    outcomes.sort(key=lambda t: [x.name for x in sweep.trials].index(t.name))
+    outcomes = _outcomes(sweep, grid)
     if parent is not None:
-        stopped = _close_stopped_trials(parent)
+        stopped = _close_unfinished_trials(parent, interrupted=any(t.status == "interrupted" for t in outcomes))
         for outcome in outcomes:
             if outcome.name in stopped and outcome.status == "finished":
                 outcome.status = "stopped"
-        parent.set_tags({"gptray.sweep.failed_trials": str(sum(t.status != "finished" for t in outcomes))})
-        parent.finish("FINISHED")
+        parent.set_tags({"gptray.sweep.failed_trials": str(sum(t.status == "failed" for t in outcomes)),
+                         "gptray.sweep.unfinished_trials":
+                             str(sum(t.status in ("interrupted", "not started") for t in outcomes))})
+        parent.finish("KILLED" if any(t.status in ("interrupted", "not started") for t in outcomes) else "FINISHED")
     return SweepOutcome(sweep.directory, parent.run_id if parent else None, base.tracking_uri(), outcomes)
+
+
+def _with_cpus(config: ExperimentConfig, cpus: float) -> ExperimentConfig:
+    """The trial's config with ray.cpus_per_worker: auto made the number the sweep decided."""
+    if config.ray.cpus_per_worker != "auto":
+        return config
+    return dataclasses.replace(config, ray=dataclasses.replace(config.ray, cpus_per_worker=cpus))
+
+
+def _outcomes(sweep: Sweep, grid) -> list[TrialOutcome]:
+    """Every trial of the sweep, in its order, with what became of it. Tune's results hold only the trials
+    it started; a trial with no result, or one Tune left running when it was stopped, did not finish."""
+    results = {result.config["trial"]: result for result in grid}
+    states = {t.config["trial"]: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+    outcomes = []
+    for trial in sweep.trials:
+        result = results.get(trial.name)
+        latest = latest_checkpoint(trial.config.run_dir)
+        if result is not None and result.error:
+            status = "failed"
+        elif latest is not None and read_state(latest).step >= trial.config.train.max_steps:
+            status = "finished"
+        elif result is not None and sweep.spec.scheduler == "asha" and states.get(trial.name) == "TERMINATED":
+            status = "finished"  # stopped early by ASHA: told apart by its MLflow run, which is still open
+        elif latest is not None or Path(trial.config.run_dir, "config.yaml").is_file():
+            status = "interrupted"
+        else:
+            status = "not started"
+        outcomes.append(TrialOutcome(trial.name, trial.label, trial.seed, status,
+                                     _describe(result.error) if result is not None else "",
+                                     dict(result.metrics or {}) if result is not None else {}))
+    return outcomes
 
 
 def _describe(error: BaseException | None) -> str:
@@ -171,16 +223,18 @@ def _describe(error: BaseException | None) -> str:
     return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
 
 
-def _close_stopped_trials(parent) -> set[str]:
-    """Trials Tune stopped early (ASHA) never finished their MLflow run: close them as KILLED."""
+def _close_unfinished_trials(parent, interrupted: bool) -> set[str]:
+    """Close the trials' MLflow runs Tune left open: stopped early by ASHA (KILLED, tagged so), or, when the
+    sweep itself was interrupted, KILLED and tagged interrupted (a relaunch reopens them)."""
     client = parent.client
     running = client.search_runs([parent.experiment_id] if parent.experiment_id else
                                  [client.get_run(parent.run_id).info.experiment_id],
                                  f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'")
     for run in running:
-        client.set_tag(run.info.run_id, "gptray.sweep.stopped_early", "true")
+        client.set_tag(run.info.run_id, "gptray.sweep.interrupted" if interrupted else "gptray.sweep.stopped_early",
+                       "true")
         client.set_terminated(run.info.run_id, "KILLED")
-    return {run.info.run_name for run in running}
+    return set() if interrupted else {run.info.run_name for run in running}
 
 
 def _flat_spec(spec) -> dict:

@@ -46,9 +46,13 @@ def test_launcher_yaml_keeps_the_dashboard_private_and_token_auth_on(name):
 def test_cloud_yamls_autoscale_gpu_workers_running_this_project(name):
     config = load(name)
     types = config["available_node_types"]
-    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # the head trains nothing
-    gpus = {t["resources"].get("GPU") for n, t in types.items() if n != config["head_node_type"]}
-    assert {8, 1} <= gpus  # an 8-GPU type (H100 nodes) and a single-GPU type
+    # the head trains nothing, and is where sweep trials' drivers go
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0, "gptray_driver": 1}
+    workers = [t["resources"] for n, t in types.items() if n != config["head_node_type"]]
+    assert {8, 1} <= {r.get("GPU") for r in workers}  # an 8-GPU type (H100 nodes) and a single-GPU type
+    for resources in workers:  # the autoscaler knows each type's GPU kind, so ray.accelerator_type scales it
+        assert sum(1 for key in resources if key.startswith("accelerator_type:")) == 1, resources
+    assert {"accelerator_type:H100": 1} == {k: v for r in workers for k, v in r.items() if k.endswith("H100")}
     for node_type in types.values():
         assert node_type.get("min_workers", 0) <= node_type.get("max_workers", 0) <= config["max_workers"]
     assert config["docker"]["image"] == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
