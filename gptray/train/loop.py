@@ -70,6 +70,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _log_start(engine, config, state)
     cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
     _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
+    if loop_config.get("final_sample") and state.step >= config.train.max_steps:
+        _final_sample(engine, state, config, loop_config["tokenizer"], run)
     if tracker is not None:
         tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
 
@@ -175,6 +177,21 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             _report_checkpoint(engine, state, metrics, config)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
+
+
+def final_sample_name(step: int) -> str:
+    """Where rank 0 keeps the final model's sample, in the run directory (and in the MLflow run)."""
+    return f"samples/step_{step:08d}.txt"
+
+
+def _final_sample(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, tokenizer,
+                  run: Storage) -> None:
+    """The trained model's sample, generated here on the workers (all ranks under FSDP) and kept in the run
+    directory for the driver to print: the driver never loads the model or its optimizer state."""
+    text = engine.sample(tokenizer, config.generate)
+    if text is not None:
+        run.make_dirs("samples")
+        run.write_bytes(final_sample_name(state.step), text.encode())
 
 
 @contextlib.contextmanager

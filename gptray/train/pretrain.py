@@ -23,13 +23,12 @@ from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
 from gptray.data.tokenizer import Tokenizer
 from gptray.eval.training import training_payload
-from gptray.generation import generate_text, load_model
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import read_history
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.plots import run_report
 from gptray.train.finetune import base_checkpoint, find_base
-from gptray.train.loop import train_loop_per_worker
+from gptray.train.loop import final_sample_name, train_loop_per_worker
 from gptray.train.placement import PendingReporter, WorkerPlan, controller_retries, plan_workers
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,9 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
+    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample)
     with PendingReporter(plan, cluster):
-        result = _fit(_trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks), config, run,
-                      tracker)
+        result = _fit(trainer, config, run, tracker)
 
     final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
@@ -104,7 +103,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
             tracker.finish("KILLED", run)
         raise Interrupted(f"run {config.name} stopped at step {final_state.step if final_state else 0} of "
                           f"{config.train.max_steps}; its checkpoints are kept: launch it again to resume")
-    text = _final_sample(config, final) if sample and final else None
+    text = _stored_sample(run, final_state.step) if sample else None
     if tracker:
         _finish_tracking(tracker, run, config, text, final_state)
     return PretrainResult(
@@ -146,7 +145,7 @@ def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | 
 
 
 def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
-             init_checkpoint: Path | str | None, callbacks: list | None):
+             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
     from ray.train.torch import TorchTrainer
@@ -157,8 +156,9 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
             "config": config.to_dict(),
             "mlflow_run_id": tracker.run_id if tracker else None,
             "tracking_uri": tracker.tracking_uri if tracker else None,
-            # by value: workers need no tiktoken cache to decode periodic samples
-            "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval else None,
+            # by value: workers need no tiktoken cache to decode samples
+            "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval or sample else None,
+            "final_sample": sample,  # rank 0 generates it: the driver (on the head) never loads the model
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
             "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,
             # resolved here: an object store's endpoint and region travel with them to the workers
@@ -202,7 +202,7 @@ def _finish_tracking(tracker, run: Storage, config: ExperimentConfig, sample_tex
     """What the workers could not send, the final sample, the config and the run's plots; then close the run."""
     tracker.send_outbox(run)
     if sample_text is not None:
-        tracker.log_text(sample_text, f"samples/step_{final_state.step:08d}.txt")
+        tracker.log_text(sample_text, final_sample_name(final_state.step))
     tracker.log_text(run.read_bytes("config.yaml").decode(), "config.yaml")
     _log_run_plots(tracker, run, config)
     if not tracker.finish("FINISHED", run):
@@ -220,7 +220,7 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int
         run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step,
         metrics=read_state(checkpoint).metrics, tracking_uri=record.get("tracking_uri"),
         mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
-        sample=_final_sample(config, checkpoint) if sample else None, seconds=time.monotonic() - started,
+        sample=_stored_sample(Storage(config.run_dir), step) if sample else None, seconds=time.monotonic() - started,
     )
 
 
@@ -291,9 +291,10 @@ def _ray_storage(out_dir: str) -> dict:
     return {"storage_path": out.base, "storage_filesystem": out.fs}
 
 
-def _final_sample(config: ExperimentConfig, checkpoint: Path | str) -> str:
-    model, _ = load_model(checkpoint)
-    return generate_text(model, Tokenizer(config.data.tokenizer), config.generate)
+def _stored_sample(run: Storage, step: int) -> str | None:
+    """The final model's sample rank 0 kept in the run directory (None for a run trained without one)."""
+    name = final_sample_name(step)
+    return run.read_bytes(name).decode() if run.exists(name) else None
 
 
 def _root_cause(exc: BaseException) -> BaseException:

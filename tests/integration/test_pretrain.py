@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,9 @@ from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, latest_checkpoint, read_state
 from gptray.cli.main import main as cli
 from gptray.tracking.history import read_history
+from gptray.train.finetune import load_finetune_config
 from gptray.train.pretrain import pretrain
-from helpers import make_config, metric_history, small_run_config
+from helpers import REPO, SMALL_RUN, make_config, metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +130,29 @@ def test_training_goes_on_when_the_tracking_server_is_unreachable(shakespeare_da
     result = pretrain(config, sample=False)
     assert result.final_step == 2 and result.mlflow_run_id is None
     assert "MLflow tracking unavailable" in caplog.text
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):
+    """SIGINT to a real `gptray pretrain`: it stops, says where, exits 130; the same command resumes."""
+    overrides = [*SMALL_RUN, f"out_dir={root}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
+                 "name=interrupted", "train.max_steps=2000", "train.lr_decay_steps=2000", "tracking.enabled=false",
+                 "ray.num_cpus=2"]  # its own local Ray, as a user's command would start
+    run_dir, output = root / "runs" / "interrupted", root / "interrupted.log"
+    with open(output, "w") as log:
+        command = subprocess.Popen([sys.executable, "-m", "gptray", "pretrain", "--no-sample", *overrides], cwd=REPO,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(run_dir) is None:
+            assert command.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.2)
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=120) == 130, output.read_text()[-3000:]
+    assert "gptray pretrain: interrupted: run interrupted stopped at step" in output.read_text()
+    stopped_at = read_state(latest_checkpoint(run_dir)).step
+    assert 12 <= stopped_at < 2000
+    resumed = pretrain(load_finetune_config(None, [*overrides[:-1], f"train.max_steps={stopped_at + 2}"]),
+                       sample=False)
+    assert (resumed.start_step, resumed.final_step) == (stopped_at, stopped_at + 2)
 
 
 def test_generate_command_reads_the_checkpoint(reference_run, capsys):

@@ -24,46 +24,66 @@ def children(client, parent_run_id: str):
 
 
 @pytest.mark.slow
-def test_a_2x2_sweep_survives_its_driver_dying_and_compares_honestly(shakespeare_dataset, tmp_path):
+def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finishes_it(shakespeare_dataset, tmp_path,
+                                                                                    capsys):
+    """configs/sweeps/norm.yaml unmodified but for its budget and seeds, on a 2-CPU local Ray (where its
+    trials once waited forever): SIGINT mid-sweep stops it with true counts and exit 130, compare calls the
+    unfinished trials what they are, and the same command resumes and finishes the sweep."""
     from mlflow.tracking import MlflowClient
     from scipy import stats
 
-    path = write_sweep(tmp_path / "layers.yaml", shakespeare_dataset.dataset_dir,
-                       {"axes": {"model.n_layer": [1, 2]}, "seeds": [0, 1], "max_concurrent_trials": 2})
-    sweep_dir = tmp_path / "runs" / "layers"
+    path = REPO / "configs" / "sweeps" / "norm.yaml"
+    # ray.num_cpus=2: a fresh local Ray the size of the documented machine, whatever this host has
+    overrides = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
+                 "sweep.budget_tokens=2048", "sweep.seeds=[0,1]", "ray.num_cpus=2"]
+    sweep_dir = tmp_path / "runs" / "ablate-norm"
+    names = ["layernorm-seed0", "layernorm-seed1", "rmsnorm-seed0", "rmsnorm-seed1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "gptray", "sweep", "--config", str(path)], cwd=REPO,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen([sys.executable, "-m", "gptray", "sweep", "--config", str(path), *overrides],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 400
-        while not list(sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")):
+        # one trial done, another one begun
+        while not (list(sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")) and
+                   sum((sweep_dir / name / "config.yaml").is_file() for name in names) >= 2):
             assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray instance die mid-sweep
-        driver.wait()
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)  # Ctrl-C, to the sweep's own process
+        assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()[-3000:]
     finished_before = {p.parent.parent.name for p in sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")}
+    begun = {name for name in names if (sweep_dir / name / "config.yaml").is_file()}
+    assert 1 <= len(finished_before) < 4
+    counts = f"{len(finished_before)} of 4 trial(s) finished, {len(begun - finished_before)} interrupted, " \
+             f"{4 - len(begun)} not started"
+    assert f"interrupted: {counts}" in (tmp_path / "driver.log").read_text()
 
-    assert cli(["sweep", "--config", str(path)]) == 0  # the same command again resumes the sweep
-
+    capsys.readouterr()
+    assert cli(["compare", "--config", str(path), *overrides, "--format", "json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]  # what did not finish is not called failed
+    assert [sum(g[key] for g in groups) for key in ("n", "failed", "unfinished", "not_started")] == \
+        [len(finished_before), 0, len(begun - finished_before), 4 - len(begun)]
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+
+    assert cli(["sweep", "--config", str(path), *overrides]) == 0  # the same command again resumes the sweep
+
     parent = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
                                 "tags.`gptray.sweep.role` = 'parent'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     runs = children(client, parent[0].info.run_id)
-    assert sorted(r.info.run_name for r in runs) == ["1-seed0", "1-seed1", "2-seed0", "2-seed1"]  # no duplicates
+    assert sorted(r.info.run_name for r in runs) == names  # no duplicates
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
-        assert run.data.tags["gptray.sweep.axis.model.n_layer"] == run.info.run_name[0]
+        assert json.loads(run.data.tags["gptray.sweep.axis.model.norm"]) == run.info.run_name.split("-")[0]
         assert run.data.tags["gptray.sweep.seed"] == run.info.run_name[-1]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")][-1] == 4
-    for name in finished_before:  # trials done before the crash were not trained again
+    for name in finished_before:  # trials done before the interrupt were not trained again
         history = client.get_metric_history(next(r for r in runs if r.info.run_name == name).info.run_id,
                                             "train/loss")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        assert sorted(m.step for m in history) == [1, 4]
 
     # `gptray compare` equals the statistics computed here straight from the MLflow client
     out = tmp_path / "report"
-    assert cli(["compare", "--config", str(path), "--format", "json", "--plot", str(out)]) == 0
+    assert cli(["compare", "--config", str(path), *overrides, "--format", "json", "--plot", str(out)]) == 0
     reported = {g["label"]: g for g in json.loads((out / "summary.json").read_text())["groups"]}
     best = {}
     for run in runs:
@@ -71,21 +91,22 @@ def test_a_2x2_sweep_survives_its_driver_dying_and_compares_honestly(shakespeare
         best.setdefault(run.data.tags["gptray.sweep.label"], []).append(min(m.value for m in history))
     for label, values in best.items():
         group = reported[label]
-        assert group["n"] == 2
+        assert (group["n"], group["failed"], group["unfinished"], group["not_started"]) == (2, 0, 0, 0)
         assert sorted(group["values"]) == pytest.approx(sorted(values), abs=1e-12)
         assert group["mean"] == pytest.approx(np.mean(values), abs=1e-12)
         assert group["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
         half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2)
         assert (group["ci_low"], group["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
-    assert reported["1"]["is_baseline"]
-    assert reported["2"]["diff"] == pytest.approx(np.mean(best["2"]) - np.mean(best["1"]))
-    assert reported["2"]["p_value"] == pytest.approx(stats.ttest_ind(best["2"], best["1"], equal_var=False).pvalue)
+    assert reported["layernorm"]["is_baseline"]
+    assert reported["rmsnorm"]["diff"] == pytest.approx(np.mean(best["rmsnorm"]) - np.mean(best["layernorm"]))
+    assert reported["rmsnorm"]["p_value"] == pytest.approx(
+        stats.ttest_ind(best["rmsnorm"], best["layernorm"], equal_var=False).pvalue)
     for name in ("curves_val_loss.png", "bars_best_val_loss.png", "results.jsonl", "results.csv"):
         assert (out / name).stat().st_size > 0
     attached = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare")}
     assert "compare/bars_best_val_loss.png" in attached
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and {r["axis.model.n_layer"] for r in rows} == {1, 2}
+    assert len(rows) == 4 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
 
 
 @pytest.mark.slow
