@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,16 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
 
 
 def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
-    """trainer.fit(), with a worker's own data or checkpoint error raised as itself."""
+    """trainer.fit(), with a worker's own data or checkpoint error raised as itself, and Ctrl-C as Interrupted."""
     try:
-        return trainer.fit()
+        return _fit_interruptibly(trainer)
+    except KeyboardInterrupt:
+        if tracker:
+            tracker.finish("KILLED", run)
+        latest = latest_checkpoint(config.run_dir)
+        step = read_state(latest).step if latest is not None else 0
+        raise Interrupted(f"run {config.name} stopped at step {step} of {config.train.max_steps} (its latest "
+                          "checkpoint); launch it again to resume") from None
     except Exception as exc:
         if tracker:
             tracker.finish("FAILED", run)
@@ -196,6 +204,30 @@ def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
                                                     f"{config.ray.wait_timeout_s:g} s for the cluster to grow "
                                                     f"({cause})") from exc
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
+
+
+def _fit_interruptibly(trainer):
+    """trainer.fit() in a thread of its own when this is the main thread, so that Ctrl-C reaches us as
+    KeyboardInterrupt: Ray Train's own SIGINT handler (installed only in the main thread) exits the process
+    without a word. The workers end with this process, which owns their controller; the checkpoints
+    they completed stay."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # raised again in the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="gptray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _finish_tracking(tracker, run: Storage, config: ExperimentConfig, sample_text: str | None, final_state) -> None:
