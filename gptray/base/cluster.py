@@ -59,8 +59,14 @@ class Demand:
         return self.count * self.bundle.get(resource, 0.0) + self.driver.get(resource, 0.0)
 
     def describe(self) -> str:
-        resources = sorted({*self.bundle, *self.driver})
-        return ", ".join(f"{_number(self.total(r))} {_resource_name(r)}" for r in resources if self.total(r))
+        """e.g. "16 CPU, 16 GPU (H100)": the GPU kind a worker is pinned to goes with its GPUs."""
+        kinds = [r.split(":", 1)[1] for r in self.bundle if r.startswith("accelerator_type:")]
+        parts = []
+        for resource in sorted({*self.bundle, *self.driver}):
+            if self.total(resource) and not resource.startswith("accelerator_type:"):
+                kind = f" ({', '.join(kinds)})" if resource == "GPU" and kinds else ""
+                parts.append(f"{_number(self.total(resource))} {resource}{kind}")
+        return ", ".join(parts)
 
 
 def check_fits(demand: Demand, cluster: Cluster, concurrent: int = 1) -> None:

@@ -53,6 +53,10 @@ def test_what_no_node_can_hold_is_refused():
     gpus = Cluster(({"CPU": 8.0, "GPU": 8.0, "accelerator_type:A100": 1.0},), can_grow=False)
     with pytest.raises(ConfigError, match="GPU type H100"):
         plan_workers(RayConfig(use_gpu=True, accelerator_type="H100", num_workers=8), gpus, "run")
+    pinned = plan_workers(RayConfig(use_gpu=True, accelerator_type="H100", num_workers=16, cpus_per_worker=8.0),
+                          GROWING, "trial rmsnorm-seed2")
+    assert pinned.demand.describe() == "128 CPU, 16 GPU (H100)"  # what a waiting trial says it waits for
+    assert pinned.resources == {"CPU": 8.0, "GPU": 1.0}  # the GPU kind goes to Ray Train as accelerator_type
 
 
 def test_concurrent_trials_are_checked_together():
