@@ -170,17 +170,18 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
              " × ".join(f"{k}[{len(v)}]" for k, v in spec.axes.items()), len(spec.seeds), concurrent)
     grid = tuner.fit()
 
-    outcomes = _outcomes(sweep, grid)
+    outcome = SweepOutcome(sweep.directory, parent.run_id if parent else None, base.tracking_uri(),
+                           _outcomes(sweep, grid))
     if parent is not None:
-        stopped = _close_unfinished_trials(parent, interrupted=any(t.status == "interrupted" for t in outcomes))
-        for outcome in outcomes:
-            if outcome.name in stopped and outcome.status == "finished":
-                outcome.status = "stopped"
-        parent.set_tags({"gptray.sweep.failed_trials": str(sum(t.status == "failed" for t in outcomes)),
-                         "gptray.sweep.unfinished_trials":
-                             str(sum(t.status in ("interrupted", "not started") for t in outcomes))})
-        parent.finish("KILLED" if any(t.status in ("interrupted", "not started") for t in outcomes) else "FINISHED")
-    return SweepOutcome(sweep.directory, parent.run_id if parent else None, base.tracking_uri(), outcomes)
+        stopped = _close_unfinished_trials(parent, interrupted=outcome.interrupted)
+        for trial in outcome.trials:
+            if trial.name in stopped and trial.status == "finished":
+                trial.status = "stopped"
+        parent.set_tags({"gptray.sweep.failed_trials": str(outcome.count("failed")),
+                         "gptray.sweep.unfinished_trials": str(outcome.count("interrupted") +
+                                                               outcome.count("not started"))})
+        parent.finish("KILLED" if outcome.interrupted else "FINISHED")
+    return outcome
 
 
 def _with_cpus(config: ExperimentConfig, cpus: float) -> ExperimentConfig:
