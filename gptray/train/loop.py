@@ -30,6 +30,7 @@ from gptray.data.windows import open_split_loss_mask, open_split_tokens
 from gptray.eval.training import TrainingEvaluator
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import MetricHistory
+from gptray.tracking.system_metrics import SystemMetrics, start_system_metrics
 from gptray.train.cadence import Cadence
 from gptray.train.engine import TrainingEngine
 
@@ -69,11 +70,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     retry_seconds=config.tracking.retry_seconds)
         _log_start(engine, config, state)
     cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
-    _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
-    if loop_config.get("final_sample") and state.step >= config.train.max_steps:
-        _final_sample(engine, state, config, loop_config["tokenizer"], run)
+    system = _system_metrics(loop_config, context)
+    try:
+        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
+        if loop_config.get("final_sample") and state.step >= config.train.max_steps:
+            _final_sample(engine, state, config, loop_config["tokenizer"], run)
+    finally:
+        system.stop()
     if tracker is not None:
         tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
+
+
+def _system_metrics(loop_config: dict, context) -> SystemMetrics:
+    """MLflow's system metrics of this node (CPU, memory; GPUs where it has them), from its local rank 0
+    only, as system/node<N>/… in the run: one series per node, however many ranks it holds."""
+    if not loop_config.get("mlflow_run_id") or context.get_local_rank() != 0:
+        return SystemMetrics()
+    return start_system_metrics(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
+                                f"node{context.get_node_rank()}")
 
 
 def _open_engine(config: ExperimentConfig, dataset: Storage, device: torch.device, rank: int,
