@@ -1,8 +1,13 @@
-"""Helpers the tests share: where things are, small configs, free ports, MLflow metric histories, sweep files."""
+"""Helpers the tests share: paths, small configs, free ports, MLflow histories, an `mlflow server`, a relay, sweeps."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -67,6 +72,133 @@ def metric_history(result, key: str) -> dict[int, float]:
     client = MlflowClient(result.tracking_uri)
     history = sorted(client.get_metric_history(result.mlflow_run_id, key), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
+
+
+BIN = Path(sys.executable).parent
+
+
+class MlflowServer:
+    """`mlflow server` with a SQLite backend and a local artifact store, started and stopped at will."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self) -> None:
+        log = open(self.root / "server.log", "a")
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, \
+                    (self.root / "server.log").read_text()[-3000:]
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)  # the server and its workers, no goodbye
+        self.process.wait()
+
+
+class Relay:
+    """A TCP relay on its own loopback port in front of a server: `down()` refuses connections and cuts
+    open ones, as a dead server does, and `up()` is the server back at once, however long a real
+    `mlflow server` would take to start on a loaded machine.
+
+    With `delay`, every request waits that long before it goes on to the server: what arrives from the
+    client within the wait (an HTTP request's headers and body) goes on together, so one request costs
+    one delay, as network latency would.
+    """
+
+    def __init__(self, target_port: int, delay: float = 0.0):
+        self.target_port = target_port
+        self.delay = delay
+        self.port = 0
+        self.accepted = 0
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.up()
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))  # the same address again
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.1)  # a blocked accept() would keep a closed listener alive
+        self.serving = True
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def down(self) -> None:
+        self.serving = False
+        self.acceptor.join()
+        self.listener.close()
+        with self.lock:
+            for s in self.open:
+                cut(s)
+                s.close()
+            self.open = []
+
+    def _accept(self) -> None:
+        while self.serving:
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the server is away too: this client sees its connection end, the relay goes on
+                client.close()
+                continue
+            with self.lock:
+                self.accepted += 1
+                self.open += [client, upstream]
+            for a, b, delay in ((client, upstream, self.delay), (upstream, client, 0.0)):
+                threading.Thread(target=self._pump, args=(a, b, delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while data := source.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                    data += _arrived(source)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            cut(source)
+            cut(sink)
+
+
+def _arrived(source: socket.socket) -> bytes:
+    """What has already arrived on `source`, read without waiting (a closed end shows at the next recv)."""
+    chunks = []
+    while True:
+        try:
+            chunk = source.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def cut(connection: socket.socket) -> None:
+    """End a relayed connection in both directions (the peer sees it closed)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already cut
+        pass
 
 
 TINY_TRIALS = {

@@ -85,8 +85,8 @@ def log_report(report: EvalReport, config: ExperimentConfig, run_id: str | None 
     if target.created:
         tracker.finish("FINISHED")
     else:
-        tracker.log_metrics({}, step=report.step)  # deliver anything kept while the server was away
-    if tracker.lost:
+        tracker.flush()  # the results go now, from the sender thread: this command ends next
+    if tracker.lost or tracker.unsent:
         log.warning("MLflow could not take the results at %s; they are printed below", target.tracking_uri)
     return target
 

@@ -20,6 +20,11 @@ def _pyplot():
     return plt
 
 
+def _title(ax, text: str) -> None:
+    """A title that wraps at the figure's edges instead of running off them (a narrow bar chart's did)."""
+    ax.set_title(text, wrap=True)  # wrapped when drawn; tight_layout() makes room for the extra lines
+
+
 def loss_curves(client, records: list[RunRecord], key: str, path: str | Path) -> Path | None:
     """Mean of `key` over the seeds of each group at every step, with a min–max band; None if no data."""
     plt = _pyplot()
@@ -37,12 +42,17 @@ def loss_curves(client, records: list[RunRecord], key: str, path: str | Path) ->
     for label, histories in groups.items():
         steps = sorted(set.intersection(*(set(h) for h in histories)))
         values = np.array([[h[s] for s in steps] for h in histories])  # (seeds, steps)
-        line, = ax.plot(steps, values.mean(axis=0), label=f"{label} (n={len(histories)})")
-        if len(histories) > 1:
+        mean = values.mean(axis=0)
+        # A line through one point draws nothing: a group with a single step (one validation) shows a marker.
+        line, = ax.plot(steps, mean, label=f"{label} (n={len(histories)})", marker="o" if len(steps) == 1 else None)
+        if len(histories) > 1 and len(steps) == 1:  # nor does a band one step wide: a min–max bar instead
+            ax.errorbar(steps, mean, yerr=[mean - values.min(axis=0), values.max(axis=0) - mean], fmt="none",
+                        ecolor=line.get_color(), alpha=0.5, capsize=6)
+        elif len(histories) > 1:
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel(key)
-    ax.set_title(f"{key}: mean over seeds, band = min–max")
+    _title(ax, f"{key}: mean over seeds, band = min–max")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -69,7 +79,7 @@ def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> P
     high = max(s.mean + e for s, e in zip(shown, errors))
     margin = (high - low) * 0.5 or abs(high) * 0.05 or 1.0
     ax.set_ylim(low - margin, high + margin)  # differences between groups, not distance from zero
-    ax.set_title(f"{metric}: mean and 95% CI over seeds (grey: baseline)")
+    _title(ax, f"{metric}: mean and 95% CI over seeds (grey: baseline)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -109,7 +119,7 @@ def run_report(histories: dict[str, dict[int, float]], title: str, directory: st
         ax.grid(alpha=0.3)
         ax.legend()
     axes[-1, 0].set_xlabel("step")
-    axes[0, 0].set_title(title)
+    _title(axes[0, 0], title)
     fig.tight_layout()
     png = directory / "curves.png"
     fig.savefig(png, dpi=120)
