@@ -54,6 +54,7 @@ class Demand:
     bundle: dict[str, float]  # one worker's resources
     driver: dict[str, float]  # resources of the process that waits on the workers (a Tune trial); may be empty
     settings: str  # the settings that size it, for the message: "ray.num_workers=2 × ray.cpus_per_worker=1.0"
+    unit: str = "worker"  # what one bundle is, for the message: a Ray Train worker, an evaluation actor
 
     def total(self, resource: str) -> float:
         return self.count * self.bundle.get(resource, 0.0) + self.driver.get(resource, 0.0)
@@ -79,8 +80,9 @@ def check_fits(demand: Demand, cluster: Cluster, concurrent: int = 1) -> None:
         return
     for resource, need in demand.bundle.items():
         if need > cluster.largest_node(resource):
-            raise ConfigError("ray", f"{demand.what}: one worker needs {_number(need)} {_resource_name(resource)} "
-                                     f"({demand.settings}), more than any node has; the cluster has "
+            raise ConfigError("ray", f"{demand.what}: one {demand.unit} needs {_number(need)} "
+                                     f"{_resource_name(resource)} ({demand.settings}), more than any node has; "
+                                     "the cluster has "
                                      f"{cluster.describe()}")
     for resource in sorted({*demand.bundle, *demand.driver}):
         need = concurrent * demand.total(resource)

@@ -78,7 +78,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
     _, prepared = prepare_tasks(directory, config)
     if config.eval.distributed:
         init_ray(config.ray.address, config.ray.num_cpus)
-        results = [evaluate_with_ray(directory, task, config.eval) for task in prepared]
+        results = [evaluate_with_ray(directory, task, config.eval, config.ray.autoscaling) for task in prepared]
     else:
         device = resolve_device(config.eval.device)
         model, _ = load_model(directory, device)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptray.base.cluster import Cluster, Demand, check_fits, live_cluster
 from gptray.base.devices import autocast
 from gptray.base.errors import ConfigError
 from gptray.config import EvalConfig
@@ -79,15 +80,13 @@ class UnitScorer:
         return pd.DataFrame(score_units(self.model, self.task, units, self.device, self.precision))
 
 
-def actor_pool(settings: EvalConfig, num_batches: int) -> tuple[int, float, float]:
+def actor_pool(settings: EvalConfig, num_batches: int, cluster: Cluster) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor). One actor per GPU where the cluster has GPUs (and the
     device allows them); else one per CPU slot but one, leaving a CPU for Ray Data's own tasks (on a
-    small machine a pool that takes every CPU can wait forever), and never more actors than batches."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = 0.0 if settings.device == "cpu" else float(resources.get("GPU", 0))
-    if settings.device.startswith("cuda") and gpus < 1:
+    small machine a pool that takes every CPU can wait forever), and never more actors than batches.
+    A pool that a cluster which cannot grow will never hold is refused (ConfigError, exit 2)."""
+    gpus = 0.0 if settings.device == "cpu" else cluster.total("GPU")
+    if settings.device.startswith("cuda") and gpus < 1 and not cluster.can_grow:
         raise ConfigError("eval.device", f"{settings.device!r} asked for, but the Ray cluster has no GPU")
     use_gpu = gpus >= 1 and (settings.device == "auto" or settings.device.startswith("cuda"))
     if settings.num_actors is not None:
@@ -95,18 +94,24 @@ def actor_pool(settings: EvalConfig, num_batches: int) -> tuple[int, float, floa
     elif use_gpu:
         size = int(gpus)
     else:
-        size = int(resources.get("CPU", 1) // settings.cpus_per_actor) - 1
-    return max(1, min(size, num_batches)), settings.cpus_per_actor, 1.0 if use_gpu else 0.0
+        size = int(cluster.total("CPU") // settings.cpus_per_actor) - 1
+    size = max(1, min(size, num_batches))
+    bundle = {"CPU": settings.cpus_per_actor, **({"GPU": 1.0} if use_gpu else {})}
+    check_fits(Demand("evaluation", size, bundle, {} if use_gpu else {"CPU": 1.0},
+                      f"eval.num_actors={size} × eval.cpus_per_actor={settings.cpus_per_actor:g}"
+                      + ("" if use_gpu else ", and a CPU for Ray Data's tasks"), unit="actor"), cluster)
+    return size, settings.cpus_per_actor, 1.0 if use_gpu else 0.0
 
 
-def evaluate_with_ray(checkpoint: str | Path, prepared: PreparedTask, settings: EvalConfig) -> TaskResult:
+def evaluate_with_ray(checkpoint: str | Path, prepared: PreparedTask, settings: EvalConfig,
+                      autoscaling: bool | None = None) -> TaskResult:
     """Score every unit over a Ray Data actor pool (Ray must be initialized)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     started = time.monotonic()
     num_batches = -(-len(prepared.units) // settings.batch_size)
-    actors, cpus, gpus = actor_pool(settings, num_batches)
+    actors, cpus, gpus = actor_pool(settings, num_batches, live_cluster(autoscaling))
     device = "cuda" if gpus else ("cpu" if settings.device == "auto" else settings.device)
     where = f"{actors} Ray Data actor(s) ({'1 GPU' if gpus else f'{cpus:g} CPU'} each)"
     log.info("%s: %s in %d batches of %d over %s", prepared.label, prepared.description, num_batches,

@@ -66,6 +66,19 @@ def test_concurrent_trials_are_checked_together():
         check_fits(demand, LAPTOP, concurrent=2)
 
 
+def test_an_evaluation_actor_pool_is_checked_like_a_worker_group():
+    from gptray.config import EvalConfig
+    from gptray.eval.runner import actor_pool
+
+    assert actor_pool(EvalConfig(), num_batches=10, cluster=LAPTOP) == (1, 1.0, 0.0)  # a CPU left for Ray Data
+    with pytest.raises(ConfigError, match=r"evaluation needs 3 CPU \(eval.num_actors=2 × eval.cpus_per_actor=1, "
+                                          "and a CPU for Ray Data's tasks"):
+        actor_pool(EvalConfig(num_actors=2), num_batches=10, cluster=LAPTOP)
+    with pytest.raises(ConfigError, match="one actor needs 4 CPU"):
+        actor_pool(EvalConfig(cpus_per_actor=4.0), num_batches=10, cluster=LAPTOP)
+    assert actor_pool(EvalConfig(num_actors=8), num_batches=10, cluster=GROWING)[0] == 8
+
+
 def test_wait_timeout_bounds_ray_trains_worker_group_start_attempts():
     assert controller_retries(RayConfig()) == -1  # wait as long as it takes
     assert controller_retries(RayConfig(wait_timeout_s=60)) == 0
