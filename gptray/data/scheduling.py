@@ -10,7 +10,7 @@ task ran alone for its first second. BENCHMARKS.md has the timelines and the A/B
 Neither interval is public, so this module sets the two constants for the length of one job and
 puts them back. Ray Data's memory backpressure (the reservation allocator) stays on: only how
 often it looks changes. If a Ray upgrade renames them, the job runs at Ray's own cadence and
-logs that once; tests/test_scheduling.py fails on such an upgrade so it is noticed.
+logs that once; tests/integration/test_scheduling.py fails on such an upgrade so it is noticed.
 """
 
 from __future__ import annotations
