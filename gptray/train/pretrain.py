@@ -87,7 +87,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     run.make_dirs("")
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
-    eval_tasks = training_payload(config)  # before Ray starts: a missing HellaSwag file stops the run here
+    eval_tasks = training_payload(config)  # before the workers start: a missing HellaSwag file stops the run here
     init_checkpoint = _init_checkpoint(config) if previous is None else None
     if tracker is None:
         tracker = _start_tracking(config)
@@ -95,24 +95,21 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker.send_outbox(run)
     trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample)
     with PendingReporter(plan, cluster):
-        result = _fit(trainer, config, run, tracker)
+        _fit(trainer, config, run, tracker)
 
     final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
-    if final_state is None or final_state.step < config.train.max_steps:  # Ray Train's Ctrl-C ends fit() quietly
-        if tracker:
-            tracker.finish("KILLED", run)
-        raise Interrupted(f"run {config.name} stopped at step {final_state.step if final_state else 0} of "
-                          f"{config.train.max_steps}; its checkpoints are kept: launch it again to resume")
+    if final_state is None or final_state.step < config.train.max_steps:  # stopped from outside (Ray's abort)
+        raise _stopped(config, run, tracker)
     text = _stored_sample(run, final_state.step) if sample else None
     if tracker:
         _finish_tracking(tracker, run, config, text, final_state)
     return PretrainResult(
         run_dir=config.run_dir,
-        checkpoint=str(final) if final else None,
+        checkpoint=str(final),
         start_step=start_step,
-        final_step=final_state.step if final_state else 0,
-        metrics=final_state.metrics if final_state else dict(result.metrics or {}),
+        final_step=final_state.step,
+        metrics=final_state.metrics,
         tracking_uri=tracker.tracking_uri if tracker else None,
         mlflow_run_id=tracker.run_id if tracker else None,
         mlflow_experiment_id=tracker.experiment_id if tracker else None,
@@ -187,12 +184,7 @@ def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
     try:
         return _fit_interruptibly(trainer)
     except KeyboardInterrupt:
-        if tracker:
-            tracker.finish("KILLED", run)
-        latest = latest_checkpoint(config.run_dir)
-        step = read_state(latest).step if latest is not None else 0
-        raise Interrupted(f"run {config.name} stopped at step {step} of {config.train.max_steps} (its latest "
-                          "checkpoint); launch it again to resume") from None
+        raise _stopped(config, run, tracker) from None
     except Exception as exc:
         if tracker:
             tracker.finish("FAILED", run)
@@ -204,6 +196,16 @@ def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
                                                     f"{config.ray.wait_timeout_s:g} s for the cluster to grow "
                                                     f"({cause})") from exc
         raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
+
+
+def _stopped(config: ExperimentConfig, run: Storage, tracker) -> Interrupted:
+    """A run stopped before train.max_steps (Ctrl-C): its MLflow run is closed as KILLED, its checkpoints stay."""
+    if tracker:
+        tracker.finish("KILLED", run)
+    latest = latest_checkpoint(config.run_dir)
+    step = read_state(latest).step if latest is not None else 0
+    return Interrupted(f"run {config.name} stopped at step {step} of {config.train.max_steps} (its latest "
+                       "checkpoint); launch it again to resume")
 
 
 def _fit_interruptibly(trainer):
