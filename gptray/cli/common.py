@@ -44,10 +44,6 @@ def load_experiment(args, hub: bool = True, settings: dict | None = None):
     may have its config.json read from the Hugging Face Hub)."""
     from gptray.train.finetune import load_finetune_config  # imports torch: only once a command runs
 
-    _say_which_config(args)
-    return load_finetune_config(args.config, args.overrides, hub=hub, settings=settings)
-
-
-def _say_which_config(args) -> None:
     if args.config is None:
         log.info("no --config given: using the built-in defaults (the quickstart config)")
+    return load_finetune_config(args.config, args.overrides, hub=hub, settings=settings)

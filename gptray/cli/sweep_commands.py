@@ -122,13 +122,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from gptray.base.paths import is_uri
     from gptray.config import load_config
     from gptray.tracking.report import plot_run
 
-    tracking_uri = args.tracking_uri
-    if tracking_uri is None and not Path(args.run).is_dir() and not is_uri(args.run):
-        tracking_uri = load_config(None).tracking_uri()  # a bare run id: the default local store
-    for path in plot_run(args.run, tracking_uri, args.out, attach=not args.no_log):
+    for path in plot_run(args.run, args.tracking_uri, args.out, attach=not args.no_log,
+                         default_tracking_uri=load_config(None).tracking_uri()):
         print(path)
     return EXIT_OK

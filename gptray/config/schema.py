@@ -389,10 +389,10 @@ class ExperimentConfig:
         `read_base` reads (gptray.train.finetune.base_model_reader): the config package does no I/O.
         """
         config = ExperimentConfig.from_dict(self.to_dict())
+        config.out_dir = absolute_path(config.out_dir)  # before read_base, which compares the run dir with the base
         if config.train.init_from:
             if not config.train.init_from.startswith(HF_PREFIX):
                 config.train.init_from = absolute_path(config.train.init_from)
-            config.out_dir = absolute_path(config.out_dir)
             if read_base is None:
                 raise ConfigError("train.init_from", "a fine-tuning config resolves with its base model's config; "
                                                      "load it through the gptray CLI, a pipeline, or "
@@ -401,7 +401,6 @@ class ExperimentConfig:
         else:
             config.model = config.model.resolved()
         config.train.resolve(config.model)
-        config.out_dir = absolute_path(config.out_dir)
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
         if config.data.cache_dir is not None:
             config.data.cache_dir = absolute_path(config.data.cache_dir)

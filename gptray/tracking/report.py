@@ -75,10 +75,12 @@ def write_report(tracking_uri: str, comparison: Comparison, directory: str | Pat
     return comparison.files
 
 
-def plot_run(run: str, tracking_uri: str | None = None, out: str | None = None, attach: bool = True) -> list[Path]:
+def plot_run(run: str, tracking_uri: str | None = None, out: str | None = None, attach: bool = True,
+             default_tracking_uri: str | None = None) -> list[Path]:
     """Draw one run's curves and metrics.csv from its MLflow histories (also for a run still going), and
     attach them to the run. `run`: an MLflow run id, or a run directory whose run record names the run and
-    its tracking store. Written to `out`, by default RUN/plots (a local run directory) or ./plots-<run id>."""
+    its tracking store (`tracking_uri` beats it; `default_tracking_uri` serves where neither says). Written
+    to `out`, by default RUN/plots (a local run directory) or ./plots-<run id>."""
     from mlflow.tracking import MlflowClient
 
     run_id, saved = run, read_run_record(run)  # a run directory, local or on an object store; else a run id
@@ -87,6 +89,7 @@ def plot_run(run: str, tracking_uri: str | None = None, out: str | None = None, 
         out = out or (None if is_uri(run) else str(Path(run) / "plots"))
     elif Path(run).is_dir():
         raise DataError(f"{run} has no {RUN_RECORD}: it is not a tracked run directory")
+    tracking_uri = tracking_uri or default_tracking_uri
     if tracking_uri is None:
         raise DataError(f"{run!r} is not a run directory: give the run's --tracking-uri")
     client = MlflowClient(tracking_uri)

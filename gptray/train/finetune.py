@@ -93,9 +93,11 @@ def load_finetune_config(path: str | Path | None = None, overrides: list[str] | 
 def finetune_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         init_from: str | None = None) -> ExperimentConfig:
     """The config of a fine-tuning run (`gptray finetune`): the `finetune` recipe unless the file or an
-    override names another; `init_from` sets train.init_from unless an override does. Refuses a
-    config without a base."""
+    override names another; `init_from` (--init-from) sets train.init_from, over an override of it.
+    Refuses a config without a base."""
     overrides = list(overrides or [])
+    if init_from:
+        overrides = [text for text in overrides if parse_override(text)[0] != "train.init_from"]
     settings: dict = {}
     given = {parse_override(text)[0] for text in overrides}
     in_file = (read_yaml(path).get("train") or {}) if path is not None else {}

@@ -84,7 +84,7 @@ class PendingReporter:
         """Whether a placement group shaped like this run's worker group is still pending."""
         from ray.util import placement_group_table  # heavy
 
-        bundle = {k: v for k, v in self.plan.demand.bundle.items()}
+        bundle = self.plan.demand.bundle
         for group in placement_group_table().values():
             bundles = list((group.get("bundles") or {}).values())
             if group.get("state") == "PENDING" and len(bundles) == self.plan.demand.count and \
