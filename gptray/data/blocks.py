@@ -1,10 +1,9 @@
-"""What each Ray task of the tokenize job does: run read tasks and send on tokenized Arrow blocks.
+"""Read pieces into tokenized Arrow blocks: reading, decoding, the split decision, mixture copies, tokenization.
 
-Reading, decoding, the split decision, mixture copies and tokenization all happen here, in
-parallel tasks, so the driver's per-batch work is a few vectorized Arrow operations.
+A read task (shard_task.py) turns its pieces into blocks and writes them into its shards.
 One block's columns (one row per document record, problems included):
-  task (int32), status (int8, index into readers.STATUSES), loc and error (strings, empty for
-  clean documents), is_val (bool), copies (int32), bytes (int64), tokens (list of token ids,
+  status (int8, index into readers.STATUSES), loc and error (strings, empty for clean
+  documents), is_val (bool), copies (int32), bytes (int64), tokens (list of token ids,
   <|endoftext|> last; empty for skipped records).
 Blocks of prompt/completion sources also carry prompt_tokens (int32): how many of a document's
 first tokens are its prompt, which training computes no loss on.
@@ -13,7 +12,7 @@ first tokens are its prompt, which training computes no loss on.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import pyarrow.fs as pafs
 from gptray.data import readers
 from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
 from gptray.data.split import copies, is_validation
-from gptray.data.tasks import ReadTask
+from gptray.data.tasks import ReadPiece
 from gptray.data.tokenizer import Tokenizer
 
 STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}
@@ -34,7 +33,7 @@ STREAM_BATCH_ROWS = 1024
 
 @dataclass
 class SourceReader:
-    """What a Ray task needs to read one source's tasks (pickled to every task)."""
+    """What a Ray task needs to read one source's pieces (pickled to every task)."""
 
     kind: str
     description: str
@@ -42,7 +41,6 @@ class SourceReader:
     text_field: str = "text"
     weight: float = 1.0
     join_rows: str | None = None
-    table_slices: dict[int, Any] = field(default_factory=dict)  # table: first row → ObjectRef of its rows
     stream: Any = None  # stream: the datasets.IterableDataset
     prompt_field: str | None = None  # JSON prompt/completion sources: the prompt's field
 
@@ -57,63 +55,32 @@ class BlockSettings:
     prompt_column: bool = False  # the dataset has prompt/completion sources: every block carries prompt_tokens
 
 
-class TaskInputs:
-    """What every read task gets besides its row: the sources' readers and the block settings.
-
-    Not a dataclass on purpose: as a Ray Data job starts, its metadata exporter turns dataclass
-    arguments into dicts by deep copy (other objects it only prints). Copying the tokenizer's 50K BPE
-    ranks that way kept the driver 0.13 s from launching the first task while every CPU waited.
-    """
-
-    def __init__(self, readers_by_source: list[SourceReader], settings: BlockSettings):
-        self.readers_by_source = readers_by_source
-        self.settings = settings
-
-
-def tokenize_tasks(batch: pa.Table, inputs: TaskInputs) -> Iterator[pa.Table]:
-    """Ray Data batch function: rows of read tasks in → tokenized blocks out, in task order."""
-    readers_by_source, settings = inputs.readers_by_source, inputs.settings
-    for row in batch.to_pylist():
-        index = row.pop("index")
-        task = ReadTask(**row)
-        reader = readers_by_source[task.source]
-        block = _BlockBuilder(index, reader.weight, settings, reads_prompts=reader.prompt_field is not None)
-        for doc in task_documents(task, reader, settings.max_document_bytes):
-            block.add(doc)
-            if block.full():
-                yield block.build()
-        if block.rows:
-            yield block.build()
-
-
-def task_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> Iterator[Doc]:
-    """The document records of one read task, in corpus order."""
-    if task.kind == "range":
-        yield from readers.range_documents(reader.fs, task.path, task.name, task.fmt, task.unit, task.start,
-                                           task.end, max_bytes, reader.text_field, reader.prompt_field)
-    elif task.kind == "file":
-        yield from readers.file_documents(reader.fs, task.path, task.name, task.fmt, task.unit, max_bytes,
+def piece_documents(piece: ReadPiece, reader: SourceReader, max_bytes: int, table: pa.Table | None = None
+                    ) -> Iterator[Doc]:
+    """The document records of one read piece, in corpus order (`table`: a table piece's rows)."""
+    if piece.kind == "range":
+        yield from readers.range_documents(reader.fs, piece.path, piece.name, piece.fmt, piece.unit, piece.start,
+                                           piece.end, max_bytes, reader.text_field, reader.prompt_field)
+    elif piece.kind == "file":
+        yield from readers.file_documents(reader.fs, piece.path, piece.name, piece.fmt, piece.unit, max_bytes,
                                           reader.text_field, reader.prompt_field)
-    elif task.kind == "parquet":
-        yield from readers.parquet_documents(reader.fs, task.path, task.name, range(task.start, task.end),
-                                             task.first_row, reader.text_field, max_bytes)
-    elif task.kind == "table":
-        import ray
-
-        table = ray.get(reader.table_slices[task.start])
+    elif piece.kind == "parquet":
+        yield from readers.parquet_documents(reader.fs, piece.path, piece.name, range(piece.start, piece.end),
+                                             piece.first_row, reader.text_field, max_bytes)
+    elif piece.kind == "table":
         if reader.join_rows:
-            yield from readers.joined_row_documents(table, reader.text_field, task.name, task.start, max_bytes)
+            yield from readers.joined_row_documents(table, reader.text_field, piece.name, piece.start, max_bytes)
         else:
-            yield from readers.table_documents(table, reader.text_field, task.name, task.start, max_bytes)
-    elif task.kind == "stream":
-        yield from _stream_documents(task, reader, max_bytes)
+            yield from readers.table_documents(table, reader.text_field, piece.name, piece.start, max_bytes)
+    elif piece.kind == "stream":
+        yield from _stream_documents(piece, reader, max_bytes)
     else:
-        yield problem(task.name, "unreadable", task.error)
+        yield problem(piece.name, "unreadable", piece.error)
 
 
-def _stream_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> Iterator[Doc]:
-    name = f"{task.name}:shard {task.start}"
-    shard = reader.stream.shard(num_shards=reader.stream.num_shards, index=task.start, contiguous=True)
+def _stream_documents(piece: ReadPiece, reader: SourceReader, max_bytes: int) -> Iterator[Doc]:
+    name = f"{piece.name}:shard {piece.start}"
+    shard = reader.stream.shard(num_shards=reader.stream.num_shards, index=piece.start, contiguous=True)
     row = 0
     try:
         for table in shard.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
@@ -123,11 +90,11 @@ def _stream_documents(task: ReadTask, reader: SourceReader, max_bytes: int) -> I
         yield problem(f"{name}:row {row + 1}", "unreadable", f"{type(exc).__name__}: {exc}")
 
 
-class _BlockBuilder:
-    """Collects one task's document records and turns them into a tokenized Arrow block."""
+class BlockBuilder:
+    """Collects document records of one source and turns them into a tokenized Arrow block."""
 
-    def __init__(self, task: int, weight: float, settings: BlockSettings, reads_prompts: bool = False):
-        self.task, self.weight, self.settings = task, weight, settings
+    def __init__(self, weight: float, settings: BlockSettings, reads_prompts: bool = False):
+        self.weight, self.settings = weight, settings
         self.reads_prompts = reads_prompts
         self._reset()
 
@@ -179,7 +146,6 @@ class _BlockBuilder:
         offsets = np.zeros(self.rows + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         table = pa.table({
-            "task": pa.array(np.full(self.rows, self.task, dtype=np.int32)),
             "status": pa.array(codes),
             "loc": pa.array(self.locs, pa.string()),
             "error": pa.array(self.errors, pa.string()),

@@ -24,10 +24,10 @@ class ShardInfo:
     path: str  # relative to the dataset directory
     documents: int
     tokens: int
-    first_document: int  # global index (corpus order) of the shard's first document
+    first_document: int  # id of the shard's first document (ids grow in corpus order; shards.py)
     sha256: str
     bytes: int
-    last_document: int = -1  # global index of its last document (-1: not recorded, older manifests)
+    last_document: int = -1  # id of its last document (-1: not recorded, older manifests)
 
 
 @dataclass

@@ -1,14 +1,9 @@
-"""progress.json: what a tokenize job has written so far, so an interrupted or damaged job resumes where it was.
+"""What a tokenize job has finished, so an interrupted or damaged job redoes only the rest.
 
-Saved atomically every time a shard is written (and kept when the job completes):
-- per split, the shards written so far and the "segments": files holding the documents that wait
-  for the split's next shard (saved at the same moment), all with checksums;
-- `next_doc`: every document with a smaller global id is in a shard or a segment;
-- per read task: its first global document id and what it contributed (documents, tokens, problems).
-
-A rerun verifies the listed files and restarts at the last read task that began at or before
-the first document not safely written; documents of that task already written are skipped, so
-the shards come out byte-identical to an uninterrupted run.
+- progress.json claims the directory for one request and read plan (written before any shard);
+- progress/task-NNNNN.json is written by read task NNNNN itself, after its shards: their
+  checksums and what the task read. A task whose record exists and whose shards still match it
+  is not done again, so an interrupted job loses at most the tasks that were running.
 """
 
 from __future__ import annotations
@@ -23,17 +18,20 @@ from gptray.config.loader import build
 from gptray.data.manifest import SPLITS, ProblemCounts, ShardInfo
 
 PROGRESS_NAME = "progress.json"
+RECORDS_DIR = "progress"
 FORMAT = "gptray.tokenize-progress"
-VERSION = 1
+RECORD_FORMAT = "gptray.tokenize-task"
+VERSION = 2
+
+
+def record_path(task: int) -> str:
+    return f"{RECORDS_DIR}/task-{task:05d}.json"
 
 
 @dataclass
 class TaskStats:
     """What one read task contributed."""
 
-    task: int
-    source: int
-    first_doc: int  # global id its first written document got
     documents_read: int = 0
     tokens_read: int = 0
     documents: int = 0  # written, after mixture copies
@@ -43,69 +41,55 @@ class TaskStats:
 
 
 @dataclass
+class TaskRecord:
+    """A finished read task: its shards per split and its stats (what a task returns to the driver)."""
+
+    task: int
+    source: int
+    task_digest: str  # ReadTask.digest: the record counts only for exactly this task
+    request_digest: str
+    shards: dict[str, list[ShardInfo]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    stats: TaskStats = field(default_factory=TaskStats)
+    strict_failure: str = ""  # data.strict: the bad input that stopped the task (nothing was written)
+    kept: bool = False  # found intact from an earlier run, not redone (not saved)
+    format: str = RECORD_FORMAT
+    version: int = VERSION
+
+    def save(self, store: Storage) -> None:
+        data = dataclasses.asdict(self)
+        data.pop("kept")
+        store.write_bytes(record_path(self.task), json.dumps(data, separators=(",", ":")).encode())
+
+    @classmethod
+    def load(cls, store: Storage, task: int) -> TaskRecord | None:
+        """The task's saved record, or None when there is none (or it is unreadable: then it is redone)."""
+        return _load(store, record_path(task), cls, RECORD_FORMAT)
+
+
+@dataclass
 class Progress:
     request_digest: str
     plan_digest: str
-    shards: dict[str, list[ShardInfo]] = field(default_factory=lambda: {s: [] for s in SPLITS})
-    segments: dict[str, list[ShardInfo]] = field(default_factory=lambda: {s: [] for s in SPLITS})
-    next_doc: int = 0  # documents with smaller ids are all in shards or segments
-    tasks: list[TaskStats] = field(default_factory=list)
-    complete: bool = False
+    tasks: int = 0
     format: str = FORMAT
     version: int = VERSION
 
     def save(self, store: Storage) -> None:
-        data = json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
-        store.write_bytes(PROGRESS_NAME, data)
+        store.write_bytes(PROGRESS_NAME, json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode())
 
     @classmethod
     def load(cls, store: Storage) -> Progress | None:
-        """The saved progress, or None when there is none (or it is unreadable: then the job starts over)."""
-        if not store.exists(PROGRESS_NAME):
+        """The saved claim, or None when there is none (or it is unreadable: then the job starts over)."""
+        return _load(store, PROGRESS_NAME, cls, FORMAT)
+
+
+def _load(store: Storage, relative: str, cls: type, expected_format: str):
+    try:
+        if not store.exists(relative):
             return None
-        try:
-            data = json.loads(store.read_bytes(PROGRESS_NAME))
-            if data.get("format") != FORMAT or data.get("version") != VERSION:
-                return None
-            return build(cls, data)
-        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, DataError, AttributeError):
+        data = json.loads(store.read_bytes(relative))
+        if data.get("format") != expected_format or data.get("version") != VERSION:
             return None
-
-
-@dataclass
-class ResumePoint:
-    """Where a job continues: the first read task to run and the state before it."""
-
-    task: int  # index of the first read task to run
-    next_doc: int  # global id of that task's first document
-    shards: dict[str, list[ShardInfo]]  # intact shards kept, per split
-    segments: dict[str, list[ShardInfo]]  # intact pending-document segments kept, per split
-    covered: dict[str, int]  # per split: its documents with ids up to here are in the kept files
-    tasks: list[TaskStats]  # stats of every task before `task`
-
-    @classmethod
-    def start(cls) -> ResumePoint:
-        return cls(0, 0, {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, {s: -1 for s in SPLITS}, [])
-
-
-def resume_point(progress: Progress, intact: dict[str, int], intact_segments: dict[str, int]) -> ResumePoint:
-    """Continue after the intact files: `intact[split]` leading shards and `intact_segments[split]` leading
-    segments passed verification (segments count only when every shard did)."""
-    shards, segments, covered = {}, {}, {}
-    for split in SPLITS:
-        listed, listed_segments = progress.shards.get(split, []), progress.segments.get(split, [])
-        shards[split] = listed[: intact.get(split, 0)]
-        segments[split] = listed_segments[: intact_segments.get(split, 0)] if len(shards[split]) == len(listed) else []
-        if len(shards[split]) == len(listed) and len(segments[split]) == len(listed_segments):
-            covered[split] = progress.next_doc - 1  # everything routed to this split so far is safe
-        else:
-            kept = shards[split] + segments[split]
-            covered[split] = kept[-1].last_document if kept else -1
-    first_unwritten = min(covered[split] + 1 for split in SPLITS)
-    seen = sorted(progress.tasks, key=lambda t: t.task)
-    restart = [t for t in seen if t.first_doc <= first_unwritten]
-    if not restart:
-        return ResumePoint(0, 0, shards, segments, covered, [])
-    start = restart[-1]
-    return ResumePoint(start.task, start.first_doc, shards, segments, covered,
-                       [t for t in seen if t.task < start.task])
+        return build(cls, data)
+    except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, DataError, AttributeError):
+        return None

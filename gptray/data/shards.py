@@ -4,7 +4,9 @@ Datasets with prompt/completion sources add `prompt_tokens`: how many of a docum
 tokens are its prompt (no loss is computed on them).
 
 A split's token stream is its shards' `tokens` concatenated in manifest order; documents
-never straddle shards, and each already ends with <|endoftext|>.
+never straddle shards, and each already ends with <|endoftext|>. Each read task writes its own
+shards; `doc` is read task × DOC_ID_STRIDE + the document's position among the task's written
+documents (both splits), so ids grow in corpus order and no task needs another's counts.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from gptray.base.storage import Storage
 from gptray.data.manifest import ShardInfo
 
 ROW_GROUP_DOCUMENTS = 8192
+DOC_ID_STRIDE = 10**9  # ids of read task t's documents start at t × this (readable: 3000000017 is task 3's)
 # Dictionary-encoding 50K distinct token ids costs ~20% more time than it saves in bytes.
 PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": ["doc"]}
 SHARD_PREFIX = "shard-"
-SEGMENT_PREFIX = "pending-"  # saved pending documents of an unfinished job
+OLD_PREFIXES = ("pending-",)  # files of earlier versions of the job (saved pending documents)
 
 
 def shard_schema(dtype: np.dtype, with_prompts: bool = False) -> pa.Schema:
@@ -33,47 +36,37 @@ def shard_schema(dtype: np.dtype, with_prompts: bool = False) -> pa.Schema:
     return pa.schema(fields + [("prompt_tokens", pa.int32())] if with_prompts else fields)
 
 
-def shard_path(split: str, number: int) -> str:
-    return f"{split}/{SHARD_PREFIX}{number:05d}.parquet"
+def shard_path(split: str, task: int, part: int) -> str:
+    """Shards are named by the read task that wrote them, so a name never depends on other tasks."""
+    return f"{split}/{SHARD_PREFIX}{task:05d}-{part:03d}.parquet"
 
 
 class TokenShardWriter:
-    """Collects whole documents of one split and writes a shard once it holds `shard_tokens` tokens.
-
-    Resuming, `shards` continues an earlier run's list (new shards are numbered after them) and
-    `segments` are its saved pending documents, which the next shard then starts with.
-    """
+    """Collects whole documents of one split of one read task and writes a shard once it holds `shard_tokens`
+    tokens (a task's last shard of a split holds the rest)."""
 
     def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
-                 shards: list[ShardInfo] | None = None, segments: list[ShardInfo] | None = None,
-                 with_prompts: bool = False):
+                 task: int = 0, with_prompts: bool = False):
         self.storage = Storage.of(dataset_dir)
         self.split = split
+        self.task = task
         self.with_prompts = with_prompts
         self.schema = shard_schema(dtype, with_prompts)
         self.shard_tokens = shard_tokens
-        self.shards: list[ShardInfo] = list(shards or [])
-        self.segments: list[ShardInfo] = []  # files holding the pending documents saved so far, in order
-        self.obsolete_segments: list[ShardInfo] = []  # saved pending documents that are now in a shard
+        self.shards: list[ShardInfo] = []
         self._pending: list[pa.Table] = []
         self._pending_tokens = 0
-        # The open shard's full row groups are compressed as soon as their documents arrive, so the end of
-        # a job leaves only its last partial row group to compress (the bytes equal a one-shot write).
+        # The open shard's full row groups are compressed as soon as their documents arrive, so closing
+        # it leaves only its last partial row group to compress (the bytes equal a one-shot write).
         self._sink: pa.BufferOutputStream | None = None
         self._encoder: pq.ParquetWriter | None = None
         self._encoded_rows = 0
-        self._saved_tables = 0  # how many of the pending tables are in `segments`
         self.storage.make_dirs(split)
-        for segment in segments or []:
-            self._pending.append(read_shard(self.storage, segment).cast(self.schema))
-            self._pending_tokens += segment.tokens
-            self.segments.append(segment)
-        self._saved_tables = len(self._pending)
 
     def add(self, doc_ids: np.ndarray, tokens: pa.ListArray | pa.ChunkedArray,
             prompt_tokens: np.ndarray | None = None) -> int:
-        """Append documents (global ids, one token list each, and with prompts the prompt lengths) in
-        corpus order; returns shards written."""
+        """Append documents (ids, one token list each, and with prompts the prompt lengths) in corpus order;
+        returns shards written."""
         columns = {"doc": pa.array(doc_ids, pa.int64()), "tokens": tokens}
         if self.with_prompts:
             columns["prompt_tokens"] = pa.array(
@@ -85,7 +78,7 @@ class TokenShardWriter:
             needed = self.shard_tokens - self._pending_tokens
             reached = np.nonzero(np.cumsum(lengths) >= needed)[0]
             # The shard closes right after the document that fills it, so shard boundaries
-            # depend only on document order, never on how Ray batched the documents.
+            # depend only on document order, never on how documents were batched.
             take = int(reached[0]) + 1 if len(reached) else table.num_rows
             self._pending.append(table.slice(0, take))
             self._pending_tokens += int(lengths[:take].sum())
@@ -96,23 +89,6 @@ class TokenShardWriter:
             else:
                 self._encode_full_row_groups()
         return written
-
-    def save_pending(self) -> None:
-        """Write the pending documents not saved yet as a segment file, so a resumed job need not redo them."""
-        unsaved = self._pending[self._saved_tables:]
-        if not unsaved or not sum(t.num_rows for t in unsaved):
-            return
-        table = pa.concat_tables(unsaved).combine_chunks()
-        first = int(table.column("doc")[0].as_py())
-        self.segments.append(self._write(table, f"{self.split}/{SEGMENT_PREFIX}{first:012d}.parquet",
-                                         int(pc.sum(pc.list_value_length(table.column("tokens"))).as_py() or 0)))
-        self._saved_tables = len(self._pending)
-
-    def delete_obsolete_segments(self) -> None:
-        """Remove segment files whose documents are now in a shard (after the progress no longer lists them)."""
-        for segment in self.obsolete_segments:
-            self.storage.delete(segment.path)
-        self.obsolete_segments = []
 
     def close(self) -> list[ShardInfo]:
         if self._pending:
@@ -140,22 +116,13 @@ class TokenShardWriter:
         self._encoder.close()
         data = self._sink.getvalue().to_pybytes()
         self._sink, self._encoder, self._encoded_rows = None, None, 0
-        self.shards.append(self._store(data, table, shard_path(self.split, len(self.shards)), self._pending_tokens))
-        self._pending, self._pending_tokens, self._saved_tables = [], 0, 0
-        self.obsolete_segments += self.segments
-        self.segments = []
-
-    def _write(self, table: pa.Table, relative: str, tokens: int) -> ShardInfo:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=ROW_GROUP_DOCUMENTS, **PARQUET_OPTIONS)
-        return self._store(sink.getvalue().to_pybytes(), table, relative, tokens)
-
-    def _store(self, data: bytes, table: pa.Table, relative: str, tokens: int) -> ShardInfo:
+        relative = shard_path(self.split, self.task, len(self.shards))
         self.storage.write_bytes(relative, data)
         docs = table.column("doc")
-        return ShardInfo(path=relative, documents=table.num_rows, tokens=tokens,
-                         first_document=int(docs[0].as_py()), sha256=hashlib.sha256(data).hexdigest(),
-                         bytes=len(data), last_document=int(docs[table.num_rows - 1].as_py()))
+        self.shards.append(ShardInfo(path=relative, documents=table.num_rows, tokens=self._pending_tokens,
+                                     first_document=int(docs[0].as_py()), sha256=hashlib.sha256(data).hexdigest(),
+                                     bytes=len(data), last_document=int(docs[table.num_rows - 1].as_py())))
+        self._pending, self._pending_tokens = [], 0
 
 
 def file_sha256(path: str | Path) -> str:

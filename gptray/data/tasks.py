@@ -1,6 +1,7 @@
-"""One read task of the tokenize job: a part of one source that a Ray task reads on its own.
+"""The tokenize job's units of work: read pieces (one contiguous part of a source) grouped into read tasks.
 
-Kinds:
+A read task is what one Ray task does: read its pieces in order, tokenize them and write its own
+shard files. Piece kinds:
 - "range": bytes [start, end) of an uncompressed line-oriented file (lines, paragraphs, JSON
   lines). Neighbouring ranges agree on the piece boundary near their shared cut point, so a
   single large file is read by many tasks at once;
@@ -15,21 +16,43 @@ This module imports nothing heavy: every Ray task of the job imports it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
-class ReadTask:
+class ReadPiece:
     source: int
     kind: str
     name: str = ""  # what locations in bad-input reports start with
     path: str = ""  # inside the source's filesystem
-    fmt: str = ""  # "text" or "json" (range and file tasks)
+    fmt: str = ""  # "text" or "json" (range and file pieces)
     unit: str = "file"  # "file", "line" or "paragraph"
     start: int = 0
     end: int = 0
     first_row: int = 0  # parquet: the file row its first row group starts at; table: unused
-    error: str = ""  # problem tasks
+    error: str = ""  # problem pieces
+
+
+@dataclass
+class ReadTask:
+    """Consecutive pieces of one source, planned to hold about `data.shard_tokens` tokens."""
+
+    index: int  # position in corpus order; names the task's shard files
+    source: int
+    pieces: list[ReadPiece] = field(default_factory=list)
+    estimated_tokens: int = 0  # from byte sizes at plan time, after the source's weight
 
     def to_row(self) -> dict:
         return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """Identity of the task's input: a saved task record counts only for exactly this task."""
+        return hashlib.sha256(json.dumps(self.to_row(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def description(self) -> str:
+        first, last = self.pieces[0].name if self.pieces else "", self.pieces[-1].name if self.pieces else ""
+        return first if first == last else f"{first} … {last}"

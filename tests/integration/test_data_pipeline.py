@@ -24,7 +24,6 @@ from test_tokenize import ENC, check_manifest_counts, corpus_stream, expected_st
 
 from gptray.base.errors import DataError
 from gptray.data.manifest import Manifest
-from gptray.data.progress import PROGRESS_NAME
 from gptray.data.shards import read_shard
 from gptray.data.tokenize_job import tokenize_corpus
 from helpers import REPO, SHAKESPEARE, make_config
@@ -128,8 +127,10 @@ def test_every_source_kind_is_exactly_tiktoken(ray_session, tmp_path, monkeypatc
     assert [s.kind for s in manifest.sources[-3:]] == ["hf_table", "hf_stream", "hf_stream"]
     assert manifest.problems.total() == 0
     check_manifest_counts(tmp_path / "data", result.manifest)
-    ranges = sum(-(-(files / name).stat().st_size // 4096) for name in ("speeches.txt", "lines.txt", "a.jsonl"))
-    assert (files / "speeches.txt").stat().st_size > 2 * 4096 and result.tasks > ranges  # files read in ranges
+    # Files are read in 4096-byte ranges, but a source this small is one task and one shard per split.
+    train_shards = manifest.split_info("train").shards
+    assert (files / "speeches.txt").stat().st_size > 2 * 4096
+    assert len({shard.path.split("-")[1] for shard in train_shards}) == len(train_shards) <= result.tasks
 
     # cutting the input differently changes nothing in the output
     again = tokenize_corpus(make_config(tmp_path / "again", *[o for o in _overrides(config)],
@@ -279,7 +280,16 @@ def test_adding_sources_and_shards_never_moves_a_document_between_splits(ray_ses
     assert val_small and val_small == val_large & set(first)
 
 
-# --- reruns --------------------------------------------------------------------------------------
+# --- reruns ---------------------------------------------------------------------------------------
+
+def dataset_files(dataset_dir: Path) -> dict[str, bytes]:
+    """Every file of a token dataset, the manifest without its creation time."""
+    files = {str(p.relative_to(dataset_dir)): p.read_bytes() for p in sorted(dataset_dir.rglob("*")) if p.is_file()}
+    manifest = json.loads(files["manifest.json"])
+    manifest.pop("created_at")
+    files["manifest.json"] = json.dumps(manifest).encode()
+    return files
+
 
 def test_rerun_verifies_and_reuses_repairs_damage_and_refuses_changes(ray_session, tmp_path):
     path = tmp_path / "docs.jsonl"
@@ -293,16 +303,19 @@ def test_rerun_verifies_and_reuses_repairs_damage_and_refuses_changes(ray_sessio
 
     again = tokenize_corpus(make_config(tmp_path, *overrides))
     assert again.reused and again.manifest.fingerprint == first.manifest.fingerprint
+    assert again.kept_tasks == again.tasks == first.tasks
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*.parquet")} == mtimes  # nothing rewritten
 
-    # a deleted shard and a corrupted one are rebuilt from the last intact shard, byte for byte
+    # a deleted shard and a corrupted one: only their tasks are redone, byte for byte
     (data / train[3].path).unlink()
     val_shard = data / first.manifest.split_info("val").shards[0].path
     val_shard.write_bytes(val_shard.read_bytes()[:-10] + b"0123456789")
     repaired = tokenize_corpus(make_config(tmp_path, *overrides))
     assert not repaired.reused and repaired.resumed_from_task is not None
+    damaged_tasks = {train[3].path.split("-")[1], val_shard.name.split("-")[1]}
+    assert repaired.kept_tasks == first.tasks - len(damaged_tasks)
     assert repaired.manifest.fingerprint == first.manifest.fingerprint
-    assert (data / train[0].path).stat().st_mtime_ns == mtimes[data / train[0].path]  # intact ones kept
+    assert (data / train[-1].path).stat().st_mtime_ns == mtimes[data / train[-1].path]  # intact ones kept
     check_manifest_counts(data, repaired.manifest)
 
     # a changed corpus file or tokenizer is a different dataset: refused unless overwriting
@@ -316,49 +329,80 @@ def test_rerun_verifies_and_reuses_repairs_damage_and_refuses_changes(ray_sessio
     assert replaced.manifest.documents == first.manifest.documents + 1
 
 
+def write_multi_task_corpus(root: Path) -> list[str]:
+    """A JSON-lines file of many tasks and a directory of small files (weight 2); returns the overrides."""
+    write_jsonl(root / "docs.jsonl", [{"text": d} for d in SPEECHES[:1500]])
+    (root / "small").mkdir()
+    for i in range(12):
+        (root / "small" / f"{i:02d}.txt").write_text("\n\n".join(SPEECHES[1500 + 10 * i:1510 + 10 * i]))
+    return [sources_override(f"{{path: {root / 'docs.jsonl'}}}", f"{{path: {root / 'small'}, weight: 2, "
+                             "text_unit: paragraph}"), "data.shard_tokens=4000", "data.read_chunk_bytes=4096"]
+
+
+def test_shards_are_byte_identical_on_1_and_2_cpus(ray_session, tmp_path):
+    overrides = write_multi_task_corpus(tmp_path)
+    runs = {cpus: subprocess.Popen([sys.executable, "-m", "gptray", "tokenize", f"ray.num_cpus={cpus}",
+                                    f"out_dir={tmp_path}/runs{cpus}", f"data.dataset_dir={tmp_path}/cpus{cpus}",
+                                    *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for cpus in (1, 2)}
+    here = tokenize_corpus(make_config(tmp_path, *overrides))  # meanwhile: this session's 4-CPU Ray
+    outputs = {cpus: run.communicate(timeout=240)[0].decode() for cpus, run in runs.items()}
+    assert all(run.returncode == 0 for run in runs.values()), outputs
+    assert "read tasks" in outputs[1] and "tokens/s" in outputs[1]  # the job reports its progress
+    files = dataset_files(tmp_path / "data")
+    assert dataset_files(tmp_path / "cpus1") == files == dataset_files(tmp_path / "cpus2")
+    # 12 small files are grouped: their source is a few tasks, not one tiny shard per file
+    sources = [json.loads(p.read_text())["source"] for p in (tmp_path / "data" / "progress").glob("task-*.json")]
+    assert 1 <= sources.count(1) < 12 and len(sources) == here.tasks >= 8
+    stream, manifest = corpus_stream(tmp_path / "data")
+    small_docs = [p for i in range(12) for p in SPEECHES[1500 + 10 * i:1510 + 10 * i] for _ in range(2)]
+    assert stream == expected_stream(SPEECHES[:1500] + small_docs)
+    assert [s.documents for s in manifest.sources] == [1500, 240]
+
+
 RESUME_SCRIPT = """
 import sys, tempfile, time
 import ray
 from gptray.config import load_config
-from gptray.data import shards
 from gptray.data.tokenize_job import tokenize_corpus
 
-flush = shards.TokenShardWriter._flush
-def slow_flush(self):  # slow storage: gives the test time to kill the job between shards
-    flush(self)
-    time.sleep(0.4)
-shards.TokenShardWriter._flush = slow_flush
-ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="gptray-kill-"))
+def slow_storage():  # in every Ray worker: each task pauses after its shards, before its record
+    from gptray.data import progress
+    save = progress.TaskRecord.save
+    def slow_save(self, store):
+        time.sleep(0.5)
+        save(self, store)
+    progress.TaskRecord.save = slow_save
+
+ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="gptray-kill-"),
+         runtime_env={"worker_process_setup_hook": slow_storage})
 tokenize_corpus(load_config(None, sys.argv[1:]))
 """
 
 
 @pytest.mark.slow
-def test_a_killed_job_resumes_after_its_last_shard(ray_session, tmp_path):
-    path = tmp_path / "docs.jsonl"
-    write_jsonl(path, [{"text": d} for d in SPEECHES[:3000]])
-    overrides = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={tmp_path}/data",
-                 sources_override(f"{{path: {path}}}"), "data.shard_tokens=4000", "data.read_chunk_bytes=16384"]
-    job = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, *overrides], cwd=REPO, start_new_session=True,
+def test_a_killed_job_resumes_with_the_tasks_it_finished(ray_session, tmp_path):
+    overrides = write_multi_task_corpus(tmp_path)
+    job = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, f"out_dir={tmp_path}/runs",
+                            f"data.dataset_dir={tmp_path}/data", *overrides], cwd=REPO, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    progress = tmp_path / "data" / PROGRESS_NAME
+    records = tmp_path / "data" / "progress"
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and job.poll() is None:
-            if progress.exists() and len(json.loads(progress.read_text())["shards"]["train"]) >= 3:
-                break
-            time.sleep(0.2)
+        while time.monotonic() < deadline and job.poll() is None and len(list(records.glob("task-*.json"))) < 3:
+            time.sleep(0.1)
         assert job.poll() is None, f"the job ended before it could be interrupted: {job.stderr.read().decode()}"
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the driver, its local Ray and its workers: a hard crash
         job.wait()
     assert not (tmp_path / "data" / "manifest.json").exists()
-    written = len(json.loads(progress.read_text())["shards"]["train"])
+    finished = sorted(records.glob("task-*.json"))
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*.parquet")}
 
-    resumed = tokenize_corpus(make_config(tmp_path, *overrides[2:]))
-    assert resumed.resumed_from_task is not None and resumed.resumed_from_task > 0
-    uninterrupted = tokenize_corpus(make_config(tmp_path / "clean", *overrides[2:]))
+    resumed = tokenize_corpus(make_config(tmp_path, *overrides))
+    assert resumed.kept_tasks == len(finished) and 3 <= len(finished) < resumed.tasks
+    kept = {p for p in mtimes if p.name.split("-")[1] in {f.stem.split("-")[1] for f in finished}}
+    assert kept and all(p.stat().st_mtime_ns == mtimes[p] for p in kept)  # finished tasks were not redone
+    uninterrupted = tokenize_corpus(make_config(tmp_path / "clean", *overrides))
+    assert dataset_files(tmp_path / "data") == dataset_files(tmp_path / "clean" / "data")
     assert resumed.manifest.fingerprint == uninterrupted.manifest.fingerprint
-    assert len(resumed.manifest.split_info("train").shards) > written
-    stream, _ = corpus_stream(tmp_path / "data")
-    assert stream == expected_stream(SPEECHES[:3000])

@@ -55,9 +55,10 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
                   for doc, tokens in zip(*read_shard(dataset, shard).to_pydict().values()))
     assert [t for _, tokens in rows for t in tokens] == expected_stream(docs + lines + lines)
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="datasets/mixed/")["Contents"]}
-    expected_keys = ("manifest.json", "progress.json", "train/shard-00000.parquet")
-    assert {f"datasets/mixed/{name}" for name in expected_keys} <= keys
-    assert not any("/pending-" in key for key in keys)
+    records = [f"progress/task-{i:05d}.json" for i in range(result.tasks)]
+    shards = [s.path for split in ("train", "val") for s in manifest.split_info(split).shards]
+    expected_keys = ["manifest.json", "progress.json", *records, *shards]
+    assert {f"datasets/mixed/{name}" for name in expected_keys} == keys  # the tasks wrote their shards to S3
 
     # the same corpus tokenized to local disk gives byte-identical shards
     local = tokenize_corpus(make_config(tmp_path / "local", *overrides))

@@ -38,8 +38,8 @@ def corpus_stream(dataset_dir) -> tuple[list[int], Manifest]:
         for shard in manifest.split_info(split).shards:
             table = read_shard(dataset_dir, shard)
             rows += zip(table.column("doc").to_pylist(), table.column("tokens").to_pylist())
-    rows.sort(key=lambda r: r[0])
-    assert [doc for doc, _ in rows] == list(range(len(rows))), "document ids must be 0..N-1"
+    rows.sort(key=lambda r: r[0])  # ids grow in corpus order across both splits
+    assert len({doc for doc, _ in rows}) == len(rows), "document ids must be unique"
     return [t for _, tokens in rows for t in tokens], manifest
 
 
@@ -160,12 +160,11 @@ def test_small_shards_keep_documents_whole_and_are_deterministic(ray_session, tm
     config = make_config(tmp_path, source, "data.shard_tokens=20000", "data.batch_documents=97")
     first = tokenize_corpus(config)
     train = first.manifest.split_info("train")
-    assert len(train.shards) > 5
-    for shard in train.shards[:-1]:
+    assert len(train.shards) > 5 and first.tasks == len(train.shards)  # the plan sized each task to one shard
+    for shard in train.shards:
         table = read_shard(tmp_path / "data", shard)
-        last_doc = table.column("tokens")[table.num_rows - 1].as_py()
-        assert shard.tokens >= 20000 and shard.tokens - len(last_doc) < 20000  # closes right after filling
-        assert last_doc[-1] == EOT
+        assert all(tokens[-1] == EOT for tokens in table.column("tokens").to_pylist())  # whole documents
+        assert 0.5 * 20000 < shard.tokens < 20000  # about shard_tokens (less the val tenth), never over
     assert pq.read_schema(tmp_path / "data" / train.shards[0].path).field("tokens").type == pa.list_(pa.uint16())
     # a different batch size gives byte-identical shards
     again = tokenize_corpus(make_config(tmp_path / "again", source, "data.shard_tokens=20000",

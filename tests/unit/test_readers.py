@@ -107,30 +107,3 @@ def test_split_and_copies_follow_the_documented_hashes():
     # the mixture choice is independent of the split choice
     val = [is_validation(d, 0.5, 5) for d in docs]
     assert 0.2 < sum(v and c for v, c in zip(val, quarter)) / sum(quarter) < 0.8
-
-
-def test_resume_point_restarts_at_the_first_document_not_safely_written():
-    from gptray.data.manifest import ShardInfo
-    from gptray.data.progress import Progress, TaskStats, resume_point
-
-    def files(*ranges):
-        return [ShardInfo(f"f{a}", b - a + 1, 10, a, "x", 1, b) for a, b in ranges]
-
-    tasks = [TaskStats(0, 0, 0), TaskStats(1, 0, 40), TaskStats(2, 0, 95), TaskStats(3, 0, 150)]
-    progress = Progress("r", "p", shards={"train": files((0, 60), (61, 130)), "val": []},
-                        segments={"train": files((131, 160)), "val": files((5, 90), (95, 158))},
-                        next_doc=161, tasks=tasks)
-    # everything intact: continue in the last task, skipping what is written
-    point = resume_point(progress, {"train": 2, "val": 0}, {"train": 1, "val": 2})
-    assert (point.task, point.next_doc, point.covered) == (3, 150, {"train": 160, "val": 160})
-    assert [t.task for t in point.tasks] == [0, 1, 2] and len(point.segments["val"]) == 2
-    # a damaged val segment: val restarts after the last intact val file
-    point = resume_point(progress, {"train": 2, "val": 0}, {"train": 1, "val": 1})
-    assert (point.task, point.next_doc, point.covered) == (1, 40, {"train": 160, "val": 90})  # doc 91: task 1
-    # a damaged train shard drops the train segments after it too
-    point = resume_point(progress, {"train": 1, "val": 0}, {"train": 1, "val": 2})
-    assert (point.task, point.next_doc, point.covered) == (1, 40, {"train": 60, "val": 160})
-    assert point.segments["train"] == [] and len(point.shards["train"]) == 1
-    # nothing intact at all: from the start
-    point = resume_point(progress, {"train": 0, "val": 0}, {"train": 0, "val": 0})
-    assert (point.task, point.next_doc, point.tasks) == (0, 0, [])
