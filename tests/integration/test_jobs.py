@@ -80,7 +80,19 @@ def test_submit_without_the_token_is_refused(head):
     assert "should not run" not in result.stdout
 
 
-def test_tokenize_and_pretrain_jobs_succeed(head):
+def job_command(address: str, *args: str) -> list[str]:
+    return [str(BIN / "ray"), "job", *args[:1], "--address", address, *args[1:]]
+
+
+def test_tokenize_job_then_a_stopped_pretrain_job_that_the_next_job_resumes(head):
+    """The quickstart as jobs: tokenize, pretrain stopped by `ray job stop` after a checkpoint, and the
+    same pretrain job submitted again resumes from the newest complete checkpoint into the same MLflow run."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from gptray.checkpoint.files import is_complete, latest_checkpoint, read_state
+
     address, env, root = head
     out = root / "out"
     common = ["--config", "configs/quickstart.yaml", f"data.dataset_dir={out}/data", f"out_dir={out}/runs"]
@@ -90,36 +102,10 @@ def test_tokenize_and_pretrain_jobs_succeed(head):
     assert "succeeded" in tokenize.stdout + tokenize.stderr
     assert (out / "data" / "manifest.json").is_file()
 
-    pretrain = submit(address, env, "python", "-m", "pipelines.pretrain_job", *common, "name=job", "train.max_steps=4",
-                      "train.checkpoint_interval=2", "train.log_interval=1", "generate.max_new_tokens=8")
-    logs = pretrain.stdout + pretrain.stderr
-    assert pretrain.returncode == 0, logs[-6000:]
-    assert "step 4/4" in logs  # training progress reaches the job's logs
-    assert (out / "runs" / "job" / "checkpoint_00000004" / "state.json").is_file()
-
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{out}/runs/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "job"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
-
-
-def job_command(address: str, *args: str) -> list[str]:
-    return [str(BIN / "ray"), "job", *args[:1], "--address", address, *args[1:]]
-
-
-def test_a_stopped_job_leaves_a_checkpoint_the_next_job_resumes(head, shakespeare_dataset):
-    import json
-
-    from gptray.checkpoint.files import is_complete, latest_checkpoint, read_state
-
-    address, env, root = head
-    run_dir = root / "stop" / "stopped"
+    run_dir = out / "runs" / "job"
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"PYTHONUNBUFFERED": "1"}})
-    pretrain = ["python", "-m", "pipelines.pretrain_job", "--config", "configs/quickstart.yaml",
-                f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"out_dir={root}/stop", "name=stopped",
-                "model.n_layer=1", "train.checkpoint_interval=3", "train.log_interval=1", "tracking.enabled=false"]
+    pretrain = ["python", "-m", "pipelines.pretrain_job", *common, "name=job", "model.n_layer=1",
+                "train.checkpoint_interval=3", "train.log_interval=1", "generate.max_new_tokens=8"]
     submitted = subprocess.run(
         job_command(address, "submit", "--no-wait", "--submission-id", "gptray-stop-test",
                     "--runtime-env-json", runtime_env, "--", *pretrain, "train.max_steps=400"),
@@ -136,13 +122,21 @@ def test_a_stopped_job_leaves_a_checkpoint_the_next_job_resumes(head, shakespear
                             text=True, timeout=60)
     assert "was stopped" in status.stdout + status.stderr
     left = latest_checkpoint(run_dir)
-    assert is_complete(left) and 3 <= read_state(left).step < 400
+    step = read_state(left).step
+    assert is_complete(left) and 3 <= step < 400
 
     resumed = subprocess.run(
         job_command(address, "submit", "--runtime-env-json", runtime_env, "--", *pretrain,
-                    f"train.max_steps={read_state(left).step + 3}"),
+                    f"train.max_steps={step + 3}"),
         env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     logs = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, logs[-5000:]
-    assert f"resumed from checkpoint at step {read_state(left).step}" in logs  # the newest complete one
-    assert read_state(latest_checkpoint(run_dir)).step == read_state(left).step + 3
+    assert f"resumed from checkpoint at step {step}" in logs  # the newest complete one
+    assert f"step {step + 3}/{step + 3}" in logs  # training progress reaches the job's logs
+    assert read_state(latest_checkpoint(run_dir)).step == step + 3
+
+    client = MlflowClient(f"sqlite:///{out}/runs/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])  # one run, continued
+    assert run.info.status == "FINISHED" and run.info.run_name == "job"
+    logged = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    assert {step + 1, step + 2, step + 3} <= logged and max(logged) == step + 3

@@ -109,6 +109,46 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
     assert len(rows) == 4 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
 
 
+SHIPPED_AXES = {"attention.yaml": ("model.attention", ["causal", "sliding_window", "alternating"]),
+                "mlp.yaml": ("model.mlp", ["gelu", "swiglu"]),
+                "positions.yaml": ("model.position", ["learned", "rope", "none"])}
+
+
+def test_every_shipped_sweep_is_run_here():
+    """A sweep file added to configs/sweeps/ must be run end to end by this module too."""
+    shipped = {p.name for p in (REPO / "configs" / "sweeps").glob("*.yaml")}
+    assert shipped == {*SHIPPED_AXES, "norm.yaml", "gpt2-vs-gpt3.yaml"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SHIPPED_AXES))
+def test_the_other_shipped_sweeps_run_end_to_end(name, shakespeare_dataset, tmp_path, capsys):
+    """Each shipped ablation unmodified but for a tiny budget and one seed per value: every trial trains
+    its variant to the end and the comparison has one finished run per value, baseline first.
+    (norm.yaml runs above as shipped on a fresh 2-CPU Ray; gpt2-vs-gpt3.yaml is a GPU sweep that
+    test_placement fits on the shipped cluster, but cannot train here.)"""
+    from mlflow.tracking import MlflowClient
+
+    axis, values = SHIPPED_AXES[name]
+    path = REPO / "configs" / "sweeps" / name
+    overrides = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
+                 "sweep.budget_tokens=2048", "sweep.seeds=[0]"]
+    assert cli(["sweep", "--config", str(path), *overrides]) == 0
+    assert f"{len(values)} of {len(values)} trial(s) finished" in capsys.readouterr().out
+
+    assert cli(["compare", "--config", str(path), *overrides, "--format", "json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert [g["label"] for g in groups] == values and groups[0]["is_baseline"]
+    assert all((g["n"], g["failed"], g["unfinished"], g["not_started"]) == (1, 0, 0, 0) for g in groups)
+    assert all(math.isfinite(g["mean"]) for g in groups)
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    (parent,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
+                                   "tags.`gptray.sweep.role` = 'parent'")
+    runs = children(client, parent.info.run_id)
+    assert sorted(json.loads(r.data.tags[f"gptray.sweep.axis.{axis}"]) for r in runs) == sorted(values)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_others_finish(shakespeare_dataset, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
