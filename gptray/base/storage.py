@@ -94,6 +94,15 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot delete {self.uri(relative)}: {exc}") from exc
 
+    def delete_dir(self, relative_dir: str) -> None:
+        """Delete a directory and everything under it (nothing if it is not there)."""
+        try:
+            self.fs.delete_dir(self.path(relative_dir))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.uri(relative_dir)}: {exc}") from exc
+
     def list(self, relative_dir: str) -> list[str]:
         """Names of the files directly in a directory (none if it does not exist)."""
         return self._names(relative_dir, pafs.FileType.File)

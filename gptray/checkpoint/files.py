@@ -3,8 +3,10 @@
 Checkpoints live in a run directory on local disk or on an object store (s3://, gs://); their
 metadata is read where they are, and tensors are loaded from a local directory (a downloaded copy).
 
-A checkpoint directory holds `model.pt` (state dict), `optimizer.pt`, `state.json` (step,
-tokens seen, model shape, dataset fingerprint) and `config.yaml` (the resolved run config).
+A checkpoint directory holds `state.json` (step, tokens seen, model shape, dataset fingerprint,
+format, and the size of every other file) and `config.yaml` (the resolved run config), and the
+tensors in one of two formats (`state.format`): whole, `model.pt` and `optimizer.pt` state dicts
+written by rank 0; or sharded, one DCP file per rank (gptray/checkpoint/sharded.py).
 Randomness needs no saved state: every step reseeds from (seed, step, rank), so a resumed
 run draws the same dropout masks as an uninterrupted one.
 """
@@ -25,6 +27,7 @@ import yaml
 from gptray.base.errors import CheckpointError
 from gptray.base.paths import is_uri
 from gptray.base.storage import Storage
+from gptray.checkpoint.sharded import SHARDED, WHOLE, load_sharded_model
 from gptray.config import ExperimentConfig
 from gptray.config.model import ModelConfig
 
@@ -44,6 +47,7 @@ class TrainingState:
     best_val_loss: float | None = None
     metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
     files: dict = field(default_factory=dict)  # name → bytes of every file beside state.json
+    format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -52,7 +56,7 @@ def checkpoint_dir_name(step: int) -> str:
 
 def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: dict | None,
                     state: TrainingState, config: ExperimentConfig, scaler_state: dict | None = None) -> Path:
-    """Write a checkpoint from whole (unsharded) state dicts keyed by parameter name."""
+    """Write a whole checkpoint from whole (unsharded) state dicts keyed by parameter name."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model_state, directory / "model.pt")
@@ -60,15 +64,29 @@ def save_checkpoint(directory: str | Path, model_state: dict, optimizer_state: d
         torch.save(optimizer_state, directory / "optimizer.pt")
     if scaler_state is not None:
         torch.save(scaler_state, directory / "scaler.pt")
+    state.format = WHOLE
+    write_state(directory, state, config)
+    return directory
+
+
+def local_files(directory: str | Path) -> dict[str, int]:
+    """name → bytes of the files a checkpoint directory holds so far (state.json aside)."""
+    return {f.name: f.stat().st_size for f in sorted(Path(directory).iterdir())
+            if f.is_file() and not f.name.startswith(STATE_FILE)}
+
+
+def write_state(directory: str | Path, state: TrainingState, config: ExperimentConfig,
+                elsewhere: dict[str, int] | None = None) -> None:
+    """config.yaml, then state.json listing every file the checkpoint must hold: those in `directory`
+    and `elsewhere` (other ranks' shards, which reach the stored checkpoint by their own uploads)."""
+    directory = Path(directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    # Copies to storage (Ray's upload, an rsync) do not keep our write order: the sizes let a
-    # reader tell a complete checkpoint from one whose copy was cut short.
-    state.files = {f.name: f.stat().st_size for f in sorted(directory.iterdir())
-                   if f.is_file() and not f.name.startswith(STATE_FILE)}
+    # Copies to storage (Ray's upload, an rsync) do not keep our write order, and each rank uploads
+    # its own files: the sizes let a reader tell a complete checkpoint from one cut short.
+    state.files = dict(sorted({**(elsewhere or {}), **local_files(directory)}.items()))
     tmp = directory / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, directory / STATE_FILE)
-    return directory
 
 
 def read_state(directory: str | Path | Storage) -> TrainingState:
@@ -95,6 +113,21 @@ def load_tensors(directory: str | Path, name: str, device: torch.device | str = 
         raise CheckpointError(f"checkpoint {directory} lacks {name}")
     # weights_only: a checkpoint can never run code when loaded.
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def has_weights(directory: str | Path) -> bool:
+    """Whether a local checkpoint holds model weights in either format."""
+    directory = Path(directory)
+    return (directory / "model.pt").is_file() or read_state(directory).format == SHARDED
+
+
+def load_model_state(directory: str | Path, template: dict[str, torch.Tensor],
+                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A local checkpoint's model weights keyed by parameter name, whole or sharded. `template` is the
+    model's own state dict: a sharded checkpoint is read into it (its tensors give the shapes)."""
+    if read_state(directory).format == SHARDED:
+        return {k: v.to(device) for k, v in load_sharded_model(directory, template).items()}
+    return load_tensors(directory, "model.pt", device)
 
 
 def optional_tensors(directory: str | Path, name: str, device: torch.device | str = "cpu"):
@@ -140,6 +173,25 @@ def latest_stored_checkpoint(run: Storage) -> Storage | None:
         if is_complete(run.child(name)):
             return run.child(name)
     return None
+
+
+def prune_checkpoints(run: Storage, keep: int) -> list[str]:
+    """Delete the checkpoints older than the newest `keep` complete ones; the names deleted.
+
+    Complete or not: an upload cut short, or one that finished but was never registered with Ray
+    (a crash between the two), is an orphan nothing else removes. Newer incomplete ones stay: they
+    may be uploads still in flight. Ray itself keeps every checkpoint (num_to_keep=None), so the
+    two never delete the same directory.
+    """
+    found = sorted(((int(m.group(1)), name) for name in run.list_dirs() if (m := CHECKPOINT_DIR.match(name))),
+                   reverse=True)
+    complete = [step for step, name in found if is_complete(run.child(name))][:keep]
+    if len(complete) < keep:
+        return []
+    doomed = [name for step, name in found if step < complete[-1]]
+    for name in doomed:
+        run.delete_dir(name)
+    return doomed
 
 
 def missing_files(directory: str | Path | Storage) -> list[str]:

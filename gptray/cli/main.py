@@ -6,11 +6,18 @@ import argparse
 import sys
 
 from gptray.base.errors import GptrayError, Interrupted
-from gptray.cli import data_commands, eval_commands, model_commands, run_commands, sweep_commands
+from gptray.cli import (
+    checkpoint_commands,
+    data_commands,
+    eval_commands,
+    model_commands,
+    run_commands,
+    sweep_commands,
+)
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
 
 # Each module adds its subcommands with `register(commands)`.
-COMMAND_GROUPS = [run_commands, data_commands, model_commands, sweep_commands, eval_commands]
+COMMAND_GROUPS = [run_commands, data_commands, model_commands, checkpoint_commands, sweep_commands, eval_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

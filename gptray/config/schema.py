@@ -154,7 +154,13 @@ class TrainConfig(OptimizerSettings):
     eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
     sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
     checkpoint_interval: int = 100
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest complete checkpoints kept; older ones (orphans too) are deleted
+    # whole: rank 0 writes model.pt and optimizer.pt (loadable with torch.load); sharded: every rank
+    # writes its own part with torch.distributed.checkpoint. auto: sharded under FSDP (no rank may
+    # hold the whole state), whole under DDP (every rank holds it anyway; see BENCHMARKS.md).
+    checkpoint_format: Literal["auto", "whole", "sharded"] = "auto"
+    # async: training goes on once the checkpoint is on the worker's local disk, while Ray uploads it
+    checkpoint_upload: Literal["async", "sync"] = "async"
     peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
 
     def validate(self, model: ModelConfig, ray: RayConfig) -> None:
@@ -184,6 +190,11 @@ class TrainConfig(OptimizerSettings):
                 "train.batch_size",
                 f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
             )
+
+    def effective_checkpoint_format(self) -> str:
+        if self.checkpoint_format != "auto":
+            return self.checkpoint_format
+        return "sharded" if self.parallelism == "fsdp" else "whole"
 
     def effective_seq_len(self, model: ModelConfig) -> int:
         return self.seq_len if self.seq_len is not None else model.block_size

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gptray.base.errors import CheckpointError, ConfigError
 from gptray.base.runtime import init_ray
-from gptray.checkpoint.files import find_checkpoint, local_checkpoint, read_config, read_state
+from gptray.checkpoint.files import find_checkpoint, has_weights, local_checkpoint, read_config, read_state
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.tokenizer import Tokenizer
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
@@ -73,7 +73,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
     found = find_checkpoint(checkpoint)  # a URI for one on an object store, which runs from a local copy
     directory = local_checkpoint(found).absolute()
     step = read_state(directory).step
-    if not (directory / "model.pt").is_file():  # found here rather than inside every actor
+    if not has_weights(directory):  # found here rather than inside every actor
         raise CheckpointError(f"checkpoint {directory} lacks model.pt")
     _, prepared = prepare_tasks(directory, config)
     if config.eval.distributed:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from gptray.base.errors import CheckpointError, ConfigError
-from gptray.checkpoint.files import load_tensors, read_config, read_state, resolve_checkpoint
+from gptray.checkpoint.files import load_model_state, read_config, read_state, resolve_checkpoint
 from gptray.config import ModelConfig
 from gptray.model import GPT
 
@@ -33,7 +33,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     directory = resolve_checkpoint(checkpoint)
     state = read_state(directory)
     model = GPT(ModelConfig.from_saved(state.model))
-    model.load_state_dict(load_tensors(directory, "model.pt", device))
+    # whole or sharded (a sharded one is read into the new model's own tensors, the weights alone)
+    model.load_state_dict(load_model_state(directory, model.state_dict(), device))
     return model.to(device).eval(), directory
 
 

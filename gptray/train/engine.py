@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gptray.base.devices import all_reduce_sum, autocast, distributed
 from gptray.base.errors import ConfigError
+from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
 from gptray.data.windows import IGNORE_INDEX, WindowSampler, eval_starts, gather_windows
 from gptray.generation import generate_text
@@ -224,6 +225,27 @@ class TrainingEngine:
         set_optimizer_state_dict(self.module, self.optimizer, optimizer_state, options=options)
         if self.scaler is not None and scaler_state is not None:
             self.scaler.load_state_dict(scaler_state)
+
+    def sharded_state(self) -> dict:
+        """Model and optimizer state as this rank holds it, for torch.distributed.checkpoint: FSDP's
+        shards as DTensors (no rank gathers the whole), DDP's replicas as plain tensors."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
+        return {"model": model_state, "optimizer": optimizer_state}
+
+    def load_sharded(self, directory, with_optimizer: bool = True) -> None:
+        """Load a sharded checkpoint into this rank's model (and optimizer): each rank reads only the
+        pieces it holds, whatever world size or parallelism wrote the checkpoint (a collective)."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        state = self.sharded_state()
+        if not with_optimizer:
+            del state["optimizer"]
+        load_sharded(directory, state)
+        set_model_state_dict(self.module, state["model"])
+        if with_optimizer:
+            set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"])
 
     def load_model_weights(self, model_state: dict) -> None:
         """Start from another run's weights (fine-tuning); the optimizer starts fresh."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -18,12 +20,17 @@ from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
     checkpoint_dir_name,
+    is_complete,
     latest_stored_checkpoint,
     load_tensors,
+    local_files,
     optional_tensors,
+    prune_checkpoints,
     read_state,
     save_checkpoint,
+    write_state,
 )
+from gptray.checkpoint.sharded import SHARDED, save_sharded
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.data.windows import open_split_loss_mask, open_split_tokens
@@ -72,7 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
     system = _system_metrics(loop_config, context)
     try:
-        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
+        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"], run)
         if loop_config.get("final_sample") and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, loop_config["tokenizer"], run)
     finally:
@@ -108,14 +115,22 @@ def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest
         if directory is not None:
             state = read_state(directory)
             check_compatible(state, config, manifest.fingerprint, where)
-            engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
-                              optional_tensors(directory, "scaler.pt"))
+            if state.format == SHARDED:  # each rank reads its own pieces, whatever world size wrote them
+                engine.load_sharded(directory)
+                if engine.scaler is not None and (scaler := optional_tensors(directory, "scaler.pt")) is not None:
+                    engine.scaler.load_state_dict(scaler)
+            else:
+                engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
+                                  optional_tensors(directory, "scaler.pt"))
             state.world_size = engine.world_size
             if engine.rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
         elif init_checkpoint is not None:  # fine-tuning's first launch: the base's weights, a fresh optimizer
             with _local_directory(init_checkpoint) as base_directory:
-                engine.load_model_weights(load_tensors(base_directory, "model.pt"))
+                if read_state(base_directory).format == SHARDED:
+                    engine.load_sharded(base_directory, with_optimizer=False)
+                else:
+                    engine.load_model_weights(load_tensors(base_directory, "model.pt"))
             if engine.rank == 0:
                 log.info("starting from the weights of %s", init_checkpoint.uri())
     return state
@@ -147,7 +162,7 @@ class _Throughput:
 
 def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
            evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None, history: MetricHistory | None,
-           tokenizer) -> None:
+           tokenizer, run: Storage) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
     while state.step < config.train.max_steps:
@@ -188,7 +203,9 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.checkpoint:
             if history is not None:
                 history.write()  # before the checkpoint: see gptray.tracking.history
-            _report_checkpoint(engine, state, metrics, config)
+            blocked = _report_checkpoint(engine, state, metrics, config, run)
+            if tracker is not None:  # the step's other metrics went before the checkpoint
+                tracker.log_metrics({"train/checkpoint_blocked_s": blocked}, step=state.step)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
 
@@ -217,7 +234,8 @@ def _resume_directory(registered, run: Storage):
     complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
     driver found (gptray.checkpoint.files.latest_checkpoint). Only the chosen one is downloaded.
     """
-    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
+    # Ray's registered one may since have been pruned (prune_checkpoints keeps the newest complete ones)
+    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None and is_complete(c)]
     if not candidates:
         yield None, None
         return
@@ -245,20 +263,68 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict, config: ExperimentConfig) -> None:
+def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict, config: ExperimentConfig,
+                       run: Storage) -> float:
+    """Write this rank's checkpoint files to a local directory and report them to Ray Train, which merges
+    the ranks' directories into checkpoint_NNNNNNNN in the run directory; the seconds training waited.
+
+    With train.checkpoint_upload=async, Ray uploads in a background thread (one at a time, in order)
+    and deletes the local copy after: training waits only for the local write.
+    """
     import ray.train  # heavy, and only in Ray Train workers
     from ray.train import Checkpoint
+    from ray.train.v2.api.report_config import CheckpointUploadMode
 
+    start = time.perf_counter()
     report = {"step": state.step, "tokens_seen": state.tokens_seen,
               **{k.replace("/", "_"): v for k, v in metrics.items()}}
     state.metrics = report
-    model_state, optimizer_state, scaler_state = engine.full_state()  # a collective under FSDP
-    with tempfile.TemporaryDirectory(prefix="gptray-ckpt-") as directory:
-        checkpoint = None
-        if engine.rank == 0:  # the whole state is on rank 0: one copy is the checkpoint
-            save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
-            checkpoint = Checkpoint.from_directory(directory)
-        ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
+    directory = Path(tempfile.mkdtemp(prefix="gptray-ckpt-"))
+    try:
+        if config.train.effective_checkpoint_format() == SHARDED:
+            wrote = _write_sharded(engine, state, config, directory)
+        else:
+            wrote = _write_whole(engine, state, config, directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not wrote:
+        shutil.rmtree(directory, ignore_errors=True)
+    upload = CheckpointUploadMode.ASYNC if config.train.checkpoint_upload == "async" else CheckpointUploadMode.SYNC
+    ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if wrote else None,
+                     checkpoint_dir_name=checkpoint_dir_name(state.step), checkpoint_upload_mode=upload,
+                     delete_local_checkpoint_after_upload=True)
+    if engine.rank == 0:  # uploads finish in order, so what is older than a complete one is not in flight
+        for name in prune_checkpoints(run, config.train.keep_checkpoints):
+            log.info("deleted %s (train.keep_checkpoints=%d)", run.uri(name), config.train.keep_checkpoints)
+    return time.perf_counter() - start
+
+
+def _write_whole(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, directory: Path) -> bool:
+    """Rank 0 writes the whole state (gathered first under FSDP, a collective); whether this rank wrote."""
+    model_state, optimizer_state, scaler_state = engine.full_state()
+    if engine.rank != 0:
+        return False
+    save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
+    return True
+
+
+def _write_sharded(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, directory: Path) -> bool:
+    """Every rank writes the part of the state it holds (DCP: a collective); rank 0 adds the scaler, the
+    config and state.json, which lists every rank's files so that a checkpoint missing one is incomplete."""
+    import torch.distributed as dist
+
+    save_sharded(directory, engine.sharded_state())
+    if engine.rank == 0 and engine.scaler is not None:
+        torch.save(engine.scaler.state_dict(), directory / "scaler.pt")
+    files = [local_files(directory)]
+    if dist.is_available() and dist.is_initialized():
+        files = [None] * engine.world_size
+        dist.all_gather_object(files, local_files(directory))  # names and sizes only, a few bytes a rank
+    if engine.rank == 0:
+        state.format = SHARDED
+        write_state(directory, state, config, {name: size for rank_files in files for name, size in rank_files.items()})
+    return True
 
 
 def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: TrainingState) -> None:

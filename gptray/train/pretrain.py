@@ -19,7 +19,7 @@ from gptray.base.errors import CheckpointError, ConfigError, DataError, Interrup
 from gptray.base.paths import is_uri
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
-from gptray.checkpoint.files import check_compatible, latest_checkpoint, read_state
+from gptray.checkpoint.files import check_compatible, latest_checkpoint, prune_checkpoints, read_state
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
 from gptray.data.tokenizer import Tokenizer
@@ -96,6 +96,8 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample)
     with PendingReporter(plan, cluster):
         _fit(trainer, config, run, tracker)
+    # The workers prune as they go, but the last upload ends after their last look: the run is settled now.
+    prune_checkpoints(run, config.train.keep_checkpoints)
 
     final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
@@ -170,7 +172,9 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
         run_config=RunConfig(
             name=config.name,
             **_ray_storage(config.out_dir),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+            # None: Ray keeps every checkpoint it registered. Rank 0 prunes (train.keep_checkpoints),
+            # orphans included, and Ray would fail on a directory deleted under it.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             failure_config=FailureConfig(max_failures=config.ray.max_failures,
                                          controller_failure_limit=controller_retries(config.ray)),
             logging_config=LoggingConfig(log_level="WARNING"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -36,22 +37,46 @@ def test_one_worker_sees_the_same_global_batches_as_two(reference_run, shakespea
     close(metric_history(result, "val/loss"), metric_history(reference, "val/loss"), [12, 24, 36], tolerance=2e-3)
 
 
-def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_under_ddp(reference_run, shakespeare_dataset, tmp_path):
+def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_world_sizes(
+        reference_run, shakespeare_dataset, tmp_path):
+    """FSDP on 2 ranks writes one DCP file per rank. Copied into a new run, its step-6 checkpoint resumes
+    to exactly the losses the uninterrupted run had; the run then continues under DDP on 1 rank (2 → 1,
+    sharded → whole) and under FSDP on 4 (whole → sharded, 1 → 4), tracking the DDP reference."""
     _, reference = reference_run
-    first = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=sharded", "train.max_steps=12",
-                                      "train.parallelism=fsdp", "train.sample_interval=6"), sample=False)
     theirs = metric_history(reference, "train/loss")
+    run = ["name=sharded", "train.checkpoint_interval=6", "train.keep_checkpoints=5"]
+    first = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=12",
+                                      "train.parallelism=fsdp", "train.sample_interval=6"), sample=False)
     close(metric_history(first, "train/loss"), theirs, range(1, 13), tolerance=2e-3)
     from mlflow.tracking import MlflowClient
 
     samples = {a.path for a in MlflowClient(first.tracking_uri).list_artifacts(first.mlflow_run_id, "samples")}
     assert "samples/step_00000006.txt" in samples  # every rank took part in generating it
+    sharded = Path(first.checkpoint)
+    assert read_state(sharded).format == "sharded" and not (sharded / "model.pt").exists()
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(read_state(sharded).files)
 
-    # The FSDP checkpoint is the same whole-model format: a DDP launch of the run continues it.
-    second = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=sharded", "train.max_steps=36",
-                                       "train.parallelism=ddp"), sample=False)
-    assert (second.start_step, second.final_step) == (12, 36)
-    close(metric_history(second, "train/loss"), theirs, range(13, 37), tolerance=5e-3)
+    # A checkpoint Ray never registered (here: copied in) is found and resumed from, exactly.
+    shutil.copytree(sharded.parent / "checkpoint_00000006", sharded.parent.parent / "copy" / "checkpoint_00000006")
+    copy = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=copy", "train.checkpoint_interval=3",
+                                     "train.max_steps=12", "train.parallelism=fsdp"), sample=False)
+    assert copy.start_step == 6
+    # train.keep_checkpoints=2: the newest two stay, the orphan goes with the rest
+    assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
+        ["checkpoint_00000009", "checkpoint_00000012"]
+    ours, uninterrupted = metric_history(copy, "train/loss"), metric_history(first, "train/loss")
+    assert [ours[s] for s in range(7, 13)] == [uninterrupted[s] for s in range(7, 13)]
+
+    second = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=18",
+                                       "train.parallelism=ddp", "ray.num_workers=1"), sample=False)
+    assert (second.start_step, second.final_step) == (12, 18)
+    assert read_state(second.checkpoint).format == "whole"  # auto: DDP writes whole checkpoints
+    third = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=24",
+                                      "train.parallelism=fsdp", "ray.num_workers=4"), sample=False)
+    assert (third.start_step, third.final_step, read_state(third.checkpoint).world_size) == (18, 24, 4)
+    close(metric_history(third, "train/loss"), theirs, range(13, 25), tolerance=5e-3)
+    assert set(read_state(third.checkpoint).files) == {"config.yaml", ".metadata",
+                                                       *(f"__{rank}_0.distcp" for rank in range(4))}
 
 
 def train_workers() -> list[int]:

@@ -1,0 +1,52 @@
+"""Sharded checkpoints: each rank writes the state it holds with torch.distributed.checkpoint (DCP).
+
+A sharded checkpoint directory holds DCP's `.metadata` (written by rank 0) and one
+`__<rank>_0.distcp` file per rank, beside the usual `state.json` and `config.yaml`. Each rank
+writes its files into a local directory of its own; Ray Train merges the ranks' directories into
+one checkpoint in the run directory. DCP records every tensor by parameter name and global
+shape, so a load reshards: a checkpoint written by 2 FSDP ranks loads into 1 DDP rank, 4 FSDP
+ranks, or one process that wants the weights alone. DCP reads tensors into the state dict it is
+given, in place, and only the pieces that state dict holds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from gptray.base.errors import CheckpointError
+
+WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
+SHARDED = "sharded"  # DCP files, one per rank
+DCP_METADATA = ".metadata"
+
+
+def save_sharded(directory: str | Path, state: dict) -> None:
+    """Write this rank's part of `state` (a collective when a process group is up: every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(directory)))
+
+
+def load_sharded(directory: str | Path, state: dict) -> dict:
+    """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (Path(directory) / DCP_METADATA).is_file():
+        raise CheckpointError(f"checkpoint {directory} is sharded but lacks DCP's {DCP_METADATA}")
+    try:
+        with warnings.catch_warnings():  # without a process group DCP loads in one process, as meant here
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, storage_reader=dcp.FileSystemReader(str(directory)))
+    except (RuntimeError, KeyError, ValueError) as exc:  # DCP's CheckpointException is a RuntimeError
+        raise CheckpointError(f"cannot load {', '.join(state)} from sharded checkpoint {directory}: "
+                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+    return state
+
+
+def load_sharded_model(directory: str | Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model weights of a sharded checkpoint, read into `template` (a model's own state dict, whose
+    tensors give the shapes): one process, no process group, and no optimizer state read."""
+    return load_sharded(directory, {"model": template})["model"]

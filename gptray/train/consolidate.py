@@ -1,0 +1,74 @@
+"""One whole checkpoint from a sharded one: model.pt (and optionally optimizer.pt), in one process."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+
+from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.paths import is_uri
+from gptray.checkpoint.files import (
+    find_checkpoint,
+    local_checkpoint,
+    optional_tensors,
+    read_config,
+    read_state,
+    save_checkpoint,
+)
+from gptray.checkpoint.sharded import SHARDED, load_sharded
+from gptray.config import ModelConfig
+from gptray.model import GPT
+from gptray.train.optim import build_optimizer
+
+
+@dataclasses.dataclass
+class Consolidated:
+    source: str  # the sharded checkpoint, as found (a URI for one on an object store)
+    out: Path
+    step: int
+    files: dict[str, int]  # name → bytes written
+
+
+def default_output(found: Path | str) -> Path:
+    """Beside a local checkpoint (a name the run's own checkpoint search never matches), else here."""
+    name = f"{Path(str(found).rstrip('/')).name}.whole"
+    return Path(name) if is_uri(str(found)) else Path(found).parent / name
+
+
+def consolidate_checkpoint(checkpoint: str | Path, out: str | Path | None = None, optimizer: bool = False,
+                           overwrite: bool = False) -> Consolidated:
+    """Write a sharded checkpoint (or a run directory's latest) as a whole one, loadable with
+    torch.load(weights_only=True). The whole model (and optimizer) is held in this process's memory:
+    that is what one file means. With `optimizer`, the result resumes like any whole checkpoint."""
+    found = find_checkpoint(checkpoint)
+    directory = local_checkpoint(found)
+    state = read_state(directory)
+    if state.format != SHARDED:
+        raise CheckpointError(f"checkpoint {found} is already whole (model.pt): nothing to consolidate")
+    target = Path(out) if out is not None else default_output(found)
+    if is_uri(str(target)):
+        raise ConfigError("--out", f"must be a local directory (got {target}); copy the result to storage after")
+    if target.is_file() or (target.is_dir() and any(target.iterdir())):
+        if not overwrite:
+            raise ConfigError("--out", f"{target} already exists (pass --overwrite to replace it)")
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+    config = read_config(directory)
+    model = GPT(ModelConfig.from_saved(state.model))
+    wanted = {"model": model.state_dict()}
+    if optimizer:  # a fresh optimizer's state dict gives the shapes of the saved one (torch fills it at lr 0)
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, build_optimizer(model, config.train, torch.device("cpu")))
+        wanted = {"model": model_state, "optimizer": optimizer_state}
+    load_sharded(directory, wanted)
+    whole = dataclasses.replace(state, files={})
+    save_checkpoint(target, wanted["model"], wanted.get("optimizer"), whole, config,
+                    optional_tensors(directory, "scaler.pt") if optimizer else None)
+    return Consolidated(str(found), target, state.step, read_state(target).files)
