@@ -1,0 +1,90 @@
+"""Checkpoint blocking: how long training waits per checkpoint, whole vs sharded, sync vs async upload.
+
+    python benchmarks/checkpoint_blocking.py [--steps N] [--interval N] [--out-dir DIR] [key=value ...]
+
+Runs the real pretrain (local Ray, 2 CPU workers, the quickstart's tinyshakespeare tokens) with the
+`tiny` preset once per (parallelism, checkpoint format, upload mode): DDP whole and FSDP sharded, each
+with train.checkpoint_upload=sync (Ray copies the checkpoint to the run directory before training goes
+on, as every checkpoint did before) and async (training goes on once the files are on local disk).
+For each it prints the median and range of train/checkpoint_blocked_s (what the training loop logs per
+checkpoint), the bytes per checkpoint, the local write rate that implies, and the blocked time as a
+share of the time between checkpoints at this interval. `--out-dir s3://…` (with AWS_ENDPOINT_URL, e.g.
+a moto server) puts the run directory on an object store, where the upload is the real cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gptray.checkpoint.files import read_state  # noqa: E402
+from gptray.config import load_config  # noqa: E402
+
+MODES = [("ddp", "whole", "sync"), ("ddp", "whole", "async"), ("fsdp", "sharded", "sync"),
+         ("fsdp", "sharded", "async")]
+
+
+def blocked_seconds(result) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/checkpoint_blocked_s")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def run_mode(parallelism: str, fmt: str, upload: str, args, root: Path, dataset_dir: str) -> dict:
+    from gptray.train.pretrain import pretrain
+
+    name = f"{parallelism}-{fmt}-{upload}"
+    config = load_config(None, [
+        "model.preset=tiny", f"data.dataset_dir={dataset_dir}", f"out_dir={args.out_dir or root}", f"name={name}",
+        f"train.max_steps={args.steps}", f"train.checkpoint_interval={args.interval}", "train.log_interval=1",
+        f"train.eval_interval={args.steps}", "train.eval_windows=8", "train.batch_size=8", "train.micro_batch_size=4",
+        "train.warmup_steps=2", f"train.parallelism={parallelism}", f"train.checkpoint_format={fmt}",
+        f"train.checkpoint_upload={upload}", "train.keep_checkpoints=1", "generate.max_new_tokens=1",
+        "ray.num_cpus=2", *args.overrides])
+    result = pretrain(config, sample=False)
+    blocked = blocked_seconds(result)
+    files = read_state(result.checkpoint).files
+    checkpoint_bytes = sum(files.values())
+    between = result.metrics["train_step_seconds"] * args.interval
+    return {"mode": name, "blocked_s": blocked, "median_blocked_s": statistics.median(blocked),
+            "checkpoint_bytes": checkpoint_bytes, "step_seconds": result.metrics["train_step_seconds"],
+            "blocked_share": statistics.median(blocked) / between}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--interval", type=int, default=6, help="train.checkpoint_interval")
+    parser.add_argument("--out-dir", help="run directories here (default: a temporary local directory)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+
+    from gptray.data.tokenize_job import tokenize_corpus
+
+    with tempfile.TemporaryDirectory(prefix="gptray-ckpt-bench-") as tmp:
+        root = Path(tmp)
+        dataset = load_config(None, [f"data.dataset_dir={root}/data", "ray.num_cpus=2"])
+        dataset_dir = tokenize_corpus(dataset).dataset_dir
+        results = [run_mode(*mode, args, root, dataset_dir) for mode in MODES]
+    print(f"\n{platform.node()}: {args.steps} steps of tiny, checkpoint every {args.interval}, 2 CPU workers")
+    print(f"{'mode':22} {'MB/ckpt':>8} {'blocked s (median, min–max)':>28} {'MB/s':>7} {'share of interval':>18}")
+    for r in results:
+        mb = r["checkpoint_bytes"] / 1e6
+        spread = f"{r['median_blocked_s']:.2f} ({min(r['blocked_s']):.2f}–{max(r['blocked_s']):.2f})"
+        print(f"{r['mode']:22} {mb:8.0f} {spread:>28} {mb / r['median_blocked_s']:7.0f} {r['blocked_share']:18.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Checkpoint formats in one process: sharded (DCP) round trips, consolidation into whole files, pruning."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+from test_engine import engine, losses
+
+from gptray.checkpoint.files import (
+    TrainingState,
+    is_complete,
+    load_tensors,
+    prune_checkpoints,
+    read_state,
+    save_checkpoint,
+    write_state,
+)
+from gptray.checkpoint.sharded import SHARDED, save_sharded
+from gptray.cli.main import main as cli
+from gptray.generation.loading import load_model
+from gptray.train.consolidate import consolidate_checkpoint
+
+BATCH = "train.batch_size=4"
+
+
+def scrambled(e):
+    with torch.no_grad():  # other weights, so only the loaded state can make runs agree
+        for p in e.module.parameters():
+            p.normal_()
+    return e
+
+
+def write_sharded(e, directory, step: int):
+    """What the training loop writes at world size 1: DCP files, then config.yaml and state.json."""
+    directory.mkdir(parents=True)
+    save_sharded(directory, e.sharded_state())
+    write_state(directory, TrainingState(step=step, model=asdict(e.config.model), format=SHARDED), e.config)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An engine after 3 steps and its sharded checkpoint."""
+    e = engine(BATCH)
+    losses(e, range(3))
+    return e, write_sharded(e, tmp_path_factory.mktemp("run") / "checkpoint_00000003", 3)
+
+
+def test_a_sharded_checkpoint_continues_identically(trained):
+    first, directory = trained
+    assert {".metadata", "__0_0.distcp", "config.yaml"} == set(read_state(directory).files)
+    assert is_complete(directory)
+    second = scrambled(engine(BATCH))
+    second.load_sharded(directory)
+    assert losses(first, range(3, 5)) == losses(second, range(3, 5))
+
+
+def test_consolidating_gives_whole_files_that_load_and_resume_like_the_sharded_one(trained, tmp_path):
+    first, directory = trained
+    out = consolidate_checkpoint(directory, tmp_path / "whole", optimizer=True)
+    assert out.step == 3 and set(out.files) == {"model.pt", "optimizer.pt", "config.yaml"}
+    assert read_state(out.out).format == "whole" and is_complete(out.out)
+    model_state, optimizer_state = (load_tensors(out.out, name) for name in ("model.pt", "optimizer.pt"))
+    sharded = scrambled(engine(BATCH))
+    sharded.load_sharded(directory)
+    whole = scrambled(engine(BATCH))
+    whole.load_state(model_state, optimizer_state, None)
+    assert losses(sharded, range(3, 5)) == losses(whole, range(3, 5))
+    # generation (and export, eval) read either format into the same weights
+    from_sharded, _ = load_model(directory)
+    from_whole, _ = load_model(out.out)
+    for (name, a), b in zip(from_sharded.state_dict().items(), from_whole.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_consolidate_refuses_a_whole_checkpoint_and_an_occupied_output(trained, tmp_path, capsys):
+    first, directory = trained
+    whole = tmp_path / "checkpoint_00000001"
+    save_checkpoint(whole, *first.full_state()[:2], TrainingState(step=1, model=asdict(first.config.model)),
+                    first.config)
+    assert cli(["checkpoint", "consolidate", str(whole)]) == 4
+    assert "already whole" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    assert cli(["checkpoint", "consolidate", str(directory), "--out", str(tmp_path / "taken")]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    assert cli(["checkpoint", "consolidate", str(directory.parent), "--out", str(tmp_path / "new")]) == 0
+    assert "model.pt" in capsys.readouterr().out and not (tmp_path / "new" / "optimizer.pt").exists()
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints_and_what_may_be_in_flight(trained, tmp_path):
+    from gptray.base.storage import Storage
+
+    e, _ = trained
+    model_state, optimizer_state, _ = e.full_state()
+    for step in (3, 6, 9, 12, 15):
+        save_checkpoint(tmp_path / f"checkpoint_{step:08d}", model_state, None, TrainingState(step=step), e.config)
+    for step in (6, 15):  # 6: an upload cut short long ago; 15: one still on its way
+        (tmp_path / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"partial")
+    (tmp_path / "metrics").mkdir()
+    assert prune_checkpoints(Storage(str(tmp_path)), keep=5) == []  # fewer complete ones than that: nothing
+    assert prune_checkpoints(Storage(str(tmp_path)), keep=2) == ["checkpoint_00000006", "checkpoint_00000003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["checkpoint_00000009", "checkpoint_00000012", "checkpoint_00000015", "metrics"]
