@@ -167,7 +167,7 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
         # A table piece's rows go to the object store once; its Ray task gets only them.
         slices = [ray.put(table.slice(p.start, p.end - p.start)) for p in task.pieces if p.kind == "table"]
         pending[remote.options(name=f"gptray tokenize task {task.index}").remote(task, shared, *slices)] = task.index
-    log.info("tokenizing %d read task(s) from %d source(s) on Ray", len(tasks), len(sources))
+    log.info("running %d read task(s) from %d source(s) on Ray", len(tasks), len(sources))
     meter = _Meter(tasks)
     records: dict[int, TaskRecord] = {}
     failed: list[TaskRecord] = []
@@ -186,6 +186,10 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
                     records[index] = record
                     meter.done(record)
             meter.tick(len(pending))
+    except KeyboardInterrupt:
+        log.warning("interrupted with %d of %d read task(s) finished: their shards are kept, and running the "
+                    "same job again does only the rest", len(records), len(tasks))
+        raise
     finally:
         _cancel(dict(pending), pending)
     if failed:
@@ -297,7 +301,7 @@ class _Meter:
 
     def tick(self, running: int) -> None:
         if time.monotonic() - self.last >= PROGRESS_SECONDS and running:
-            self._log(f"{running} running")
+            self._log(f"{running} to go")
 
     def finish(self) -> None:
         if self.tokens:
