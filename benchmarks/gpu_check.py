@@ -42,13 +42,12 @@ Exit status: 0 when every check that ran passed and no section raised; 1 when a 
 or raised, a section raised, no CUDA device was found (without --cpu-smoke), or the watchdog stopped a
 run that outlived --minutes by 60 s; 2 for bad arguments.
 
-The JSON: {"meta": {settings, tolerances, stand_ins, exit_status, ...}, "sections": {name: {"status",
+The JSON: {"meta": {settings, tolerances, exit_status, ...}, "sections": {name: {"status",
 "seconds", "summary", ...}}}; a check section holds "checks": [{"name", "passed", "comparisons":
 {what: {"error", "tolerance", "passed"}}, ...}]. Errors are relative: |x − ref| / |ref| over all elements.
 
-Needs only torch and numpy besides the repo. gptray imports PyYAML and pyarrow at module level but
-nothing checked here uses them: where they are missing an empty stand-in is installed (named in
-meta.stand_ins), and the checkpoint check then writes its tensors with torch.save itself.
+Needs torch, numpy, PyYAML and pyarrow besides the repo (the GPU image has all four; device/KINDS.md);
+Ray and MLflow are optional: without Ray the ray_throughput section says so and is skipped.
 """
 
 from __future__ import annotations
@@ -60,8 +59,6 @@ import dataclasses
 import gc
 import hashlib
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.metadata
 import json
 import math
@@ -74,7 +71,6 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -184,51 +180,6 @@ def smoke_settings(args: argparse.Namespace) -> Settings:
         # GPT-2's 50,257-token embedding would be 90% of nano's parameters and most of its time on a CPU.
         model={"vocab_size": 2048, "eot_token": 2047},
     )
-
-
-# --- packages this machine may lack -----------------------------------------------------------------
-
-OPTIONAL_AT_IMPORT = ("yaml", "pyarrow")  # imported at module level by gptray.config and gptray.base.storage
-
-
-class _MissingModule(types.ModuleType):
-    """Stands in for a package this machine lacks: importing it works, using it raises ModuleNotFoundError."""
-
-    def __getattr__(self, attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        top = self.__name__.split(".")[0]
-        raise ModuleNotFoundError(f"{top} is not installed here (gpu_check stood in an empty module for it)",
-                                  name=top)
-
-
-class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, packages: list[str]):
-        self.packages = set(packages)
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.packages:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _MissingModule(spec.name)
-
-    def exec_module(self, module):
-        module.__path__ = []  # a package, so that `import pyarrow.parquet` finds a stand-in too
-
-
-def stand_in_for_missing(packages: tuple[str, ...] = OPTIONAL_AT_IMPORT) -> list[str]:
-    """Install empty stand-ins for the packages that do not import; returns their names."""
-    missing = []
-    for name in packages:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        sys.meta_path.insert(0, _StandIns(missing))
-    return missing
 
 
 # --- comparisons -------------------------------------------------------------------------------------
@@ -655,15 +606,8 @@ def save_like_the_loop(engine, config, directory: str, step: int) -> str:
     model_state, optimizer_state, scaler_state = engine.full_state()
     state = TrainingState(step=step, tokens_seen=step * engine.tokens_per_step,
                           model=dataclasses.asdict(config.model), world_size=1)
-    try:
-        save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
-        return "save_checkpoint"
-    except ModuleNotFoundError as exc:  # no PyYAML here for config.yaml: the tensors are what is checked
-        for name, tensors in (("model.pt", model_state), ("optimizer.pt", optimizer_state),
-                              ("scaler.pt", scaler_state)):
-            if tensors is not None:
-                torch.save(tensors, Path(directory) / name)
-        return f"torch.save ({exc})"
+    save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
+    return "save_checkpoint"
 
 
 def checkpoint_round_trip(s: Settings, precision: str) -> dict:
@@ -1242,18 +1186,16 @@ def _int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)
     args = parse_args(argv)
-    stand_ins = stand_in_for_missing()  # before anything imports gptray
     s = smoke_settings(args) if args.cpu_smoke else gpu_settings(args)
     torch.set_num_threads(s.threads)
     meta = {"script": "benchmarks/gpu_check.py", "issue": 21, "argv": sys.argv[1:],
             "mode": "cpu-smoke" if s.smoke else "cuda", "started_utc": datetime.now(timezone.utc).isoformat(
-                timespec="seconds"), "time_limit_s": args.minutes * 60, "stand_ins": stand_ins,
+                timespec="seconds"), "time_limit_s": args.minutes * 60,
             "settings": {k: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, torch.device) else v
                          for k, v in dataclasses.asdict(s).items()},
             "tolerances": TOLERANCES, "no_device": s.no_device, "running": None}
     report = Report(Path(args.out), meta)
-    log(f"gpu_check: {meta['mode']} on {s.device}, results to {args.out}"
-        + (f"; stand-ins for missing {', '.join(stand_ins)}" if stand_ins else ""))
+    log(f"gpu_check: {meta['mode']} on {s.device}, results to {args.out}")
     watchdog = Watchdog(report, args.minutes * 60 + WATCHDOG_GRACE_S)
     deadline, shared = Budget(args.minutes * 60), {}
     for section in SECTIONS:

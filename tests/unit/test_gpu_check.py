@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py (issue 21): its CPU smoke run, a run without Ray, PyYAML or pyarrow, checks that fail."""
+"""benchmarks/gpu_check.py (issue 21): its CPU smoke run, a run without Ray or MLflow, checks that fail."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ CPU_CHECKS = ["precision", "fused_adamw", "checkpoint", "fsdp", "compile"]
 CUDA_ONLY = ["flash", "memory"]
 VARIANTS = ["default", "rmsnorm", "swiglu", "rope", "sliding_window", "alternating", "document_mask"]
 
-# Runs the script as the GPU machine may be: no Ray, MLflow, PyYAML, pyarrow or tiktoken.
+# Runs the script as the GPU machine is: no Ray or MLflow (its image has PyYAML, pyarrow, tiktoken).
 WITHOUT_OPTIONAL_PACKAGES = """
 import importlib.abc, runpy, sys
-HIDDEN = {"ray", "mlflow", "yaml", "pyarrow", "tiktoken", "datasets", "fsspec", "psutil"}
+HIDDEN = {"ray", "mlflow"}
 class Hide(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in HIDDEN:
@@ -87,16 +87,15 @@ def test_cpu_smoke_runs_every_section(tmp_path):
     assert table[-1].startswith("results: ") and any(line.startswith("precision ") for line in table[-16:])
 
 
-def test_runs_without_ray_pyyaml_or_pyarrow(tmp_path):
+def test_runs_without_ray_or_mlflow(tmp_path):
     out = tmp_path / "x.json"
     done = run_script("--cpu-smoke", "--ray", "on", "--sections", "environment,checkpoint,ray_throughput",
                       "--out", str(out), without_optional=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     sections = results["sections"]
-    assert results["meta"]["stand_ins"] == ["yaml", "pyarrow"]
     assert sections["checkpoint"]["status"] == "passed"
-    assert all(c["saved_with"].startswith("torch.save") for c in sections["checkpoint"]["checks"])
+    assert all(c["saved_with"] == "save_checkpoint" for c in sections["checkpoint"]["checks"])
     assert sections["ray_throughput"]["status"].startswith("skipped: Ray does not import here")
     assert sections["precision"]["status"] == "skipped: not selected (--sections)"
 
