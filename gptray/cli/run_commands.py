@@ -13,15 +13,15 @@ from gptray.cli.common import EXIT_OK, add_command, load_experiment, log
 
 
 def register(commands) -> None:
-    sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray Data)", """\
+    sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray tasks)", """\
         Read data.sources (local or s3:// / gs:// txt/jsonl/json/parquet files, also .gz/.zst compressed,
         directories, globs, Hugging Face datasets, named corpora from `gptray data list`), tokenize them
-        with tiktoken in parallel Ray tasks, append <|endoftext|> after every document, split documents
+        with tiktoken in parallel Ray read tasks (each writes its own shards), append <|endoftext|> after every document, split documents
         into train/val by a seeded content hash, write each source's documents as often as its weight
         says, and write Parquet token shards plus manifest.json to data.dataset_dir (a local path or a
         URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
         Rerunning reuses a finished identical dataset after verifying its shards, and resumes an
-        interrupted one after its last intact shard.""")
+        interrupted one: read tasks whose shards verify are kept, only the rest run again.""")
     sub.add_argument("--overwrite", action="store_true",
                      help="replace a different token dataset (or unfinished job) already in data.dataset_dir")
     sub.add_argument("--strict", action="store_true",
@@ -227,8 +227,8 @@ def _print_dataset(result) -> None:
     if result.reused:
         state = "reused: shards verified"
     elif result.resumed_from_task is not None:
-        state = (f"resumed at read task {result.resumed_from_task + 1} of {result.tasks}, "
-                 f"finished in {result.seconds:.0f} s")
+        state = (f"resumed: {result.kept_tasks} of {result.tasks} read task(s) kept, the rest done "
+                 f"in {result.seconds:.0f} s")
     else:
         state = f"written in {result.seconds:.0f} s"
     print(f"dataset    {result.dataset_dir} ({state})")
