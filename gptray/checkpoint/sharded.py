@@ -23,15 +23,41 @@ SHARDED = "sharded"  # DCP files, one per rank
 DCP_METADATA = ".metadata"
 
 
+def _storage_key(tensor) -> tuple | None:
+    """What two names of one tensor share (a tied head and its embedding): the memory they view."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # an FSDP DTensor: this rank's shard
+    if not isinstance(local, torch.Tensor) or local.numel() == 0:
+        return None
+    return local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape), local.dtype
+
+
+def _without_aliases(model_state: dict) -> dict:
+    """The model state with each tensor once: DCP would store a tied head beside its embedding, where
+    torch.save keeps one copy of a shared tensor. Loading the kept name fills the alias too (in place)."""
+    seen, kept = set(), {}
+    for name, tensor in model_state.items():
+        key = _storage_key(tensor)
+        if key is None or key not in seen:
+            kept[name] = tensor
+        if key is not None:
+            seen.add(key)
+    return kept
+
+
+def _dcp_view(state: dict) -> dict:
+    return {**state, "model": _without_aliases(state["model"])} if "model" in state else state
+
+
 def save_sharded(directory: str | Path, state: dict) -> None:
     """Write this rank's part of `state` (a collective when a process group is up: every rank calls it)."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(directory)))
+    dcp.save(_dcp_view(state), storage_writer=dcp.FileSystemWriter(str(directory)))
 
 
 def load_sharded(directory: str | Path, state: dict) -> dict:
-    """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more."""
+    """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more
+    (a tied head is filled through its embedding, which it shares memory with)."""
     import torch.distributed.checkpoint as dcp
 
     if not (Path(directory) / DCP_METADATA).is_file():
@@ -39,7 +65,7 @@ def load_sharded(directory: str | Path, state: dict) -> dict:
     try:
         with warnings.catch_warnings():  # without a process group DCP loads in one process, as meant here
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            dcp.load(state, storage_reader=dcp.FileSystemReader(str(directory)))
+            dcp.load(_dcp_view(state), storage_reader=dcp.FileSystemReader(str(directory)))
     except (RuntimeError, KeyError, ValueError) as exc:  # DCP's CheckpointException is a RuntimeError
         raise CheckpointError(f"cannot load {', '.join(state)} from sharded checkpoint {directory}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None

@@ -16,10 +16,10 @@ def register(commands) -> None:
     sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray tasks)", """\
         Read data.sources (local or s3:// / gs:// txt/jsonl/json/parquet files, also .gz/.zst compressed,
         directories, globs, Hugging Face datasets, named corpora from `gptray data list`), tokenize them
-        with tiktoken in parallel Ray read tasks (each writes its own shards), append <|endoftext|> after every document, split documents
-        into train/val by a seeded content hash, write each source's documents as often as its weight
-        says, and write Parquet token shards plus manifest.json to data.dataset_dir (a local path or a
-        URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
+        with tiktoken in parallel Ray read tasks, append <|endoftext|> after every document, split
+        documents into train/val by a seeded content hash, write each source's documents as often as its
+        weight says, each task its own Parquet token shards, and write manifest.json to data.dataset_dir
+        (a local path or a URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
         Rerunning reuses a finished identical dataset after verifying its shards, and resumes an
         interrupted one: read tasks whose shards verify are kept, only the rest run again.""")
     sub.add_argument("--overwrite", action="store_true",
