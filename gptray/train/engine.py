@@ -237,11 +237,15 @@ class TrainingEngine:
     def load_sharded(self, directory, with_optimizer: bool = True) -> None:
         """Load a sharded checkpoint into this rank's model (and optimizer): each rank reads only the
         pieces it holds, whatever world size or parallelism wrote the checkpoint (a collective)."""
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-        state = self.sharded_state()
-        if not with_optimizer:
-            del state["optimizer"]
+        # Not sharded_state() without the optimizer: asking for an optimizer's state dict gives a fresh
+        # optimizer a state (torch takes a zero step), and fine-tuning must start from none.
+        state = self.sharded_state() if with_optimizer else {"model": get_model_state_dict(self.module)}
         load_sharded(directory, state)
         set_model_state_dict(self.module, state["model"])
         if with_optimizer:

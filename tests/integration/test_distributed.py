@@ -67,16 +67,20 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
     ours, uninterrupted = metric_history(copy, "train/loss"), metric_history(first, "train/loss")
     assert [ours[s] for s in range(7, 13)] == [uninterrupted[s] for s in range(7, 13)]
 
+    # 2 FSDP ranks → 4 (sharded → sharded), 4 → 1 DDP rank (sharded → whole), 1 → 2 FSDP ranks (whole → sharded)
     second = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=18",
-                                       "train.parallelism=ddp", "ray.num_workers=1"), sample=False)
-    assert (second.start_step, second.final_step) == (12, 18)
-    assert read_state(second.checkpoint).format == "whole"  # auto: DDP writes whole checkpoints
+                                       "train.parallelism=fsdp", "ray.num_workers=4"), sample=False)
+    assert (second.start_step, second.final_step, read_state(second.checkpoint).world_size) == (12, 18, 4)
+    assert set(read_state(second.checkpoint).files) == {"config.yaml", ".metadata",
+                                                        *(f"__{rank}_0.distcp" for rank in range(4))}
     third = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=24",
-                                      "train.parallelism=fsdp", "ray.num_workers=4"), sample=False)
-    assert (third.start_step, third.final_step, read_state(third.checkpoint).world_size) == (18, 24, 4)
-    close(metric_history(third, "train/loss"), theirs, range(13, 25), tolerance=5e-3)
-    assert set(read_state(third.checkpoint).files) == {"config.yaml", ".metadata",
-                                                       *(f"__{rank}_0.distcp" for rank in range(4))}
+                                      "train.parallelism=ddp", "ray.num_workers=1"), sample=False)
+    assert (third.start_step, third.final_step) == (18, 24)
+    assert read_state(third.checkpoint).format == "whole"  # auto: DDP writes whole checkpoints
+    fourth = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=26",
+                                       "train.parallelism=fsdp"), sample=False)
+    assert (fourth.start_step, fourth.final_step) == (24, 26) and read_state(fourth.checkpoint).format == "sharded"
+    close(metric_history(fourth, "train/loss"), theirs, range(13, 27), tolerance=5e-3)
 
 
 def train_workers() -> list[int]:

@@ -13,9 +13,11 @@ from helpers import MlflowServer, Relay, small_run_config
 
 pytestmark = pytest.mark.slow
 
-@pytest.fixture
-def server(tmp_path):
-    server = MlflowServer(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real `mlflow server` for the module (5-20 s to start here); the outage test kills it and starts
+    it again on the same address and store, as it leaves it for the next test."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     if server.process.poll() is None:
@@ -36,7 +38,7 @@ def test_pretrain_logs_to_a_tracking_server_over_http(server, shakespeare_datase
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples"} <= artifacts
     # the artifacts went through the server into its store, not into a local ./mlruns
-    assert list((tmp_path / "artifacts").rglob("config.yaml"))
+    assert list((server.root / "artifacts").rglob("config.yaml"))
 
 
 def test_training_outlives_the_tracking_server_and_its_metrics_are_sent_later(server, shakespeare_dataset, tmp_path):

@@ -61,6 +61,17 @@ def test_a_sharded_checkpoint_continues_identically(trained):
     assert losses(first, range(3, 5)) == losses(second, range(3, 5))
 
 
+def test_a_sharded_base_gives_its_weights_and_no_optimizer_state(trained):
+    """Fine-tuning's init_from: the base's weights, a fresh optimizer."""
+    _, directory = trained
+    tuned = scrambled(engine(BATCH))
+    tuned.load_sharded(directory, with_optimizer=False)
+    saved, _ = load_model(directory)
+    for (name, a), b in zip(saved.state_dict().items(), tuned.module.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not tuned.optimizer.state
+
+
 def test_consolidating_gives_whole_files_that_load_and_resume_like_the_sharded_one(trained, tmp_path):
     first, directory = trained
     out = consolidate_checkpoint(directory, tmp_path / "whole", optimizer=True)
