@@ -27,6 +27,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # Ray Train's controller polls its workers every 2 s and so sees a finished run up to 2 s late; the
 # suite runs ~40 short fits. Polling every 0.25 s saves ~2 s a fit and changes nothing else.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray Train starts a PreemptionWatcher actor per run, to act on nodes being drained (spot reclaims).
+# No test drains a node, and each such actor is one more process start (~1 s of CPU here) per fit.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # S3 tests talk to a moto server on loopback. Ray workers read S3 through filesystems pickled by
 # the driver (which carry the endpoint) but take credentials from their environment: give every
 # process dummy ones, and never let an S3 client wait on the EC2 metadata service.
