@@ -1,4 +1,4 @@
-"""Sweeps run by Ray Tune: a real 2×2 sweep surviving its driver dying, resume, a failing trial, honest stats."""
+"""Sweeps run by Ray Tune: every shipped sweep end to end, Ctrl-C and resume, a failing trial."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from gptray.checkpoint.files import STATE_FILE
@@ -26,18 +25,18 @@ def children(client, parent_run_id: str):
 @pytest.mark.slow
 def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finishes_it(shakespeare_dataset, tmp_path,
                                                                                     capsys):
-    """configs/sweeps/norm.yaml unmodified but for its budget and seeds, on a 2-CPU local Ray (where its
+    """configs/sweeps/norm.yaml unmodified but for its budget and one seed, on a 2-CPU local Ray (where its
     trials once waited forever): SIGINT mid-sweep stops it with true counts and exit 130, compare calls the
-    unfinished trials what they are, and the same command resumes and finishes the sweep."""
+    unfinished trial what it is, and the same command resumes and finishes the sweep. (The statistics
+    across seeds are checked in tests/unit/test_compare.py.)"""
     from mlflow.tracking import MlflowClient
-    from scipy import stats
 
     path = REPO / "configs" / "sweeps" / "norm.yaml"
     # ray.num_cpus=2: a fresh local Ray the size of the documented machine, whatever this host has
     overrides = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
-                 "sweep.budget_tokens=2048", "sweep.seeds=[0,1]", "ray.num_cpus=2"]
+                 "sweep.budget_tokens=2048", "sweep.seeds=[0]", "ray.num_cpus=2"]
     sweep_dir = tmp_path / "runs" / "ablate-norm"
-    names = ["layernorm-seed0", "layernorm-seed1", "rmsnorm-seed0", "rmsnorm-seed1"]
+    names = ["layernorm-seed0", "rmsnorm-seed0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "gptray", "sweep", "--config", str(path), *overrides],
@@ -52,16 +51,16 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
         assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()[-3000:]
     finished_before = {p.parent.parent.name for p in sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")}
     begun = {name for name in names if (sweep_dir / name / "config.yaml").is_file()}
-    assert 1 <= len(finished_before) < 4
-    counts = f"{len(finished_before)} of 4 trial(s) finished, {len(begun - finished_before)} interrupted, " \
-             f"{4 - len(begun)} not started"
+    assert len(finished_before) == 1
+    counts = f"{len(finished_before)} of 2 trial(s) finished, {len(begun - finished_before)} interrupted, " \
+             f"{2 - len(begun)} not started"
     assert f"interrupted: {counts}" in (tmp_path / "driver.log").read_text()
 
     capsys.readouterr()
     assert cli(["compare", "--config", str(path), *overrides, "--format", "json"]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]  # what did not finish is not called failed
     assert [sum(g[key] for g in groups) for key in ("n", "failed", "unfinished", "not_started")] == \
-        [len(finished_before), 0, len(begun - finished_before), 4 - len(begun)]
+        [len(finished_before), 0, len(begun - finished_before), 2 - len(begun)]
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
 
     assert cli(["sweep", "--config", str(path), *overrides]) == 0  # the same command again resumes the sweep
@@ -91,22 +90,16 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
         best.setdefault(run.data.tags["gptray.sweep.label"], []).append(min(m.value for m in history))
     for label, values in best.items():
         group = reported[label]
-        assert (group["n"], group["failed"], group["unfinished"], group["not_started"]) == (2, 0, 0, 0)
-        assert sorted(group["values"]) == pytest.approx(sorted(values), abs=1e-12)
-        assert group["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-        assert group["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
-        half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2)
-        assert (group["ci_low"], group["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+        assert (group["n"], group["failed"], group["unfinished"], group["not_started"]) == (1, 0, 0, 0)
+        assert group["values"] == pytest.approx(values, abs=1e-12) and group["mean"] == pytest.approx(values[0])
     assert reported["layernorm"]["is_baseline"]
-    assert reported["rmsnorm"]["diff"] == pytest.approx(np.mean(best["rmsnorm"]) - np.mean(best["layernorm"]))
-    assert reported["rmsnorm"]["p_value"] == pytest.approx(
-        stats.ttest_ind(best["rmsnorm"], best["layernorm"], equal_var=False).pvalue)
+    assert reported["rmsnorm"]["diff"] == pytest.approx(best["rmsnorm"][0] - best["layernorm"][0])
     for name in ("curves_val_loss.png", "bars_best_val_loss.png", "results.jsonl", "results.csv"):
         assert (out / name).stat().st_size > 0
     attached = {a.path for a in client.list_artifacts(parent[0].info.run_id, "compare")}
     assert "compare/bars_best_val_loss.png" in attached
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
+    assert len(rows) == 2 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
 
 
 SHIPPED_AXES = {"attention.yaml": ("model.attention", ["causal", "sliding_window", "alternating"]),
