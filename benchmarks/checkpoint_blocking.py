@@ -8,7 +8,10 @@ with train.checkpoint_upload=sync (Ray copies the checkpoint to the run director
 on, as every checkpoint did before) and async (training goes on once the files are on local disk).
 For each it prints the median and range of train/checkpoint_blocked_s (what the training loop logs per
 checkpoint), the bytes per checkpoint, the local write rate that implies, and the blocked time as a
-share of the time between checkpoints at this interval. `--out-dir s3://…` (with AWS_ENDPOINT_URL, e.g.
+share of the time between checkpoints at this interval; then the memory rank 0 took above training's
+own while writing a checkpoint (train/checkpoint_peak_extra_mb: its resident set on CPU) and while
+loading one when the run is launched again for a few more steps (train/resume_peak_extra_mb), beside
+12·N/W bytes (fp32 weights and two Adam moments, over W ranks). `--out-dir s3://…` (with AWS_ENDPOINT_URL, e.g.
 a moto server) puts the run directory on an object store, where the upload is the real cost.
 """
 
@@ -32,32 +35,37 @@ MODES = [("ddp", "whole", "sync"), ("ddp", "whole", "async"), ("fsdp", "sharded"
          ("fsdp", "sharded", "async")]
 
 
-def blocked_seconds(result) -> list[float]:
+def logged(result, key: str) -> list[float]:
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/checkpoint_blocked_s")
+    history = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, key)
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 def run_mode(parallelism: str, fmt: str, upload: str, args, root: Path, dataset_dir: str) -> dict:
+    from gptray.model import count_parameters
     from gptray.train.pretrain import pretrain
 
     name = f"{parallelism}-{fmt}-{upload}"
-    config = load_config(None, [
+    settings = lambda steps: load_config(None, [  # noqa: E731
         "model.preset=tiny", f"data.dataset_dir={dataset_dir}", f"out_dir={args.out_dir or root}", f"name={name}",
-        f"train.max_steps={args.steps}", f"train.checkpoint_interval={args.interval}", "train.log_interval=1",
+        f"train.max_steps={steps}", f"train.checkpoint_interval={args.interval}", "train.log_interval=1",
         f"train.eval_interval={args.steps}", "train.eval_windows=8", "train.batch_size=8", "train.micro_batch_size=4",
         "train.warmup_steps=2", f"train.parallelism={parallelism}", f"train.checkpoint_format={fmt}",
         f"train.checkpoint_upload={upload}", "train.keep_checkpoints=1", "generate.max_new_tokens=1",
         "ray.num_cpus=2", *args.overrides])
-    result = pretrain(config, sample=False)
-    blocked = blocked_seconds(result)
+    result = pretrain(settings(args.steps), sample=False)
+    blocked = logged(result, "train/checkpoint_blocked_s")
+    again = pretrain(settings(args.steps + 2), sample=False)  # resumes from the last checkpoint
     files = read_state(result.checkpoint).files
     checkpoint_bytes = sum(files.values())
     between = result.metrics["train_step_seconds"] * args.interval
     return {"mode": name, "blocked_s": blocked, "median_blocked_s": statistics.median(blocked),
             "checkpoint_bytes": checkpoint_bytes, "step_seconds": result.metrics["train_step_seconds"],
-            "blocked_share": statistics.median(blocked) / between}
+            "blocked_share": statistics.median(blocked) / between,
+            "save_extra_mb": statistics.median(logged(result, "train/checkpoint_peak_extra_mb")),
+            "resume_extra_mb": (logged(again, "train/resume_peak_extra_mb") or [float("nan")])[-1],
+            "state_mb_per_rank": 12 * count_parameters(settings(args.steps).model) / 2 / 1e6}
 
 
 def main() -> None:
@@ -77,11 +85,13 @@ def main() -> None:
         dataset_dir = tokenize_corpus(dataset).dataset_dir
         results = [run_mode(*mode, args, root, dataset_dir) for mode in MODES]
     print(f"\n{platform.node()}: {args.steps} steps of tiny, checkpoint every {args.interval}, 2 CPU workers")
-    print(f"{'mode':22} {'MB/ckpt':>8} {'blocked s (median, min–max)':>28} {'MB/s':>7} {'share of interval':>18}")
+    print(f"{'mode':22} {'MB/ckpt':>8} {'blocked s (median, min–max)':>28} {'MB/s':>7} {'share of interval':>18} "
+          f"{'save +MB':>9} {'resume +MB':>11} {'12N/W MB':>9}")
     for r in results:
         mb = r["checkpoint_bytes"] / 1e6
         spread = f"{r['median_blocked_s']:.2f} ({min(r['blocked_s']):.2f}–{max(r['blocked_s']):.2f})"
-        print(f"{r['mode']:22} {mb:8.0f} {spread:>28} {mb / r['median_blocked_s']:7.0f} {r['blocked_share']:18.1%}")
+        print(f"{r['mode']:22} {mb:8.0f} {spread:>28} {mb / r['median_blocked_s']:7.0f} {r['blocked_share']:18.1%} "
+              f"{r['save_extra_mb']:9.0f} {r['resume_extra_mb']:11.0f} {r['state_mb_per_rank']:9.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

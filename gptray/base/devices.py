@@ -27,3 +27,44 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class PeakMemory:
+    """The most memory this process held above what it held at the start, while the block ran: CUDA
+    memory allocated by torch on a GPU, the resident set (Linux VmHWM, reset through clear_refs) on CPU.
+    `extra_bytes` is None where it cannot be measured."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.extra_bytes: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            self.start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.start = _status_bytes("VmRSS")
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # the peak resident set starts again from now
+            except OSError:
+                self.start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.extra_bytes = torch.cuda.max_memory_allocated(self.device) - self.start
+        elif self.start is not None and (peak := _status_bytes("VmHWM")) is not None:
+            self.extra_bytes = max(peak - self.start, 0)
+
+
+def _status_bytes(field: str) -> int | None:
+    """A `kB` field of /proc/self/status in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -175,20 +175,20 @@ def latest_stored_checkpoint(run: Storage) -> Storage | None:
     return None
 
 
-def prune_checkpoints(run: Storage, keep: int) -> list[str]:
-    """Delete the checkpoints older than the newest `keep` complete ones; the names deleted.
+def prune_orphans(run: Storage, registered: set[str]) -> list[str]:
+    """Delete the checkpoints Ray does not keep that are older than the newest one it does; their names.
 
-    Complete or not: an upload cut short, or one that finished but was never registered with Ray
-    (a crash between the two), is an orphan nothing else removes. Newer incomplete ones stay: they
-    may be uploads still in flight. Ray itself keeps every checkpoint (num_to_keep=None), so the
-    two never delete the same directory.
+    `registered`: the names of the checkpoints Ray keeps (train.keep_checkpoints of them; Ray deletes
+    the older ones it registered itself). What else is there is an orphan nothing else removes: an
+    upload cut short, or one that finished but was never registered (a crash between the two). Ray
+    is never asked about a directory deleted here: it refuses to start a run whose record names a
+    checkpoint that is gone.
     """
-    found = sorted(((int(m.group(1)), name) for name in run.list_dirs() if (m := CHECKPOINT_DIR.match(name))),
-                   reverse=True)
-    complete = [step for step, name in found if is_complete(run.child(name))][:keep]
-    if len(complete) < keep:
+    found = [(int(m.group(1)), name) for name in run.list_dirs() if (m := CHECKPOINT_DIR.match(name))]
+    newest = max((step for step, name in found if name in registered), default=None)
+    if newest is None:
         return []
-    doomed = [name for step, name in found if step < complete[-1]]
+    doomed = [name for step, name in sorted(found) if step < newest and name not in registered]
     for name in doomed:
         run.delete_dir(name)
     return doomed

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gptray.base.devices import PeakMemory
 from gptray.base.errors import TrainingError
 from gptray.base.runtime import configure_logging
 from gptray.base.storage import Storage
@@ -25,7 +26,6 @@ from gptray.checkpoint.files import (
     load_tensors,
     local_files,
     optional_tensors,
-    prune_checkpoints,
     read_state,
     save_checkpoint,
     write_state,
@@ -65,7 +65,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # region travel with them, so workers need only credentials in their environment.
     run = loop_config["run"]
     engine, manifest = _open_engine(config, loop_config["dataset"], device, rank, world_size)
-    state = _resume(engine, config, manifest, ray.train.get_checkpoint(), run, loop_config.get("init_checkpoint"))
+    with PeakMemory(device) as loading:
+        state = _resume(engine, config, manifest, ray.train.get_checkpoint(), run, loop_config.get("init_checkpoint"))
     evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size) if loop_config.get("eval_tasks") \
         else None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     tracker, history = None, None
@@ -76,10 +77,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
                                     retry_seconds=config.tracking.retry_seconds)
         _log_start(engine, config, state)
+        if tracker is not None and state.step > 0 and loading.extra_bytes is not None:
+            # what loading the checkpoint took above the model and optimizer already built (rank 0's)
+            tracker.log_metrics({"train/resume_peak_extra_mb": loading.extra_bytes / 1e6}, step=state.step)
     cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
     system = _system_metrics(loop_config, context)
     try:
-        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"], run)
+        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
         if loop_config.get("final_sample") and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, loop_config["tokenizer"], run)
     finally:
@@ -162,7 +166,7 @@ class _Throughput:
 
 def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
            evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None, history: MetricHistory | None,
-           tokenizer, run: Storage) -> None:
+           tokenizer) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
     while state.step < config.train.max_steps:
@@ -203,9 +207,12 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.checkpoint:
             if history is not None:
                 history.write()  # before the checkpoint: see gptray.tracking.history
-            blocked = _report_checkpoint(engine, state, metrics, config, run)
+            blocked, extra = _report_checkpoint(engine, state, metrics, config)
             if tracker is not None:  # the step's other metrics went before the checkpoint
-                tracker.log_metrics({"train/checkpoint_blocked_s": blocked}, step=state.step)
+                saved = {"train/checkpoint_blocked_s": blocked}
+                if extra is not None:  # rank 0's: under a whole checkpoint, the rank that holds the most
+                    saved["train/checkpoint_peak_extra_mb"] = extra / 1e6
+                tracker.log_metrics(saved, step=state.step)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
 
@@ -263,10 +270,11 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict, config: ExperimentConfig,
-                       run: Storage) -> float:
+def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict,
+                       config: ExperimentConfig) -> tuple[float, int | None]:
     """Write this rank's checkpoint files to a local directory and report them to Ray Train, which merges
-    the ranks' directories into checkpoint_NNNNNNNN in the run directory; the seconds training waited.
+    the ranks' directories into checkpoint_NNNNNNNN in the run directory. Returns the seconds training
+    waited, and the memory the write took above what training holds (bytes; None where unmeasurable).
 
     With train.checkpoint_upload=async, Ray uploads in a background thread (one at a time, in order)
     and deletes the local copy after: training waits only for the local write.
@@ -281,10 +289,11 @@ def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: di
     state.metrics = report
     directory = Path(tempfile.mkdtemp(prefix="gptray-ckpt-"))
     try:
-        if config.train.effective_checkpoint_format() == SHARDED:
-            wrote = _write_sharded(engine, state, config, directory)
-        else:
-            wrote = _write_whole(engine, state, config, directory)
+        with PeakMemory(engine.device) as memory:
+            if config.train.effective_checkpoint_format() == SHARDED:
+                wrote = _write_sharded(engine, state, config, directory)
+            else:
+                wrote = _write_whole(engine, state, config, directory)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -294,10 +303,7 @@ def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: di
     ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if wrote else None,
                      checkpoint_dir_name=checkpoint_dir_name(state.step), checkpoint_upload_mode=upload,
                      delete_local_checkpoint_after_upload=True)
-    if engine.rank == 0:  # uploads finish in order, so what is older than a complete one is not in flight
-        for name in prune_checkpoints(run, config.train.keep_checkpoints):
-            log.info("deleted %s (train.keep_checkpoints=%d)", run.uri(name), config.train.keep_checkpoints)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, memory.extra_bytes
 
 
 def _write_whole(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, directory: Path) -> bool:

@@ -19,7 +19,7 @@ from gptray.base.errors import CheckpointError, ConfigError, DataError, Interrup
 from gptray.base.paths import is_uri
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
-from gptray.checkpoint.files import check_compatible, latest_checkpoint, prune_checkpoints, read_state
+from gptray.checkpoint.files import check_compatible, latest_checkpoint, prune_orphans, read_state
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
 from gptray.data.tokenizer import Tokenizer
@@ -95,9 +95,10 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker.send_outbox(run)
     trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample)
     with PendingReporter(plan, cluster):
-        _fit(trainer, config, run, tracker)
-    # The workers prune as they go, but the last upload ends after their last look: the run is settled now.
-    prune_checkpoints(run, config.train.keep_checkpoints)
+        fitted = _fit(trainer, config, run, tracker)
+    kept = {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
+    for name in prune_orphans(run, kept):  # the run is settled: no upload is in flight
+        log.info("deleted %s: a checkpoint Ray never registered, older than the ones it keeps", run.uri(name))
 
     final = latest_checkpoint(config.run_dir)
     final_state = read_state(final) if final else None
@@ -172,9 +173,8 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
         run_config=RunConfig(
             name=config.name,
             **_ray_storage(config.out_dir),
-            # None: Ray keeps every checkpoint it registered. Rank 0 prunes (train.keep_checkpoints),
-            # orphans included, and Ray would fail on a directory deleted under it.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # Ray deletes the older checkpoints it registered; the driver deletes orphans after the fit.
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures,
                                          controller_failure_limit=controller_retries(config.ray)),
             logging_config=LoggingConfig(log_level="WARNING"),

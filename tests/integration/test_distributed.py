@@ -52,6 +52,9 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
 
     samples = {a.path for a in MlflowClient(first.tracking_uri).list_artifacts(first.mlflow_run_id, "samples")}
     assert "samples/step_00000006.txt" in samples  # every rank took part in generating it
+    # what training waited for at each checkpoint, and the memory the write took, are in the run
+    assert set(metric_history(first, "train/checkpoint_blocked_s")) == {6, 12}
+    assert set(metric_history(first, "train/checkpoint_peak_extra_mb")) == {6, 12}
     sharded = Path(first.checkpoint)
     assert read_state(sharded).format == "sharded" and not (sharded / "model.pt").exists()
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(read_state(sharded).files)
@@ -64,6 +67,12 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
     # train.keep_checkpoints=2: the newest two stay, the orphan goes with the rest
     assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
         ["checkpoint_00000009", "checkpoint_00000012"]
+    # and Ray, which refuses a run whose record names a deleted checkpoint, takes the run up again
+    longer = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=copy", "train.checkpoint_interval=3",
+                                       "train.max_steps=15", "train.parallelism=fsdp"), sample=False)
+    assert (longer.start_step, longer.final_step) == (12, 15)
+    assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
+        ["checkpoint_00000012", "checkpoint_00000015"]
     ours, uninterrupted = metric_history(copy, "train/loss"), metric_history(first, "train/loss")
     assert [ours[s] for s in range(7, 13)] == [uninterrupted[s] for s in range(7, 13)]
 

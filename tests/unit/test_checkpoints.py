@@ -12,7 +12,7 @@ from gptray.checkpoint.files import (
     TrainingState,
     is_complete,
     load_tensors,
-    prune_checkpoints,
+    prune_orphans,
     read_state,
     save_checkpoint,
     write_state,
@@ -105,17 +105,27 @@ def test_consolidate_refuses_a_whole_checkpoint_and_an_occupied_output(trained, 
     assert "model.pt" in capsys.readouterr().out and not (tmp_path / "new" / "optimizer.pt").exists()
 
 
-def test_pruning_keeps_the_newest_complete_checkpoints_and_what_may_be_in_flight(trained, tmp_path):
+def test_pruning_deletes_orphans_older_than_what_ray_keeps_and_nothing_ray_keeps(trained, tmp_path):
     from gptray.base.storage import Storage
 
     e, _ = trained
     model_state, optimizer_state, _ = e.full_state()
     for step in (3, 6, 9, 12, 15):
         save_checkpoint(tmp_path / f"checkpoint_{step:08d}", model_state, None, TrainingState(step=step), e.config)
-    for step in (6, 15):  # 6: an upload cut short long ago; 15: one still on its way
+    for step in (6, 15):  # 6: an upload cut short long ago; 15: a newer one Ray never registered
         (tmp_path / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"partial")
     (tmp_path / "metrics").mkdir()
-    assert prune_checkpoints(Storage(str(tmp_path)), keep=5) == []  # fewer complete ones than that: nothing
-    assert prune_checkpoints(Storage(str(tmp_path)), keep=2) == ["checkpoint_00000006", "checkpoint_00000003"]
+    kept = {"checkpoint_00000009", "checkpoint_00000012"}  # what Ray keeps (train.keep_checkpoints=2)
+    assert prune_orphans(Storage(str(tmp_path)), set()) == []  # nothing registered: no reference point
+    assert prune_orphans(Storage(str(tmp_path)), kept) == ["checkpoint_00000003", "checkpoint_00000006"]
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         ["checkpoint_00000009", "checkpoint_00000012", "checkpoint_00000015", "metrics"]
+
+
+def test_peak_memory_sees_what_a_block_held_and_let_go():
+    from gptray.base.devices import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as memory:
+        held = torch.ones(50_000_000)  # 200 MB, written, so resident
+        del held
+    assert memory.extra_bytes >= 150e6
