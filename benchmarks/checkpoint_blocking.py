@@ -56,8 +56,8 @@ def run_mode(parallelism: str, fmt: str, upload: str, args, root: Path, dataset_
         "ray.num_cpus=2", *args.overrides])
     result = pretrain(settings(args.steps), sample=False)
     blocked = logged(result, "train/checkpoint_blocked_s")
-    again = pretrain(settings(args.steps + 2), sample=False)  # resumes from the last checkpoint
     files = read_state(result.checkpoint).files
+    again = pretrain(settings(args.steps + 2), sample=False)  # resumes from the last checkpoint
     checkpoint_bytes = sum(files.values())
     between = result.metrics["train_step_seconds"] * args.interval
     return {"mode": name, "blocked_s": blocked, "median_blocked_s": statistics.median(blocked),
