@@ -87,21 +87,19 @@ class Storage:
         write_bytes(self.fs, self.path(relative), data, self.uri(relative))
 
     def delete(self, relative: str) -> None:
+        self._delete(self.fs.delete_file, relative)
+
+    def delete_dir(self, relative_dir: str) -> None:
+        """Delete a directory and everything under it (nothing if it is not there)."""
+        self._delete(self.fs.delete_dir, relative_dir)
+
+    def _delete(self, remove, relative: str) -> None:
         try:
-            self.fs.delete_file(self.path(relative))
+            remove(self.path(relative))
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise StorageError(f"cannot delete {self.uri(relative)}: {exc}") from exc
-
-    def delete_dir(self, relative_dir: str) -> None:
-        """Delete a directory and everything under it (nothing if it is not there)."""
-        try:
-            self.fs.delete_dir(self.path(relative_dir))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot delete {self.uri(relative_dir)}: {exc}") from exc
 
     def list(self, relative_dir: str) -> list[str]:
         """Names of the files directly in a directory (none if it does not exist)."""

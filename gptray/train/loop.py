@@ -21,7 +21,6 @@ from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
     checkpoint_dir_name,
-    is_complete,
     latest_stored_checkpoint,
     load_tensors,
     local_files,
@@ -241,8 +240,7 @@ def _resume_directory(registered, run: Storage):
     complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
     driver found (gptray.checkpoint.files.latest_checkpoint). Only the chosen one is downloaded.
     """
-    # Ray's registered one may since have been pruned (prune_checkpoints keeps the newest complete ones)
-    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None and is_complete(c)]
+    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
     if not candidates:
         yield None, None
         return
