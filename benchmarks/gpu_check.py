@@ -380,7 +380,7 @@ def random_tokens(vocab_size: int, count: int = 200_000, seed: int = 0) -> np.nd
 def make_engine(config, device: torch.device, tokens: np.ndarray):
     from gptray.train.engine import TrainingEngine
 
-    return TrainingEngine(config, device, rank=0, world_size=1, train_tokens=tokens, val_tokens=tokens[:0])
+    return TrainingEngine(config, device, rank=0, world_size=1, train_data=tokens, val_tokens=tokens[:0])
 
 
 def module_state(module: torch.nn.Module) -> dict:

@@ -60,7 +60,7 @@ def build_engine(config_dict: dict, threads: int) -> TrainingEngine:
     config = ExperimentConfig.from_dict(config_dict)
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, 2_000_000, dtype=np.int64)
     tokens = tokens.astype(np.uint16 if config.model.vocab_size <= 2**16 else np.uint32)
-    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_tokens=tokens,
+    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_data=tokens,
                           val_tokens=tokens[:0])
 
 

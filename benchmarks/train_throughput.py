@@ -39,7 +39,7 @@ def measure(config_dict: dict, steps: int, warmup: int, threads: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and config.ray.use_gpu else "cpu")
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, 2_000_000, dtype=np.int64)
     tokens = tokens.astype(np.uint16 if config.model.vocab_size <= 2**16 else np.uint32)
-    engine = TrainingEngine(config, device, rank=0, world_size=1, train_tokens=tokens, val_tokens=tokens[:0])
+    engine = TrainingEngine(config, device, rank=0, world_size=1, train_data=tokens, val_tokens=tokens[:0])
     for step in range(warmup):  # compile, allocator and cache warm-up
         engine.train_step(step).loss.item()
     if device.type == "cuda":

@@ -48,6 +48,8 @@ class TrainingState:
     metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
     files: dict = field(default_factory=dict)  # name → bytes of every file beside state.json
     format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)
+    # The order of training windows (train_windows.data_order); empty in checkpoints from before the block order
+    data_order: dict = field(default_factory=dict)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -135,8 +137,10 @@ def optional_tensors(directory: str | Path, name: str, device: torch.device | st
     return load_tensors(directory, name, device) if (Path(directory) / name).is_file() else None
 
 
-def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str) -> None:
-    """Refuse to resume a checkpoint into a different model shape or dataset."""
+def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str,
+                     data_order: dict | None = None) -> None:
+    """Refuse to resume a checkpoint into a different model shape, dataset or order of training windows
+    (`data_order`: the run's, as train_windows.data_order gives it; None: not checked)."""
     expected = config.model.shape()
     # from_saved: a checkpoint written before a model field existed gets the value it was trained with.
     saved = ModelConfig.from_saved(state.model).shape()
@@ -153,6 +157,16 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
             f"{state.dataset_fingerprint[:12]}… vs {dataset_fingerprint[:12]}… now in {config.data.dataset_dir}). "
             "Resuming would change the data order; use a new run name to start afresh."
         )
+    saved_order = state.data_order or {"shuffle": "global"}
+    if data_order is not None and saved_order != data_order:
+        raise CheckpointError(
+            f"checkpoint {where} was trained in another order of training windows ({_order_text(saved_order)}) "
+            f"than this config gives ({_order_text(data_order)}). Resuming would change the data order: set "
+            "data.shuffle, data.shuffle_block_shards and train.batch_size as they were, or use a new run name")
+
+
+def _order_text(order: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in order.items())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | str | None:

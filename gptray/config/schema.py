@@ -7,6 +7,7 @@ A YAML file plus dotted overrides is the whole truth of a run; the resolved form
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,18 @@ class DataConfig:
     read_chunk_bytes: int = 8 << 20
     strict: bool = False  # any bad input (see the manifest's problem kinds) stops the job with an error
     cache_dir: str | None = None  # node-local cache of decoded token arrays; default ~/.cache/gptray
+    # The training order. global: windows drawn uniformly from the whole train split, which every node
+    # decodes into its cache before the first step. block: each epoch permutes the shards, groups them
+    # into blocks of shuffle_block_shards and shuffles windows within a block; a node decodes only the
+    # blocks in use and the next one, within cache_limit (gptray/data/block_order.py). auto: global while
+    # the decoded train split fits cache_limit, block above it.
+    shuffle: Literal["auto", "global", "block"] = "auto"
+    shuffle_block_shards: int = 16
+    cache_limit: str = "64GB"  # the most decoded train tokens a node keeps on disk: 500MB, 20GB, 1.5TB, 2GiB…
+    prefetch: bool = True  # block order: decode the next block in the background while training on this one
+
+    def cache_limit_bytes(self) -> int:
+        return parse_size(self.cache_limit, "data.cache_limit")
 
     def validate(self) -> None:
         """Check every data setting; raise ConfigError naming the key."""
@@ -120,6 +133,9 @@ class DataConfig:
         _require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)
         _require(self.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", self.read_chunk_bytes)
         _require(bool(self.dataset_dir), "data.dataset_dir", "must not be empty", self.dataset_dir)
+        _require(self.shuffle_block_shards > 0, "data.shuffle_block_shards", "must be positive",
+                 self.shuffle_block_shards)
+        _require(self.cache_limit_bytes() > 0, "data.cache_limit", "must be positive", self.cache_limit)
 
 
 @dataclass
@@ -474,3 +490,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = apply_settings(deep_merge(ExperimentConfig().to_dict(), data), dict(settings or {}))
     data = apply_overrides(data, list(overrides or []))
     return ExperimentConfig.from_dict(data).resolved(read_base)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str, key: str) -> int:
+    """Bytes from "20GB", "500 MB", "1.5TB", "2GiB" or a plain number of bytes; ConfigError naming `key` otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(key, f"must be a size such as 500MB, 20GB or 2GiB (got {text!r})")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])

@@ -28,6 +28,7 @@ class ShardInfo:
     sha256: str
     bytes: int
     last_document: int = -1  # id of its last document (-1: not recorded, older manifests)
+    source: int = -1  # index of the data.sources entry its documents came from (-1: older manifests)
 
 
 @dataclass

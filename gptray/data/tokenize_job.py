@@ -231,7 +231,8 @@ def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[Res
                     config: ExperimentConfig, digest: str) -> Manifest:
     splits = {}
     for split in SPLITS:
-        shards = [shard for record in records for shard in record.shards.get(split, [])]
+        shards = [dataclasses.replace(shard, source=record.source)
+                  for record in records for shard in record.shards.get(split, [])]
         splits[split] = SplitInfo(sum(s.documents for s in shards), sum(s.tokens for s in shards), shards)
     source_infos = _source_infos(sources, records)
     total_tokens = sum(s.tokens for s in splits.values())

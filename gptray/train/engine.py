@@ -20,7 +20,8 @@ from gptray.base.devices import all_reduce_sum, autocast, distributed
 from gptray.base.errors import ConfigError
 from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
-from gptray.data.windows import IGNORE_INDEX, WindowSampler, eval_starts, gather_windows
+from gptray.data.train_windows import TrainWindows, WholeSplitWindows
+from gptray.data.windows import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.train.flops import device_peak_flops, flops_per_token
@@ -42,20 +43,26 @@ class StepResult:
 
 class TrainingEngine:
     def __init__(self, config: ExperimentConfig, device: torch.device, rank: int, world_size: int,
-                 train_tokens: np.ndarray, val_tokens: np.ndarray,
-                 train_loss_mask: np.ndarray | None = None, val_loss_mask: np.ndarray | None = None):
+                 train_data: np.ndarray | TrainWindows, val_tokens: np.ndarray,
+                 train_loss_mask: np.ndarray | None = None, val_loss_mask: np.ndarray | None = None,
+                 val_starts: np.ndarray | None = None):
+        """`train_data`: the training windows (train_windows.py), or a token array to train on in the
+        global order. Prompt/completion data has loss masks: 0 where a token is prompt, whose
+        prediction the loss leaves out. `val_starts`: the validation windows in `val_tokens`
+        (default: train.eval_windows spread over it)."""
         self.config = config
         self.train = config.train
         self.device = device
         self.rank = rank
         self.world_size = world_size
         self.seq_len = self.train.effective_seq_len(config.model)
-        self.train_tokens = train_tokens
-        self.val_tokens = val_tokens
-        # Prompt/completion data: 0 where a token is prompt, whose prediction the loss leaves out.
-        self.train_loss_mask, self.val_loss_mask = train_loss_mask, val_loss_mask
-        self.sampler = WindowSampler(len(train_tokens), self.seq_len, self.train.seed)
-        self.val_starts = eval_starts(len(val_tokens), self.seq_len, self.train.eval_windows)
+        if isinstance(train_data, np.ndarray):
+            train_data = WholeSplitWindows(train_data, self.seq_len, self.train.seed, self.train.batch_size,
+                                           train_loss_mask)
+        self.train_data = train_data
+        self.val_tokens, self.val_loss_mask = val_tokens, val_loss_mask
+        self.val_starts = val_starts if val_starts is not None else \
+            eval_starts(len(val_tokens), self.seq_len, self.train.eval_windows)
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
@@ -121,12 +128,15 @@ class TrainingEngine:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         data_seconds = 0.0
-        micro_batches = self.sampler.rank_micro_batches(
-            step, self.rank, self.world_size, self.train.batch_size, self.train.micro_batch_size)
-        for i, starts in enumerate(micro_batches):
+        data_start = time.perf_counter()
+        self.train_data.begin_step(step)
+        micro_batches = self.train_data.rank_micro_batches(step, self.rank, self.world_size,
+                                                           self.train.micro_batch_size)
+        data_seconds += time.perf_counter() - data_start
+        for i, batch in enumerate(micro_batches):
             data_start = time.perf_counter()
-            x, y = gather_windows(self.train_tokens, starts, self.seq_len, self.train_loss_mask)
-            counted = self.train_loss_mask is None or bool((y != IGNORE_INDEX).any())
+            x, y = self.train_data.gather(batch)
+            counted = bool((y != IGNORE_INDEX).any())
             x, y = self._to_device(x), self._to_device(y)
             data_seconds += time.perf_counter() - data_start
             with self._gradient_sync(i == len(micro_batches) - 1):

@@ -32,7 +32,7 @@ from gptray.checkpoint.files import (
 from gptray.checkpoint.sharded import SHARDED, save_sharded
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
-from gptray.data.windows import open_split_loss_mask, open_split_tokens
+from gptray.data.train_windows import data_order, open_train_windows, open_val_windows
 from gptray.eval.training import TrainingEvaluator
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import MetricHistory
@@ -63,9 +63,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # The dataset and run directory as the driver resolved them: an object store's endpoint and
     # region travel with them, so workers need only credentials in their environment.
     run = loop_config["run"]
-    engine, manifest = _open_engine(config, loop_config["dataset"], device, rank, world_size)
+    shuffle = loop_config.get("shuffle", "global")  # resolved by the driver: every rank uses the same order
+    engine, manifest = _open_engine(config, loop_config["dataset"], shuffle, device, rank, world_size)
     with PeakMemory(device) as loading:
-        state = _resume(engine, config, manifest, ray.train.get_checkpoint(), run, loop_config.get("init_checkpoint"))
+        state = _resume(engine, config, manifest, data_order(config, shuffle), ray.train.get_checkpoint(), run,
+                        loop_config.get("init_checkpoint"))
     evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size) if loop_config.get("eval_tasks") \
         else None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     tracker, history = None, None
@@ -87,6 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             _final_sample(engine, state, config, loop_config["tokenizer"], run)
     finally:
         system.stop()
+        engine.train_data.close()
     if tracker is not None:
         tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
 
@@ -100,24 +103,30 @@ def _system_metrics(loop_config: dict, context) -> SystemMetrics:
                                 f"node{context.get_node_rank()}")
 
 
-def _open_engine(config: ExperimentConfig, dataset: Storage, device: torch.device, rank: int,
+def _open_engine(config: ExperimentConfig, dataset: Storage, shuffle: str, device: torch.device, rank: int,
                  world_size: int) -> tuple[TrainingEngine, Manifest]:
-    """This rank's engine over the token dataset (decoded into the node's cache once)."""
+    """This rank's engine over the token dataset, in the run's order (train_windows.py)."""
     manifest = Manifest.load(dataset)
-    splits = [open_split_tokens(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
-    masks = [open_split_loss_mask(dataset, manifest, split, config.data.cache_dir) for split in ("train", "val")]
-    return TrainingEngine(config, device, rank, world_size, *splits, *masks), manifest
+    train_data = open_train_windows(config, dataset, manifest, shuffle, rank)
+    try:
+        val_tokens, val_mask, val_starts = open_val_windows(config, dataset, manifest, shuffle)
+        engine = TrainingEngine(config, device, rank, world_size, train_data, val_tokens,
+                                val_loss_mask=val_mask, val_starts=val_starts)
+    except BaseException:
+        train_data.close()
+        raise
+    return engine, manifest
 
 
-def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest, registered, run: Storage,
-            init_checkpoint: Storage | None) -> TrainingState:
+def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest, order: dict, registered,
+            run: Storage, init_checkpoint: Storage | None) -> TrainingState:
     """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
-                          world_size=engine.world_size)
+                          world_size=engine.world_size, data_order=order)
     with _resume_directory(registered, run) as (directory, where):
         if directory is not None:
             state = read_state(directory)
-            check_compatible(state, config, manifest.fingerprint, where)
+            check_compatible(state, config, manifest.fingerprint, where, order)
             if state.format == SHARDED:  # each rank reads its own pieces, whatever world size wrote them
                 engine.load_sharded(directory)
                 if engine.scaler is not None and (scaler := optional_tensors(directory, "scaler.pt")) is not None:
@@ -184,7 +193,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.log:
             metrics.update(throughput.metrics(engine))
             metrics["train/grad_norm"] = float(_full(result.grad_norm))
-            metrics["train/epoch"] = engine.sampler.epoch_of(state.step, config.train.batch_size)
+            metrics["train/epoch"] = engine.train_data.epoch_of(state.step)
             if engine.scaler is not None:
                 metrics["train/loss_scale"] = engine.scaler.get_scale()
             throughput.restart()
@@ -335,12 +344,12 @@ def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: Training
     train = config.train
     log.info(
         "training %s (%s parameters, %.2f GFLOP/token) on %s train tokens (%s windows of %d): global batch %d × %d"
-        " = %s tokens/step, %d worker(s) × %d micro-batch(es) of %d, %s, %s%s, to step %d",
+        " = %s tokens/step, %d worker(s) × %d micro-batch(es) of %d, %s, %s%s, %s order, to step %d",
         config.model.preset or "custom", f"{engine.num_parameters:,}", engine.flops_per_token / 1e9,
-        f"{len(engine.train_tokens):,}", f"{engine.sampler.num_windows:,}", engine.seq_len, train.batch_size,
+        f"{engine.train_data.num_tokens:,}", f"{engine.train_data.num_windows:,}", engine.seq_len, train.batch_size,
         engine.seq_len, f"{engine.tokens_per_step:,}", engine.world_size, engine.micro_steps,
         train.micro_batch_size, train.precision, train.parallelism, ", compiled" if train.compile else "",
-        train.max_steps,
+        engine.train_data.shuffle, train.max_steps,
     )
     if state.step >= train.max_steps:
         log.info("already trained to step %d (train.max_steps=%d): nothing to do", state.step, train.max_steps)

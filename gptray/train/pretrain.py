@@ -23,6 +23,7 @@ from gptray.checkpoint.files import check_compatible, latest_checkpoint, prune_o
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
 from gptray.data.tokenizer import Tokenizer
+from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import read_history
@@ -76,8 +77,9 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
     check_dataset(config, manifest)
+    shuffle = training_order(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
-    previous, start_step = _previous_checkpoint(config, manifest)
+    previous, start_step = _previous_checkpoint(config, manifest, shuffle)
     if previous is not None and start_step >= config.train.max_steps:
         return _already_trained(config, run, previous, start_step, started, sample, tracker)
     init_ray(config.ray.address, config.ray.num_cpus)
@@ -93,7 +95,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample)
+    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle)
     with PendingReporter(plan, cluster):
         fitted = _fit(trainer, config, run, tracker)
     kept = {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
@@ -121,13 +123,26 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     )
 
 
-def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest) -> tuple[Path | str | None, int]:
+def training_order(config: ExperimentConfig, manifest: Manifest) -> str:
+    """The run's order of training windows ("global" or "block"), decided here once for every rank; a block
+    order the node cache cannot hold is refused now, before any worker starts."""
+    shuffle = resolve_shuffle(config, manifest)
+    if shuffle == "block":
+        needed = check_cache_limit(config, manifest, block_order(config, manifest))
+        log.info("block order: blocks of %d shard(s); a node's cache holds at most %s of %s (data.cache_limit %s)",
+                 config.data.shuffle_block_shards, f"{needed:,}", f"{decoded_bytes(manifest):,} bytes decoded",
+                 config.data.cache_limit)
+    return shuffle
+
+
+def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest, shuffle: str,
+                         ) -> tuple[Path | str | None, int]:
     """The run's latest checkpoint, checked against this config and dataset, and its step (0 without one)."""
     previous = latest_checkpoint(config.run_dir)
     if previous is None:
         return None, 0
     state = read_state(previous)
-    check_compatible(state, config, manifest.fingerprint, str(previous))
+    check_compatible(state, config, manifest.fingerprint, str(previous), data_order(config, shuffle))
     log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
     return previous, state.step
 
@@ -146,7 +161,7 @@ def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | 
 
 
 def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
-             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool):
+             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
     from ray.train.torch import TorchTrainer
@@ -164,6 +179,7 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
             "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,
             # resolved here: an object store's endpoint and region travel with them to the workers
             "dataset": Storage(config.data.dataset_dir),
+            "shuffle": shuffle,
             "run": run,
         },
         scaling_config=ScalingConfig(

@@ -21,7 +21,7 @@ SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "train.lr=3e-3"
 
 def engine(*overrides: str) -> TrainingEngine:
     config = load_config(None, [*SMALL, *overrides])
-    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_tokens=TOKENS, val_tokens=TOKENS)
+    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_data=TOKENS, val_tokens=TOKENS)
 
 
 def losses(e: TrainingEngine, steps: range) -> list[float]:
