@@ -40,9 +40,10 @@ def register(commands) -> None:
 
     parser = add_command(sub, "preview", "show the first training batches exactly as the trainer reads them", """\
         Decode the windows the trainer reads at its first optimizer steps, from data.dataset_dir with
-        the run config's train.seed, train.batch_size, train.micro_batch_size, sequence length and
-        ray.num_workers ranks: the same WindowSampler and gather_windows calls as the training loop,
-        on the same node-local token cache.""")
+        the run config's order (data.shuffle: global or block, auto resolved as training does),
+        train.seed, train.batch_size, train.micro_batch_size, sequence length and ray.num_workers ranks:
+        the same calls as the training loop, on the same node-local cache. Under the block order each
+        window is shown with the shard it comes from.""")
     parser.add_argument("--steps", type=int, default=1, metavar="N", help="optimizer steps to show (default 1)")
     parser.add_argument("--rank", type=int, action="append", metavar="R",
                         help="show only this rank (repeatable; default: every rank)")
@@ -148,10 +149,12 @@ def cmd_preview(args) -> int:
     seq_len = train.effective_seq_len(config.model)
     print(f"dataset    {config.data.dataset_dir}")
     print(f"batches    global batch {train.batch_size} × {seq_len} tokens; {world_size} rank(s) × "
-          f"{train.grad_accum_steps(world_size)} micro-batch(es) of {train.micro_batch_size}; seed {train.seed}")
+          f"{train.grad_accum_steps(world_size)} micro-batch(es) of {train.micro_batch_size}; seed {train.seed}; "
+          f"data.shuffle {config.data.shuffle}")
     for row in preview_batches(config, args.steps, world_size, args.rank):
+        where = f"{row.shard} tokens" if row.shard else "train tokens"
         print(f"step {row.step} rank {row.rank} micro-batch {row.micro_batch} row {row.row} "
-              f"(train tokens {row.start:,}–{row.start + seq_len:,}):")
+              f"({where} {row.start:,}–{row.start + seq_len:,}):")
         if args.tokens:
             print(textwrap.indent(textwrap.fill(" ".join(map(str, row.inputs.tolist())), 100), "    # "))
         print(textwrap.indent(_clip(row.text, args.max_chars), "    | ", lambda _: True))

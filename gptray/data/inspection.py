@@ -13,7 +13,7 @@ from gptray.config import ExperimentConfig
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
 from gptray.data.tokenizer import Tokenizer
-from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
+from gptray.data.train_windows import open_train_windows, resolve_shuffle
 
 
 @dataclass
@@ -83,36 +83,37 @@ class PreviewRow:
     rank: int
     micro_batch: int
     row: int
-    start: int  # token offset of the window in the train split
+    start: int  # token offset of the window: in the train split (global order), in its shard (block order)
     inputs: np.ndarray  # (seq_len,) the model's input ids
     text: str  # the inputs decoded
+    shard: str | None = None  # the shard it is in (block order)
 
 
 def preview_batches(config: ExperimentConfig, steps: int = 1, world_size: int | None = None,
                     ranks: list[int] | None = None) -> list[PreviewRow]:
-    """The first `steps` optimizer steps' micro-batches, exactly as the trainer reads them.
-
-    The same calls as the training loop: WindowSampler(train tokens, seq_len, train.seed)
-    .rank_micro_batches(step, rank, world_size, batch_size, micro_batch_size) and gather_windows
-    on the node-local token cache.
-    """
+    """The first `steps` optimizer steps' micro-batches, exactly as the trainer reads them: the run's
+    order (data.shuffle, resolved as the driver does), its rank_micro_batches and gather calls, on the
+    node-local cache."""
     train = config.train
     world_size = world_size or config.ray.num_workers
     if train.batch_size % (train.micro_batch_size * world_size):
         raise DataError(f"train.batch_size {train.batch_size} is not a multiple of train.micro_batch_size "
                         f"{train.micro_batch_size} × world size {world_size}")
-    seq_len = train.effective_seq_len(config.model)
     manifest = Manifest.load(config.data.dataset_dir)
-    tokens = open_split_tokens(config.data.dataset_dir, manifest, "train", config.data.cache_dir)
-    sampler = WindowSampler(len(tokens), seq_len, train.seed)
+    windows = open_train_windows(config, Storage(config.data.dataset_dir), manifest,
+                                 resolve_shuffle(config, manifest))
+    shards = manifest.split_info("train").shards
     tokenizer = Tokenizer(manifest.tokenizer["name"])
     rows = []
-    for step in range(steps):
-        for rank in ranks if ranks is not None else range(world_size):
-            micro_batches = sampler.rank_micro_batches(step, rank, world_size, train.batch_size,
-                                                       train.micro_batch_size)
-            for i, starts in enumerate(micro_batches):
-                x, _ = gather_windows(tokens, starts, seq_len)
-                for j, start in enumerate(starts):
-                    rows.append(PreviewRow(step, rank, i, j, int(start), x[j], tokenizer.decode(x[j])))
+    try:
+        for step in range(steps):
+            windows.begin_step(step)
+            for rank in ranks if ranks is not None else range(world_size):
+                for i, batch in enumerate(windows.rank_micro_batches(step, rank, world_size, train.micro_batch_size)):
+                    x, _ = windows.gather(batch)
+                    for j, (shard, start) in enumerate(windows.locations(batch)):
+                        rows.append(PreviewRow(step, rank, i, j, start, x[j], tokenizer.decode(x[j]),
+                                               shards[shard].path if shard is not None else None))
+    finally:
+        windows.close()
     return rows

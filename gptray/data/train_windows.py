@@ -117,6 +117,10 @@ class WholeSplitWindows:
     def gather(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return gather_windows(self.tokens, batch, self.seq_len, self.loss_mask)
 
+    def locations(self, batch: np.ndarray) -> list[tuple[None, int]]:
+        """(None, token offset in the split) of each window of a batch."""
+        return [(None, int(start)) for start in batch]
+
     def epoch_of(self, step: int) -> float:
         return self.sampler.epoch_of(step, self.global_batch)
 
@@ -177,6 +181,11 @@ class BlockWindows:
         if masked:
             targets[~keep] = IGNORE_INDEX
         return np.ascontiguousarray(rows[:, :-1]), targets
+
+    def locations(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        """(shard index, token offset in the shard) of each window of a batch."""
+        shards, offsets = self.order.locate(samples)
+        return list(zip(shards.tolist(), offsets.tolist()))
 
     def epoch_of(self, step: int) -> float:
         return self.order.epoch_of(step)
