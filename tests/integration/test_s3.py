@@ -15,10 +15,12 @@ from test_data_pipeline import SPEECHES, one_line
 from test_tokenize import expected_stream
 
 from gptray.base.errors import DataError
+from gptray.base.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
-from gptray.data.windows import open_split_tokens
+from gptray.data.train_windows import open_train_windows, open_val_windows
+from gptray.data.windows import eval_starts, open_split_tokens
 from helpers import make_config
 
 
@@ -69,6 +71,32 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
     expected = np.concatenate([shard_tokens(read_shard(local.dataset_dir, s))
                                for s in local.manifest.split_info("train").shards])
     assert np.array_equal(tokens, expected)
+
+    # the block order decodes S3 shards into the node cache with parallel range reads, and reads only the
+    # row groups of the validation windows: the same tokens as the local copy
+    store = Storage(dataset)
+    first = manifest.split_info("train").shards[0]
+    assert store.read_ranges(first.path, first.bytes, part_bytes=4096) == store.read_bytes(first.path)
+    block = make_config(tmp_path, f"data.dataset_dir={dataset}", f"data.cache_dir={tmp_path}/block-cache",
+                        "data.shuffle=block", "data.shuffle_block_shards=1", "train.batch_size=4",
+                        "train.micro_batch_size=4", "ray.num_workers=1", "train.eval_windows=5")
+    windows = open_train_windows(block, store, manifest, "block")
+    try:
+        windows.begin_step(0)
+        batch = windows.rank_micro_batches(0, 0, 1, 4)[0]
+        x, y = windows.gather(batch)
+        local_shards = local.manifest.split_info("train").shards
+        seq = block.train.effective_seq_len(block.model)
+        for row, (shard, start) in enumerate(windows.locations(batch)):
+            stream = shard_tokens(read_shard(local.dataset_dir, local_shards[shard]))
+            assert np.array_equal(x[row], stream[start:start + seq])
+            assert np.array_equal(y[row], stream[start + 1:start + seq + 1])
+    finally:
+        windows.close()
+    val_tokens, _, val_starts = open_val_windows(block, store, manifest, "block")
+    local_val = open_split_tokens(local.dataset_dir, local.manifest, "val", str(tmp_path / "cache"))
+    for start, expected_start in zip(val_starts, eval_starts(len(local_val), seq, 5)):
+        assert np.array_equal(val_tokens[start:start + seq + 1], local_val[expected_start:expected_start + seq + 1])
 
     # rerunning verifies the S3 shards and reuses them; inspect reads them too
     assert tokenize_corpus(make_config(tmp_path, f"data.dataset_dir={dataset}", *overrides)).reused

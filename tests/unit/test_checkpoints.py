@@ -129,3 +129,22 @@ def test_peak_memory_sees_what_a_block_held_and_let_go():
         held = torch.ones(50_000_000)  # 200 MB, written, so resident
         del held
     assert memory.extra_bytes >= 150e6
+
+
+def test_a_checkpoint_resumes_only_in_the_order_of_training_windows_it_was_trained_in():
+    from gptray.base.errors import CheckpointError
+    from gptray.checkpoint.files import TrainingState, check_compatible
+    from gptray.config import load_config
+
+    config = load_config(None, [])
+    block = {"shuffle": "block", "block_shards": 16, "global_batch": 8}
+    state = TrainingState(dataset_fingerprint="f", model=asdict(config.model), data_order=block)
+    check_compatible(state, config, "f", "ckpt", dict(block))
+    with pytest.raises(CheckpointError, match="shuffle block, block_shards 16, global_batch 8.*shuffle global"):
+        check_compatible(state, config, "f", "ckpt", {"shuffle": "global"})
+    with pytest.raises(CheckpointError, match="another order"):
+        check_compatible(state, config, "f", "ckpt", {**block, "block_shards": 8})
+    state.data_order = {}  # written before the block order existed: it was the global order
+    check_compatible(state, config, "f", "ckpt", {"shuffle": "global"})
+    with pytest.raises(CheckpointError, match="another order"):
+        check_compatible(state, config, "f", "ckpt", block)
