@@ -11,7 +11,8 @@ of time, of the next one. The ranks of a node are separate processes sharing one
   NNNNNN.pin      every process using the shard holds a shared flock on it; evicting the shard
                   takes the exclusive lock without waiting, so a shard in use is never evicted
   NNNNNN.build    held by the one process decoding the shard: the others wait for it, or (when
-                  prefetching) turn to another shard
+                  prefetching) turn to another shard. A .tmp file whose build lock nobody holds was
+                  left by a process that died (a killed worker) and is deleted
   space.lock      held while the space in use is counted, freed and reserved
 
 The bytes counted are the sizes of the .tokens, .mask and .tmp files, which never exceed the
@@ -155,6 +156,7 @@ class ShardCache:
         deadline = time.monotonic() + SPACE_WAIT_SECONDS
         while True:
             with _locked(self.directory / "space.lock"):
+                self._remove_orphans()
                 used = self.used_bytes()
                 if used + need > self.limit:
                     used -= self._evict(need - (self.limit - used), protected)
@@ -200,6 +202,23 @@ class ShardCache:
             finally:
                 os.close(fd)
         return freed
+
+    def _remove_orphans(self) -> None:
+        """Delete the temporary files of decodes whose process died (a killed worker's): nobody holds
+        their shard's build lock any more, so nobody will finish them, and they would count forever."""
+        for name in os.listdir(self.directory):
+            if not name.endswith(".tmp"):
+                continue
+            index = int(name.split(".")[0])
+            fd = os.open(self._file(index, "build"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being decoded now (perhaps by this process)
+            else:
+                (self.directory / name).unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     def _cached(self) -> set[int]:
         # .mask too: a decode that failed between its two renames leaves a mask alone, which must not stay

@@ -119,3 +119,18 @@ def test_a_shard_larger_than_the_limit_or_not_matching_its_checksum_is_an_error(
     with pytest.raises(DataError, match="does not match its checksum"):
         cache(tmp_path, infos, 10_000).arrays(1, set())
     assert not list((tmp_path / "cache").glob("000001.*tokens*"))  # nothing half-written stays
+
+
+def test_the_half_decoded_files_of_a_killed_rank_are_reclaimed(tmp_path, monkeypatch):
+    from gptray.data import node_cache
+
+    monkeypatch.setattr(node_cache, "SPACE_WAIT_SECONDS", 2.0)  # fail in seconds, not minutes
+    infos, streams = write_shards(tmp_path / "data", 2)
+    c = cache(tmp_path, infos, 1600)
+    dead = tmp_path / "cache" / "000000.tokens.99999999.tmp"  # a rank killed while decoding shard 0
+    with open(dead, "wb") as f:
+        f.truncate(800)
+    assert c.used_bytes() == 800
+    tokens, _ = c.arrays(1, {1})  # the space it held is free again: both shards fit
+    assert np.array_equal(np.array(tokens), streams[1]) and not dead.exists()
+    assert np.array_equal(np.array(c.arrays(0, {0, 1})[0]), streams[0]) and c.used_bytes() == 1600
