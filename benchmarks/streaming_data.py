@@ -9,9 +9,9 @@ and how evenly a mixture is spread over global batches, global order vs block or
    rank does before its first optimizer step: open the training windows, build the engine (nano),
    run step 0. The global order decodes every shard first; the block order (blocks of
    data.shuffle_block_shards) only the first block. Median and range over `--rounds`.
-2. Data wait. `--steps` steps of the nano engine under the block order, blocks of one shard, a batch
-   that crosses a block every few steps, with data.prefetch on and off: train/data_wait_fraction as
-   the training loop computes it (seconds gathering windows / step seconds).
+2. Data wait. `--steps` steps of the nano engine under the block order, blocks of one small shard, a
+   batch that crosses into a new block every 12.5 steps, with data.prefetch on and off:
+   train/data_wait_fraction as the training loop computes it (seconds getting windows / step seconds).
 3. Mixture spread. For a three-source mixture (70/25/5% of the windows), the share of each source in
    each of 2,000 global batches of 64 and 512 sequences under each order: mean, standard deviation and
    range, against its share of the dataset.
@@ -110,7 +110,7 @@ def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int) -> tuple[f
 
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, "block", "data.shuffle_block_shards=1", f"data.prefetch={prefetch}",
-                        "train.batch_size=64", "train.micro_batch_size=16")
+                        "train.batch_size=16", "train.micro_batch_size=16")
     windows = open_train_windows(config, Storage(str(dataset)), Manifest.load(dataset), "block")
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, windows, np.zeros(0, np.uint16))
     engine.train_step(0)  # the first block is waited for either way
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="4,40,400", help="shard copies of each dataset size (default 4,40,400)")
     parser.add_argument("--block-shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60, help="steps of the data-wait runs (default 60)")
+    parser.add_argument("--steps", type=int, default=36, help="steps of the data-wait runs (default 36)")
     args = parser.parse_args()
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     root = Path(tempfile.mkdtemp(prefix="gptray-streaming-"))
@@ -160,6 +160,7 @@ def main() -> None:
         shard = base_shard(root / "base", args.shard_tokens)
         print(f"base shard: {shard.tokens:,} tokens, {shard.bytes:,} bytes of Parquet, "
               f"{2 * shard.tokens:,} bytes decoded\n")
+        time_to_first_step(dataset_of(root, shard, 1), root / "cache", "block")  # imports and first-use costs
         print("## time to first step (s), cold node cache: median [min–max]")
         print("| dataset | shards | tokens | global order | block order |")
         print("|---|---|---|---|---|")
@@ -172,10 +173,10 @@ def main() -> None:
                 cells.append(f"{statistics.median(times):.2f} [{min(times):.2f}–{max(times):.2f}]")
             print(f"| {copies // int(args.sizes.split(',')[0])}× | {copies} | {copies * shard.tokens:,} | "
                   f"{cells[0]} | {cells[1]} |", flush=True)
-        small = base_shard(root / "small" / "base", 50_000)
+        small = base_shard(root / "small" / "base", 12_800)
         dataset = dataset_of(root / "small", small, 20)
-        print(f"\n## data wait, block order, blocks of one shard of {small.tokens:,} tokens, batch 64 × {SEQ} "
-              f"(a new block every {small.tokens // SEQ // 64} steps), {args.steps} steps")
+        print(f"\n## data wait, block order, blocks of one shard of {small.tokens:,} tokens, batch 16 × {SEQ} "
+              f"(a new block every {small.tokens // SEQ / 16:.1f} steps), {args.steps} steps after the first")
         print("| prefetch | data wait fraction | s/step |")
         print("|---|---|---|")
         for prefetch in (True, False):

@@ -12,6 +12,7 @@ from gptray.cli.main import main
 from gptray.data.corpora import REGISTRY
 from gptray.data.inspection import length_histogram, preview_batches
 from gptray.data.manifest import Manifest
+from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
 from helpers import make_config
 
@@ -68,6 +69,20 @@ def test_preview_shows_exactly_the_trainers_windows(shakespeare_dataset, tmp_pat
     out = capsys.readouterr().out
     assert "step 0 rank 1 micro-batch 1 row 1" in out and "rank 0" not in out
     assert textwrap.indent(rows[7].text, "    | ", lambda _: True) in out  # step 0's last window: rank 1's
+
+
+def test_preview_shows_the_block_order_with_each_windows_shard(shakespeare_dataset, tmp_path, capsys):
+    overrides = [f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"data.cache_dir={tmp_path}/cache",
+                 "data.shuffle=block", "train.batch_size=8", "train.micro_batch_size=2", "ray.num_workers=2"]
+    rows = preview_batches(make_config(tmp_path, *overrides), steps=2)
+    shards = {s.path: shard_tokens(read_shard(shakespeare_dataset.dataset_dir, s))
+              for s in Manifest.load(shakespeare_dataset.dataset_dir).split_info("train").shards}
+    assert len(rows) == 2 * 8 and all(r.shard in shards for r in rows)
+    assert all(np.array_equal(r.inputs, shards[r.shard][r.start:r.start + len(r.inputs)]) for r in rows)
+    assert [r.start for r in rows] != sorted(r.start for r in rows)  # shuffled within the block
+    assert main(["data", "preview", *overrides, f"out_dir={tmp_path}/runs", "--max-chars", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "data.shuffle block" in out and f"({rows[0].shard} tokens {rows[0].start:,}–" in out
 
 
 @pytest.mark.parametrize("args, key", [(["--steps", "0"], "--steps"), (["--rank", "5"], "--rank")])
