@@ -13,6 +13,7 @@ run draws the same dropout masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -109,12 +110,14 @@ def read_config(directory: str | Path | Storage) -> ExperimentConfig:
     return ExperimentConfig.from_dict(yaml.safe_load(store.read_bytes("config.yaml")))
 
 
-def load_tensors(directory: str | Path, name: str, device: torch.device | str = "cpu"):
-    path = Path(directory) / name
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {directory} lacks {name}")
+def load_tensors(directory: str | Path | Storage, name: str, device: torch.device | str = "cpu"):
+    """A tensor file of a checkpoint in a local directory or on an object store (read whole)."""
+    store = Storage.of(directory)
+    if not store.exists(name):
+        raise CheckpointError(f"checkpoint {store.uri()} lacks {name}")
     # weights_only: a checkpoint can never run code when loaded.
-    return torch.load(path, map_location=device, weights_only=True)
+    source = store.path(name) if store.is_local else io.BytesIO(store.read_bytes(name))
+    return torch.load(source, map_location=device, weights_only=True)
 
 
 def has_weights(directory: str | Path) -> bool:
@@ -132,9 +135,9 @@ def load_model_state(directory: str | Path, template: dict[str, torch.Tensor],
     return load_tensors(directory, "model.pt", device)
 
 
-def optional_tensors(directory: str | Path, name: str, device: torch.device | str = "cpu"):
+def optional_tensors(directory: str | Path | Storage, name: str, device: torch.device | str = "cpu"):
     """Like load_tensors, but None when the checkpoint has no such file (e.g. no scaler in fp32)."""
-    return load_tensors(directory, name, device) if (Path(directory) / name).is_file() else None
+    return load_tensors(directory, name, device) if Storage.of(directory).exists(name) else None
 
 
 def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str,

@@ -11,12 +11,15 @@ given, in place, and only the pieces that state dict holds.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from gptray.base.errors import CheckpointError
+from gptray.base.storage import Storage, join
 
 WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
 SHARDED = "sharded"  # DCP files, one per rank
@@ -55,21 +58,67 @@ def save_sharded(directory: str | Path, state: dict) -> None:
     dcp.save(_dcp_view(state), storage_writer=dcp.FileSystemWriter(str(directory)))
 
 
-def load_sharded(directory: str | Path, state: dict) -> dict:
+def load_sharded(directory: str | Path | Storage, state: dict) -> dict:
     """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more
-    (a tied head is filled through its embedding, which it shares memory with)."""
+    (a tied head is filled through its embedding, which it shares memory with). `directory` may be on
+    an object store: each rank then reads only the byte ranges of the pieces it holds."""
     import torch.distributed.checkpoint as dcp
 
-    if not (Path(directory) / DCP_METADATA).is_file():
-        raise CheckpointError(f"checkpoint {directory} is sharded but lacks DCP's {DCP_METADATA}")
+    store = Storage.of(directory)
+    if not store.exists(DCP_METADATA):
+        raise CheckpointError(f"checkpoint {store.uri()} is sharded but lacks DCP's {DCP_METADATA}")
+    reader = dcp.FileSystemReader(store.path()) if store.is_local else _storage_reader(store)
     try:
         with warnings.catch_warnings():  # without a process group DCP loads in one process, as meant here
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            dcp.load(_dcp_view(state), storage_reader=dcp.FileSystemReader(str(directory)))
+            dcp.load(_dcp_view(state), storage_reader=reader)
     except (RuntimeError, KeyError, ValueError) as exc:  # DCP's CheckpointException is a RuntimeError
-        raise CheckpointError(f"cannot load {', '.join(state)} from sharded checkpoint {directory}: "
+        raise CheckpointError(f"cannot load {', '.join(state)} from sharded checkpoint {store.uri()}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
     return state
+
+
+def _storage_reader(store: Storage):
+    """DCP's file reader over a Storage: every tensor it loads is a range read of the file holding it."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.filesystem import FileSystemBase
+
+    class StorageFiles(FileSystemBase):
+        """The read half of DCP's filesystem interface, on the checkpoint's pyarrow filesystem."""
+
+        @contextlib.contextmanager
+        def create_stream(self, path, mode):
+            if mode != "rb":
+                raise CheckpointError(f"a stored checkpoint is read here, not written ({path}, mode {mode})")
+            with store.fs.open_input_file(str(path)) as file:  # seekable: reads become range requests
+                yield file
+
+        def concat_path(self, path, suffix):
+            return join(str(path), suffix)
+
+        def init_path(self, path):
+            return str(path)
+
+        def exists(self, path) -> bool:
+            return store.fs.get_file_info(str(path)).type == pafs.FileType.File
+
+        @classmethod
+        def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+            return True
+
+        def rename(self, path, new_path):
+            raise CheckpointError("a stored checkpoint is read here, not renamed")
+
+        def mkdir(self, path):
+            raise CheckpointError("a stored checkpoint is read here, not written")
+
+        def rm_file(self, path):
+            raise CheckpointError("a stored checkpoint is read here, not deleted")
+
+    reader = FileSystemReader(store.path())
+    reader.fs = StorageFiles()
+    reader.path = store.path()
+    return reader
 
 
 def load_sharded_model(directory: str | Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
@@ -123,28 +122,31 @@ def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest
     """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
                           world_size=engine.world_size, data_order=order)
-    with _resume_directory(registered, run) as (directory, where):
-        if directory is not None:
-            state = read_state(directory)
-            check_compatible(state, config, manifest.fingerprint, where, order)
-            if state.format == SHARDED:  # each rank reads its own pieces, whatever world size wrote them
-                engine.load_sharded(directory)
-                if engine.scaler is not None and (scaler := optional_tensors(directory, "scaler.pt")) is not None:
-                    engine.scaler.load_state_dict(scaler)
-            else:
+    chosen = _resume_source(registered, run)
+    if chosen is not None:
+        state = read_state(chosen)
+        check_compatible(state, config, manifest.fingerprint, chosen.uri(), order)
+        if state.format == SHARDED:
+            # each rank reads its own pieces, whatever world size wrote them, where they are stored:
+            # from an object store by range requests, never the whole checkpoint
+            engine.load_sharded(chosen)
+            if engine.scaler is not None and (scaler := optional_tensors(chosen, "scaler.pt")) is not None:
+                engine.scaler.load_state_dict(scaler)
+        else:
+            with _local_directory(chosen) as directory:
                 engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
                                   optional_tensors(directory, "scaler.pt"))
-            state.world_size = engine.world_size
-            if engine.rank == 0:
-                log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
-        elif init_checkpoint is not None:  # fine-tuning's first launch: the base's weights, a fresh optimizer
+        state.world_size = engine.world_size
+        if engine.rank == 0:
+            log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
+    elif init_checkpoint is not None:  # fine-tuning's first launch: the base's weights, a fresh optimizer
+        if read_state(init_checkpoint).format == SHARDED:
+            engine.load_sharded(init_checkpoint, with_optimizer=False)
+        else:
             with _local_directory(init_checkpoint) as base_directory:
-                if read_state(base_directory).format == SHARDED:
-                    engine.load_sharded(base_directory, with_optimizer=False)
-                else:
-                    engine.load_model_weights(load_tensors(base_directory, "model.pt"))
-            if engine.rank == 0:
-                log.info("starting from the weights of %s", init_checkpoint.uri())
+                engine.load_model_weights(load_tensors(base_directory, "model.pt"))
+        if engine.rank == 0:
+            log.info("starting from the weights of %s", init_checkpoint.uri())
     return state
 
 
@@ -240,22 +242,13 @@ def _final_sample(engine: TrainingEngine, state: TrainingState, config: Experime
         run.write_bytes(final_sample_name(state.step), text.encode())
 
 
-@contextlib.contextmanager
-def _resume_directory(registered, run: Storage):
-    """The checkpoint to resume from, as a local directory and the name to report it by.
-
-    The newer of Ray's latest registered checkpoint and the newest complete one in the run
-    directory: a job stopped while a checkpoint was being reported can leave that checkpoint
-    complete but unregistered with Ray; resuming from it loses nothing and agrees with what the
-    driver found (gptray.checkpoint.files.latest_checkpoint). Only the chosen one is downloaded.
-    """
+def _resume_source(registered, run: Storage) -> Storage | None:
+    """The checkpoint to resume from: the newer of Ray's latest registered checkpoint and the newest
+    complete one in the run directory. A job stopped while a checkpoint was being reported can leave
+    that checkpoint complete but unregistered with Ray; resuming from it loses nothing and agrees with
+    what the driver found (gptray.checkpoint.files.latest_checkpoint)."""
     candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
-    if not candidates:
-        yield None, None
-        return
-    chosen = max(candidates, key=lambda c: read_state(c).step)
-    with _local_directory(chosen) as directory:
-        yield directory, chosen.uri()
+    return max(candidates, key=lambda c: read_state(c).step) if candidates else None
 
 
 def _local_directory(checkpoint: Storage):
