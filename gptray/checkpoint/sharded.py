@@ -58,6 +58,18 @@ def save_sharded(directory: str | Path, state: dict) -> None:
     dcp.save(_dcp_view(state), storage_writer=dcp.FileSystemWriter(str(directory)))
 
 
+def start_sharded_save(directory: str | Path, state: dict, process_group=None):
+    """Stage this rank's part of `state` to CPU memory and write it in a background thread (DCP's
+    async_save; a collective). Returns a Future done when the files are written. `process_group`: a
+    group of its own (gloo), so that the thread's collectives never meet training's."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    response = dcp.async_save(_dcp_view(state), storage_writer=dcp.FileSystemWriter(str(directory)),
+                              process_group=process_group, no_dist=not (dist.is_available() and dist.is_initialized()))
+    return getattr(response, "upload_completion", response)  # an AsyncSaveResponse in some versions
+
+
 def load_sharded(directory: str | Path | Storage, state: dict) -> dict:
     """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more
     (a tied head is filled through its embedding, which it shares memory with). `directory` may be on

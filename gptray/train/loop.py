@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -19,16 +16,12 @@ from gptray.base.storage import Storage
 from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
-    checkpoint_dir_name,
     latest_stored_checkpoint,
     load_tensors,
-    local_files,
     optional_tensors,
     read_state,
-    save_checkpoint,
-    write_state,
 )
-from gptray.checkpoint.sharded import SHARDED, save_sharded
+from gptray.checkpoint.sharded import SHARDED
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.data.train_windows import data_order, open_train_windows, open_val_windows
@@ -37,6 +30,7 @@ from gptray.tracking import MlflowTracker
 from gptray.tracking.history import MetricHistory
 from gptray.tracking.system_metrics import SystemMetrics, start_system_metrics
 from gptray.train.cadence import Cadence
+from gptray.train.checkpointing import CheckpointWriter, Written
 from gptray.train.engine import TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -179,11 +173,13 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
            tokenizer) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
+    checkpoints = CheckpointWriter(engine, config)
     while state.step < config.train.max_steps:
         result = engine.train_step(state.step)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
         throughput.add(result.data_seconds)
+        _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
         if not due.anything:
             continue
@@ -217,14 +213,20 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.checkpoint:
             if history is not None:
                 history.write()  # before the checkpoint: see gptray.tracking.history
-            blocked, extra = _report_checkpoint(engine, state, metrics, config)
-            if tracker is not None:  # the step's other metrics went before the checkpoint
-                saved = {"train/checkpoint_blocked_s": blocked}
-                if extra is not None:  # rank 0's: under a whole checkpoint, the rank that holds the most
-                    saved["train/checkpoint_peak_extra_mb"] = extra / 1e6
-                tracker.log_metrics(saved, step=state.step)
+            _log_written(checkpoints.save(state, metrics), tracker)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
+    _log_written(checkpoints.finish(), tracker)  # the last one, if its write is still in flight
+
+
+def _log_written(written: list[Written], tracker: MlflowTracker | None) -> None:
+    """What each checkpoint cost, at its step (rank 0's figures; under a whole checkpoint, the rank that
+    holds the most)."""
+    for checkpoint in written if tracker is not None else []:
+        saved = {"train/checkpoint_blocked_s": checkpoint.blocked_seconds}
+        if checkpoint.extra_bytes is not None:
+            saved["train/checkpoint_peak_extra_mb"] = checkpoint.extra_bytes / 1e6
+        tracker.log_metrics(saved, step=checkpoint.step)
 
 
 def final_sample_name(step: int) -> str:
@@ -268,69 +270,6 @@ def _stored(checkpoint) -> Storage | None:
 def _full(value: torch.Tensor) -> torch.Tensor:
     """A plain tensor from what FSDP may hand back as a DTensor."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
-
-
-def _report_checkpoint(engine: TrainingEngine, state: TrainingState, metrics: dict,
-                       config: ExperimentConfig) -> tuple[float, int | None]:
-    """Write this rank's checkpoint files to a local directory and report them to Ray Train, which merges
-    the ranks' directories into checkpoint_NNNNNNNN in the run directory. Returns the seconds training
-    waited, and the memory the write took above what training holds (bytes; None where unmeasurable).
-
-    With train.checkpoint_upload=async, Ray uploads in a background thread (one at a time, in order)
-    and deletes the local copy after: training waits only for the local write.
-    """
-    import ray.train  # heavy, and only in Ray Train workers
-    from ray.train import Checkpoint
-    from ray.train.v2.api.report_config import CheckpointUploadMode
-
-    start = time.perf_counter()
-    report = {"step": state.step, "tokens_seen": state.tokens_seen,
-              **{k.replace("/", "_"): v for k, v in metrics.items()}}
-    state.metrics = report
-    directory = Path(tempfile.mkdtemp(prefix="gptray-ckpt-"))
-    try:
-        with PeakMemory(engine.device) as memory:
-            if config.train.effective_checkpoint_format() == SHARDED:
-                wrote = _write_sharded(engine, state, config, directory)
-            else:
-                wrote = _write_whole(engine, state, config, directory)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    if not wrote:
-        shutil.rmtree(directory, ignore_errors=True)
-    upload = CheckpointUploadMode.ASYNC if config.train.checkpoint_upload == "async" else CheckpointUploadMode.SYNC
-    ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if wrote else None,
-                     checkpoint_dir_name=checkpoint_dir_name(state.step), checkpoint_upload_mode=upload,
-                     delete_local_checkpoint_after_upload=True)
-    return time.perf_counter() - start, memory.extra_bytes
-
-
-def _write_whole(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, directory: Path) -> bool:
-    """Rank 0 writes the whole state (gathered first under FSDP, a collective); whether this rank wrote."""
-    model_state, optimizer_state, scaler_state = engine.full_state()
-    if engine.rank != 0:
-        return False
-    save_checkpoint(directory, model_state, optimizer_state, state, config, scaler_state)
-    return True
-
-
-def _write_sharded(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, directory: Path) -> bool:
-    """Every rank writes the part of the state it holds (DCP: a collective); rank 0 adds the scaler, the
-    config and state.json, which lists every rank's files so that a checkpoint missing one is incomplete."""
-    import torch.distributed as dist
-
-    save_sharded(directory, engine.sharded_state())
-    if engine.rank == 0 and engine.scaler is not None:
-        torch.save(engine.scaler.state_dict(), directory / "scaler.pt")
-    files = [local_files(directory)]
-    if dist.is_available() and dist.is_initialized():
-        files = [None] * engine.world_size
-        dist.all_gather_object(files, local_files(directory))  # names and sizes only, a few bytes a rank
-    if engine.rank == 0:
-        state.format = SHARDED
-        write_state(directory, state, config, {name: size for rank_files in files for name, size in rank_files.items()})
-    return True
 
 
 def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: TrainingState) -> None:
