@@ -117,3 +117,4 @@ def test_a_killed_worker_recovers_to_the_uninterrupted_block_ordered_losses(bloc
     ours, theirs = metric_history(result, "train/loss"), metric_history(reference, "train/loss")
     assert [ours[s] for s in range(13, 25)] == [theirs[s] for s in range(13, 25)]
     assert result.metrics["train_loss"] == reference.metrics["train_loss"]
+    assert set(train_workers()).isdisjoint(victims)  # the killed worker is gone for good
