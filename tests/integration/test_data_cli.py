@@ -82,7 +82,7 @@ def test_preview_shows_the_block_order_with_each_windows_shard(shakespeare_datas
     assert [r.start for r in rows] != sorted(r.start for r in rows)  # shuffled within the block
     assert main(["data", "preview", *overrides, f"out_dir={tmp_path}/runs", "--max-chars", "20"]) == 0
     out = capsys.readouterr().out
-    assert "data.shuffle block" in out and f"({rows[0].shard} tokens {rows[0].start:,}–" in out
+    assert "block order (data.shuffle block)" in out and f"({rows[0].shard} tokens {rows[0].start:,}–" in out
 
 
 @pytest.mark.parametrize("args, key", [(["--steps", "0"], "--steps"), (["--rank", "5"], "--rank")])
