@@ -5,10 +5,11 @@ and how evenly a mixture is spread over global batches, global order vs block or
 
 1. Time to first step. Datasets of 1×, 10× and 100× a base size are made of copies of one Parquet shard
    of `--shard-tokens` Zipf-distributed token ids (its copies count as distinct shards, as the trainer
-   sees them). For each size and order it times, in one plain process with a cold node cache, what a
-   rank does before its first optimizer step: open the training windows, build the engine (nano),
-   run step 0. The global order decodes every shard first; the block order (blocks of
-   data.shuffle_block_shards) only the first block. Median and range over `--rounds`.
+   sees them). For each size and order, in one plain process with a cold node cache, what a rank does
+   before its first optimizer step: open the training windows and read step 0's (CPU seconds, prefetch
+   off: immune to other load on the host), then the same in wall seconds with prefetch on, building
+   the engine (nano) and running step 0. The global order decodes every shard first; the block order
+   (blocks of data.shuffle_block_shards) only the shards step 0 reads. Median and range over `--rounds`.
 2. Data wait. `--steps` steps of the nano engine under the block order, blocks of one small shard, a
    batch that crosses into a new block every 12.5 steps, with data.prefetch on and off:
    train/data_wait_fraction as the training loop computes it (seconds getting windows / step seconds).
@@ -83,17 +84,29 @@ def config_for(dataset: Path, cache: Path, shuffle: str, *extra: str):
                               "ray.num_workers=1", *extra])
 
 
-def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) -> tuple[float, float, int]:
-    """(seconds until step 0's windows are in memory, seconds until step 0 is done, shards decoded)."""
+def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) -> tuple[float, float, float, int]:
+    """(CPU seconds this process spent until step 0's windows were in memory, with prefetch off so that
+    nothing else is counted; wall seconds until step 0 was done, prefetch on; the same until its windows
+    were in memory; shards decoded by then)."""
     import torch
 
     from gptray.data.train_windows import open_train_windows
     from gptray.train.engine import TrainingEngine
 
+    manifest = Manifest.load(dataset)
+    shutil.rmtree(cache, ignore_errors=True)
+    config = config_for(dataset, cache, shuffle, *extra, "data.prefetch=false")
+    cpu = time.process_time()
+    windows = open_train_windows(config, Storage(str(dataset)), manifest, shuffle)
+    windows.begin_step(0)
+    for batch in windows.rank_micro_batches(0, 0, 1, config.train.micro_batch_size):
+        windows.gather(batch)
+    cpu = time.process_time() - cpu
+    windows.close()
+
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, shuffle, *extra)
     start = time.perf_counter()
-    manifest = Manifest.load(dataset)
     windows = open_train_windows(config, Storage(str(dataset)), manifest, shuffle)
     opened = time.perf_counter() - start
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, windows, np.zeros(0, np.uint16))
@@ -102,7 +115,7 @@ def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) ->
     windows.close()
     decoded = len(list(cache.glob(f"{manifest.fingerprint}/train-shards/*.tokens"))) if shuffle == "block" \
         else len(manifest.split_info("train").shards)
-    return opened + data_seconds, seconds, decoded
+    return cpu, opened + data_seconds, seconds, decoded
 
 
 def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int) -> tuple[float, float]:
@@ -165,11 +178,13 @@ def main() -> None:
         print(f"base shard: {shard.tokens:,} tokens, {shard.bytes:,} bytes of Parquet, "
               f"{2 * shard.tokens:,} bytes decoded\n")
         time_to_first_step(dataset_of(root, shard, 1), root / "cache", "block")  # imports and first-use costs
-        print("## time to first step, cold node cache: seconds until step 0's windows are in memory, and until "
-              "step 0 is done (nano, batch 8 × 64): median [min–max]")
-        print("| dataset | shards | tokens | global: data ready | global: step 0 done | block: data ready | "
-              "block: step 0 done | block: shards decoded |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("## time to first step, cold node cache (nano, batch 8 × 64): median [min–max] of CPU seconds until "
+              "step 0's windows are in memory (prefetch off), wall seconds until then and until step 0 is done "
+              "(prefetch on)")
+        print("| dataset | shards | tokens | global: CPU s to data | global: wall s to data | global: wall s to "
+              "step 0 | block: CPU s to data | block: wall s to data | block: wall s to step 0 | block: shards "
+              "decoded by step 0 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         first = int(args.sizes.split(",")[0])
         for copies in map(int, args.sizes.split(",")):
             dataset = dataset_of(root, shard, copies)
@@ -177,10 +192,10 @@ def main() -> None:
             for shuffle in ("global", "block"):
                 extra = [f"data.shuffle_block_shards={args.block_shards}"]
                 runs = [time_to_first_step(dataset, root / "cache", shuffle, *extra) for _ in range(args.rounds)]
-                for column in (0, 1):
+                for column in (0, 1, 2):
                     values = [run[column] for run in runs]
                     cells.append(f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]")
-                decoded = runs[0][2]
+                decoded = runs[0][3]
             print(f"| {copies // first}× | {copies} | {copies * shard.tokens:,} | {' | '.join(cells)} | {decoded} |",
                   flush=True)
         small = base_shard(root / "small" / "base", 12_800)
