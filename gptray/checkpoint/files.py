@@ -48,6 +48,7 @@ class TrainingState:
     metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
     files: dict = field(default_factory=dict)  # name → bytes of every file beside state.json
     format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)
+    optimizer: str = "adamw"  # train.optimizer, whose state the checkpoint holds (checkpoints before it: adamw)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -136,7 +137,7 @@ def optional_tensors(directory: str | Path, name: str, device: torch.device | st
 
 
 def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str) -> None:
-    """Refuse to resume a checkpoint into a different model shape or dataset."""
+    """Refuse to resume a checkpoint into a different model shape, optimizer or dataset."""
     expected = config.model.shape()
     # from_saved: a checkpoint written before a model field existed gets the value it was trained with.
     saved = ModelConfig.from_saved(state.model).shape()
@@ -146,6 +147,12 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
         )
         raise CheckpointError(
             f"checkpoint {where} has a different model shape ({diff}). Use a new run name to start afresh."
+        )
+    if state.optimizer != config.train.optimizer:
+        raise CheckpointError(
+            f"checkpoint {where} holds the state of train.optimizer={state.optimizer}, not "
+            f"{config.train.optimizer}: resume it with train.optimizer={state.optimizer}, or start a new run "
+            "(train.init_from takes a checkpoint's weights alone)."
         )
     if state.dataset_fingerprint != dataset_fingerprint:
         raise CheckpointError(
@@ -192,6 +199,19 @@ def prune_orphans(run: Storage, registered: set[str]) -> list[str]:
     for name in doomed:
         run.delete_dir(name)
     return doomed
+
+
+def copy_checkpoint(source: str | Path | Storage, run: Storage) -> str:
+    """Copy a complete checkpoint into a run directory under its step's name (which it returns), where the
+    run's resume finds it as one of its own. A copy cut short is no checkpoint: state.json lists every
+    file's size (is_complete), whatever order the files arrive in."""
+    source = Storage.of(source)
+    name = checkpoint_dir_name(read_state(source).step)
+    run.make_dirs(name)
+    source.copy_to(run.child(name))
+    if problems := missing_files(run.child(name)):
+        raise CheckpointError(f"the copy of {source.uri()} in {run.uri(name)} is incomplete: {', '.join(problems)}")
+    return name
 
 
 def missing_files(directory: str | Path | Storage) -> list[str]:

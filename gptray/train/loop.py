@@ -113,7 +113,7 @@ def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest
             init_checkpoint: Storage | None) -> TrainingState:
     """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
-                          world_size=engine.world_size)
+                          world_size=engine.world_size, optimizer=config.train.optimizer)
     with _resume_directory(registered, run) as (directory, where):
         if directory is not None:
             state = read_state(directory)
@@ -178,6 +178,8 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             continue
         # Every rank reaches here at the same steps, so the collectives below pair up.
         metrics = {"train/loss": engine.global_mean(result.loss), "train/lr": result.lr}
+        if result.z_loss is not None:  # the term train.z_loss adds to the objective; train/loss is the cross-entropy
+            metrics["train/z_loss"] = engine.global_mean(result.z_loss)
         if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
             raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
                                 f"(lower train.lr, or raise train.warmup_steps)")
