@@ -24,6 +24,7 @@ from gptray.checkpoint.files import (
     copy_checkpoint,
     find_checkpoint,
     latest_checkpoint,
+    latest_stored_checkpoint,
     prune_orphans,
     read_config,
     read_state,
@@ -86,7 +87,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     manifest = Manifest.load(config.data.dataset_dir)
     check_dataset(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
-    _start_from(config, manifest, run)
+    start_from(config, manifest.fingerprint, run)
     previous, start_step = _previous_checkpoint(config, manifest)
     if previous is not None and start_step >= config.train.max_steps:
         return _already_trained(config, run, previous, start_step, started, sample, tracker)
@@ -139,22 +140,22 @@ def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest) -> tuple[
     state = read_state(previous)
     check_compatible(state, config, manifest.fingerprint, str(previous))
     log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
-    _check_schedule(read_config(previous), config, state.step, str(previous))
+    check_schedule(read_config(previous), config, state.step, str(previous))
     return previous, state.step
 
 
-def _start_from(config: ExperimentConfig, manifest: Manifest, run: Storage) -> None:
+def start_from(config: ExperimentConfig, dataset_fingerprint: str, run: Storage) -> None:
     """train.resume_from, on the run's first launch: that checkpoint, checked against this config, is copied
     into the run directory, where the resume finds it as the run's own (later launches ignore the setting)."""
-    if not config.train.resume_from or latest_checkpoint(config.run_dir) is not None:
+    if not config.train.resume_from or latest_stored_checkpoint(run) is not None:
         return
     source = find_checkpoint(config.train.resume_from)
-    check_compatible(read_state(source), config, manifest.fingerprint, str(source))
+    check_compatible(read_state(source), config, dataset_fingerprint, str(source))
     name = copy_checkpoint(source, run)
     log.info("run %s starts from %s (train.resume_from), copied to %s", config.name, source, run.uri(name))
 
 
-def _check_schedule(saved: ExperimentConfig, config: ExperimentConfig, step: int, where: str) -> None:
+def check_schedule(saved: ExperimentConfig, config: ExperimentConfig, step: int, where: str) -> None:
     """Say so where the learning rates this config gives the steps before the checkpoint are not those the
     checkpoint was trained with: the run then does not continue as one uninterrupted run would (a WSD
     continuation must start before its new decay does)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ from gptray.base.storage import Storage
 from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
-    copy_checkpoint,
-    find_checkpoint,
     latest_checkpoint,
     read_state,
     save_checkpoint,
@@ -35,6 +34,7 @@ from gptray.train.optim import (
     learning_rate,
     set_learning_rates,
 )
+from gptray.train.pretrain import check_schedule, start_from
 
 # A stream a small model learns in a few steps (each token predicts the next), over a 128-token vocabulary:
 # each step costs milliseconds, not the 50,257-wide head's tenths of a second.
@@ -219,7 +219,7 @@ def test_a_muon_checkpoint_is_refused_by_an_adamw_run_and_the_other_way_round():
 # --- WSD: a stable-phase checkpoint continued with a decay to a new max_steps ------------------------
 
 
-def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run(tmp_path):
+def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run(tmp_path, caplog):
     """A 16-step WSD run decays over steps 12 → 16. A long run's checkpoint at step 12, still in its stable
     phase, continued with max_steps=16 (what train.resume_from does: the checkpoint copied into the new run,
     its state loaded) gives the 16-step run's losses exactly."""
@@ -233,21 +233,31 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
     model_state, optimizer_state, _ = long.full_state()
     stable = save_checkpoint(tmp_path / "long" / "checkpoint_00000012", model_state, optimizer_state,
                              TrainingState(step=12, model=asdict(long.config.model), optimizer="muon"), long.config)
-    run_dir = Storage(str(tmp_path / "decay16"))
-    assert copy_checkpoint(find_checkpoint(tmp_path / "long"), run_dir) == "checkpoint_00000012"  # its latest
+    # the new run's first launch: the driver copies the checkpoint in (from a run directory: its latest)
+    continued = scrambled(engine(*wsd, "train.max_steps=16", f"out_dir={tmp_path}", "name=decay16",
+                                 f"train.resume_from={tmp_path / 'long'}"))
+    run_dir = Storage(continued.config.run_dir)
+    start_from(continued.config, "", run_dir)
     copied = latest_checkpoint(run_dir.base)
     assert read_state(copied).step == 12 and sorted(p.name for p in copied.iterdir()) == \
         sorted(p.name for p in stable.iterdir())
+    start_from(continued.config, "", run_dir)  # a later launch resumes from the run's own checkpoints
+    assert [p.name for p in Path(run_dir.base).iterdir()] == ["checkpoint_00000012"]
+    with pytest.raises(CheckpointError, match="different token dataset"):  # checked as a resume is
+        start_from(continued.config, "another", Storage(str(tmp_path / "elsewhere")))
 
-    continued = scrambled(engine(*wsd, "train.max_steps=16"))
     continued.load_state(torch.load(copied / "model.pt", weights_only=True),
                          torch.load(copied / "optimizer.pt", weights_only=True), None)
     assert run(continued, range(12, 16)) == reference[12:]
-    # the driver checks that the new schedule gave the steps before the checkpoint the rates it was trained with
+    # the driver says where the new schedule gives the steps before a checkpoint other rates than it had
     assert first_schedule_difference(long.train, continued.train, 12) is None
     assert first_schedule_difference(long.train, continued.train, 13) is None  # step 12 is the decay's first, at peak
     at, before, now = first_schedule_difference(long.train, continued.train, 14)
     assert at == 13 and before > now
+    with caplog.at_level("WARNING", logger="gptray.train.pretrain"):
+        check_schedule(long.config, continued.config, 12, "ok")
+        check_schedule(long.config, continued.config, 14, "late")
+    assert len(caplog.records) == 1 and "step 13 had lr" in caplog.text and "late" in caplog.text
 
 
 # --- world size 1 against 2 (DDP and FSDP) with Muon, in a gloo process group -----------------------
@@ -269,10 +279,16 @@ def _rank(rank: int, store: str, parallelism: str, sharded_dir: str, results) ->
             losses.append(e.global_mean(e.train_step(step).loss))
             if step == 1 and sharded_dir:
                 save_sharded(sharded_dir, e.sharded_state())
-        weights = {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().numpy()
+        weights = {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().numpy().copy()
                    for name, value in e.module.state_dict().items()}
+        from torch.distributed.tensor.debug import CommDebugMode
+
+        for p in hidden_matrices(e.module):
+            p.grad = torch.ones_like(p)
+        with CommDebugMode() as comms:  # what one Muon step sends
+            e.optimizers[1].step()
         if rank == 0:
-            results.put((losses, weights))
+            results.put((losses, weights, {str(op): n for op, n in comms.get_comm_counts().items()}))
     finally:
         dist.destroy_process_group()
 
@@ -282,8 +298,9 @@ def test_muon_on_two_ranks_matches_one_under_ddp_and_fsdp(tmp_path):
     Newton–Schulz): the losses agree to 1e-4. torch's Newton–Schulz runs in bf16 (as modded-nanogpt's), which
     turns the fp32 summation-order differences of the ranks' gradient reduction (~1e-7) into ~1-3% of a
     matrix's update in some elements: the weights agree to 5% of how far they moved (a wrong shard, lr or
-    missing step is off by 100%). FSDP's 2-rank sharded checkpoint at step 2 resumes on 1 rank (Muon's
-    sharded momentum resharded) along the same curve."""
+    missing step is off by 100%). Under FSDP a Muon step costs one all-gather per matrix (torch's Muon left
+    to DTensor would pass the rest too, at ~13 collectives a matrix). FSDP's 2-rank sharded checkpoint at
+    step 2 resumes on 1 rank (Muon's sharded momentum resharded) along the same curve."""
     import torch.multiprocessing as mp
 
     initial = {name: value.clone() for name, value in engine("train.optimizer=muon").module.state_dict().items()}
@@ -297,11 +314,13 @@ def test_muon_on_two_ranks_matches_one_under_ddp_and_fsdp(tmp_path):
         ranks = [context.Process(target=_rank, args=(r, store, parallelism, sharded, results)) for r in range(2)]
         for process in ranks:
             process.start()
-        losses, weights = results.get(timeout=240)
+        losses, weights, comms = results.get(timeout=240)
         for process in ranks:
             process.join(timeout=60)
             assert process.exitcode == 0, parallelism
         assert losses == pytest.approx(reference, abs=1e-4), parallelism
+        # DDP's ranks orthogonalize their own whole copies; FSDP's gather each of the 8 matrices once
+        assert comms == ({} if parallelism == "ddp" else {"c10d_functional.all_gather_into_tensor": 8}), comms
         for name, value in one.module.state_dict().items():
             moved, apart = (value - initial[name]).norm(), (torch.from_numpy(weights[name]) - value).norm()
             assert apart <= 0.05 * moved, f"{parallelism}: {name} is {apart:.2e} from 1 rank's, which moved {moved:.2e}"
