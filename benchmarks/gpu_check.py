@@ -566,14 +566,14 @@ def flash_section(s: Settings, budget: Budget, shared: dict) -> dict:
 
 
 def fused_adamw_section(s: Settings, budget: Budget, shared: dict) -> dict:
-    from gptray.train.optim import build_optimizer
+    from gptray.train.optim import build_optimizers
 
     config = engine_config(s, s.preset, "fp32", micro=s.batch, batch=s.batch)
     model = build_model(s, "default")
     x, y = token_batch(model.config, s.batch, s.seq_len, s.device)
     grads = reference_pass(model, x, y, s.device).grads
     twin = copy.deepcopy(model)
-    engine_optimizer = build_optimizer(model, config.train, s.device)  # the engine's groups and settings
+    engine_optimizer = build_optimizers(model, config.train, s.device)[0]  # the engine's AdamW groups, settings
     engine_fused = bool(engine_optimizer.defaults.get("fused"))
     twin_of = dict(zip(map(id, model.parameters()), twin.parameters()))
 

@@ -75,7 +75,7 @@ def train_round(engine: TrainingEngine, first_step: int, steps: int, log) -> flo
         metrics = {"train/loss": float(result.loss), "train/lr": result.lr, "train/grad_norm": float(result.grad_norm),
                    "train/tokens_per_s": engine.tokens_per_step / (now - last), "train/step_seconds": now - last,
                    "train/data_wait_fraction": result.data_seconds / (now - last),
-                   "train/epoch": engine.sampler.epoch_of(step + 1, engine.config.train.batch_size)}
+                   "train/epoch": engine.train_data.epoch_of(step + 1)}
         last = now
         if log is not None:
             log(metrics, step + 1)

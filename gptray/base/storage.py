@@ -168,6 +168,15 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot upload {local_dir} to {self.uri()}: {exc}") from exc
 
+    def copy_to(self, target: Storage) -> None:
+        """Copy every file under the base to another Storage's base (either may be local or an object store),
+        streamed, in no particular order."""
+        try:
+            pafs.copy_files(self.base, target.base, source_filesystem=self.fs, destination_filesystem=target.fs,
+                            use_threads=False)  # as upload: threaded copies to S3 are not safe
+        except OSError as exc:
+            raise StorageError(f"cannot copy {self.uri()} to {target.uri()}: {exc}") from exc
+
     def make_dirs(self, relative_dir: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.create_dir(self.path(relative_dir), recursive=True)

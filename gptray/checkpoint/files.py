@@ -51,6 +51,7 @@ class TrainingState:
     format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)
     # The order of training windows (train_windows.data_order); empty in checkpoints from before the block order
     data_order: dict = field(default_factory=dict)
+    optimizer: str = "adamw"  # train.optimizer, whose state the checkpoint holds (checkpoints before it: adamw)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -142,8 +143,8 @@ def optional_tensors(directory: str | Path | Storage, name: str, device: torch.d
 
 def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fingerprint: str, where: str,
                      data_order: dict | None = None) -> None:
-    """Refuse to resume a checkpoint into a different model shape, dataset or order of training windows
-    (`data_order`: the run's, as train_windows.data_order gives it; None: not checked)."""
+    """Refuse to resume a checkpoint into a different model shape, optimizer, dataset or order of training
+    windows (`data_order`: the run's, as train_windows.data_order gives it; None: not checked)."""
     expected = config.model.shape()
     # from_saved: a checkpoint written before a model field existed gets the value it was trained with.
     saved = ModelConfig.from_saved(state.model).shape()
@@ -153,6 +154,12 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
         )
         raise CheckpointError(
             f"checkpoint {where} has a different model shape ({diff}). Use a new run name to start afresh."
+        )
+    if state.optimizer != config.train.optimizer:
+        raise CheckpointError(
+            f"checkpoint {where} holds the state of train.optimizer={state.optimizer}, not "
+            f"{config.train.optimizer}: resume it with train.optimizer={state.optimizer}, or start a new run "
+            "(train.init_from takes a checkpoint's weights alone)."
         )
     if state.dataset_fingerprint != dataset_fingerprint:
         raise CheckpointError(
@@ -209,6 +216,19 @@ def prune_orphans(run: Storage, registered: set[str]) -> list[str]:
     for name in doomed:
         run.delete_dir(name)
     return doomed
+
+
+def copy_checkpoint(source: str | Path | Storage, run: Storage) -> str:
+    """Copy a complete checkpoint into a run directory under its step's name (which it returns), where the
+    run's resume finds it as one of its own. A copy cut short is no checkpoint: state.json lists every
+    file's size (is_complete), whatever order the files arrive in."""
+    source = Storage.of(source)
+    name = checkpoint_dir_name(read_state(source).step)
+    run.make_dirs(name)
+    source.copy_to(run.child(name))
+    if problems := missing_files(run.child(name)):
+        raise CheckpointError(f"the copy of {source.uri()} in {run.uri(name)} is incomplete: {', '.join(problems)}")
+    return name
 
 
 def missing_files(directory: str | Path | Storage) -> list[str]:

@@ -158,7 +158,38 @@ class TrainConfig(OptimizerSettings):
     lr: float | None = None  # peak learning rate
     min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
     warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
-    lr_decay_steps: int | None = None  # cosine reaches min_lr here; default max_steps
+    lr_decay_steps: int | None = None  # the schedule reaches min_lr here; default max_steps
+    # After the linear warmup: cosine (GPT-3) or linear decay to min_lr at lr_decay_steps; or wsd
+    # (warmup-stable-decay): lr held at its peak, then decayed to min_lr over the last
+    # wsd_decay_fraction of lr_decay_steps. A WSD checkpoint from before its decay began continues
+    # into the decay of any longer run (train.resume_from; see the README).
+    schedule: Literal["cosine", "wsd", "linear"] = "cosine"
+    # 0.2 and 1-sqrt (lr × (1 − √progress)): Hägele et al. 2024 ("Scaling Laws and Compute-Optimal
+    # Training Beyond Fixed Training Durations") found a 20% cooldown of this shape matches cosine.
+    # 0 never decays: a stable phase only, to be continued with a decay later.
+    wsd_decay_fraction: float = 0.2
+    wsd_decay_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
+    # adamw: AdamW for every parameter. muon: Muon (momentum orthogonalized by Newton–Schulz) for the
+    # hidden matrices (each 2-D weight inside the transformer blocks), AdamW with the settings here
+    # (lr, betas, eps, weight_decay) for the rest: embeddings, the head, norm gains, biases.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    # Muon's settings: the defaults modded-nanogpt and its Muon reference (KellerJordan/Muon's README)
+    # publish: lr 0.02 (scaled by √max(1, rows/cols) per matrix), momentum 0.95 with Nesterov, 5
+    # Newton–Schulz steps, weight decay 0.01 (the README's). The schedule
+    # scales muon_lr as it scales lr (warmup, decay, min_lr in proportion). Muon's decay per step is
+    # muon_lr × muon_weight_decay: 2e-4 at these values, the same as nano's AdamW (2e-3 × 0.1).
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.01
+    # z-loss (PaLM; OLMo, Levanter): the objective adds z_loss × mean(log² Z), Z the softmax normalizer of
+    # each predicted token, which keeps the logits from drifting. train/loss stays the cross-entropy alone;
+    # train/z_loss is the added term. 1e-4 is PaLM's value; 0 is off.
+    z_loss: float = 0.0
+    # Start this run from another run's checkpoint (a checkpoint or run directory, local or on an object
+    # store): weights, optimizer state, step and tokens seen, as if this run had written it. Used on the
+    # run's first launch only (later launches resume from the run's own checkpoints). For continuing a
+    # WSD stable phase with a decay to a new max_steps under a new name.
+    resume_from: str | None = None
     # weight_decay, beta1, beta2, eps and grad_clip: see OptimizerSettings (null: the recipe's)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
@@ -191,6 +222,16 @@ class TrainConfig(OptimizerSettings):
         if self.lr_decay_steps is not None:
             _require(self.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", self.lr_decay_steps)
         self.validate_optimizer("train")
+        _require(0 <= self.wsd_decay_fraction <= 1, "train.wsd_decay_fraction",
+                 "must be in [0, 1] (0: no decay, a stable phase only)", self.wsd_decay_fraction)
+        _require(self.muon_lr > 0, "train.muon_lr", "must be positive", self.muon_lr)
+        _require(0 <= self.muon_momentum < 1, "train.muon_momentum", "must be in [0, 1)", self.muon_momentum)
+        _require(self.muon_weight_decay >= 0, "train.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
+        _require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
+                 self.z_loss)
+        if self.resume_from is not None and self.init_from is not None:
+            raise ConfigError("train.resume_from", "set train.resume_from (a whole training state) or "
+                                                   "train.init_from (weights only), not both")
         _require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
         _require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
                  self.sample_interval)
@@ -428,6 +469,8 @@ class ExperimentConfig:
         else:
             config.model = config.model.resolved()
         config.train.resolve(config.model)
+        if config.train.resume_from is not None:
+            config.train.resume_from = absolute_path(config.train.resume_from)
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
         if config.data.cache_dir is not None:
             config.data.cache_dir = absolute_path(config.data.cache_dir)

@@ -212,6 +212,28 @@ class GPT(nn.Module):
         return n
 
 
+IGNORE_TARGET = -100  # F.cross_entropy's default ignore_index (gptray.data.windows.IGNORE_INDEX, a layer above)
+
+
+def cross_entropy_and_z_loss(logits: torch.Tensor, targets: torch.Tensor,
+                             coefficient: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean cross-entropy of `logits` (B, T, vocab) against `targets` (B, T), and the z-loss term
+    coefficient × mean(log² Z), Z = Σ exp(logits) the softmax normalizer of each counted position
+    (PaLM, Chowdhery et al. 2022; targets equal to -100 are not counted, as in F.cross_entropy).
+
+    log Z is computed once for both: the cross-entropy is log Z − the target's logit.
+    """
+    logits = logits.float().reshape(-1, logits.size(-1))  # (B·T, vocab)
+    targets = targets.reshape(-1)
+    counted = targets != IGNORE_TARGET
+    log_z = torch.logsumexp(logits, dim=-1)  # (B·T,)
+    target_logits = logits.gather(1, targets.clamp(min=0)[:, None])[:, 0]
+    n = counted.sum()
+    cross_entropy = torch.where(counted, log_z - target_logits, 0.0).sum() / n
+    z_loss = coefficient * torch.where(counted, log_z.square(), 0.0).sum() / n
+    return cross_entropy, z_loss
+
+
 def count_parameters(config: ModelConfig) -> int:
     """Parameter count of a shape, computed on the meta device (no memory is allocated)."""
     with torch.device("meta"):

@@ -21,7 +21,7 @@ from gptray.checkpoint.files import (
 from gptray.checkpoint.sharded import SHARDED, load_sharded
 from gptray.config import ModelConfig
 from gptray.model import GPT
-from gptray.train.optim import build_optimizer
+from gptray.train.optim import build_optimizers
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     if optimizer:  # a fresh optimizer's state dict gives the shapes of the saved one (torch fills it at lr 0)
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optimizer_state = get_state_dict(model, build_optimizer(model, config.train, torch.device("cpu")))
+        model_state, optimizer_state = get_state_dict(model, build_optimizers(model, config.train, torch.device("cpu")))
         wanted = {"model": model_state, "optimizer": optimizer_state}
     load_sharded(directory, wanted)
     whole = dataclasses.replace(state, files={})

@@ -24,8 +24,9 @@ from gptray.data.train_windows import TrainWindows, WholeSplitWindows
 from gptray.data.windows import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.generation import generate_text
 from gptray.model import GPT
+from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.train.flops import device_peak_flops, flops_per_token
-from gptray.train.optim import build_optimizer, learning_rate
+from gptray.train.optim import build_optimizers, set_learning_rates
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -35,10 +36,11 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor  # this rank's mean loss over its micro-batches (not yet averaged over ranks)
+    loss: torch.Tensor  # this rank's mean cross-entropy over its micro-batches (not yet averaged over ranks)
     grad_norm: torch.Tensor
     lr: float
     data_seconds: float  # spent gathering windows and copying them to the device
+    z_loss: torch.Tensor | None = None  # the mean z-loss term added to the objective (train.z_loss > 0)
 
 
 class TrainingEngine:
@@ -72,7 +74,7 @@ class TrainingEngine:
         self.model = self._parallelize()  # what training steps run through
         # Evaluation and sampling need no gradient sync: DDP's replicas each hold the whole model.
         self.eval_model = self.module if self.train.parallelism == "ddp" else self.model
-        self.optimizer = build_optimizer(self.module, self.train, device)
+        self.optimizers = build_optimizers(self.module, self.train, device)  # AdamW (and Muon: train.optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if self.train.precision == "fp16" else None
         self.micro_steps = self.train.grad_accum_steps(world_size)
         self.tokens_per_step = self.train.batch_size * self.seq_len
@@ -123,10 +125,9 @@ class TrainingEngine:
     def train_step(self, step: int) -> StepResult:
         """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update."""
         torch.manual_seed(step_seed(self.train.seed, step, self.rank))
-        lr = learning_rate(step, self.train)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_learning_rates(self.optimizers, step, self.train)
         loss_sum = torch.zeros((), device=self.device)
+        z_sum = torch.zeros((), device=self.device)
         data_seconds = 0.0
         data_start = time.perf_counter()
         self.train_data.begin_step(step)
@@ -141,22 +142,39 @@ class TrainingEngine:
             data_seconds += time.perf_counter() - data_start
             with self._gradient_sync(i == len(micro_batches) - 1):
                 with self.autocast():
-                    logits, loss = self.model(x, y)
+                    logits, loss, z_loss = self._losses(x, y)
                 if not counted:  # all prompt: no loss to learn from (the mean over no tokens is NaN),
                     loss = logits.sum() * 0.0  # but DDP still needs this rank's (zero) gradients
+                    z_loss = loss if z_loss is not None else None
                 loss_sum += loss.detach()
+                if z_loss is not None:
+                    z_sum += z_loss.detach()
+                    loss = loss + z_loss  # the objective; train/loss stays the cross-entropy
                 scaled = loss / len(micro_batches)
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+            for optimizer in self.optimizers:
+                self.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip or math.inf)
+        for optimizer in self.optimizers:
+            if self.scaler is not None:
+                self.scaler.step(optimizer)  # skipped, for every optimizer, where the gradients overflowed
+            else:
+                optimizer.step()
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_sum / len(micro_batches), grad_norm, lr, data_seconds)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_sum / len(micro_batches), grad_norm, lr, data_seconds,
+                          z_sum / len(micro_batches) if self.train.z_loss else None)
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, mean cross-entropy, and the z-loss term where train.z_loss is on (else None)."""
+        if not self.train.z_loss:
+            logits, loss = self.model(x, y)
+            return logits, loss, None
+        logits, _ = self.model(x)
+        return logits, *cross_entropy_and_z_loss(logits, y, self.train.z_loss)
 
     def global_mean(self, value: torch.Tensor) -> float:
         """Mean of a per-rank scalar over all ranks (a collective: every rank must call it)."""
@@ -218,7 +236,7 @@ class TrainingEngine:
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(self.module, options=options)
-        optimizer_state = get_optimizer_state_dict(self.module, self.optimizer, options=options)
+        optimizer_state = get_optimizer_state_dict(self.module, self.optimizers, options=options)
         scaler_state = self.scaler.state_dict() if self.scaler is not None else None
         return model_state, optimizer_state, scaler_state
 
@@ -232,7 +250,7 @@ class TrainingEngine:
 
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.module, model_state, options=options)
-        set_optimizer_state_dict(self.module, self.optimizer, optimizer_state, options=options)
+        set_optimizer_state_dict(self.module, self.optimizers, optimizer_state, options=options)
         if self.scaler is not None and scaler_state is not None:
             self.scaler.load_state_dict(scaler_state)
 
@@ -241,7 +259,7 @@ class TrainingEngine:
         shards as DTensors (no rank gathers the whole), DDP's replicas as plain tensors."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
+        model_state, optimizer_state = get_state_dict(self.module, self.optimizers)
         return {"model": model_state, "optimizer": optimizer_state}
 
     def load_sharded(self, directory, with_optimizer: bool = True) -> None:
@@ -259,7 +277,7 @@ class TrainingEngine:
         load_sharded(directory, state)
         set_model_state_dict(self.module, state["model"])
         if with_optimizer:
-            set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"])
+            set_optimizer_state_dict(self.module, self.optimizers, state["optimizer"])
 
     def load_model_weights(self, model_state: dict) -> None:
         """Start from another run's weights (fine-tuning); the optimizer starts fresh."""

@@ -115,7 +115,8 @@ def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest
             run: Storage, init_checkpoint: Storage | None) -> TrainingState:
     """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
     state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
-                          world_size=engine.world_size, data_order=order)
+                          world_size=engine.world_size, data_order=order,
+                          optimizer=config.train.optimizer)
     chosen = _resume_source(registered, run)
     if chosen is not None:
         state = read_state(chosen)
@@ -185,6 +186,8 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             continue
         # Every rank reaches here at the same steps, so the collectives below pair up.
         metrics = {"train/loss": engine.global_mean(result.loss), "train/lr": result.lr}
+        if result.z_loss is not None:  # the term train.z_loss adds to the objective; train/loss is the cross-entropy
+            metrics["train/z_loss"] = engine.global_mean(result.z_loss)
         if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
             raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
                                 f"(lower train.lr, or raise train.warmup_steps)")

@@ -19,7 +19,16 @@ from gptray.base.errors import CheckpointError, ConfigError, DataError, Interrup
 from gptray.base.paths import is_uri
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
-from gptray.checkpoint.files import check_compatible, latest_checkpoint, prune_orphans, read_state
+from gptray.checkpoint.files import (
+    check_compatible,
+    copy_checkpoint,
+    find_checkpoint,
+    latest_checkpoint,
+    latest_stored_checkpoint,
+    prune_orphans,
+    read_config,
+    read_state,
+)
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
 from gptray.data.tokenizer import Tokenizer
@@ -31,6 +40,7 @@ from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.plots import run_report
 from gptray.train.finetune import base_checkpoint, find_base
 from gptray.train.loop import final_sample_name, train_loop_per_worker
+from gptray.train.optim import first_schedule_difference
 from gptray.train.placement import PendingReporter, WorkerPlan, controller_retries, plan_workers
 
 log = logging.getLogger(__name__)
@@ -79,6 +89,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     check_dataset(config, manifest)
     shuffle = training_order(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
+    start_from(config, manifest.fingerprint, run, data_order(config, shuffle))
     previous, start_step = _previous_checkpoint(config, manifest, shuffle)
     if previous is not None and start_step >= config.train.max_steps:
         return _already_trained(config, run, previous, start_step, started, sample, tracker)
@@ -144,7 +155,31 @@ def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest, shuffle: 
     state = read_state(previous)
     check_compatible(state, config, manifest.fingerprint, str(previous), data_order(config, shuffle))
     log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
+    check_schedule(read_config(previous), config, state.step, str(previous))
     return previous, state.step
+
+
+def start_from(config: ExperimentConfig, dataset_fingerprint: str, run: Storage, order: dict | None = None) -> None:
+    """train.resume_from, on the run's first launch: that checkpoint, checked against this config, is copied
+    into the run directory, where the resume finds it as the run's own (later launches ignore the setting)."""
+    if not config.train.resume_from or latest_stored_checkpoint(run) is not None:
+        return
+    source = find_checkpoint(config.train.resume_from)
+    check_compatible(read_state(source), config, dataset_fingerprint, str(source), order)
+    name = copy_checkpoint(source, run)
+    log.info("run %s starts from %s (train.resume_from), copied to %s", config.name, source, run.uri(name))
+
+
+def check_schedule(saved: ExperimentConfig, config: ExperimentConfig, step: int, where: str) -> None:
+    """Say so where the learning rates this config gives the steps before the checkpoint are not those the
+    checkpoint was trained with: the run then does not continue as one uninterrupted run would (a WSD
+    continuation must start before its new decay does)."""
+    differs = first_schedule_difference(saved.train, config.train, step)
+    if differs is not None:
+        at, before, now = differs
+        log.warning("the learning rate schedule differs from the one checkpoint %s was trained with: step %d had "
+                    "lr %.3g, this config gives it %.3g. Training goes on from step %d with this config's schedule, "
+                    "not as one run with it would have.", where, at, before, now, step)
 
 
 def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | str, step: int, started: float,

@@ -126,10 +126,14 @@ def test_resume_refuses_a_different_dataset(reference_run, shakespeare_dataset, 
 
 def test_training_goes_on_when_the_tracking_server_is_unreachable(shakespeare_dataset, root, caplog):
     config = small_run_config(root, shakespeare_dataset, "name=offline", "train.max_steps=2",
-                        "tracking.uri=http://127.0.0.1:9")  # nothing listens on port 9
+                              "tracking.uri=http://127.0.0.1:9",  # nothing listens on port 9
+                              "train.z_loss=1e-4")  # (and the run's own history has z-loss beside the loss)
     result = pretrain(config, sample=False)
     assert result.final_step == 2 and result.mlflow_run_id is None
     assert "MLflow tracking unavailable" in caplog.text
+    history = read_history(Storage(result.run_dir))
+    assert sorted(history["train/z_loss"]) == [1, 2] and 0 < history["train/z_loss"][1] < 1e-4 * 12 ** 2
+    assert history["train/loss"][1] == pytest.approx(10.82, abs=0.2)  # the cross-entropy alone
 
 
 def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from gptray.checkpoint.files import STATE_FILE
 from gptray.cli.main import main as cli
+from gptray.tune.spec import group_label
 from helpers import REPO, TINY_TRIALS, write_sweep
 
 
@@ -102,9 +104,10 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
     assert len(rows) == 2 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
 
 
-SHIPPED_AXES = {"attention.yaml": ("model.attention", ["causal", "sliding_window", "alternating"]),
-                "mlp.yaml": ("model.mlp", ["gelu", "swiglu"]),
-                "positions.yaml": ("model.position", ["learned", "rope", "none"])}
+SHIPPED_AXES = {"attention.yaml": {"model.attention": ["causal", "sliding_window", "alternating"]},
+                "mlp.yaml": {"model.mlp": ["gelu", "swiglu"]},
+                "positions.yaml": {"model.position": ["learned", "rope", "none"]},
+                "recipe.yaml": {"train.optimizer": ["adamw", "muon"], "train.schedule": ["cosine", "wsd"]}}
 
 
 def test_every_shipped_sweep_is_run_here():
@@ -116,13 +119,16 @@ def test_every_shipped_sweep_is_run_here():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED_AXES))
 def test_the_other_shipped_sweeps_run_end_to_end(name, shakespeare_dataset, tmp_path, capsys):
-    """Each shipped ablation unmodified but for a tiny budget and one seed per value: every trial trains
-    its variant to the end and the comparison has one finished run per value, baseline first.
+    """Each shipped ablation unmodified but for a tiny budget and one seed per value (per combination of
+    values, for recipe.yaml's two axes): every trial trains its variant to the end and the comparison has
+    one finished run per group, baseline first.
     (norm.yaml runs above as shipped on a fresh 2-CPU Ray; gpt2-vs-gpt3.yaml is a GPU sweep that
     test_placement fits on the shipped cluster, but cannot train here.)"""
     from mlflow.tracking import MlflowClient
 
-    axis, values = SHIPPED_AXES[name]
+    axes = SHIPPED_AXES[name]
+    combinations = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
+    values = [group_label(c) for c in combinations]  # e.g. "optimizer=muon,schedule=wsd" for two axes
     path = REPO / "configs" / "sweeps" / name
     overrides = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
                  "sweep.budget_tokens=2048", "sweep.seeds=[0]"]
@@ -138,7 +144,10 @@ def test_the_other_shipped_sweeps_run_end_to_end(name, shakespeare_dataset, tmp_
     (parent,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
                                    "tags.`gptray.sweep.role` = 'parent'")
     runs = children(client, parent.info.run_id)
-    assert sorted(json.loads(r.data.tags[f"gptray.sweep.axis.{axis}"]) for r in runs) == sorted(values)
+    for axis, axis_values in axes.items():
+        assert sorted(json.loads(r.data.tags[f"gptray.sweep.axis.{axis}"]) for r in runs) == \
+            sorted(c[axis] for c in combinations)
+        assert {r.data.params[axis] for r in runs} == set(axis_values)  # each trial trained its variant
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 

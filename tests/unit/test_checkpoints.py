@@ -69,7 +69,7 @@ def test_a_sharded_base_gives_its_weights_and_no_optimizer_state(trained):
     saved, _ = load_model(directory)
     for (name, a), b in zip(saved.state_dict().items(), tuned.module.state_dict().values()):
         assert torch.equal(a, b), name
-    assert not tuned.optimizer.state
+    assert not any(optimizer.state for optimizer in tuned.optimizers)
 
 
 def test_consolidating_gives_whole_files_that_load_and_resume_like_the_sharded_one(trained, tmp_path):
