@@ -177,6 +177,8 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
             if ready:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in ready:
+                if ref not in pending:  # cancelled by a strict failure earlier in this batch of ready tasks
+                    continue
                 index = pending.pop(ref)
                 record = _get(ref)
                 if record.strict_failure:
