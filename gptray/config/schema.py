@@ -162,7 +162,7 @@ class TrainConfig(OptimizerSettings):
     # After the linear warmup: cosine (GPT-3) or linear decay to min_lr at lr_decay_steps; or wsd
     # (warmup-stable-decay): lr held at its peak, then decayed to min_lr over the last
     # wsd_decay_fraction of lr_decay_steps. A WSD checkpoint from before its decay began continues
-    # into the decay of any longer run (train.resume_from; see the README).
+    # into any WSD run whose decay begins at or after its step (train.resume_from; see the README).
     schedule: Literal["cosine", "wsd", "linear"] = "cosine"
     # 0.2 and 1-sqrt (lr × (1 − √progress)): Hägele et al. 2024 ("Scaling Laws and Compute-Optimal
     # Training Beyond Fixed Training Durations") found a 20% cooldown of this shape matches cosine.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_checkpoints import scrambled
+from test_checkpoints import scrambled, write_sharded
 from test_engine import through_a_file
 
 from gptray.base.errors import CheckpointError, ConfigError
@@ -195,15 +195,20 @@ def test_each_option_resumes_exactly_from_a_whole_checkpoint(option):
     assert run(first, range(4, 8)) == run(second, range(4, 8))
 
 
-def test_muon_resumes_exactly_from_a_sharded_checkpoint(tmp_path):
-    from gptray.checkpoint.sharded import save_sharded
+def test_muon_resumes_exactly_from_a_sharded_checkpoint_and_from_its_consolidated_copy(tmp_path):
+    from gptray.checkpoint.files import load_tensors
+    from gptray.train.consolidate import consolidate_checkpoint
 
     first = engine("train.optimizer=muon")
     run(first, range(3))
-    save_sharded(tmp_path, first.sharded_state())
+    directory = write_sharded(first, tmp_path / "run" / "checkpoint_00000003", 3)
+    whole = consolidate_checkpoint(directory, tmp_path / "whole", optimizer=True).out  # both optimizers' state
     second = scrambled(engine("train.optimizer=muon"))
-    second.load_sharded(tmp_path)
-    assert run(first, range(3, 6)) == run(second, range(3, 6))
+    second.load_sharded(directory)
+    third = scrambled(engine("train.optimizer=muon"))
+    third.load_state(load_tensors(whole, "model.pt"), load_tensors(whole, "optimizer.pt"), None)
+    expected = run(first, range(3, 6))
+    assert run(second, range(3, 6)) == expected and run(third, range(3, 6)) == expected
 
 
 def test_a_muon_checkpoint_is_refused_by_an_adamw_run_and_the_other_way_round():
