@@ -22,8 +22,8 @@ pinned and that the caller does not protect (the blocks in use and the next), or
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import time
@@ -31,13 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gptray.base.errors import DataError
 from gptray.base.storage import Storage
 from gptray.data.manifest import ShardInfo
-from gptray.data.shards import shard_loss_mask, shard_tokens
+from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +129,8 @@ class ShardCache:
 
     def _fetch(self, index: int, protected: set[int], wait: bool) -> bool:
         """Decode shard `index` into the cache (one process per node does it; the others wait or skip)."""
-        build = os.open(self._file(index, "build"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(build, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
+        with _flock(self._file(index, "build"), wait=wait) as held:
+            if not held:
                 return False  # another process is decoding it
             if self._complete(index):
                 return True
@@ -144,8 +139,6 @@ class ShardCache:
                 return False
             self._decode(index, reserved)
             return True
-        finally:
-            os.close(build)  # releases the lock
 
     def _reserve(self, index: int, protected: set[int], wait: bool) -> dict[str, Path] | None:
         """Temporary files at their full size for the shard, once the space is free (None: not now)."""
@@ -155,7 +148,7 @@ class ShardCache:
                             f"data.cache_limit ({self.limit:,} bytes)")
         deadline = time.monotonic() + SPACE_WAIT_SECONDS
         while True:
-            with _locked(self.directory / "space.lock"):
+            with _flock(self.directory / "space.lock"):
                 self._remove_orphans()
                 used = self.used_bytes()
                 if used + need > self.limit:
@@ -188,19 +181,14 @@ class ShardCache:
         for index in sorted(self._cached() - protected):
             if freed >= wanted:
                 break
-            fd = os.open(self._file(index, "pin"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # some process reads it
-            else:
+            with _flock(self._file(index, "pin"), wait=False) as held:
+                if not held:
+                    continue  # some process reads it
                 for kind in ("tokens", "mask"):
                     path = self._file(index, kind)
                     if path.is_file():
                         freed += path.stat().st_size
                         path.unlink()
-            finally:
-                os.close(fd)
         return freed
 
     def _remove_orphans(self) -> None:
@@ -210,15 +198,9 @@ class ShardCache:
             if not name.endswith(".tmp"):
                 continue
             index = int(name.split(".")[0])
-            fd = os.open(self._file(index, "build"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # being decoded now (perhaps by this process)
-            else:
-                (self.directory / name).unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+            with _flock(self._file(index, "build"), wait=False) as held:
+                if held:  # else it is being decoded now (perhaps by this process)
+                    (self.directory / name).unlink(missing_ok=True)
 
     def _cached(self) -> set[int]:
         # .mask too: a decode that failed between its two renames leaves a mask alone, which must not stay
@@ -227,7 +209,7 @@ class ShardCache:
     def _decode(self, index: int, files: dict[str, Path]) -> None:
         start = time.perf_counter()
         try:
-            table = _read_shard(self.dataset, self.shards[index])
+            table = read_shard(self.dataset, self.shards[index], verify=True)
             tokens = shard_tokens(table)
             if len(tokens) != self.shards[index].tokens:
                 raise DataError(f"shard {self.shards[index].path} holds {len(tokens)} tokens, manifest says "
@@ -246,24 +228,17 @@ class ShardCache:
         self.decode_seconds += time.perf_counter() - start
 
 
-def _read_shard(dataset: Storage, shard: ShardInfo) -> pa.Table:
-    """A shard's rows, its bytes checked against the manifest; object stores are read in parallel ranges."""
-    data = dataset.read_ranges(shard.path, shard.bytes)
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
-        raise DataError(f"shard {dataset.uri(shard.path)} does not match its checksum in the manifest "
-                        "(changed or corrupt)")
-    return pq.read_table(pa.BufferReader(data))
-
-
-class _locked:
-    """An exclusive flock on a file, as a context manager."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+@contextlib.contextmanager
+def _flock(path: Path, mode: int = fcntl.LOCK_EX, wait: bool = True):
+    """Hold a flock on `path` (created if missing) for the block; yields whether it was taken (always, when
+    waiting). Closing the file releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -144,9 +144,10 @@ def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool
 
 
 def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool = True) -> pa.Table:
-    """A shard's rows (local or object store); with `verify`, its bytes must match the manifest checksum."""
+    """A shard's rows (local, or an object store read in parallel ranges); with `verify`, its bytes must match
+    the manifest checksum."""
     store = Storage.of(dataset_dir)
-    data = store.read_bytes(shard.path)
+    data = store.read_ranges(shard.path, shard.bytes)
     if verify and hashlib.sha256(data).hexdigest() != shard.sha256:
         raise DataError(f"shard {store.uri(shard.path)} does not match its checksum in the manifest "
                         "(changed or corrupt)")
