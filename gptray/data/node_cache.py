@@ -13,7 +13,9 @@ of time, of the next one. The ranks of a node are separate processes sharing one
   NNNNNN.build    held by the one process decoding the shard: the others wait for it, or (when
                   prefetching) turn to another shard. A .tmp file whose build lock nobody holds was
                   left by a process that died (a killed worker) and is deleted
-  space.lock      held while the space in use is counted, freed and reserved
+  space.lock      held while the space in use is counted, freed and reserved, and while a decoded
+                  shard is renamed into place (a directory listed mid-rename can show a file twice or
+                  not at all)
 
 The bytes counted are the sizes of the .tokens, .mask and .tmp files, which never exceed the
 limit: space is reserved before a shard is decoded, by evicting shards that no process has
@@ -71,7 +73,12 @@ class ShardCache:
         return tokens * self.dtype.itemsize + (tokens if self.with_mask else 0)
 
     def used_bytes(self) -> int:
-        """Bytes of decoded and reserved shards in the cache now (every process's)."""
+        """Bytes of decoded and reserved shards in the cache now (every process's), counted under the
+        space lock: a directory listed while a file is renamed can show it twice, or not at all."""
+        with _flock(self.directory / "space.lock"):
+            return self._count_bytes()
+
+    def _count_bytes(self) -> int:
         total = 0
         for entry in os.scandir(self.directory):
             if entry.name.endswith((".tokens", ".mask", ".tmp")):
@@ -150,7 +157,7 @@ class ShardCache:
         while True:
             with _flock(self.directory / "space.lock"):
                 self._remove_orphans()
-                used = self.used_bytes()
+                used = self._count_bytes()
                 if used + need > self.limit:
                     used -= self._evict(need - (self.limit - used), protected)
                 if used + need <= self.limit:
@@ -217,11 +224,16 @@ class ShardCache:
             arrays = {"tokens": tokens.astype(self.dtype, copy=False)}
             if self.with_mask:
                 arrays["mask"] = shard_loss_mask(table)
-            for kind in ("mask", "tokens"):  # tokens last: its presence means the shard is complete
+            for kind in ("mask", "tokens"):
                 if kind in files:
                     with open(files[kind], "r+b") as f:
                         f.write(arrays[kind].tobytes())
-                    os.replace(files[kind], self._file(index, kind))
+            # renamed under the space lock, so that no count lists the directory mid-rename; tokens
+            # last: its presence means the shard is complete
+            with _flock(self.directory / "space.lock"):
+                for kind in ("mask", "tokens"):
+                    if kind in files:
+                        os.replace(files[kind], self._file(index, kind))
         finally:
             for path in files.values():
                 path.unlink(missing_ok=True)
