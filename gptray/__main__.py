@@ -1,7 +1,5 @@
 """`python -m gptray` is the `gptray` command."""
 
-import sys
+from gptray.cli.main import run
 
-from gptray.cli.main import main
-
-sys.exit(main())
+run()

@@ -9,7 +9,7 @@ working dir), so that the gptray package beside it is the one imported.
 
 import sys
 
-from gptray.cli.main import main
+from gptray.cli.main import run
 
 if __name__ == "__main__":
-    sys.exit(main(["eval", *sys.argv[1:]]))
+    run(["eval", *sys.argv[1:]])

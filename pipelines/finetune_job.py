@@ -8,7 +8,7 @@ project root (the job's working dir), so that the gptray package beside it is th
 
 import sys
 
-from gptray.cli.main import main
+from gptray.cli.main import run
 
 if __name__ == "__main__":
-    sys.exit(main(["finetune", *sys.argv[1:]]))
+    run(["finetune", *sys.argv[1:]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gptray.base.errors import GptrayError, Interrupted
@@ -53,5 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The `gptray` command itself: main(), then the process's end with main's exit code.
+
+    After Ctrl-C, trainer.fit() is still blocked in its own thread (pretrain._fit_interruptibly). An
+    ordinary interpreter exit shuts Ray down under that thread, and Ray's core worker then ends the
+    process with status 1 from it ("The core worker has already been shutdown"), losing the 130 (seen
+    in CI). By then the run is safe (its checkpoints written, its MLflow run closed), so the process ends
+    at once: a local Ray started by this process dies with it (Ray's fate sharing), and on a cluster
+    the job's actors end with their driver."""
+    code = main(argv)
+    if code == EXIT_INTERRUPTED and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
