@@ -46,6 +46,7 @@ class TrainingState:
     model: dict = field(default_factory=dict)  # the resolved model config
     world_size: int = 1
     best_val_loss: float | None = None
+    best_val_bpb: float | None = None  # validation's lowest bits per byte (checkpoints before it: None)
     metrics: dict = field(default_factory=dict)  # what was reported with this checkpoint
     files: dict = field(default_factory=dict)  # name → bytes of every file beside state.json
     format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)

@@ -256,6 +256,8 @@ def _print_run(config, result) -> None:
         line = f"loss       train {metrics['train_loss']:.4f}"
         if "val_loss" in metrics:
             line += f", val {metrics['val_loss']:.4f}"
+        if "val_bpb" in metrics:
+            line += f" ({metrics['val_bpb']:.4f} bits per byte)"
         print(line)
     if result.mlflow_run_id:
         experiment = config.tracking.experiment

@@ -40,6 +40,7 @@ class Tokenizer:
     def __init__(self, name: str = "gpt2"):
         self.name = name
         self._digest = None
+        self._token_bytes = None
         try:
             self._encoding = tiktoken.get_encoding(name)
         except ValueError:
@@ -90,6 +91,22 @@ class Tokenizer:
     def decode(self, tokens) -> str:
         return self._encoding.decode([int(t) for t in tokens])
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """int32 (vocab_size,): how many UTF-8 bytes of text each token id stands for; 0 for special tokens
+        (<|endoftext|> is no text) and for ids the encoding leaves unused. What bits per byte counts."""
+        if self._token_bytes is None:
+            encoding = self._encoding
+            special = set(encoding._special_tokens.values())
+            lengths = np.zeros(self.vocab_size, dtype=np.int32)
+            for i in range(self.vocab_size):
+                if i not in special:
+                    try:
+                        lengths[i] = len(encoding.decode_single_token_bytes(i))
+                    except KeyError:  # a gap in the ids (cl100k_base has some below its special tokens)
+                        pass
+            self._token_bytes = lengths
+        return self._token_bytes
+
     @property
     def digest(self) -> str:
         """sha256 of the encoding's content: a changed vocabulary under the same name is a different tokenizer."""
@@ -117,6 +134,7 @@ class Tokenizer:
     def __setstate__(self, state: dict) -> None:
         self.name = state["name"]
         self._digest = state["digest"]
+        self._token_bytes = None
         if self._digest not in _BUILT:
             _BUILT[self._digest] = tiktoken.Encoding(**state["encoding"])
         self._encoding = _BUILT[self._digest]

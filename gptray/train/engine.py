@@ -20,6 +20,7 @@ from gptray.base.devices import all_reduce_sum, autocast, distributed
 from gptray.base.errors import ConfigError
 from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
+from gptray.data.token_bytes import bits_per_byte
 from gptray.data.train_windows import TrainWindows, WholeSplitWindows
 from gptray.data.windows import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.generation import generate_text
@@ -35,6 +36,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 @dataclass
+class Validation:
+    """What evaluate() measures over the fixed validation windows (the same on every rank)."""
+
+    loss: float  # mean cross-entropy per counted target (nats); NaN where no target counts
+    bpb: float | None  # bits per byte of the same targets (gptray/data/token_bytes.py); None without a byte table
+
+
+@dataclass
 class StepResult:
     loss: torch.Tensor  # this rank's mean cross-entropy over its micro-batches (not yet averaged over ranks)
     grad_norm: torch.Tensor
@@ -47,11 +56,12 @@ class TrainingEngine:
     def __init__(self, config: ExperimentConfig, device: torch.device, rank: int, world_size: int,
                  train_data: np.ndarray | TrainWindows, val_tokens: np.ndarray,
                  train_loss_mask: np.ndarray | None = None, val_loss_mask: np.ndarray | None = None,
-                 val_starts: np.ndarray | None = None):
+                 val_starts: np.ndarray | None = None, token_bytes: np.ndarray | None = None):
         """`train_data`: the training windows (train_windows.py), or a token array to train on in the
         global order. Prompt/completion data has loss masks: 0 where a token is prompt, whose
         prediction the loss leaves out. `val_starts`: the validation windows in `val_tokens`
-        (default: train.eval_windows spread over it)."""
+        (default: train.eval_windows spread over it). `token_bytes`: the UTF-8 bytes of each token id
+        (token_bytes.byte_table), for validation's bits per byte; without it evaluate() gives none."""
         self.config = config
         self.train = config.train
         self.device = device
@@ -68,6 +78,11 @@ class TrainingEngine:
 
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
+        self.token_bytes = None  # (vocab_size,) int64 on the device: a lookup by target id
+        if token_bytes is not None:
+            table = np.zeros(max(len(token_bytes), config.model.vocab_size), dtype=np.int64)
+            table[: len(token_bytes)] = token_bytes  # a padded vocabulary's extra ids stand for no bytes
+            self.token_bytes = torch.from_numpy(table).to(device)
         self.num_parameters = self.module.num_parameters()
         if self.train.activation_checkpointing:  # before wrapping and compiling, which see the blocks as set
             self.module.set_activation_checkpointing(True)
@@ -181,15 +196,16 @@ class TrainingEngine:
         return (all_reduce_sum(value.detach().float().clone()) / self.world_size).item()
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows, spread over the ranks (a collective)."""
+    def evaluate(self) -> Validation:
+        """Mean loss (and bits per byte) over the fixed validation windows, spread over the ranks (a collective)."""
         micro = self.train.micro_batch_size
         mine = self.val_starts[self.rank :: self.world_size]
         # Every rank runs the same number of forward passes (FSDP's all-gathers must pair up):
         # short ranks pad with a window whose targets are all ignored.
         per_rank = -(-len(self.val_starts) // self.world_size)
         passes = -(-per_rank // micro)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
+        # (sum of token losses in nats, counted targets, their UTF-8 bytes)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.eval_model.eval()
         for p in range(passes):
             starts = mine[p * micro : (p + 1) * micro]
@@ -199,14 +215,22 @@ class TrainingEngine:
             x, y = gather_windows(self.val_tokens, starts, self.seq_len, self.val_loss_mask)
             y[real:] = IGNORE_INDEX
             counted = int((y != IGNORE_INDEX).sum())
+            targets = self._to_device(y)
             with self.autocast():
-                _, loss = self.eval_model(self._to_device(x), self._to_device(y))
+                _, loss = self.eval_model(self._to_device(x), targets)
             if counted:  # the mean over the counted tokens, times their number: their sum
                 totals[0] += loss.double() * counted
                 totals[1] += counted
+                if self.token_bytes is not None:
+                    totals[2] += self.token_bytes[targets[targets != IGNORE_INDEX]].sum()
         self.eval_model.train()
         all_reduce_sum(totals)
-        return (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
+        nats, tokens, num_bytes = totals.tolist()
+        loss = nats / tokens if tokens > 0 else float("nan")
+        bpb = None
+        if self.token_bytes is not None:
+            bpb = bits_per_byte(nats, num_bytes) if tokens > 0 else float("nan")
+        return Validation(loss, bpb)
 
     def has_validation(self) -> bool:
         return len(self.val_starts) > 0

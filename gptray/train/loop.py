@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 def train_loop_per_worker(loop_config: dict) -> None:
     """Entry point of each Ray Train worker.
 
-    `loop_config` holds the resolved config, the MLflow run to log to, and (for periodic
-    samples) the tokenizer, which pickles by value so workers need no tiktoken cache.
+    `loop_config` holds the resolved config, the MLflow run to log to, (for periodic samples)
+    the tokenizer, which pickles by value so workers need no tiktoken cache, and the UTF-8 bytes of
+    each token id (`token_bytes`, for validation's bits per byte; None: no val/bpb).
     """
     import ray.train  # heavy, and only in Ray Train workers
     import ray.train.torch
@@ -57,7 +58,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # region travel with them, so workers need only credentials in their environment.
     run = loop_config["run"]
     shuffle = loop_config.get("shuffle", "global")  # resolved by the driver: every rank uses the same order
-    engine, manifest = _open_engine(config, loop_config["dataset"], shuffle, device, rank, world_size)
+    engine, manifest = _open_engine(config, loop_config["dataset"], shuffle, device, rank, world_size,
+                                    loop_config.get("token_bytes"))
     with PeakMemory(device) as loading:
         state = _resume(engine, config, manifest, data_order(config, shuffle), ray.train.get_checkpoint(), run,
                         loop_config.get("init_checkpoint"))
@@ -97,14 +99,14 @@ def _system_metrics(loop_config: dict, context) -> SystemMetrics:
 
 
 def _open_engine(config: ExperimentConfig, dataset: Storage, shuffle: str, device: torch.device, rank: int,
-                 world_size: int) -> tuple[TrainingEngine, Manifest]:
+                 world_size: int, token_bytes=None) -> tuple[TrainingEngine, Manifest]:
     """This rank's engine over the token dataset, in the run's order (train_windows.py)."""
     manifest = Manifest.load(dataset)
     train_data = open_train_windows(config, dataset, manifest, shuffle, rank)
     try:
         val_tokens, val_mask, val_starts = open_val_windows(config, dataset, manifest, shuffle)
         engine = TrainingEngine(config, device, rank, world_size, train_data, val_tokens,
-                                val_loss_mask=val_mask, val_starts=val_starts)
+                                val_loss_mask=val_mask, val_starts=val_starts, token_bytes=token_bytes)
     except BaseException:
         train_data.close()
         raise
@@ -199,9 +201,14 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
                 metrics["train/loss_scale"] = engine.scaler.get_scale()
             throughput.restart()
         if due.eval:
-            metrics["val/loss"] = engine.evaluate()
-            if state.best_val_loss is None or metrics["val/loss"] < state.best_val_loss:
-                state.best_val_loss = metrics["val/loss"]
+            validation = engine.evaluate()
+            metrics["val/loss"] = validation.loss
+            if state.best_val_loss is None or validation.loss < state.best_val_loss:
+                state.best_val_loss = validation.loss
+            if validation.bpb is not None:
+                metrics["val/bpb"] = validation.bpb
+                if state.best_val_bpb is None or validation.bpb < state.best_val_bpb:
+                    state.best_val_bpb = validation.bpb
         if due.tasks:
             metrics.update(evaluator.run(engine))  # a collective, like evaluate()
         if engine.rank == 0:
@@ -294,6 +301,8 @@ def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
     parts = [f"step {step}/{max_steps}", f"loss {metrics['train/loss']:.4f}"]
     if "val/loss" in metrics:
         parts.append(f"val {metrics['val/loss']:.4f}")
+    if "val/bpb" in metrics:
+        parts.append(f"val bpb {metrics['val/bpb']:.4f}")
     parts += [f"{k.split('/')[1]} {k.split('/')[2]} {v:.4f}" for k, v in metrics.items()
               if k.startswith("eval/") and k.endswith(("/acc_norm", "/ppl"))]
     parts.append(f"lr {metrics['train/lr']:.2e}")

@@ -31,6 +31,7 @@ from gptray.checkpoint.files import (
 )
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
+from gptray.data.token_bytes import byte_table, dataset_mismatch
 from gptray.data.tokenizer import Tokenizer
 from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
@@ -106,7 +107,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle)
+    trainer = _trainer(config, manifest, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle)
     with PendingReporter(plan, cluster):
         fitted = _fit(trainer, config, run, tracker)
     kept = {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
@@ -195,11 +196,35 @@ def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | 
     return _finished_result(config, checkpoint, step, started, sample, tracker)
 
 
-def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
-             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str):
+def validation_bytes(config: ExperimentConfig, manifest: Manifest, tokenizer: Tokenizer | None):
+    """The UTF-8 bytes of each token id, for validation's bits per byte (val/bpb), padded to the model's
+    vocabulary; None (and no val/bpb) without the tokenizer, or where the dataset was not tokenized with
+    data.tokenizer."""
+    if tokenizer is None:
+        return None
+    mismatch = dataset_mismatch(tokenizer, manifest.tokenizer)
+    if mismatch is not None:
+        log.warning("val/bpb is not logged: %s (data.tokenizer), so the bytes its tokens stand for are unknown",
+                    mismatch)
+        return None
+    return byte_table(tokenizer, config.model.vocab_size)
+
+
+def _trainer(config: ExperimentConfig, manifest: Manifest, plan: WorkerPlan, run: Storage, tracker,
+             eval_tasks: dict | None, init_checkpoint: Path | str | None, callbacks: list | None, sample: bool,
+             shuffle: str):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
     from ray.train.torch import TorchTrainer
+
+    samples = bool(config.train.sample_interval or sample)
+    try:
+        tokenizer = Tokenizer(config.data.tokenizer)
+    except DataError as exc:  # tiktoken's files unreachable: samples need them, val/bpb goes without
+        if samples:
+            raise
+        log.warning("val/bpb is not logged: %s", exc)
+        tokenizer = None
 
     return TorchTrainer(
         train_loop_per_worker,
@@ -208,7 +233,8 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
             "mlflow_run_id": tracker.run_id if tracker else None,
             "tracking_uri": tracker.tracking_uri if tracker else None,
             # by value: workers need no tiktoken cache to decode samples
-            "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval or sample else None,
+            "tokenizer": tokenizer if samples else None,
+            "token_bytes": validation_bytes(config, manifest, tokenizer),  # computed once, here
             "final_sample": sample,  # rank 0 generates it: the driver (on the head) never loads the model
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
             "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,

@@ -99,7 +99,10 @@ def test_all_prompt_micro_batch_trains_without_nan():
     result = engine.train_step(0)
     assert result.loss.item() == 0.0 and float(result.grad_norm) == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
-    assert np.isnan(engine.evaluate())  # nothing counted: no loss, reported as NaN rather than 0
+    assert np.isnan(engine.evaluate().loss)  # nothing counted: no loss, reported as NaN rather than 0
+    with_bytes = TrainingEngine(config, torch.device("cpu"), 0, 1, tokens, tokens, mask, mask,
+                                token_bytes=np.ones(50257, dtype=np.int64))
+    assert np.isnan(with_bytes.evaluate().bpb)  # nor bits per byte: prompt targets count in neither sum
 
 
 def masked_loss(checkpoint, config) -> float:

@@ -96,8 +96,47 @@ def test_evaluation_is_the_mean_over_windows_with_a_ragged_last_batch():
             x = torch.from_numpy(TOKENS[start : start + 64].astype(np.int64))[None]
             y = torch.from_numpy(TOKENS[start + 1 : start + 65].astype(np.int64))[None]
             expected.append(e.module(x, y)[1].item())
-    assert e.evaluate() == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+    validation = e.evaluate()
+    assert validation.loss == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+    assert validation.bpb is None  # no byte table: no bits per byte
     assert e.module.training  # evaluation leaves the model in training mode
+
+
+def test_bits_per_byte_is_the_summed_nats_over_the_bytes_of_the_counted_targets():
+    """Real text (documents ending in <|endoftext|>, which count with 0 bytes), a loss mask leaving out
+    some targets, a vocabulary padded past the tokenizer's, and a ragged last batch; checked against
+    per-token losses and the bytes of the targets' decoded text."""
+    import torch.nn.functional as F
+
+    from gptray.data.token_bytes import byte_table
+    from gptray.data.tokenizer import Tokenizer
+    from helpers import SHAKESPEARE
+
+    tokenizer = Tokenizer("gpt2")
+    documents = SHAKESPEARE.read_text().split("\n\n")[:400]
+    tokens = np.concatenate(tokenizer.encode_documents(documents))
+    mask = (np.random.default_rng(1).random(len(tokens)) < 0.8).astype(np.uint8)  # 0: a prompt token, left out
+    config = load_config(None, [*SMALL, "train.micro_batch_size=4", "model.vocab_size=50304"])
+    e = TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_data=tokens, val_tokens=tokens,
+                       val_loss_mask=mask, token_bytes=byte_table(tokenizer))
+    assert len(e.val_starts) == 7
+    nats, num_bytes, counted, ends = 0.0, 0, 0, 0
+    e.module.eval()
+    with torch.no_grad():
+        for start in e.val_starts:
+            x = torch.from_numpy(tokens[start : start + 64].astype(np.int64))[None]
+            y = tokens[start + 1 : start + 65].astype(np.int64)
+            keep = mask[start + 1 : start + 65].astype(bool)
+            per_token = F.cross_entropy(e.module(x)[0][0].double(), torch.from_numpy(y), reduction="none")
+            nats += per_token[torch.from_numpy(keep)].sum().item()
+            text = [int(t) for t in y[keep] if t != tokenizer.eot_token]
+            num_bytes += len(tokenizer.decode(text).encode("utf-8"))  # tinyshakespeare is ASCII: exact
+            counted += int(keep.sum())
+            ends += int((y[keep] == tokenizer.eot_token).sum())
+    assert ends > 0 and counted < 7 * 64  # both cases are really there
+    validation = e.evaluate()
+    assert validation.loss == pytest.approx(nats / counted, rel=1e-5)
+    assert validation.bpb == pytest.approx(nats / (math.log(2) * num_bytes), rel=1e-5)
 
 
 def test_flops_per_token_follows_6n_plus_attention():
