@@ -15,9 +15,9 @@ def register(commands) -> None:
           hellaswag   completion style: acc (lowest total loss of an ending) and acc_norm (lowest loss per
                       token), from the official hellaswag_val.jsonl, a local path or URL (eval.hellaswag;
                       by default the public URL, downloaded once to ~/.cache/gptray/eval)
-          perplexity  loss and perplexity over the token dataset's eval.split (the checkpoint's run's
-                      dataset unless eval.dataset_dir), or over --text files: sliding windows of
-                      eval.max_length tokens every eval.stride
+          perplexity  loss, perplexity and bits per byte (bpb: compares across tokenizers) over the token
+                      dataset's eval.split (the checkpoint's run's dataset unless eval.dataset_dir), or
+                      over --text files: sliding windows of eval.max_length tokens every eval.stride
 
         Examples are scored by a Ray Data actor pool (map_batches with one model per actor: one per GPU,
         else one per CPU but one); --local scores them in this process instead. Results print as a

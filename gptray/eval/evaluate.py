@@ -18,7 +18,7 @@ from gptray.generation.loading import load_model, resolve_device
 log = logging.getLogger(__name__)
 
 
-COUNTS = ("examples", "truncated", "tokens", "windows")  # metrics that are counts: shown as integers
+COUNTS = ("examples", "truncated", "tokens", "windows", "bytes")  # metrics that are counts: shown as integers
 
 
 def format_metric(name: str, value: float) -> str:

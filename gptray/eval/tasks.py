@@ -12,6 +12,7 @@ import numpy as np
 from gptray.base.errors import ConfigError, DataError
 from gptray.config import EvalConfig, ModelConfig
 from gptray.data.manifest import Manifest
+from gptray.data.token_bytes import byte_table, dataset_mismatch
 from gptray.data.windows import open_split_tokens
 from gptray.eval import hellaswag, perplexity
 
@@ -71,16 +72,19 @@ def prepare(name: str, settings: EvalConfig, tokenizer, model: ModelConfig, data
     stride = settings.stride or max(max_length // 2, 1)
     if stride > max_length:
         raise ConfigError("eval.stride", f"must be <= the window length {max_length} (got {stride})")
+    notes = []
     if settings.text_files:
         units, tokens = [], 0
+        token_bytes = byte_table(tokenizer)
         for source, (path, text) in enumerate(perplexity.read_text_files(settings.text_files)):
             ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
             _check_vocabulary(ids, model.vocab_size, path)
-            units += perplexity.stream_units(ids, max_length, stride, source)
+            units += perplexity.stream_units(ids, max_length, stride, source, token_bytes)
             tokens += len(ids)
         label, where = "perplexity-text", f"{len(settings.text_files)} text file(s), {tokens:,} tokens"
     else:
-        units, where = _split_units(settings.split, dataset_dir, cache_dir, model, max_length, stride)
+        units, where, notes = _split_units(settings.split, dataset_dir, cache_dir, model, max_length, stride,
+                                           tokenizer)
         label = "perplexity" if settings.split == "val" else f"perplexity-{settings.split}"
     if not units:
         raise DataError(f"perplexity: {where} has fewer than two tokens: nothing to predict")
@@ -88,11 +92,11 @@ def prepare(name: str, settings: EvalConfig, tokenizer, model: ModelConfig, data
         units = units[:limit]
         where += f", its first {limit:,} windows"
     description = f"{len(units):,} windows of up to {max_length} tokens (stride {stride}) over {where}"
-    return PreparedTask(task, label, units, description)
+    return PreparedTask(task, label, units, description, notes)
 
 
 def _split_units(split: str, dataset_dir: str | None, cache_dir: str | None, model: ModelConfig, max_length: int,
-                 stride: int) -> tuple[list[dict], str]:
+                 stride: int, tokenizer) -> tuple[list[dict], str, list[str]]:
     if not dataset_dir:
         raise ConfigError("eval.dataset_dir", "perplexity needs a token dataset (or eval.text_files)")
     manifest = Manifest.load(dataset_dir)
@@ -104,8 +108,13 @@ def _split_units(split: str, dataset_dir: str | None, cache_dir: str | None, mod
         raise DataError(f"the token dataset {dataset_dir} was tokenized with {manifest.tokenizer.get('name')} "
                         f"({vocab:,} tokens), more than the model's vocabulary of {model.vocab_size:,}")
     tokens = open_split_tokens(dataset_dir, manifest, split, cache_dir)
-    return perplexity.stream_units(tokens, max_length, stride), f"the {split} split of {dataset_dir} " \
-                                                                f"({len(tokens):,} tokens)"
+    mismatch = dataset_mismatch(tokenizer, manifest.tokenizer)
+    notes = [] if mismatch is None else [f"no bpb: {mismatch}, so the bytes its tokens stand for are unknown"]
+    for note in notes:
+        log.warning("perplexity over %s: %s", dataset_dir, note)
+    token_bytes = byte_table(tokenizer) if mismatch is None else None
+    units = perplexity.stream_units(tokens, max_length, stride, token_bytes=token_bytes)
+    return units, f"the {split} split of {dataset_dir} ({len(tokens):,} tokens)", notes
 
 
 def _check_vocabulary(ids: np.ndarray, vocab_size: int, where: str) -> None:

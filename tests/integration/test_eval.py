@@ -158,18 +158,21 @@ def test_sliding_windows_predict_every_token_once_with_enough_context(tokens, le
 
 @torch.no_grad()
 def test_perplexity_of_text_files_equals_its_definition(memorizer, tmp_path):
-    """stride 1: each token predicted from the max_length tokens before it (fewer at the start)."""
+    """stride 1: each token predicted from the max_length tokens before it (fewer at the start); bits per
+    byte over the files' own bytes, less the first token of each (which no window predicts)."""
     model, checkpoint = memorizer
-    text = "The cat sat on the mat. She poured a cup of coffee. A dog barked at the ocean."
+    text = "The cat sat on the mat. She poured a café crème. A dog barked at the 日本 ocean 🙂."
     (tmp_path / "a.txt").write_text(text)
     (tmp_path / "b.txt").write_text("He rode his bike to school.")
     config = eval_config(tmp_path, f"eval.text_files=[{tmp_path}/a.txt, {tmp_path}/b.txt]", "eval.max_length=8",
                          "eval.stride=1", "eval.batch_size=5")
     [result] = evaluate_checkpoint(checkpoint, config).tasks
     tokenizer = Tokenizer("gpt2")
-    losses = []
+    losses, scored_bytes = [], 0
     for file_text in (text, "He rode his bike to school."):  # files are separate streams
         ids = tokenizer.encode(file_text)
+        assert tokenizer.decode(ids[:1]).isascii()  # so its bytes are its text's (it is "The", "He")
+        scored_bytes += len(file_text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
         for t in range(1, len(ids)):
             logits, _ = model(torch.tensor([ids[max(0, t - 8) : t]]))
             losses.append(-float(F.log_softmax(logits[0, -1], dim=-1)[ids[t]]))
@@ -177,6 +180,8 @@ def test_perplexity_of_text_files_equals_its_definition(memorizer, tmp_path):
     assert result.metrics["tokens"] == len(losses)
     assert result.metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert result.metrics["ppl"] == pytest.approx(np.exp(np.mean(losses)), rel=1e-5)
+    assert result.metrics["bytes"] == scored_bytes
+    assert result.metrics["bpb"] == pytest.approx(sum(losses) / (np.log(2) * scored_bytes), rel=1e-5)
 
 
 def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
@@ -246,6 +251,16 @@ def test_cli_eval_logs_to_the_training_run_a_named_run_or_a_new_one(memorizer, t
     assert main([*base, "--checkpoint", str(checkpoint), "--no-track", *settings]) == 0
     assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("evals").experiment_id])) == runs
     assert main([*base, "--checkpoint", str(checkpoint), "--run", "0" * 32, *settings]) == 2
+
+    # perplexity's bits per byte: in the table, the JSON output and MLflow
+    (tmp_path / "a.txt").write_text("The cat sat on the mat. She poured a cup of coffee.")
+    capsys.readouterr()
+    assert main(["eval", "--local", "--checkpoint", str(checkpoint), "--text", str(tmp_path / "a.txt"), "--run",
+                 new_run, "--output", str(tmp_path / "ppl.json"), *settings]) == 0
+    assert any(line.split()[:1] == ["bpb"] for line in capsys.readouterr().out.splitlines())
+    [task] = json.loads((tmp_path / "ppl.json").read_text())["tasks"]
+    assert task["metrics"]["bpb"] > 0
+    assert mlflow_metrics(uri, new_run)["eval/perplexity-text/bpb"] == (80, pytest.approx(task["metrics"]["bpb"]))
 
 
 @pytest.mark.slow

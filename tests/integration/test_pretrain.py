@@ -40,6 +40,38 @@ def test_loss_goes_down(reference_run):
     assert sorted(val) == [12, 24, 36] and val[36] < val[12]
 
 
+def test_validation_logs_bits_per_byte_over_the_same_targets(reference_run, capsys):
+    """val/bpb at val/loss's steps, from the same nats: bpb / loss = targets / (ln 2 × their bytes) at every
+    step, with the bytes counted here from the decoded text of the validation windows (2 ranks' shares)."""
+    import math
+
+    from gptray.cli.run_commands import _print_run
+    from gptray.data.manifest import Manifest
+    from gptray.data.tokenizer import Tokenizer
+    from gptray.data.windows import eval_starts, open_split_tokens
+
+    config, result = reference_run
+    loss, bpb = metric_history(result, "val/loss"), metric_history(result, "val/bpb")
+    assert sorted(bpb) == sorted(loss) == [12, 24, 36]
+    tokenizer = Tokenizer(config.data.tokenizer)
+    tokens = open_split_tokens(config.data.dataset_dir, Manifest.load(config.data.dataset_dir), "val",
+                               config.data.cache_dir)
+    seq_len = config.train.effective_seq_len(config.model)
+    starts = eval_starts(len(tokens), seq_len, config.train.eval_windows)
+    targets = [int(t) for s in starts for t in tokens[s + 1 : s + seq_len + 1]]
+    assert len(starts) == 15 and tokenizer.eot_token in targets  # document ends count, with 0 bytes
+    text = tokenizer.decode([t for t in targets if t != tokenizer.eot_token])
+    assert text.isascii()  # so no character is split across windows: the text's bytes are the tokens'
+    text_bytes = len(text.encode("utf-8"))
+    for step in loss:
+        assert bpb[step] / loss[step] == pytest.approx(len(targets) / (math.log(2) * text_bytes), rel=1e-9)
+    assert result.metrics["val_bpb"] == bpb[36]  # reported with the last checkpoint, to the run summary
+    state = read_state(result.checkpoint)
+    assert state.best_val_bpb == min(bpb.values()) and state.best_val_loss == min(loss.values())
+    _print_run(config, result)
+    assert f", val {loss[36]:.4f} ({bpb[36]:.4f} bits per byte)" in capsys.readouterr().out
+
+
 def test_checkpoints_are_complete_and_safe_to_load(reference_run):
     config, result = reference_run
     run_dir = Path(result.run_dir)
@@ -184,6 +216,7 @@ def test_every_run_logs_its_curves_and_a_metrics_csv(reference_run, tmp_path, ca
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, 37))
     assert [float(r["train/loss"]) for r in rows] == [metric_history(result, "train/loss")[s] for s in range(1, 37)]
+    assert {int(r["step"]): float(r["val/bpb"]) for r in rows if r["val/bpb"]} == metric_history(result, "val/bpb")
 
     # and on demand, from the run directory alone
     assert cli(["plot", result.run_dir, "--out", str(tmp_path / "again"), "--no-log"]) == 0
