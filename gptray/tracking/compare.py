@@ -18,10 +18,13 @@ import numpy as np
 from gptray.base.errors import ConfigError, DataError
 from gptray.base.tables import text_table
 
-# name → (MLflow metric key, how to reduce its history)
+# name → (MLflow metric key, how to reduce its history). val/bpb is bits per byte (gptray/data/token_bytes.py):
+# unlike the loss per token, it compares runs with different tokenizers.
 METRICS = {
     "best_val_loss": ("val/loss", "min"),
     "final_val_loss": ("val/loss", "last"),
+    "best_val_bpb": ("val/bpb", "min"),
+    "final_val_bpb": ("val/bpb", "last"),
     "final_train_loss": ("train/loss", "last"),
     "best_train_loss": ("train/loss", "min"),
 }
@@ -112,8 +115,9 @@ def load_runs(client, *, sweep: str | None = None, experiment: str | None = None
     elif run_ids:
         runs = [client.get_run(run_id) for run_id in run_ids]
     elif experiment is not None:
-        runs = client.search_runs([_experiment_id(client, experiment)],
-                                  "tags.`gptray.sweep.role` != 'parent'", max_results=10000)
+        # Sweep parents are left out here: MLflow's `tags.x != 'parent'` also leaves out every run without
+        # the tag (trials and single runs), which is all of them.
+        runs = client.search_runs([_experiment_id(client, experiment)], max_results=10000)
         runs = [r for r in runs if r.data.tags.get("gptray.sweep.role") != "parent"]
     else:
         raise ConfigError("--sweep", "name a sweep, an experiment or run ids to compare")

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptray.base.errors import DataError
+from gptray.base.errors import ConfigError, DataError
 from gptray.base.paths import is_uri
 from gptray.tracking.compare import METRICS, format_summary, load_runs, summarize, write_export
 from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
@@ -29,6 +29,8 @@ def compare(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
     """Load the runs and summarize them (the sweep's own metric and baseline unless given)."""
     from mlflow.tracking import MlflowClient
 
+    if metric is not None and metric not in METRICS:  # before any MLflow query
+        raise ConfigError("--metric", f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     client = MlflowClient(tracking_uri)
     records, info = load_runs(client, sweep=sweep, experiment=experiment, run_ids=run_ids)
     metric = metric or info.get("metric") or "best_val_loss"

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, apply_overrides, read_yaml
 from gptray.config.loader import build, deep_merge, parse_override
+from gptray.tracking.compare import METRICS
 from gptray.train.finetune import base_model_reader, load_finetune_config
 
 
@@ -152,6 +153,8 @@ def _validate(spec: SweepConfig) -> None:
         raise ConfigError("sweep.budget_tokens", f"must be positive (got {spec.budget_tokens})")
     if spec.max_concurrent_trials is not None and spec.max_concurrent_trials < 1:
         raise ConfigError("sweep.max_concurrent_trials", f"must be >= 1 (got {spec.max_concurrent_trials})")
+    if spec.metric not in METRICS:
+        raise ConfigError("sweep.metric", f"unknown metric {spec.metric!r}; choose from {', '.join(METRICS)}")
     if spec.asha_grace_reports < 1:
         raise ConfigError("sweep.asha_grace_reports", f"must be >= 1 (got {spec.asha_grace_reports})")
 

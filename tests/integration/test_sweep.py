@@ -103,6 +103,17 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {r["axis.model.norm"] for r in rows} == {"layernorm", "rmsnorm"}
 
+    # bits per byte ranks the groups by val/bpb's history
+    capsys.readouterr()
+    assert cli(["compare", "--config", str(path), *overrides, "--format", "json", "--metric", "best_val_bpb"]) == 0
+    by_bpb = {g["label"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    bpb = {run.data.tags["gptray.sweep.label"]: min(m.value for m in client.get_metric_history(run.info.run_id,
+                                                                                              "val/bpb"))
+           for run in runs}
+    assert {label: g["values"] for label, g in by_bpb.items()} == {label: [v] for label, v in bpb.items()}
+    assert by_bpb["rmsnorm"]["diff"] == pytest.approx(bpb["rmsnorm"] - bpb["layernorm"])
+    assert all(0 < r["best_val_bpb"] < r["best_val_loss"] for r in rows)  # GPT-2 tokens are > 1/ln 2 bytes each
+
 
 SHIPPED_AXES = {"attention.yaml": {"model.attention": ["causal", "sliding_window", "alternating"]},
                 "mlp.yaml": {"model.mlp": ["gelu", "swiglu"]},

@@ -53,6 +53,7 @@ def test_sweep_overrides_reach_the_base_and_the_sweep_section(tmp_path):
     sweep = load_sweep(path, ["sweep.seeds=[5]", "train.max_steps=3"])
     assert [t.seed for t in sweep.trials] == [5, 5]
     assert all(t.config.train.max_steps == 3 for t in sweep.trials)
+    assert load_sweep(path, ["sweep.metric=best_val_bpb"]).spec.metric == "best_val_bpb"
 
 
 @pytest.mark.parametrize("sweep, key", [
@@ -62,14 +63,9 @@ def test_sweep_overrides_reach_the_base_and_the_sweep_section(tmp_path):
     ({"axes": {"model.n_layer": [1]}, "seeds": [1, 1]}, "sweep.seeds"),
     ({"axes": {"model.n_layer": [1, 2]}, "baseline": "3"}, "sweep.baseline"),
     ({"axes": {"model.n_layer": [1]}, "schedular": "asha"}, "sweep.schedular"),
+    ({"axes": {"model.n_layer": [1]}, "metric": "val_bpb"}, "sweep.metric"),  # best_val_bpb, or final_val_bpb
 ])
 def test_invalid_sweeps_are_refused_before_anything_runs(tmp_path, sweep, key):
     with pytest.raises(ConfigError) as info:
         load_sweep(write_sweep(tmp_path / "bad.yaml", str(tmp_path / "data"), sweep))
     assert info.value.key == key
-
-
-
-
-
-
