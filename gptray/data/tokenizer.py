@@ -1,4 +1,5 @@
-"""tiktoken encodings that travel to Ray workers by value, plus the token dtype rule."""
+"""Tokenizers that travel to Ray workers by value: tiktoken encodings, Hugging Face tokenizer.json files and
+Hub tokenizers (hf_tokenizer.py), chosen by `data.tokenizer`; plus the token dtype rule."""
 
 from __future__ import annotations
 
@@ -30,12 +31,56 @@ def _encoding_digest(encoding: tiktoken.Encoding) -> str:
     return digest.hexdigest()
 
 
-class Tokenizer:
+def load_tokenizer(spec: str):
+    """The tokenizer `data.tokenizer` names: a tiktoken encoding (gpt2), a tokenizer.json (or a directory
+    holding one, as `gptray tokenizer train` writes) by path or URI, or hf:NAME[@REVISION] from the Hub."""
+    from gptray.config.schema import tokenizer_kind
+    from gptray.data.hf_tokenizer import HuggingFaceTokenizer
+
+    kind = tokenizer_kind(spec)
+    if kind == "hub":
+        return HuggingFaceTokenizer.from_hub(spec)
+    if kind == "file":
+        return HuggingFaceTokenizer.from_file(tokenizer_file(spec), spec)
+    return TiktokenTokenizer(spec)
+
+
+TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face tokenizer's file, kept in its dataset and run directories
+
+
+def dataset_tokenizer(dataset, manifest):
+    """The tokenizer a token dataset was written with (`dataset`: its Storage): tiktoken's by name, any
+    other from the tokenizer.json the tokenize job kept beside the manifest, checked against its digest."""
+    from gptray.data.hf_tokenizer import HuggingFaceTokenizer
+
+    info = manifest.tokenizer
+    if info.get("kind", "tiktoken") == "tiktoken":
+        return TiktokenTokenizer(info["name"])
+    if not dataset.exists(TOKENIZER_FILE):
+        raise DataError(f"{dataset.uri()} lacks {TOKENIZER_FILE}, the tokenizer its manifest names "
+                        f"({info['name']}): tokenize it again")
+    tokenizer = HuggingFaceTokenizer(dataset.read_bytes(TOKENIZER_FILE).decode("utf-8"), info["name"])
+    if tokenizer.digest != info.get("digest"):
+        raise DataError(f"{dataset.uri(TOKENIZER_FILE)} is not the tokenizer the dataset was written with "
+                        f"(sha256 {tokenizer.digest[:12]}…, the manifest says {str(info.get('digest'))[:12]}…)")
+    return tokenizer
+
+
+def tokenizer_file(spec: str) -> str:
+    """The tokenizer.json a path names: the path itself, or the file of that name in the directory."""
+    if spec.endswith(".json"):
+        return spec
+    return f"{spec.rstrip('/')}/tokenizer.json"
+
+
+class TiktokenTokenizer:
     """A tiktoken encoding with document helpers.
 
     It pickles its BPE ranks by value, so Ray workers on any node rebuild it without
     downloading or finding tiktoken's cache (only the driver needs TIKTOKEN_CACHE_DIR).
     """
+
+    kind = "tiktoken"
 
     def __init__(self, name: str = "gpt2"):
         self.name = name
@@ -43,7 +88,11 @@ class Tokenizer:
         try:
             self._encoding = tiktoken.get_encoding(name)
         except ValueError:
-            raise ConfigError("data.tokenizer", f"unknown tiktoken encoding {name!r}") from None
+            import os
+
+            hint = f"; for the tokenizer file or directory {name!r} here, write ./{name}" if os.path.exists(name) \
+                else ""
+            raise ConfigError("data.tokenizer", f"unknown tiktoken encoding {name!r}{hint}") from None
         except Exception as exc:  # tiktoken fetches its files over HTTP on first use
             raise DataError(
                 f"could not load tiktoken encoding {name!r} ({type(exc).__name__}: {exc}). Without internet, "
@@ -98,6 +147,8 @@ class Tokenizer:
         return self._digest
 
     def describe(self) -> dict:
+        # no "kind": a manifest without one is tiktoken's, so datasets written before there were kinds
+        # keep their request digest and fingerprint
         return {"name": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token,
                 "dtype": str(self.dtype)}
 

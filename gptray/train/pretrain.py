@@ -5,6 +5,7 @@ Launching a run whose directory already holds checkpoints resumes it from the la
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -31,7 +32,7 @@ from gptray.checkpoint.files import (
 )
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer
 from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
 from gptray.tracking import MlflowTracker
@@ -60,6 +61,16 @@ class PretrainResult:
     seconds: float
 
 
+def run_tokenizer(config: ExperimentConfig, manifest: Manifest):
+    """The dataset's tokenizer, which data.tokenizer must name (a run's samples, evals and exports use it)."""
+    tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
+    if config.data.tokenizer != tokenizer.name and load_tokenizer(config.data.tokenizer).digest != tokenizer.digest:
+        raise DataError(f"{config.data.dataset_dir} was tokenized with {tokenizer.name}, but data.tokenizer is "
+                        f"{config.data.tokenizer}: tokenize into another data.dataset_dir, or set data.tokenizer "
+                        f"to the dataset's")
+    return tokenizer
+
+
 def check_dataset(config: ExperimentConfig, manifest: Manifest) -> None:
     """The model and sequence length must fit the token dataset before workers start."""
     vocab = manifest.tokenizer["vocab_size"]
@@ -86,6 +97,8 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     """
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
+    tokenizer = run_tokenizer(config, manifest)
+    config = dataclasses.replace(config, model=config.model.for_dataset(tokenizer.vocab_size, tokenizer.eot_token))
     check_dataset(config, manifest)
     shuffle = training_order(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
@@ -99,14 +112,17 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     check_tracking_store(config, cluster)
     run.make_dirs("")
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    if tokenizer.kind != "tiktoken":  # generate, eval and export read the run's tokenizer from here
+        run.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
 
-    eval_tasks = training_payload(config)  # before the workers start: a missing HellaSwag file stops the run here
+    eval_tasks = training_payload(config, tokenizer)  # before the workers start: a missing HellaSwag file stops here
     init_checkpoint = _init_checkpoint(config) if previous is None else None
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle)
+    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle,
+                       tokenizer)
     with PendingReporter(plan, cluster):
         fitted = _fit(trainer, config, run, tracker)
     kept = {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
@@ -196,7 +212,7 @@ def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | 
 
 
 def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
-             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str):
+             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str, tokenizer):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
     from ray.train.torch import TorchTrainer
@@ -207,8 +223,8 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
             "config": config.to_dict(),
             "mlflow_run_id": tracker.run_id if tracker else None,
             "tracking_uri": tracker.tracking_uri if tracker else None,
-            # by value: workers need no tiktoken cache to decode samples
-            "tokenizer": Tokenizer(config.data.tokenizer) if config.train.sample_interval or sample else None,
+            # by value: workers need no tiktoken cache or tokenizer file to decode samples
+            "tokenizer": tokenizer if config.train.sample_interval or sample else None,
             "final_sample": sample,  # rank 0 generates it: the driver (on the head) never loads the model
             "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
             "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,
