@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from gptray.base.errors import ConfigError, DataError
 from gptray.config import ExperimentConfig
 from gptray.data.blocks import piece_documents
@@ -26,7 +28,7 @@ from gptray.data.readers import KEPT_STATUSES
 from gptray.data.sources import resolve_sources
 from gptray.data.split import is_validation
 from gptray.data.tokenize_job import source_readers
-from gptray.data.tokenizer import TOKENIZER_FILE
+from gptray.data.tokenizer_loading import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ class TrainedTokenizer:
 def train_tokenizer(config: ExperimentConfig, out: str | Path, overwrite: bool = False) -> TrainedTokenizer:
     """Learn a byte-level BPE of tokenizer.vocab_size tokens (<|endoftext|> special) and write
     `out`/tokenizer.json, which data.tokenizer=`out` then names."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     started = time.monotonic()
     out = Path(out)
     target = out / TOKENIZER_FILE

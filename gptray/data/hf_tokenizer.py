@@ -6,8 +6,11 @@ import hashlib
 import json
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from gptray.base.errors import ConfigError, DataError
+from gptray.base.errors import ConfigError, DataError, StorageError
+from gptray.base.storage import read_bytes, resolve
+from gptray.data.tokenizer import token_dtype
 
 END_OF_TEXT = "<|endoftext|>"
 # What a Hub tokenizer without <|endoftext|> calls the token that ends a document, in the order tried.
@@ -49,9 +52,6 @@ class HuggingFaceTokenizer:
 
     @classmethod
     def from_file(cls, path: str, name: str | None = None) -> HuggingFaceTokenizer:
-        from gptray.base.errors import StorageError
-        from gptray.base.storage import read_bytes, resolve
-
         try:
             text = read_bytes(*resolve(path), name=path).decode("utf-8")
         except (StorageError, UnicodeDecodeError) as exc:
@@ -85,8 +85,6 @@ class HuggingFaceTokenizer:
 
     @property
     def dtype(self) -> np.dtype:
-        from gptray.data.tokenizer import token_dtype
-
         return token_dtype(self.vocab_size)
 
     @property
@@ -154,8 +152,6 @@ class HuggingFaceTokenizer:
 
 
 def _build(json_text: str, digest: str):
-    from tokenizers import Tokenizer
-
     if digest not in _BUILT:
         try:
             tokenizer = Tokenizer.from_str(json_text)

@@ -12,7 +12,7 @@ from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
-from gptray.data.tokenizer import dataset_tokenizer
+from gptray.data.tokenizer_loading import dataset_tokenizer
 from gptray.data.train_windows import open_train_windows, resolve_shuffle
 
 

@@ -33,7 +33,7 @@ from gptray.data.shards import OLD_PREFIXES, SHARD_PREFIX
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
 from gptray.data.tasks import ReadTask
-from gptray.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger(__name__)
 

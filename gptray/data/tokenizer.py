@@ -1,9 +1,9 @@
-"""Tokenizers that travel to Ray workers by value: tiktoken encodings, Hugging Face tokenizer.json files and
-Hub tokenizers (hf_tokenizer.py), chosen by `data.tokenizer`; plus the token dtype rule."""
+"""tiktoken encodings that travel to Ray workers by value, plus the token dtype rule (every tokenizer kind's)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import tiktoken
@@ -31,48 +31,6 @@ def _encoding_digest(encoding: tiktoken.Encoding) -> str:
     return digest.hexdigest()
 
 
-def load_tokenizer(spec: str):
-    """The tokenizer `data.tokenizer` names: a tiktoken encoding (gpt2), a tokenizer.json (or a directory
-    holding one, as `gptray tokenizer train` writes) by path or URI, or hf:NAME[@REVISION] from the Hub."""
-    from gptray.config.schema import tokenizer_kind
-    from gptray.data.hf_tokenizer import HuggingFaceTokenizer
-
-    kind = tokenizer_kind(spec)
-    if kind == "hub":
-        return HuggingFaceTokenizer.from_hub(spec)
-    if kind == "file":
-        return HuggingFaceTokenizer.from_file(tokenizer_file(spec), spec)
-    return TiktokenTokenizer(spec)
-
-
-TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face tokenizer's file, kept in its dataset and run directories
-
-
-def dataset_tokenizer(dataset, manifest):
-    """The tokenizer a token dataset was written with (`dataset`: its Storage): tiktoken's by name, any
-    other from the tokenizer.json the tokenize job kept beside the manifest, checked against its digest."""
-    from gptray.data.hf_tokenizer import HuggingFaceTokenizer
-
-    info = manifest.tokenizer
-    if info.get("kind", "tiktoken") == "tiktoken":
-        return TiktokenTokenizer(info["name"])
-    if not dataset.exists(TOKENIZER_FILE):
-        raise DataError(f"{dataset.uri()} lacks {TOKENIZER_FILE}, the tokenizer its manifest names "
-                        f"({info['name']}): tokenize it again")
-    tokenizer = HuggingFaceTokenizer(dataset.read_bytes(TOKENIZER_FILE).decode("utf-8"), info["name"])
-    if tokenizer.digest != info.get("digest"):
-        raise DataError(f"{dataset.uri(TOKENIZER_FILE)} is not the tokenizer the dataset was written with "
-                        f"(sha256 {tokenizer.digest[:12]}…, the manifest says {str(info.get('digest'))[:12]}…)")
-    return tokenizer
-
-
-def tokenizer_file(spec: str) -> str:
-    """The tokenizer.json a path names: the path itself, or the file of that name in the directory."""
-    if spec.endswith(".json"):
-        return spec
-    return f"{spec.rstrip('/')}/tokenizer.json"
-
-
 class TiktokenTokenizer:
     """A tiktoken encoding with document helpers.
 
@@ -88,8 +46,6 @@ class TiktokenTokenizer:
         try:
             self._encoding = tiktoken.get_encoding(name)
         except ValueError:
-            import os
-
             hint = f"; for the tokenizer file or directory {name!r} here, write ./{name}" if os.path.exists(name) \
                 else ""
             raise ConfigError("data.tokenizer", f"unknown tiktoken encoding {name!r}{hint}") from None

@@ -15,7 +15,7 @@ import torch
 
 from gptray.base.devices import all_reduce_sum
 from gptray.config import ExperimentConfig
-from gptray.data.tokenizer import load_tokenizer
+from gptray.data.tokenizer_loading import load_tokenizer
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 
 log = logging.getLogger(__name__)

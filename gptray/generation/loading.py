@@ -7,10 +7,13 @@ from pathlib import Path
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.errors import CheckpointError, ConfigError, DataError
+from gptray.base.storage import Storage
 from gptray.checkpoint.files import load_model_state, read_config, read_state, resolve_checkpoint
 from gptray.config import ModelConfig
 from gptray.config.schema import tokenizer_kind
+from gptray.data.hf_tokenizer import HuggingFaceTokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 from gptray.model import GPT
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,6 @@ def checkpoint_tokenizer(directory: str | Path, default: str):
     """The tokenizer the checkpoint's run used: the tokenizer.json kept with the checkpoint or in its run
     directory, else the one its config.yaml names (tiktoken's by name; else the file beside its token
     dataset, else the file or Hub name itself); `default` (a data.tokenizer spec) when none is readable."""
-    from gptray.base.errors import DataError
-    from gptray.base.storage import Storage
-    from gptray.data.hf_tokenizer import HuggingFaceTokenizer
-    from gptray.data.tokenizer import TOKENIZER_FILE, load_tokenizer
-
     directory = Path(directory)
     for place in (directory, directory.parent):
         if (place / TOKENIZER_FILE).is_file():

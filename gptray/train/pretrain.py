@@ -32,7 +32,7 @@ from gptray.checkpoint.files import (
 )
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.data.manifest import Manifest
-from gptray.data.tokenizer import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer
 from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
 from gptray.tracking import MlflowTracker
