@@ -103,8 +103,9 @@ class _Sample:
             for piece in task.pieces:
                 rows = table.slice(piece.start, piece.end - piece.start) if piece.kind == "table" else None
                 for doc in piece_documents(piece, reader, data.max_document_bytes, rows):
-                    if doc.status not in KEPT_STATUSES:
+                    if doc.status != "ok":  # skipped, or kept repaired (undecodable bytes): counted as the job does
                         self.problems.add(doc.status, doc.loc, doc.error)
+                    if doc.status not in KEPT_STATUSES:
                         continue
                     raw = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
                     text = doc.text
