@@ -24,9 +24,9 @@ import zstandard
 from test_tokenize import ENC, check_manifest_counts, corpus_stream, expected_stream, write_jsonl
 
 from gptray.base.errors import DataError
+from gptray.data.bpe_training import train_tokenizer
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard
-from gptray.data.bpe_training import train_tokenizer
 from gptray.data.tokenize_job import tokenize_corpus
 from helpers import REPO, SHAKESPEARE, make_config
 
