@@ -35,6 +35,7 @@ from gptray.data.manifest import Manifest
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer
 from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
+from gptray.generation.loading import checkpoint_tokenizer
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import read_history
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
@@ -116,7 +117,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         run.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
 
     eval_tasks = training_payload(config, tokenizer)  # before the workers start: a missing HellaSwag file stops here
-    init_checkpoint = _init_checkpoint(config) if previous is None else None
+    init_checkpoint = _init_checkpoint(config, tokenizer) if previous is None else None
     if tracker is None:
         tracker = _start_tracking(config)
     if tracker is not None:
@@ -329,7 +330,7 @@ def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int
     )
 
 
-def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
+def _init_checkpoint(config: ExperimentConfig, tokenizer) -> Path | str | None:
     """Fine-tuning's base weights as a gptray checkpoint (imported first if from Hugging Face), checked
     against the run's model."""
     if not config.train.init_from:
@@ -339,8 +340,21 @@ def _init_checkpoint(config: ExperimentConfig) -> Path | str | None:
     if base_shape != config.model.shape():
         raise CheckpointError(f"the base checkpoint {directory} no longer matches the run's model "
                               "(did it change since the config was resolved?)")
+    check_base_tokenizer(directory, tokenizer)
     log.info("fine-tuning from %s", directory)
     return directory
+
+
+def check_base_tokenizer(base: Path | str, tokenizer) -> None:
+    """Fine-tuning data must be tokenized with the base's own tokenizer: ids mean nothing across tokenizers."""
+    if is_uri(str(base)):
+        return  # an object-store base: its vocabulary was checked against the dataset's (check_dataset)
+    own = checkpoint_tokenizer(base, tokenizer.name)
+    if own.digest != tokenizer.digest:
+        hint = (f"data.tokenizer={Path(base).parent / TOKENIZER_FILE}" if own.kind != "tiktoken"
+                else f"data.tokenizer={own.name}")
+        raise DataError(f"the base {base} was trained with the tokenizer {own.name}, the fine-tuning dataset "
+                        f"{tokenizer.name}: tokenize it with the base's ({hint}) into another data.dataset_dir")
 
 
 def _log_run_plots(tracker, run: Storage, config: ExperimentConfig) -> None:

@@ -231,3 +231,8 @@ def test_the_shipped_vocabulary_sweep_learns_its_tokenizers_and_ranks_by_bits_pe
     library = tokenizers.Tokenizer.from_file(str(bpe_run / "tokenizer.json"))
     assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"))(text)["input_ids"] == \
         library.encode(text, add_special_tokens=False).ids
+    # fine-tuning data must be in the base's own tokenizer (here: the 8k base, the 2k dataset)
+    assert cli(["finetune", f"train.init_from={tmp_path}/runs/ablate-vocab/bpe-8k-seed0", "name=ft",
+                "data.tokenizer=data/tokenizers/tinyshakespeare-2k", "data.dataset_dir=data/tinyshakespeare-bpe2k",
+                "tracking.enabled=false"]) == 3
+    assert "was trained with the tokenizer" in capsys.readouterr().err
