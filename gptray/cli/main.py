@@ -14,11 +14,13 @@ from gptray.cli import (
     model_commands,
     run_commands,
     sweep_commands,
+    tokenizer_commands,
 )
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
 
 # Each module adds its subcommands with `register(commands)`.
-COMMAND_GROUPS = [run_commands, data_commands, model_commands, checkpoint_commands, sweep_commands, eval_commands]
+COMMAND_GROUPS = [run_commands, data_commands, tokenizer_commands, model_commands, checkpoint_commands, sweep_commands,
+                  eval_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,8 +38,9 @@ def register(commands) -> None:
 
     cmd = add_command(sub, "export", "export a checkpoint as a Hugging Face GPT-2 directory", """\
         Write config.json and model.safetensors (fp32) that transformers.GPT2LMHeadModel.from_pretrained
-        loads, with the same outputs; when the run used GPT-2's tokenizer (data.tokenizer=gpt2), also
-        vocab.json and merges.txt, which transformers.AutoTokenizer loads.
+        loads, with the same outputs; and the run's tokenizer, which transformers.AutoTokenizer loads:
+        vocab.json and merges.txt for GPT-2's (data.tokenizer=gpt2), tokenizer.json for a Hugging Face
+        tokenizer (a trained BPE, a tokenizer.json, hf:NAME).
 
         Works for the variants GPT-2 can express: LayerNorm, GELU MLP, learned positions, dense causal
         attention without document masking, n_head × head_dim = n_embd. Untied heads and bias-free

@@ -122,7 +122,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from gptray.data.tokenizer import Tokenizer
     from gptray.generation import checkpoint_tokenizer, load_model, resolve_device
 
     config = load_experiment(args)
@@ -134,7 +133,7 @@ def cmd_generate(args) -> int:
         log.warning("--num-samples %d with deterministic decoding (greedy or beam search) repeats one result",
                     args.num_samples)
     model, checkpoint = load_model(args.checkpoint or config.run_dir, resolve_device(args.device))
-    tokenizer = Tokenizer(checkpoint_tokenizer(checkpoint, config.data.tokenizer))
+    tokenizer = checkpoint_tokenizer(checkpoint, config.data.tokenizer)
     log.info("generating from %s (%s parameters, %s) on %s", checkpoint, f"{model.num_parameters():,}",
              describe_decoding(config.generate), next(model.parameters()).device)
     if args.interactive:

@@ -77,7 +77,9 @@ def cmd_sweep(args) -> int:
               f"baseline {sweep.baseline()!r}")
         for trial in sweep.trials:
             train = trial.config.train
-            print(f"  {trial.name:32} {trial.label:24} seed {trial.seed:<4} {train.max_steps} steps × "
+            steps = "steps set by budget_flops once its dataset exists" if sweep.spec.budget_flops is not None \
+                and trial.config.model.vocab_size is None else f"{train.max_steps} steps"
+            print(f"  {trial.name:32} {trial.label:24} seed {trial.seed:<4} {steps} × "
                   f"{train.batch_size * train.effective_seq_len(trial.config.model):,} tokens")
         return EXIT_OK
     outcome = run_sweep(sweep)

@@ -29,7 +29,10 @@ class ModelConfig:
     n_head: int | None = None
     n_embd: int | None = None
     block_size: int | None = None  # longest context the model can attend over
+    # null: the tokenizer's (a tiktoken encoding's from the config, any other from the token dataset),
+    # rounded up to a multiple of vocab_multiple; ids past the tokenizer's are never targets
     vocab_size: int | None = None
+    vocab_multiple: int | None = None  # e.g. 64 (nanoGPT's 50304): wider matmuls run faster on GPUs
     dropout: float | None = None  # on embeddings, attention weights and residual branches; 0 is off
     bias: bool | None = None  # biases in Linear layers and LayerNorms, as GPT-2 (RMSNorm never has one)
     head_dim: int | None = None  # width of one attention head; default n_embd // n_head
@@ -51,8 +54,9 @@ class ModelConfig:
     attention_impl: Literal["sdpa", "matmul"] | None = None
     tie_embeddings: bool | None = None  # share the token embedding with the output head, as GPT-2
 
-    def resolved(self, prefix: str = "model") -> ModelConfig:
-        """A copy with every field concrete (preset values filled in), validated."""
+    def resolved(self, prefix: str = "model", vocab_from_dataset: bool = False) -> ModelConfig:
+        """A copy with every field concrete (preset values filled in), validated. With `vocab_from_dataset`
+        an unset vocab_size and eot_token stay null: the token dataset sets them (for_dataset)."""
         values = dataclasses.asdict(self)
         preset_values: dict = {}
         if self.preset is not None:
@@ -63,7 +67,7 @@ class ModelConfig:
             values["preset"] = canonical
             preset_values = PRESETS[canonical]
         for name, value in {**PRESET_DEFAULTS, **preset_values}.items():
-            if values[name] is None:
+            if values[name] is None and not (vocab_from_dataset and name in ("vocab_size", "eot_token")):
                 values[name] = value
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
             if values[name] is None:
@@ -87,8 +91,10 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         """Check a resolved config; raise ConfigError naming the key."""
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "head_dim", "mlp_hidden"):
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "head_dim", "mlp_hidden", "vocab_multiple"):
             _require_positive(getattr(self, name), f"{prefix}.{name}")
+        if self.vocab_size is not None:  # null until the dataset says (for_dataset)
+            _require_positive(self.vocab_size, f"{prefix}.vocab_size")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout", f"must be in [0, 1) (got {self.dropout})")
         if not self.norm_eps > 0:
@@ -103,9 +109,20 @@ class ModelConfig:
                 raise ConfigError(f"{prefix}.attention_window",
                                   f"must be set for model.attention={self.attention} (keys each query sees)")
             _require_positive(self.attention_window, f"{prefix}.attention_window")
-        if self.document_mask and not 0 <= self.eot_token < self.vocab_size:
+        if self.document_mask and self.vocab_size is not None and not 0 <= self.eot_token < self.vocab_size:
             raise ConfigError(f"{prefix}.eot_token",
                               f"must be a token id below model.vocab_size {self.vocab_size} (got {self.eot_token})")
+
+    def for_dataset(self, vocab_size: int, eot_token: int, prefix: str = "model") -> ModelConfig:
+        """This config with a vocabulary left to the dataset set from its tokenizer (padded to
+        vocab_multiple), and its end-of-text id where that was left too."""
+        if self.vocab_size is not None and self.eot_token is not None:
+            return self
+        config = dataclasses.replace(
+            self, vocab_size=self.vocab_size or -(-vocab_size // self.vocab_multiple) * self.vocab_multiple,
+            eot_token=eot_token if self.eot_token is None else self.eot_token)
+        config.validate(prefix)
+        return config
 
     def shape(self) -> dict:
         """The fields that decide parameter shapes and names (what a checkpoint must match)."""

@@ -19,6 +19,7 @@ GPT2_EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE vocabulary
 # the values a checkpoint written before a field existed is read with (ModelConfig.from_saved).
 PRESET_DEFAULTS: dict = dict(
     vocab_size=GPT2_VOCAB_SIZE,
+    vocab_multiple=1,
     dropout=0.0,
     bias=True,
     norm="layernorm",

@@ -94,11 +94,51 @@ class SourceConfig:
                  "must be a positive number", self.weight)
 
 
+# tiktoken's published encodings: (vocabulary size, <|endoftext|> id). A model trained on one of these
+# gets its vocabulary from the config; any other tokenizer's comes from the dataset it was tokenized into.
+TIKTOKEN_VOCABULARIES = {
+    "gpt2": (50257, 50256), "r50k_base": (50257, 50256), "p50k_base": (50281, 50256),
+    "cl100k_base": (100277, 100257), "o200k_base": (200019, 199999),
+}
+
+
+def tokenizer_kind(spec: str) -> Literal["tiktoken", "file", "hub"]:
+    """What `data.tokenizer` names: hf:NAME (hub), a path or URI of a tokenizer.json or its directory
+    (file), else a tiktoken encoding (whose names hold no "/" and end in no ".json")."""
+    if spec.startswith(HF_PREFIX):
+        return "hub"
+    if spec.endswith(".json") or "/" in spec or is_uri(spec):
+        return "file"
+    return "tiktoken"
+
+
+@dataclass
+class TokenizerConfig:
+    """`gptray tokenizer train`: a byte-level BPE trained on data.sources with Hugging Face tokenizers."""
+
+    vocab_size: int = 8192  # <|endoftext|> included
+    min_frequency: int = 2  # a merge must occur this often in the sample
+    # The sample it learns from: train-split documents of data.sources, read round-robin across the
+    # sources' read tasks, until this many characters (nanochat trains on 2 billion).
+    max_chars: int = 2_000_000_000
+    max_document_chars: int = 10_000  # a longer document contributes only its start (nanochat's cap)
+
+    def validate(self) -> None:
+        _require(256 + 1 <= self.vocab_size <= 2**32 - 1, "tokenizer.vocab_size",
+                 "must hold the 256 bytes and <|endoftext|> (>= 257)", self.vocab_size)
+        _require(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1", self.min_frequency)
+        _require(self.max_chars > 0, "tokenizer.max_chars", "must be positive", self.max_chars)
+        _require(self.max_document_chars > 0, "tokenizer.max_document_chars", "must be positive",
+                 self.max_document_chars)
+
+
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
     dataset_dir: str = "data/tinyshakespeare"  # where shards + manifest.json go: a local path or s3://, gs:// URI
-    tokenizer: str = "gpt2"  # a tiktoken encoding name
+    # A tiktoken encoding name (gpt2), a tokenizer.json by path or URI (or a directory holding one, as
+    # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer.
+    tokenizer: str = "gpt2"
     val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
     split_seed: int = 0
     shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
@@ -133,6 +173,8 @@ class DataConfig:
         _require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)
         _require(self.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", self.read_chunk_bytes)
         _require(bool(self.dataset_dir), "data.dataset_dir", "must not be empty", self.dataset_dir)
+        _require(bool(self.tokenizer.strip()) and self.tokenizer != HF_PREFIX, "data.tokenizer",
+                 "must name a tiktoken encoding, a tokenizer.json or hf:NAME", self.tokenizer)
         _require(self.shuffle_block_shards > 0, "data.shuffle_block_shards", "must be positive",
                  self.shuffle_block_shards)
         _require(self.cache_limit_bytes() > 0, "data.cache_limit", "must be positive", self.cache_limit)
@@ -365,6 +407,8 @@ class GenerateConfig:
     length_penalty: float = 1.0  # beam search ranks ended beams by log-probability / length ** this
     stop_at_eot: bool = False  # end a sequence at <|endoftext|> (false: write through document ends)
     stop: list[str] = field(default_factory=list)  # end a sequence once its text holds one; the text is cut there
+    # false: an end-of-text token reads as a visible document break in the text; true: as its raw token text
+    raw_special_tokens: bool = False
     use_cache: bool = True  # KV cache; false recomputes the whole context for every token
     seed: int = 1337  # sequence i of a batch draws from its own generator, seeded seed + i
 
@@ -435,6 +479,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     @property
     def run_dir(self) -> str:
@@ -467,7 +512,8 @@ class ExperimentConfig:
                                                      "gptray.train.finetune.load_finetune_config")
             config.model = finetune_model(config.model, read_base(config), RECIPES[config.train.recipe].dropout)
         else:
-            config.model = config.model.resolved()
+            _vocabulary_from_tokenizer(config.model, config.data.tokenizer)
+            config.model = config.model.resolved(vocab_from_dataset=config.model.vocab_size is None)
         config.train.resolve(config.model)
         if config.train.resume_from is not None:
             config.train.resume_from = absolute_path(config.train.resume_from)
@@ -477,6 +523,8 @@ class ExperimentConfig:
         if config.eval.dataset_dir is not None:
             config.eval.dataset_dir = absolute_path(config.eval.dataset_dir)
         config.eval.text_files = [absolute_path(p) for p in config.eval.text_files]
+        if tokenizer_kind(config.data.tokenizer) == "file" and not is_uri(config.data.tokenizer):
+            config.data.tokenizer = absolute_path(config.data.tokenizer)
         if not is_uri(config.eval.hellaswag):
             config.eval.hellaswag = absolute_path(config.eval.hellaswag)
         for source in config.data.sources:
@@ -496,6 +544,7 @@ class ExperimentConfig:
         self.tracking.validate()
         self.generate.validate()
         self.eval.validate()
+        self.tokenizer.validate()
 
     def _validate_out_dir(self) -> None:
         if not is_uri(self.out_dir):
@@ -508,6 +557,21 @@ class ExperimentConfig:
             raise ConfigError("tracking.uri", f"must be set when out_dir is on an object store ({self.out_dir}): an "
                                               "MLflow server (http://host:5000) or a local sqlite:////path/mlflow.db; "
                                               "or set tracking.enabled=false")
+
+
+def _vocabulary_from_tokenizer(model: ModelConfig, tokenizer: str) -> None:
+    """A model whose vocabulary is not set takes a tiktoken encoding's (padded to model.vocab_multiple),
+    and its <|endoftext|> id; for other tokenizers both stay null until the dataset says (for_dataset)."""
+    if model.vocab_size is None and tokenizer in TIKTOKEN_VOCABULARIES:
+        vocab, eot = TIKTOKEN_VOCABULARIES[tokenizer]
+        model.vocab_size = padded_vocabulary(vocab, model.vocab_multiple or 1)
+        if model.eot_token is None:
+            model.eot_token = eot
+
+
+def padded_vocabulary(vocab: int, multiple: int) -> int:
+    """`vocab` rounded up to a multiple of `multiple` (nanoGPT's 50304 for GPT-2's 50257 at 64)."""
+    return -(-vocab // multiple) * multiple
 
 
 # Reads the model config of a fine-tuning run's base (train.init_from, made absolute) for `resolved`.

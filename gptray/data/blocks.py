@@ -23,7 +23,6 @@ from gptray.data import readers
 from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
 from gptray.data.split import copies, is_validation
 from gptray.data.tasks import ReadPiece
-from gptray.data.tokenizer import Tokenizer
 
 STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}
 KEPT_CODES = np.array([STATUS_CODES[s] for s in KEPT_STATUSES], dtype=np.int8)
@@ -47,7 +46,7 @@ class SourceReader:
 
 @dataclass
 class BlockSettings:
-    tokenizer: Tokenizer
+    tokenizer: Any  # gptray.data.tokenizer.load_tokenizer's: tiktoken or Hugging Face
     val_fraction: float
     split_seed: int
     max_document_bytes: int
@@ -162,7 +161,7 @@ class BlockBuilder:
         return table
 
 
-def _prepend_prompts(tokenizer: Tokenizer, prompts: list[str], values: np.ndarray, offsets: np.ndarray
+def _prepend_prompts(tokenizer, prompts: list[str], values: np.ndarray, offsets: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each document's prompt tokens before its completion tokens (prompt and completion are encoded
     separately, so the boundary is exact); also returns each document's prompt length."""

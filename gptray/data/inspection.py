@@ -12,7 +12,7 @@ from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer_loading import dataset_tokenizer
 from gptray.data.train_windows import open_train_windows, resolve_shuffle
 
 
@@ -63,7 +63,7 @@ class Sample:
 def sample_documents(dataset_dir: str, manifest: Manifest, count: int = 3) -> list[Sample]:
     """`count` documents spread over the first shard of each split, decoded."""
     store = Storage(dataset_dir)
-    tokenizer = Tokenizer(manifest.tokenizer["name"])
+    tokenizer = dataset_tokenizer(store, manifest)
     samples = []
     for split in SPLITS:
         shards = manifest.split_info(split).shards
@@ -103,7 +103,7 @@ def preview_batches(config: ExperimentConfig, steps: int = 1, world_size: int | 
     windows = open_train_windows(config, Storage(config.data.dataset_dir), manifest,
                                  resolve_shuffle(config, manifest))
     shards = manifest.split_info("train").shards
-    tokenizer = Tokenizer(manifest.tokenizer["name"])
+    tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
     rows = []
     try:
         for step in range(steps):

@@ -35,10 +35,15 @@ def bits_per_byte(nats: float, num_bytes: float) -> float:
 
 def dataset_mismatch(tokenizer, manifest_tokenizer: dict) -> str | None:
     """Why a token dataset's ids cannot be read as `tokenizer`'s (a sentence), or None where they can: the
-    bytes of a dataset's tokens are only known from the tokenizer that wrote it."""
+    bytes of a dataset's tokens are only known from the tokenizer that wrote it. The content digest decides
+    where the manifest records one (a tokenizer file may be named by another path), else name and size."""
     theirs = (manifest_tokenizer.get("name"), manifest_tokenizer.get("vocab_size"))
     ours = (tokenizer.name, tokenizer.vocab_size)
-    if theirs != ours:
+    if manifest_tokenizer.get("digest") is not None:
+        same = manifest_tokenizer["digest"] == getattr(tokenizer, "digest", None)
+    else:
+        same = theirs == ours
+    if not same:
         return (f"the dataset was tokenized with {theirs[0]} ({theirs[1]} tokens), not {ours[0]} "
                 f"({ours[1]} tokens)")
     return None

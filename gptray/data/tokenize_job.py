@@ -33,7 +33,7 @@ from gptray.data.shards import OLD_PREFIXES, SHARD_PREFIX
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
 from gptray.data.tasks import ReadTask
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class TokenizeResult:
     kept_tasks: int = 0  # read tasks whose shards from an earlier run verified and were kept
 
 
-def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], tokenizer: Tokenizer) -> dict:
+def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], tokenizer) -> dict:
     """Everything that decides a dataset's content; an equal request reuses the existing shards."""
     data = config.data
     return {
@@ -76,7 +76,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     """
     started = time.monotonic()
     data = config.data
-    tokenizer = Tokenizer(data.tokenizer)
+    tokenizer = load_tokenizer(data.tokenizer)
     sources = resolve_sources(data.sources)
     store = Storage(data.dataset_dir)
     request = tokenize_request(config, sources, tokenizer)
@@ -88,7 +88,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     with_prompts = any(source.prompt_field for source in sources)
     settings = BlockSettings(tokenizer, data.val_fraction, data.split_seed, data.max_document_bytes,
                              data.batch_documents, prompt_column=with_prompts)
-    inputs = TaskInputs(_readers(sources), settings, store, data.shard_tokens, digest,
+    inputs = TaskInputs(source_readers(sources), settings, store, data.shard_tokens, digest,
                         strict if strict is not None else data.strict)
     records = _run(tasks, sources, inputs)
     kept = sum(r.kept for r in records)
@@ -150,7 +150,8 @@ def _remove_outputs(store: Storage) -> None:
                 store.delete(f"{split}/{name}")
 
 
-def _readers(sources: list[ResolvedSource]) -> list[SourceReader]:
+def source_readers(sources: list[ResolvedSource]) -> list[SourceReader]:
+    """What each read task needs to read its source (pickled to every task)."""
     return [SourceReader(s.kind, s.description, s.fs, s.text_field, s.weight, s.join_rows, stream=s.stream,
                          prompt_field=s.prompt_field) for s in sources]
 
@@ -229,7 +230,7 @@ def _same_shards(existing: Manifest, records: list[TaskRecord]) -> bool:
                == [s.sha256 for r in records for s in r.shards.get(split, [])] for split in SPLITS)
 
 
-def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[ResolvedSource], tokenizer: Tokenizer,
+def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[ResolvedSource], tokenizer,
                     config: ExperimentConfig, digest: str) -> Manifest:
     splits = {}
     for split in SPLITS:
@@ -260,6 +261,8 @@ def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[Res
         raise DataError(f"no documents to tokenize in {', '.join(s.description for s in sources)}; "
                         f"problems found: {problems.counts or 'none'}")
     manifest.fingerprint = manifest.compute_fingerprint()
+    if tokenizer.kind != "tiktoken":  # the dataset carries its tokenizer: training and sampling read it here
+        store.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
     manifest.save(store)
     log.info("wrote %s: %s documents, %s tokens (train %s, val %s) in %d shard(s)", store.uri(MANIFEST_NAME),
              f"{manifest.documents:,}", f"{manifest.tokens:,}", f"{splits['train'].tokens:,}",

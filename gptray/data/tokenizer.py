@@ -1,8 +1,9 @@
-"""tiktoken encodings that travel to Ray workers by value, plus the token dtype rule."""
+"""tiktoken encodings that travel to Ray workers by value, plus the token dtype rule (every tokenizer kind's)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import tiktoken
@@ -30,12 +31,14 @@ def _encoding_digest(encoding: tiktoken.Encoding) -> str:
     return digest.hexdigest()
 
 
-class Tokenizer:
+class TiktokenTokenizer:
     """A tiktoken encoding with document helpers.
 
     It pickles its BPE ranks by value, so Ray workers on any node rebuild it without
     downloading or finding tiktoken's cache (only the driver needs TIKTOKEN_CACHE_DIR).
     """
+
+    kind = "tiktoken"
 
     def __init__(self, name: str = "gpt2"):
         self.name = name
@@ -44,7 +47,9 @@ class Tokenizer:
         try:
             self._encoding = tiktoken.get_encoding(name)
         except ValueError:
-            raise ConfigError("data.tokenizer", f"unknown tiktoken encoding {name!r}") from None
+            hint = f"; for the tokenizer file or directory {name!r} here, write ./{name}" if os.path.exists(name) \
+                else ""
+            raise ConfigError("data.tokenizer", f"unknown tiktoken encoding {name!r}{hint}") from None
         except Exception as exc:  # tiktoken fetches its files over HTTP on first use
             raise DataError(
                 f"could not load tiktoken encoding {name!r} ({type(exc).__name__}: {exc}). Without internet, "
@@ -115,6 +120,8 @@ class Tokenizer:
         return self._digest
 
     def describe(self) -> dict:
+        # no "kind": a manifest without one is tiktoken's, so datasets written before there were kinds
+        # keep their request digest and fingerprint
         return {"name": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token,
                 "dtype": str(self.dtype)}
 

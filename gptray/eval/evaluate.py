@@ -10,10 +10,9 @@ from gptray.base.errors import CheckpointError, ConfigError
 from gptray.base.runtime import init_ray
 from gptray.checkpoint.files import find_checkpoint, has_weights, local_checkpoint, read_config, read_state
 from gptray.config import ExperimentConfig, ModelConfig
-from gptray.data.tokenizer import Tokenizer
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
-from gptray.generation.loading import load_model, resolve_device
+from gptray.generation.loading import checkpoint_tokenizer, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def prepare_tasks(directory: Path, config: ExperimentConfig) -> tuple[ModelConfi
 
     model = ModelConfig.from_saved(read_state(directory).model)
     saved = saved_run_config(directory)
-    tokenizer = Tokenizer(saved.data.tokenizer if saved else config.data.tokenizer)
+    tokenizer = checkpoint_tokenizer(directory, config.data.tokenizer)
     dataset_dir = config.eval.dataset_dir or (saved.data.dataset_dir if saved else config.data.dataset_dir)
     prepared = []
     for name in dict.fromkeys(config.eval.tasks):  # each task once, in the order given

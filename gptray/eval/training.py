@@ -15,18 +15,19 @@ import torch
 
 from gptray.base.devices import all_reduce_sum
 from gptray.config import ExperimentConfig
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer_loading import load_tokenizer
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 
 log = logging.getLogger(__name__)
 
 
-def training_payload(config: ExperimentConfig) -> dict | None:
-    """What the workers need to evaluate config.eval.train_tasks (plain data), or None without any."""
+def training_payload(config: ExperimentConfig, tokenizer=None) -> dict | None:
+    """What the workers need to evaluate config.eval.train_tasks (plain data), or None without any.
+    `tokenizer`: the run's (its dataset's); default the one data.tokenizer names."""
     settings = config.eval
     if not settings.train_tasks:
         return None
-    tokenizer = Tokenizer(config.data.tokenizer)
+    tokenizer = tokenizer or load_tokenizer(config.data.tokenizer)
     limit = settings.train_limit or settings.limit
     tasks = []
     for name in dict.fromkeys(settings.train_tasks):

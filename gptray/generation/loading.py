@@ -7,9 +7,13 @@ from pathlib import Path
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.errors import CheckpointError, ConfigError, DataError
+from gptray.base.storage import Storage
 from gptray.checkpoint.files import load_model_state, read_config, read_state, resolve_checkpoint
 from gptray.config import ModelConfig
+from gptray.config.schema import tokenizer_kind
+from gptray.data.hf_tokenizer import HuggingFaceTokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 from gptray.model import GPT
 
 log = logging.getLogger(__name__)
@@ -38,10 +42,31 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), directory
 
 
-def checkpoint_tokenizer(directory: str | Path, default: str) -> str:
-    """The tiktoken encoding the checkpoint's run used (its config.yaml), else `default`."""
+def checkpoint_tokenizer(directory: str | Path, default: str):
+    """The tokenizer the checkpoint's run used: the tokenizer.json kept with the checkpoint or in its run
+    directory, else the one its config.yaml names (tiktoken's by name; else the file beside its token
+    dataset, else the file or Hub name itself); `default` (a data.tokenizer spec) when none is readable."""
+    directory = Path(directory)
+    for place in (directory, directory.parent):
+        if (place / TOKENIZER_FILE).is_file():
+            spec = _saved_tokenizer_spec(directory) or str(place / TOKENIZER_FILE)
+            return HuggingFaceTokenizer((place / TOKENIZER_FILE).read_text(encoding="utf-8"), spec)
+    spec = _saved_tokenizer_spec(directory)
+    if spec is None:
+        return load_tokenizer(default)
+    try:
+        config = read_config(directory)
+        dataset = Storage(config.data.dataset_dir)
+        if tokenizer_kind(spec) != "tiktoken" and dataset.exists(TOKENIZER_FILE):
+            return HuggingFaceTokenizer(dataset.read_bytes(TOKENIZER_FILE).decode("utf-8"), spec)
+    except (CheckpointError, ConfigError, DataError, OSError):
+        pass
+    return load_tokenizer(spec)
+
+
+def _saved_tokenizer_spec(directory: Path) -> str | None:
     try:
         return read_config(directory).data.tokenizer
     except (CheckpointError, ConfigError, OSError) as exc:
-        log.warning("cannot read the tokenizer of %s (%s); using %r", directory, exc, default)
-        return default
+        log.warning("cannot read the tokenizer of %s (%s)", directory, exc)
+        return None

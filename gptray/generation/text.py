@@ -12,6 +12,36 @@ from gptray.generation.decode import Completion, generate
 from gptray.generation.stopping import END_OF_TEXT, StopCondition
 from gptray.model import GPT
 
+DOCUMENT_BREAK = "\n\n──── end of document ────\n\n"  # what a sampled <|endoftext|> reads as
+
+
+class DisplayTokenizer:
+    """The tokenizer, with each end-of-text token decoded as DOCUMENT_BREAK: a sample that runs through
+    a document's end shows a visible break, not the token's raw text glued to the next document."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def decode(self, tokens) -> str:
+        eot, parts, current = self.tokenizer.eot_token, [], []
+        for token in tokens:
+            if int(token) == eot:
+                parts.append(current)
+                current = []
+            else:
+                current.append(token)
+        return DOCUMENT_BREAK.join(self.tokenizer.decode(part) for part in [*parts, current])
+
+
+def for_display(tokenizer, settings: GenerateConfig):
+    """What completions are decoded with: end-of-text as a document break, unless raw tokens are asked."""
+    if settings.raw_special_tokens or isinstance(tokenizer, DisplayTokenizer):
+        return tokenizer
+    return DisplayTokenizer(tokenizer)
+
 
 def encode_prompt(tokenizer, text: str, vocab_size: int) -> list[int]:
     """The prompt's tokens; an empty prompt starts a new document (<|endoftext|>)."""
@@ -36,6 +66,7 @@ def generate_texts(model: GPT, tokenizer, settings: GenerateConfig, prompts: lis
     string. Sampling and greedy decoding run the prompts as one batch; beam search one prompt at a time.
     `on_token(i, token)` streams prompt i's tokens as they come (not with beam search)."""
     vocab = model.config.vocab_size
+    tokenizer = for_display(tokenizer, settings)
     encoded = [encode_prompt(tokenizer, p, vocab) for p in prompts]
     stop = stop_condition(tokenizer, settings)
     allowed = min(vocab, tokenizer.vocab_size)  # a padded vocabulary's extra ids decode to nothing
@@ -58,7 +89,7 @@ class TextStream:
     an incomplete UTF-8 character, or a tail that may turn into a stop string (which is cut)."""
 
     def __init__(self, tokenizer, settings: GenerateConfig, out=None):
-        self.tokenizer = tokenizer
+        self.tokenizer = for_display(tokenizer, settings)
         self.out = out or sys.stdout
         self.stop_tokens = {tokenizer.eot_token} if settings.stop_at_eot else set()
         self.stop_strings = list(settings.stop)
@@ -91,4 +122,5 @@ class TextStream:
         self.tokens, self.written = [], 0
 
 
-__all__ = ["END_OF_TEXT", "TextStream", "encode_prompt", "generate_text", "generate_texts", "stop_condition"]
+__all__ = ["DOCUMENT_BREAK", "END_OF_TEXT", "TextStream", "encode_prompt", "generate_text", "generate_texts",
+           "stop_condition"]

@@ -18,7 +18,9 @@ from gptray.base.errors import CheckpointError, ConfigError, GptrayError
 from gptray.checkpoint.files import TrainingState, read_config, read_state, resolve_checkpoint, save_checkpoint
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.config.presets import PRESET_DEFAULTS
-from gptray.generation import load_model
+from gptray.config.schema import tokenizer_kind
+from gptray.data.hf_tokenizer import HuggingFaceTokenizer
+from gptray.generation import checkpoint_tokenizer, load_model
 from gptray.model.gpt import GPT
 from gptray.model.hf import hf_config_for, hf_state_dict, model_config_from_hf, state_dict_from_hf
 
@@ -28,7 +30,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 IMPORT_FILES = ("state.json", "model.pt", "optimizer.pt", "config.yaml", "import.json")  # a gptray checkpoint
 
 EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
-                *WEIGHT_FILES[1:])  # and an earlier export's other formats
+                "tokenizer.json", *WEIGHT_FILES[1:])  # and an earlier export's other formats
 
 # GPT-2's BPE files as OpenAI published them (tiktoken's `gpt2` encoding reads the same two files):
 
@@ -190,9 +192,11 @@ class HfExport:
     notes: list[str] = field(default_factory=list)
 
 
-def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: str | None = None) -> HfExport:
-    """Write config.json and model.safetensors that `GPT2LMHeadModel.from_pretrained(out)` loads, and
-    with `tokenizer="gpt2"` the GPT-2 tokenizer files `AutoTokenizer.from_pretrained(out)` loads."""
+def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: str | None = None,
+              tokenizer_json: str | None = None) -> HfExport:
+    """Write config.json and model.safetensors that `GPT2LMHeadModel.from_pretrained(out)` loads, and the
+    tokenizer files `AutoTokenizer.from_pretrained(out)` loads: GPT-2's with `tokenizer="gpt2"`, or a
+    Hugging Face tokenizer's own tokenizer.json (`tokenizer_json`, the run's)."""
     from safetensors.torch import save_file
 
     hf_config = hf_config_for(model.config)  # refuses before anything is written
@@ -201,7 +205,9 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: s
     config_path.write_text(json.dumps(hf_config, indent=2) + "\n")
     save_file(hf_state_dict(model), str(weights_path), metadata={"format": "pt"})
     result = HfExport(files=[config_path, weights_path])
-    if tokenizer == "gpt2" and model.config.vocab_size >= PRESET_DEFAULTS["vocab_size"]:
+    if tokenizer_json is not None:
+        result.files += write_hf_tokenizer(out, tokenizer_json, model.config.block_size)
+    elif tokenizer == "gpt2" and model.config.vocab_size >= PRESET_DEFAULTS["vocab_size"]:
         try:
             result.files += write_gpt2_tokenizer(out, model.config.block_size)
         except Exception as exc:  # the weights are written; a missing tokenizer must not undo them
@@ -214,6 +220,19 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: s
         result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used "
                             f"tiktoken's {tokenizer!r}")
     return result
+
+
+def write_hf_tokenizer(out: Path, tokenizer_json: str, model_max_length: int) -> list[Path]:
+    """A Hugging Face tokenizer's tokenizer.json, and the tokenizer_config.json that makes AutoTokenizer
+    load it as a fast tokenizer with its end-of-text token as eos (and bos, as GPT-2's)."""
+    eot = HuggingFaceTokenizer(tokenizer_json, "export").eot_token
+    eot_text = json.loads(tokenizer_json)["added_tokens"]
+    eot_text = next((t["content"] for t in eot_text if t["id"] == eot), "<|endoftext|>")
+    (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    settings = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
+                    bos_token=eot_text, eos_token=eot_text)
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return [out / "tokenizer.json", out / "tokenizer_config.json"]
 
 
 def write_gpt2_tokenizer(out: Path, model_max_length: int) -> list[Path]:
@@ -238,13 +257,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
     directory = resolve_checkpoint(checkpoint)
     hf_config_for(ModelConfig.from_saved(read_state(directory).model))  # refuse before loading any weights
     notes = []
+    tokenizer_json = None
     try:
         tokenizer = read_config(directory).data.tokenizer
+        if tokenizer_kind(tokenizer) != "tiktoken":
+            tokenizer_json = checkpoint_tokenizer(directory, tokenizer).to_json()
     except GptrayError as exc:  # the weights do not depend on it; export them and say so
         tokenizer = None
-        notes.append(f"tokenizer files not written: the checkpoint's config.yaml cannot be read ({exc})")
+        notes.append(f"tokenizer files not written: the checkpoint's tokenizer cannot be read ({exc})")
     model, _ = load_model(directory)
-    result = export_hf(model, out, overwrite, tokenizer=tokenizer)
+    result = export_hf(model, out, overwrite, tokenizer=tokenizer, tokenizer_json=tokenizer_json)
     result.checkpoint = directory
     result.notes = notes + result.notes
     return result

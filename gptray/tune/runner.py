@@ -26,6 +26,7 @@ from gptray.config import ExperimentConfig
 from gptray.tracking import MlflowTracker
 from gptray.train.placement import plan_workers
 from gptray.train.pretrain import check_tracking_store, pretrain
+from gptray.tune.prepare import prepare_sweep_data
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
         raise ConfigError("out_dir", f"a sweep needs a local or shared-filesystem out_dir, not {base.out_dir}; "
                                      "object-store URIs work for single runs (gptray pretrain)")
     init_ray(base.ray.address, base.ray.num_cpus)
+    sweep = prepare_sweep_data(sweep)  # tokenizers and datasets the trials need, before any trial starts
     cluster = live_cluster(base.ray.autoscaling)
     driver = trial_driver(cluster)
     concurrent, cpus = concurrency(sweep, cluster, driver)

@@ -6,7 +6,9 @@
     sweep:
       axes: {model.norm: [layernorm, rmsnorm]}
       seeds: [0, 1, 2]
-      budget_tokens: 2000000           # compute-matched: every trial trains this many tokens
+      budget_tokens: 2000000           # data-matched: every trial trains this many tokens
+      # or budget_flops: 3.0e13        # compute-matched: every trial trains this many FLOPs (6N + attention
+                                       # per token, N with the trial's vocabulary: a tokenizer ablation's axis)
 
 An axis is a config key with a list of values, or any name with named bundles of overrides,
 for variants that differ in several keys at once:
@@ -16,11 +18,13 @@ for variants that differ in several keys at once:
           gpt2: {model.preset: gpt2, train.recipe: gpt2}
           gpt3: {model.preset: gpt3-small, model.attention: alternating, train.recipe: gpt3}
 
-Every trial's config is built and validated before anything runs.
+Every trial's config is built and validated before anything runs. A trial whose tokenizer or token
+dataset does not exist yet gets it before the first trial starts (gptray/tune/prepare.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -32,8 +36,11 @@ from typing import Any, Literal
 from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, apply_overrides, read_yaml
 from gptray.config.loader import build, deep_merge, parse_override
+from gptray.config.model import ModelConfig
+from gptray.model.gpt import count_parameters
 from gptray.tracking.compare import METRICS
 from gptray.train.finetune import base_model_reader, load_finetune_config
+from gptray.train.flops import flops_per_token
 
 
 @dataclass
@@ -42,6 +49,8 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     seed_key: str = "train.seed"  # the config key each seed goes to (init and data order)
     budget_tokens: int | None = None  # every trial trains this many tokens (its max_steps follows)
+    # every trial trains this many FLOPs (its max_steps follows, once its dataset sets its vocabulary)
+    budget_flops: float | None = None
     baseline: str | None = None  # the group other groups are compared with; default: the first
     metric: str = "best_val_loss"  # what `gptray compare` ranks by (see gptray/tracking/compare.py)
     scheduler: Literal["none", "asha"] = "none"  # asha: stop poor trials early (searches, not ablations)
@@ -57,6 +66,7 @@ class Trial:
     values: dict[str, Any]
     seed: int
     config: ExperimentConfig
+    overrides: list[str] = field(default_factory=list)  # what makes its config from the sweep's (Sweep.data)
 
     def tags(self, sweep: str) -> dict[str, str]:
         """MLflow tags of the trial's run: what `gptray compare` groups and labels by."""
@@ -70,6 +80,7 @@ class Sweep:
     base: ExperimentConfig  # name = the sweep's name; trials live in out_dir/name
     spec: SweepConfig
     trials: list[Trial]
+    data: dict = field(default_factory=dict)  # the base config as a dict, before the trials' overrides
 
     @property
     def directory(self) -> str:
@@ -118,7 +129,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     spec = build(SweepConfig, sweep_raw, "sweep")
     _validate(spec)
     trials = _expand(data, base, spec)
-    sweep = Sweep(base, spec, trials)
+    sweep = Sweep(base, spec, trials, data)
     if spec.baseline is not None and spec.baseline not in sweep.labels():
         raise ConfigError("sweep.baseline", f"{spec.baseline!r} is none of the groups: {', '.join(sweep.labels())}")
     return sweep
@@ -151,6 +162,11 @@ def _validate(spec: SweepConfig) -> None:
         raise ConfigError("sweep.seeds", f"needs distinct seeds (got {spec.seeds})")
     if spec.budget_tokens is not None and spec.budget_tokens <= 0:
         raise ConfigError("sweep.budget_tokens", f"must be positive (got {spec.budget_tokens})")
+    if spec.budget_flops is not None and not (math.isfinite(spec.budget_flops) and spec.budget_flops > 0):
+        raise ConfigError("sweep.budget_flops", f"must be a positive number (got {spec.budget_flops})")
+    if spec.budget_flops is not None and spec.budget_tokens is not None:
+        raise ConfigError("sweep.budget_flops", "set either budget_tokens (equal data) or budget_flops (equal "
+                                                "compute), not both")
     if spec.max_concurrent_trials is not None and spec.max_concurrent_trials < 1:
         raise ConfigError("sweep.max_concurrent_trials", f"must be >= 1 (got {spec.max_concurrent_trials})")
     if spec.metric not in METRICS:
@@ -179,12 +195,32 @@ def _expand(data: dict, base: ExperimentConfig, spec: SweepConfig) -> list[Trial
                 f"tracking.uri={base.tracking_uri()}",  # every trial logs where the sweep's parent run is
             ]
             config = _trial_config(data, overrides, values, spec)
-            if spec.budget_tokens is not None:
-                tokens_per_step = config.train.batch_size * config.train.effective_seq_len(config.model)
-                steps = math.ceil(spec.budget_tokens / tokens_per_step)
-                config = _trial_config(data, [*overrides, f"train.max_steps={steps}"], values, spec)
-            trials.append(Trial(name, label, values, seed, config))
+            steps = budget_steps(config.model, config, spec)
+            if steps is not None:
+                overrides = [*overrides, f"train.max_steps={steps}"]
+                config = _trial_config(data, overrides, values, spec)
+            trials.append(Trial(name, label, values, seed, config, overrides))
     return trials
+
+
+def budget_steps(model: ModelConfig, config: ExperimentConfig, spec: SweepConfig) -> int | None:
+    """The steps a trial trains to spend the sweep's budget (`model`: its model, vocabulary known); None
+    without a budget, or with a FLOPs budget while the model's vocabulary waits for its dataset."""
+    tokens_per_step = config.train.batch_size * config.train.effective_seq_len(config.model)
+    if spec.budget_tokens is not None:
+        return math.ceil(spec.budget_tokens / tokens_per_step)
+    if spec.budget_flops is None or model.vocab_size is None:
+        return None
+    seq_len = config.train.effective_seq_len(model)
+    per_step = flops_per_token(model, count_parameters(model), seq_len) * tokens_per_step
+    return max(1, math.ceil(spec.budget_flops / per_step))
+
+
+def with_steps(sweep: Sweep, trial: Trial, steps: int) -> Trial:
+    """The trial trained to `steps` (its config rebuilt, so everything that follows max_steps does)."""
+    overrides = [*trial.overrides, f"train.max_steps={steps}"]
+    config = _trial_config(sweep.data, overrides, trial.values, sweep.spec)
+    return dataclasses.replace(trial, config=config, overrides=overrides)
 
 
 def _trial_config(data: dict, overrides: list[str], values: dict, spec: SweepConfig) -> ExperimentConfig:

@@ -19,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tokenizers
 import zstandard
 from test_tokenize import ENC, check_manifest_counts, corpus_stream, expected_stream, write_jsonl
 
 from gptray.base.errors import DataError
+from gptray.data.bpe_training import train_tokenizer
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard
 from gptray.data.tokenize_job import tokenize_corpus
@@ -83,7 +85,11 @@ def make_hf_stand_ins(root: Path, wiki_rows: list[str], fineweb_docs: list[str])
                        fineweb / "sample" / "10BT" / f"{i:03d}_00000.parquet", row_group_size=5)
 
 
-def test_every_source_kind_is_exactly_tiktoken(ray_session, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bpe"])
+def test_every_source_kind_is_exactly_the_tokenizers_own_encoding(tokenizer, ray_session, tmp_path, monkeypatch):
+    """Every source kind's shards equal the tokenizer library's own encoding of each document plus
+    end-of-text: tiktoken's gpt2, and a byte-level BPE that `gptray tokenizer train` learns from these
+    same sources (so its training reads every source kind too)."""
     docs = SPEECHES[:240] + EXTRA
     lines = one_line(docs)
     files = tmp_path / "files"
@@ -118,11 +124,27 @@ def test_every_source_kind_is_exactly_tiktoken(ray_session, tmp_path, monkeypatc
                          f"{{hf: json, data_files: [{tmp_path / 'hf.jsonl'}], streaming: true}}"),
         "data.read_chunk_bytes=4096", "data.val_fraction=0.2",
     )
+    encode = expected_stream
+    if tokenizer == "bpe":
+        trained = train_tokenizer(make_config(tmp_path, *_overrides(config), "tokenizer.vocab_size=600"),
+                                  tmp_path / "bpe")
+        assert trained.problems.total() == 0 and trained.vocab_size == 600
+        config = make_config(tmp_path, *_overrides(config), "data.read_chunk_bytes=4096",
+                             f"data.tokenizer={tmp_path / 'bpe'}")
+        library = tokenizers.Tokenizer.from_file(str(trained.path))
+        library.encode_special_tokens = True  # a literal <|endoftext|> in a document is text (EXTRA[1])
+        eot = library.token_to_id("<|endoftext|>")
+
+        def encode(documents):
+            return [t for d in documents for t in [*library.encode(d, add_special_tokens=False).ids, eot]]
     result = tokenize_corpus(config)
     expected = (docs[:60] + lines[60:90] + docs[90:170] + lines[170:180] + docs[180:200]
                 + ["".join(article) for article in articles] + docs[206:])
     stream, manifest = corpus_stream(tmp_path / "data")
-    assert stream == expected_stream(expected)
+    assert stream == encode(expected)
+    if tokenizer == "bpe":  # the document's special-token text is not the separator
+        assert manifest.tokenizer["kind"] == "huggingface" and manifest.tokenizer["eot_token"] == eot
+        assert stream.count(eot) == len(expected)
     assert [s.documents for s in manifest.sources] == [60, 30, 80, 10, 20, 6, 20, len(docs) - 226]
     assert [s.kind for s in manifest.sources[-3:]] == ["hf_table", "hf_stream", "hf_stream"]
     assert manifest.problems.total() == 0
@@ -134,7 +156,7 @@ def test_every_source_kind_is_exactly_tiktoken(ray_session, tmp_path, monkeypatc
 
     # cutting the input differently changes nothing in the output
     again = tokenize_corpus(make_config(tmp_path / "again", *[o for o in _overrides(config)],
-                                        "data.read_chunk_bytes=1000000"))
+                                        "data.read_chunk_bytes=1000000", f"data.tokenizer={config.data.tokenizer}"))
     assert again.manifest.fingerprint == result.manifest.fingerprint
 
 
@@ -364,6 +386,7 @@ RESUME_SCRIPT = """
 import sys, tempfile, time
 import ray
 from gptray.config import load_config
+from gptray.data.bpe_training import train_tokenizer
 from gptray.data.tokenize_job import tokenize_corpus
 
 def slow_storage():  # in every Ray worker: each task pauses after its shards, before its record

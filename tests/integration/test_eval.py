@@ -17,7 +17,7 @@ from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import ExperimentConfig, ModelConfig
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer import TiktokenTokenizer
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
@@ -39,7 +39,7 @@ WRONG_LABELS = {4, 5}  # examples labelled with a wrong ending: the model "fails
 @pytest.fixture(scope="module")
 def memorizer(tmp_path_factory) -> tuple[GPT, Path]:
     """A small GPT trained on FACTS until it knows them, saved as a checkpoint at step 80."""
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     rows = [tokenizer.encode(f"{context} {ending}\n") for context, ending in FACTS]  # one sequence each
     width = max(len(r) for r in rows) - 1
     x = torch.zeros(len(rows), width, dtype=torch.long)
@@ -84,7 +84,7 @@ def write_hellaswag(path: Path, extra_lines: tuple[str, ...] = ()) -> list[int]:
 @torch.no_grad()
 def reference_losses(model: GPT, context: str, endings: list[str]) -> tuple[list[float], list[float]]:
     """Total and mean loss of each ending's tokens after the context, one plain forward pass per ending."""
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     ctx = tokenizer.encode(context)
     totals, means = [], []
     for ending in endings:
@@ -167,7 +167,7 @@ def test_perplexity_of_text_files_equals_its_definition(memorizer, tmp_path):
     config = eval_config(tmp_path, f"eval.text_files=[{tmp_path}/a.txt, {tmp_path}/b.txt]", "eval.max_length=8",
                          "eval.stride=1", "eval.batch_size=5")
     [result] = evaluate_checkpoint(checkpoint, config).tasks
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     losses, scored_bytes = [], 0
     for file_text in (text, "He rode his bike to school."):  # files are separate streams
         ids = tokenizer.encode(file_text)

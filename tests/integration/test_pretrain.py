@@ -47,13 +47,13 @@ def test_validation_logs_bits_per_byte_over_the_same_targets(reference_run, caps
 
     from gptray.cli.run_commands import _print_run
     from gptray.data.manifest import Manifest
-    from gptray.data.tokenizer import Tokenizer
+    from gptray.data.tokenizer_loading import load_tokenizer
     from gptray.data.windows import eval_starts, open_split_tokens
 
     config, result = reference_run
     loss, bpb = metric_history(result, "val/loss"), metric_history(result, "val/bpb")
     assert sorted(bpb) == sorted(loss) == [12, 24, 36]
-    tokenizer = Tokenizer(config.data.tokenizer)
+    tokenizer = load_tokenizer(config.data.tokenizer)
     tokens = open_split_tokens(config.data.dataset_dir, Manifest.load(config.data.dataset_dir), "val",
                                config.data.cache_dir)
     seq_len = config.train.effective_seq_len(config.model)

@@ -124,7 +124,7 @@ SHIPPED_AXES = {"attention.yaml": {"model.attention": ["causal", "sliding_window
 def test_every_shipped_sweep_is_run_here():
     """A sweep file added to configs/sweeps/ must be run end to end by this module too."""
     shipped = {p.name for p in (REPO / "configs" / "sweeps").glob("*.yaml")}
-    assert shipped == {*SHIPPED_AXES, "norm.yaml", "gpt2-vs-gpt3.yaml"}
+    assert shipped == {*SHIPPED_AXES, "norm.yaml", "gpt2-vs-gpt3.yaml", "vocab.yaml"}
 
 
 @pytest.mark.slow
@@ -181,3 +181,69 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(shakespeare_dataset, 
     assert failed.info.status == "FAILED" and "diverged" in failed.data.tags["gptray.error"]
     assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
     assert parent.data.tags["gptray.sweep.failed_trials"] == "1"
+
+
+@pytest.mark.slow
+def test_the_shipped_vocabulary_sweep_learns_its_tokenizers_and_ranks_by_bits_per_byte(ray_session, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """configs/sweeps/vocab.yaml unmodified but for a tiny FLOPs budget and one seed, run from an empty
+    directory: the sweep learns both BPE tokenizers and tokenizes all three datasets itself, every trial
+    trains the same FLOPs with its dataset's vocabulary, the comparison ranks by val bpb, and a BPE trial's
+    run generates and exports with its own tokenizer."""
+    import tokenizers
+    from mlflow.tracking import MlflowClient
+    from transformers import AutoTokenizer
+
+    from gptray.checkpoint.files import read_config
+    from gptray.config import ModelConfig
+    from gptray.model.gpt import count_parameters
+    from gptray.train.flops import flops_per_token
+
+    monkeypatch.chdir(tmp_path)  # its data/ paths are relative, as a user's checkout runs them
+    path = REPO / "configs" / "sweeps" / "vocab.yaml"
+    budget = 1.2e11
+    overrides = [f"sweep.budget_flops={budget}", "sweep.seeds=[0]"]
+    assert cli(["sweep", "--config", str(path), *overrides]) == 0
+    assert "3 of 3 trial(s) finished" in capsys.readouterr().out
+
+    steps = {}
+    for label, vocab in (("gpt2-50k", 50257), ("bpe-2k", 2048), ("bpe-8k", 8192)):
+        run = tmp_path / "runs" / "ablate-vocab" / f"{label}-seed0"
+        config = read_config(run)
+        model = ModelConfig.from_saved({k: v for k, v in vars(config.model).items() if k != "preset"})
+        assert model.vocab_size == vocab  # followed its dataset
+        per_step = flops_per_token(model, count_parameters(model), 64) * 512
+        assert config.train.max_steps == math.ceil(budget / per_step)
+        steps[label] = config.train.max_steps
+        if label != "gpt2-50k":
+            learned = tmp_path / "data" / "tokenizers" / f"tinyshakespeare-{label[4:]}" / "tokenizer.json"
+            assert tokenizers.Tokenizer.from_file(str(learned)).get_vocab_size() == vocab
+            assert (run / "tokenizer.json").read_bytes() == learned.read_bytes()
+    assert steps["bpe-2k"] > steps["bpe-8k"] > steps["gpt2-50k"]  # a cheaper vocabulary trains longer
+
+    assert cli(["compare", "--config", str(path), *overrides, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "best_val_bpb"
+    groups = report["groups"]
+    assert [g["label"] for g in groups] == ["gpt2-50k", "bpe-2k", "bpe-8k"] and groups[0]["is_baseline"]
+    assert all(g["n"] == 1 and 0 < g["mean"] < 20 for g in groups)
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    (parent,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id],
+                                   "tags.`gptray.sweep.role` = 'parent'")
+    assert {r.data.params["data.tokenizer"].rsplit("/", 1)[-1] for r in children(client, parent.info.run_id)} == \
+        {"gpt2", "tinyshakespeare-2k", "tinyshakespeare-8k"}
+
+    bpe_run = tmp_path / "runs" / "ablate-vocab" / "bpe-2k-seed0"
+    assert cli(["generate", "--checkpoint", str(bpe_run), "--prompt", "ROMEO:", "generate.max_new_tokens=8",
+                "generate.temperature=0"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert cli(["model", "export", "--checkpoint", str(bpe_run), "--out", str(tmp_path / "hf")]) == 0
+    text = "ROMEO: What say'st thou, é?"
+    library = tokenizers.Tokenizer.from_file(str(bpe_run / "tokenizer.json"))
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"))(text)["input_ids"] == \
+        library.encode(text, add_special_tokens=False).ids
+    # fine-tuning data must be in the base's own tokenizer (here: the 8k base, the 2k dataset)
+    assert cli(["finetune", f"train.init_from={tmp_path}/runs/ablate-vocab/bpe-8k-seed0", "name=ft",
+                "data.tokenizer=data/tokenizers/tinyshakespeare-2k", "data.dataset_dir=data/tinyshakespeare-bpe2k",
+                "tracking.enabled=false"]) == 3
+    assert "was trained with the tokenizer" in capsys.readouterr().err

@@ -109,10 +109,10 @@ def test_bits_per_byte_is_the_summed_nats_over_the_bytes_of_the_counted_targets(
     import torch.nn.functional as F
 
     from gptray.data.token_bytes import byte_table
-    from gptray.data.tokenizer import Tokenizer
+    from gptray.data.tokenizer import TiktokenTokenizer
     from helpers import SHAKESPEARE
 
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     documents = SHAKESPEARE.read_text().split("\n\n")[:400]
     tokens = np.concatenate(tokenizer.encode_documents(documents))
     mask = (np.random.default_rng(1).random(len(tokens)) < 0.8).astype(np.uint8)  # 0: a prompt token, left out

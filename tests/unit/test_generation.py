@@ -17,7 +17,7 @@ from gptray.base.errors import ConfigError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import ExperimentConfig, GenerateConfig, ModelConfig
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer import TiktokenTokenizer
 from gptray.generation import StopCondition, beam_search, generate, generate_texts
 from gptray.generation.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
 from gptray.model import GPT, KVCache
@@ -216,7 +216,7 @@ def test_stop_token_ends_a_sequence_and_others_go_on():
 
 
 def test_stop_strings_and_eot_cut_the_text():
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     model = tiny(vocab=50257, n_embd=16, n_layer=1, n_head=1)
     free = generate_texts(model, tokenizer, greedy(10), ["Hello"])[0]
     stop_string = free.text[4:6]
@@ -229,7 +229,7 @@ def test_stop_strings_and_eot_cut_the_text():
 
 
 def test_a_prompt_outside_the_vocabulary_is_a_clear_error():
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     model = tiny(vocab=96)
     with pytest.raises(ConfigError, match="outside the model's vocabulary of 96 tokens"):
         generate_texts(model, tokenizer, greedy(3), ["Hello world"])
@@ -241,7 +241,7 @@ def test_a_prompt_outside_the_vocabulary_is_a_clear_error():
 
 
 def test_generation_never_emits_ids_the_tokenizer_cannot_decode():
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     model = tiny(vocab=50304, n_embd=16, n_layer=1, n_head=1)  # padded to a multiple of 64, as is common
     with torch.no_grad():
         model.lm_head.weight[50257:] = 0.0
@@ -281,7 +281,7 @@ def test_cli_interactive_reads_prompts_from_stdin(tmp_path):
         input="A\nHello\n\nC\n:quit\nD\n", capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    tokenizer = Tokenizer("gpt2")
+    tokenizer = TiktokenTokenizer("gpt2")
     expected = [prompt + tokenizer.decode(generate(model, [tokenizer.encode(prompt)], greedy(5))[0].tokens)
                 for prompt in ("A", "C")]
     assert run.stdout.splitlines() == expected  # "Hello" is outside the vocabulary; ":quit" ends before "D"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gptray.data.token_bytes import bits_per_byte, byte_table, dataset_mismatch
-from gptray.data.tokenizer import Tokenizer
+from gptray.data.tokenizer import TiktokenTokenizer
 
 TEXTS = ["Hello, world!", "café crème é", "日本語のテキスト", "emoji 🙂🎉 and a flag 🇫🇷", "  tabs\tand\nnewlines\r\n",
          "mixed: naïve 日本 🙂 <|endoftext|> as plain text"]
@@ -16,7 +16,7 @@ TEXTS = ["Hello, world!", "café crème é", "日本語のテキスト", "emoji 
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return Tokenizer("gpt2")
+    return TiktokenTokenizer("gpt2")
 
 
 def test_gpt2_token_bytes_add_up_to_the_texts_utf8_bytes(gpt2):
@@ -54,3 +54,6 @@ def test_bits_per_byte_and_the_dataset_check(gpt2):
     assert math.isnan(bits_per_byte(1.0, 0))
     assert dataset_mismatch(gpt2, gpt2.describe()) is None
     assert "r50k_base" in dataset_mismatch(gpt2, {"name": "r50k_base", "vocab_size": 50257})
+    # where the manifest records a digest, the content decides, whatever the name
+    assert dataset_mismatch(gpt2, {"name": "elsewhere/gpt2.json", "vocab_size": 50257, "digest": gpt2.digest}) is None
+    assert dataset_mismatch(gpt2, {"name": "gpt2", "vocab_size": 50257, "digest": "0" * 64}) is not None
