@@ -89,7 +89,7 @@ def bar_chart(summaries: list[GroupSummary], metric: str, path: str | Path) -> P
 
 
 def run_report(histories: dict[str, dict[int, float]], title: str, directory: str | Path) -> list[Path]:
-    """One run's curves (losses; learning rate) as PNG and all its metric histories (metric → {step:
+    """One run's curves (losses; val bits per byte; learning rate) as PNG and all its metric histories (metric → {step:
     value}) as CSV; nothing when there are none."""
     plt = _pyplot()
     histories = {key: histories[key] for key in sorted(histories) if histories[key]}
@@ -108,7 +108,8 @@ def run_report(histories: dict[str, dict[int, float]], title: str, directory: st
     files.append(csv_path)
 
     loss_keys = [k for k in histories if k.endswith("/loss")]
-    panels = [(loss_keys, "loss")] + ([(["train/lr"], "learning rate")] if "train/lr" in histories else [])
+    panels = [(loss_keys, "loss")] + ([(["val/bpb"], "val bits per byte")] if "val/bpb" in histories else []) \
+        + ([(["train/lr"], "learning rate")] if "train/lr" in histories else [])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, (keys, ylabel) in zip(axes[:, 0], panels):
         for key in keys:
