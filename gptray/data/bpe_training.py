@@ -11,6 +11,7 @@ sources all contribute; BPE training itself is one Rust process, as in nanochat 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ def train_tokenizer(config: ExperimentConfig, out: str | Path, overwrite: bool =
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
                                   special_tokens=[END_OF_TEXT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=True)
+                                  show_progress=sys.stderr.isatty())  # its bar, where it can redraw
     log.info("learning a %s-token byte-level BPE from %s (up to %s characters)", f"{settings.vocab_size:,}",
              ", ".join(s.describe() for s in config.data.sources), f"{settings.max_chars:,}")
     tokenizer.train_from_iterator(sample.texts(), trainer)
