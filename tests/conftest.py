@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SHARED, make_config, small_run_config
+from helpers import SHARED, MlflowServer, make_config, small_run_config
 
 # Before anything imports tiktoken, datasets or ray: these machines have no internet, and tests
 # must not write into the user's caches. Ray workers started by this process inherit all of it.
@@ -103,6 +103,18 @@ def reference_run(shakespeare_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     config = small_run_config(root, shakespeare_dataset, "name=reference", "train.max_steps=36")
     return config, pretrain(config)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real `mlflow server` (SQLite store, local artifacts) for the whole session: it takes 5-20 s to start
+    here. Tests reach it through relays of their own and log to runs of their own; one that kills it starts
+    it again on the same address and store before it ends."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -217,9 +217,8 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
              init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str, tokenizer):
     """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
-    from ray.train.torch import TorchTrainer
 
-    return TorchTrainer(
+    return _torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={
             "config": config.to_dict(),
@@ -253,6 +252,32 @@ def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, 
             callbacks=callbacks,
         ),
     )
+
+
+def _torch_trainer_class():
+    """Ray Train's TorchTrainer, less the Ray Data plumbing a run without Ray Datasets never uses.
+
+    gptray's workers read their windows themselves (the data order is a pure function of the step), so
+    no run passes `datasets=`. Ray Train still gives every run a DatasetManager actor and sends each
+    worker the driver's Ray Data context, which costs a process start and the import of Ray Data in
+    every worker: ~2 CPU s a run, for nothing. With datasets given, or a Ray without that callback,
+    this is TorchTrainer as it is.
+    """
+    from ray.train.torch import TorchTrainer  # heavy
+
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:  # Ray Train's internals moved: keep its defaults
+        return TorchTrainer
+
+    class GptrayTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return GptrayTorchTrainer
 
 
 def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):

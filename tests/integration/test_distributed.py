@@ -38,8 +38,9 @@ def test_one_worker_sees_the_same_global_batches_as_two(reference_run, shakespea
 def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_world_sizes(
         reference_run, shakespeare_dataset, tmp_path):
     """FSDP on 2 ranks writes one DCP file per rank. Copied into a new run, its step-6 checkpoint resumes
-    to exactly the losses the uninterrupted run had; the run then continues under DDP on 1 rank (2 → 1,
-    sharded → whole) and under FSDP on 4 (whole → sharded, 1 → 4), tracking the DDP reference."""
+    to exactly the losses the uninterrupted run had; the copy then continues under FSDP on 4 ranks (2 → 4,
+    sharded → sharded), under DDP on 1 rank (4 → 1, sharded → whole) and under FSDP on 2 again (1 → 2,
+    whole → sharded), tracking the DDP reference."""
     _, reference = reference_run
     theirs = metric_history(reference, "train/loss")
     run = ["name=sharded", "train.checkpoint_interval=6", "train.keep_checkpoints=5"]
@@ -59,35 +60,34 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
 
     # A checkpoint Ray never registered (here: copied in) is found and resumed from, exactly.
     shutil.copytree(sharded.parent / "checkpoint_00000006", sharded.parent.parent / "copy" / "checkpoint_00000006")
-    copy = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=copy", "train.checkpoint_interval=3",
-                                     "train.max_steps=12", "train.parallelism=fsdp"), sample=False)
+    copy_run = ["name=copy", "train.checkpoint_interval=3"]
+    copy = pretrain(small_run_config(tmp_path, shakespeare_dataset, *copy_run, "train.max_steps=12",
+                                     "train.parallelism=fsdp"), sample=False)
     assert copy.start_step == 6
     # train.keep_checkpoints=2: the newest two stay, the orphan goes with the rest
     assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
         ["checkpoint_00000009", "checkpoint_00000012"]
-    # and Ray, which refuses a run whose record names a deleted checkpoint, takes the run up again
-    longer = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=copy", "train.checkpoint_interval=3",
-                                       "train.max_steps=15", "train.parallelism=fsdp"), sample=False)
-    assert (longer.start_step, longer.final_step) == (12, 15)
+    # and Ray, which refuses a run whose record names a deleted checkpoint, takes the run up again: here on
+    # 4 FSDP ranks, from the 2 ranks' checkpoint (2 → 4, sharded → sharded)
+    longer = pretrain(small_run_config(tmp_path, shakespeare_dataset, *copy_run, "train.max_steps=15",
+                                       "train.parallelism=fsdp", "ray.num_workers=4"), sample=False)
+    assert (longer.start_step, longer.final_step, read_state(longer.checkpoint).world_size) == (12, 15, 4)
+    assert set(read_state(longer.checkpoint).files) == {"config.yaml", ".metadata",
+                                                        *(f"__{rank}_0.distcp" for rank in range(4))}
     assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
         ["checkpoint_00000012", "checkpoint_00000015"]
     ours, uninterrupted = metric_history(copy, "train/loss"), metric_history(first, "train/loss")
     assert [ours[s] for s in range(7, 13)] == [uninterrupted[s] for s in range(7, 13)]
 
-    # 2 FSDP ranks → 4 (sharded → sharded), 4 → 1 DDP rank (sharded → whole), 1 → 2 FSDP ranks (whole → sharded)
-    second = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=18",
-                                       "train.parallelism=fsdp", "ray.num_workers=4"), sample=False)
-    assert (second.start_step, second.final_step, read_state(second.checkpoint).world_size) == (12, 18, 4)
-    assert set(read_state(second.checkpoint).files) == {"config.yaml", ".metadata",
-                                                        *(f"__{rank}_0.distcp" for rank in range(4))}
-    third = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=24",
+    # 4 FSDP ranks → 1 DDP rank (sharded → whole), 1 → 2 FSDP ranks (whole → sharded)
+    third = pretrain(small_run_config(tmp_path, shakespeare_dataset, *copy_run, "train.max_steps=18",
                                       "train.parallelism=ddp", "ray.num_workers=1"), sample=False)
-    assert (third.start_step, third.final_step) == (18, 24)
+    assert (third.start_step, third.final_step) == (15, 18)
     assert read_state(third.checkpoint).format == "whole"  # auto: DDP writes whole checkpoints
-    fourth = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=26",
+    fourth = pretrain(small_run_config(tmp_path, shakespeare_dataset, *copy_run, "train.max_steps=20",
                                        "train.parallelism=fsdp"), sample=False)
-    assert (fourth.start_step, fourth.final_step) == (24, 26) and read_state(fourth.checkpoint).format == "sharded"
-    close(metric_history(fourth, "train/loss"), theirs, range(13, 27), tolerance=5e-3)
+    assert (fourth.start_step, fourth.final_step) == (18, 20) and read_state(fourth.checkpoint).format == "sharded"
+    close(metric_history(fourth, "train/loss"), theirs, range(13, 21), tolerance=5e-3)
 
 
 def train_workers() -> list[int]:

@@ -18,14 +18,10 @@ from gptray.tracking.system_metrics import start_system_metrics
 from helpers import MlflowServer, Relay
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One real `mlflow server` for the module (it takes 5-20 s to start here); each test reaches it through
-    its own relay and logs to its own run."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.kill()
+@pytest.fixture
+def server(mlflow_server):
+    """The session's real `mlflow server`; each test reaches it through its own relay and logs to its own run."""
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")

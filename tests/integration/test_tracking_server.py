@@ -5,40 +5,73 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gptray.train.pretrain import pretrain
-from helpers import MlflowServer, Relay, small_run_config
+from helpers import Relay, small_run_config
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One real `mlflow server` for the module (5-20 s to start here); the outage test kills it and starts
-    it again on the same address and store, as it leaves it for the next test."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.kill()
+def server(mlflow_server):
+    """The session's real `mlflow server`; the outage test kills it and starts it again on the same address and
+    store, as it leaves it for the next test."""
+    return mlflow_server
 
 
-def test_pretrain_logs_to_a_tracking_server_over_http(server, shakespeare_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def blip(server, shakespeare_dataset, tmp_path_factory):
+    """A run that logs to the server over HTTP through a relay, so that the server can vanish and be back within
+    2 s (a restarted `mlflow server` took 10-20 s under load, and the run had to outlast that): the relay goes
+    down after the run's first checkpoint and comes back 2 s later, while the run goes on."""
+    root = tmp_path_factory.mktemp("blip")
+    relay = Relay(server.port)
+    config = small_run_config(root, shakespeare_dataset, "name=blip", "model.n_layer=1", "train.max_steps=50",
+                              "train.lr_decay_steps=50", "train.checkpoint_interval=6", "train.eval_interval=25",
+                              f"tracking.uri={relay.uri}", "tracking.experiment=remote", "tracking.retry_seconds=1")
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = pretrain(config)  # with the final sample, as a user's run has
+        except Exception as exc:  # reported by the tests
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    first = Path(config.run_dir) / "checkpoint_00000006" / "state.json"
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.2)
+    relay.down()
+    time.sleep(2)  # steps go by with the server away
+    reconnections = relay.accepted
+    relay.up()
+    back_in_time = thread.is_alive()
+    thread.join(timeout=300)
+    yield SimpleNamespace(config=config, relay=relay, reconnections=reconnections, back_in_time=back_in_time,
+                          result=outcome.get("result"), error=outcome.get("error"))
+    relay.down()
+
+
+def test_pretrain_logs_to_a_tracking_server_over_http(blip, server):
     from mlflow.tracking import MlflowClient
 
-    config = small_run_config(tmp_path, shakespeare_dataset, "name=remote", "train.max_steps=4",
-                              "train.eval_interval=2", f"tracking.uri={server.uri}", "tracking.experiment=remote")
-    result = pretrain(config)
-    assert result.tracking_uri == server.uri
+    result = blip.result
+    assert result is not None, blip.error
+    assert result.tracking_uri == blip.relay.uri  # the server, at the address the run was given
     client = MlflowClient(server.uri)
     run = client.get_run(result.mlflow_run_id)
-    assert run.info.status == "FINISHED" and run.data.params["model.n_layer"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+    assert run.info.status == "FINISHED" and run.data.params["model.n_layer"] == "1"
+    assert client.get_experiment(run.info.experiment_id).name == "remote"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples"} <= artifacts
     # the artifacts went through the server into its store, not into a local ./mlruns
-    assert list((server.root / "artifacts").rglob("config.yaml"))
+    assert [p for p in (server.root / "artifacts").rglob("config.yaml") if result.mlflow_run_id in p.parts]
 
 
 def test_training_outlives_the_tracking_server_and_its_metrics_are_sent_later(server, shakespeare_dataset, tmp_path):
@@ -75,32 +108,14 @@ def test_training_outlives_the_tracking_server_and_its_metrics_are_sent_later(se
     assert steps == list(range(1, 37))  # nothing logged during the outage was lost
 
 
-def test_a_server_back_during_training_gets_the_metrics_from_the_running_job(server, shakespeare_dataset, tmp_path):
+def test_a_server_back_during_training_gets_the_metrics_from_the_running_job(blip, server):
     from mlflow.tracking import MlflowClient
 
-    # The job reaches the server through a relay, so the server can vanish and be back within 2 s
-    # (a restarted `mlflow server` took 10-20 s under load, and the run had to outlast that).
-    relay = Relay(server.port)
-    config = small_run_config(tmp_path, shakespeare_dataset, "name=blip", "model.n_layer=1", "train.max_steps=50",
-                              "train.lr_decay_steps=50", "train.checkpoint_interval=6", "train.eval_interval=25",
-                              f"tracking.uri={relay.uri}", "tracking.retry_seconds=1")
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=pretrain(config, sample=False)))
-    thread.start()
-    first = Path(config.run_dir) / "checkpoint_00000006" / "state.json"
-    deadline = time.monotonic() + 300
-    while not first.exists():
-        assert thread.is_alive() and time.monotonic() < deadline, outcome
-        time.sleep(0.2)
-    relay.down()
-    time.sleep(2)  # steps go by with the server away
-    reconnections = relay.accepted
-    relay.up()
-    assert thread.is_alive(), "training ended before the server came back: make the run longer"
-    thread.join(timeout=300)
-    result = outcome["result"]
+    assert blip.back_in_time, "training ended before the server came back: make the run longer"
+    result = blip.result
+    assert result is not None, blip.error
     client = MlflowClient(server.uri)
     steps = sorted({m.step for m in client.get_metric_history(result.mlflow_run_id, "train/loss")})
-    assert relay.accepted > reconnections  # the job's connections were cut, and it came back through new ones
+    assert blip.relay.accepted > blip.reconnections  # the job's connections were cut, and it came back through new ones
     assert steps == list(range(1, 51)) and client.get_run(result.mlflow_run_id).info.status == "FINISHED"
-    assert not (Path(config.run_dir) / "mlflow_outbox.jsonl").exists()  # nothing was left for later
+    assert not (Path(blip.config.run_dir) / "mlflow_outbox.jsonl").exists()  # nothing was left for later
