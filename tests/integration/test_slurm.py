@@ -74,17 +74,38 @@ def slurm_cluster():
             break
         time.sleep(1)
     pids = [int((root / f"{d}.pid").read_text()) for d in ("slurmd", "slurmctld") if (root / f"{d}.pid").is_file()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, patience in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        time.sleep(2)
+        if wait_for_exit(pids, patience):  # as soon as they are gone, not after a fixed pause
+            break
     if started_munge is not None:
         subprocess.run(["pkill", "-x", "munged"])
-    time.sleep(1)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for_exit(pids: list[int], seconds: float) -> bool:
+    """Whether every process in `pids` (daemons: not our children) has ended within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [pid for pid in pids if running(pid)]
+        if not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie waiting to be reaped has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 @pytest.mark.slow
