@@ -119,7 +119,7 @@ class ModelConfig:
         if self.vocab_size is not None and self.eot_token is not None:
             return self
         config = dataclasses.replace(
-            self, vocab_size=self.vocab_size or -(-vocab_size // self.vocab_multiple) * self.vocab_multiple,
+            self, vocab_size=self.vocab_size or padded_vocabulary(vocab_size, self.vocab_multiple),
             eot_token=eot_token if self.eot_token is None else self.eot_token)
         config.validate(prefix)
         return config
@@ -149,6 +149,11 @@ class ModelConfig:
             return cls(**values).resolved(prefix)
         except ConfigError as exc:
             raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from None
+
+
+def padded_vocabulary(vocab: int, multiple: int) -> int:
+    """`vocab` rounded up to a multiple of `multiple` (nanoGPT's 50304 for GPT-2's 50257 at 64)."""
+    return -(-vocab // multiple) * multiple
 
 
 def finetune_model(requested: ModelConfig, base: ModelConfig, recipe_dropout: float | None) -> ModelConfig:

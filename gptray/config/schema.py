@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from gptray.base.errors import ConfigError
 from gptray.base.paths import absolute_path, is_uri, join_path
 from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
-from gptray.config.model import ModelConfig, finetune_model
+from gptray.config.model import ModelConfig, finetune_model, padded_vocabulary
 from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
@@ -567,11 +567,6 @@ def _vocabulary_from_tokenizer(model: ModelConfig, tokenizer: str) -> None:
         model.vocab_size = padded_vocabulary(vocab, model.vocab_multiple or 1)
         if model.eot_token is None:
             model.eot_token = eot
-
-
-def padded_vocabulary(vocab: int, multiple: int) -> int:
-    """`vocab` rounded up to a multiple of `multiple` (nanoGPT's 50304 for GPT-2's 50257 at 64)."""
-    return -(-vocab // multiple) * multiple
 
 
 # Reads the model config of a fine-tuning run's base (train.init_from, made absolute) for `resolved`.

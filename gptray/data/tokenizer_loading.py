@@ -28,14 +28,21 @@ def dataset_tokenizer(dataset, manifest):
     info = manifest.tokenizer
     if info.get("kind", "tiktoken") == "tiktoken":
         return TiktokenTokenizer(info["name"])
-    if not dataset.exists(TOKENIZER_FILE):
+    tokenizer = stored_tokenizer(dataset, info["name"])
+    if tokenizer is None:
         raise DataError(f"{dataset.uri()} lacks {TOKENIZER_FILE}, the tokenizer its manifest names "
                         f"({info['name']}): tokenize it again")
-    tokenizer = HuggingFaceTokenizer(dataset.read_bytes(TOKENIZER_FILE).decode("utf-8"), info["name"])
     if tokenizer.digest != info.get("digest"):
         raise DataError(f"{dataset.uri(TOKENIZER_FILE)} is not the tokenizer the dataset was written with "
                         f"(sha256 {tokenizer.digest[:12]}…, the manifest says {str(info.get('digest'))[:12]}…)")
     return tokenizer
+
+
+def stored_tokenizer(directory, name: str) -> HuggingFaceTokenizer | None:
+    """The tokenizer.json a dataset or run directory (a Storage) keeps, named `name`; None without one."""
+    if not directory.exists(TOKENIZER_FILE):
+        return None
+    return HuggingFaceTokenizer(directory.read_bytes(TOKENIZER_FILE).decode("utf-8"), name)
 
 
 def tokenizer_file(spec: str) -> str:

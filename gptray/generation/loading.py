@@ -12,8 +12,7 @@ from gptray.base.storage import Storage
 from gptray.checkpoint.files import load_model_state, read_config, read_state, resolve_checkpoint
 from gptray.config import ModelConfig
 from gptray.config.schema import tokenizer_kind
-from gptray.data.hf_tokenizer import HuggingFaceTokenizer
-from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer, stored_tokenizer
 from gptray.model import GPT
 
 log = logging.getLogger(__name__)
@@ -47,26 +46,27 @@ def checkpoint_tokenizer(directory: str | Path, default: str):
     directory, else the one its config.yaml names (tiktoken's by name; else the file beside its token
     dataset, else the file or Hub name itself); `default` (a data.tokenizer spec) when none is readable."""
     directory = Path(directory)
+    config = _saved_config(directory)
+    spec = config.data.tokenizer if config is not None else None
     for place in (directory, directory.parent):
-        if (place / TOKENIZER_FILE).is_file():
-            spec = _saved_tokenizer_spec(directory) or str(place / TOKENIZER_FILE)
-            return HuggingFaceTokenizer((place / TOKENIZER_FILE).read_text(encoding="utf-8"), spec)
-    spec = _saved_tokenizer_spec(directory)
+        kept = stored_tokenizer(Storage(str(place)), spec or str(place / TOKENIZER_FILE))
+        if kept is not None:
+            return kept
     if spec is None:
         return load_tokenizer(default)
-    try:
-        config = read_config(directory)
-        dataset = Storage(config.data.dataset_dir)
-        if tokenizer_kind(spec) != "tiktoken" and dataset.exists(TOKENIZER_FILE):
-            return HuggingFaceTokenizer(dataset.read_bytes(TOKENIZER_FILE).decode("utf-8"), spec)
-    except (CheckpointError, ConfigError, DataError, OSError):
-        pass
+    if tokenizer_kind(spec) != "tiktoken":
+        try:
+            beside_data = stored_tokenizer(Storage(config.data.dataset_dir), spec)
+        except DataError:  # its dataset is gone or unreachable: the file or Hub name itself, below
+            beside_data = None
+        if beside_data is not None:
+            return beside_data
     return load_tokenizer(spec)
 
 
-def _saved_tokenizer_spec(directory: Path) -> str | None:
+def _saved_config(directory: Path):
     try:
-        return read_config(directory).data.tokenizer
+        return read_config(directory)
     except (CheckpointError, ConfigError, OSError) as exc:
         log.warning("cannot read the tokenizer of %s (%s)", directory, exc)
         return None
