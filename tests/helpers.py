@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,6 +25,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def interruptible_command(args: list[str], log_path: Path, **popen_args):
+    """A `gptray` command in its own session that Ctrl-C (SIGINT) reaches as it reaches a user's: SIGINT is
+    set back to its default in the child, because a shell that runs the suite as a background job starts
+    it with SIGINT ignored and Python keeps an inherited SIG_IGN (the command then trained on, ignoring the
+    test's signal, for 20 minutes of the suite). Whatever still runs when the block ends is killed."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_default_sigint, **popen_args)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -> None:

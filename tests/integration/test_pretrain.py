@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from gptray.cli.main import main as cli
 from gptray.tracking.history import read_history
 from gptray.train.finetune import load_finetune_config
 from gptray.train.pretrain import pretrain
-from helpers import REPO, SMALL_RUN, make_config, metric_history, small_run_config
+from helpers import REPO, SMALL_RUN, interruptible_command, make_config, metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -174,9 +173,8 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):
                  "name=interrupted", "train.max_steps=2000", "train.lr_decay_steps=2000", "tracking.enabled=false",
                  "ray.num_cpus=2"]  # its own local Ray, as a user's command would start
     run_dir, output = root / "runs" / "interrupted", root / "interrupted.log"
-    with open(output, "w") as log:
-        command = subprocess.Popen([sys.executable, "-m", "gptray", "pretrain", "--no-sample", *overrides], cwd=REPO,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with interruptible_command([sys.executable, "-m", "gptray", "pretrain", "--no-sample", *overrides], output,
+                               cwd=REPO) as command:
         deadline = time.monotonic() + 300
         while latest_checkpoint(run_dir) is None:
             assert command.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,7 +15,7 @@ import pytest
 from gptray.checkpoint.files import STATE_FILE
 from gptray.cli.main import main as cli
 from gptray.tune.spec import group_label
-from helpers import REPO, TINY_TRIALS, write_sweep
+from helpers import REPO, TINY_TRIALS, interruptible_command, write_sweep
 
 
 def children(client, parent_run_id: str):
@@ -40,9 +39,8 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
     sweep_dir = tmp_path / "runs" / "ablate-norm"
     names = ["layernorm-seed0", "rmsnorm-seed0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "gptray", "sweep", "--config", str(path), *overrides],
-                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with interruptible_command([sys.executable, "-m", "gptray", "sweep", "--config", str(path), *overrides],
+                               tmp_path / "driver.log", cwd=REPO, env=env) as driver:
         deadline = time.monotonic() + 400
         # one trial done, another one begun
         while not (list(sweep_dir.glob(f"*-seed*/checkpoint_00000004/{STATE_FILE}")) and
