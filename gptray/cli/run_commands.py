@@ -16,12 +16,14 @@ def register(commands) -> None:
     sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray tasks)", """\
         Read data.sources (local or s3:// / gs:// txt/jsonl/json/parquet files, also .gz/.zst compressed,
         directories, globs, Hugging Face datasets, named corpora from `gptray data list`), tokenize them
-        with tiktoken in parallel Ray read tasks, append <|endoftext|> after every document, split
+        with data.tokenizer in parallel Ray read tasks, append <|endoftext|> after every document, split
         documents into train/val by a seeded content hash, write each source's documents as often as its
         weight says, each task its own Parquet token shards, and write manifest.json to data.dataset_dir
         (a local path or a URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
         Rerunning reuses a finished identical dataset after verifying its shards, and resumes an
-        interrupted one: read tasks whose shards verify are kept, only the rest run again.""")
+        interrupted one: read tasks whose shards verify are kept, only the rest run again.
+        A data.tokenizer directory (or tokenizer.json) that does not exist yet is learned from
+        data.sources first, with the tokenizer.* settings, as `gptray tokenizer train` does.""")
     sub.add_argument("--overwrite", action="store_true",
                      help="replace a different token dataset (or unfinished job) already in data.dataset_dir")
     sub.add_argument("--strict", action="store_true",
@@ -97,6 +99,7 @@ def cmd_tokenize(args) -> int:
     from gptray.data.tokenize_job import tokenize_corpus
 
     config = load_experiment(args)
+    _learn_missing_tokenizer(config)
     result = tokenize_corpus(config, overwrite=args.overwrite, strict=True if args.strict else None)
     _print_dataset(result)
     return EXIT_OK
@@ -212,6 +215,7 @@ def cmd_quickstart(args) -> int:
     started = time.monotonic()
     config = load_experiment(args)
     log.info("quickstart 1/2: tokenize %s", ", ".join(s.describe() for s in config.data.sources))
+    _learn_missing_tokenizer(config)
     dataset = tokenize_corpus(config)
     log.info("quickstart 2/2: pretrain %s on %d Ray Train worker(s)", config.model.preset or "custom model",
              config.ray.num_workers)
@@ -221,6 +225,16 @@ def cmd_quickstart(args) -> int:
     _print_run(config, result)
     print(f"quickstart finished in {time.monotonic() - started:.0f} s")
     return EXIT_OK
+
+
+def _learn_missing_tokenizer(config) -> None:
+    """A data.tokenizer directory or tokenizer.json that does not exist yet is learned from the corpus first."""
+    from gptray.cli.tokenizer_commands import print_learned
+    from gptray.data.bpe_training import learn_missing_tokenizer
+
+    learned = learn_missing_tokenizer(config)
+    if learned is not None:
+        print_learned(learned)
 
 
 def _print_dataset(result) -> None:

@@ -34,14 +34,19 @@ def cmd_train(args) -> int:
 
     config = load_experiment(args)
     result = train_tokenizer(config, args.out, overwrite=args.overwrite)
+    print_learned(result)
+    directory = str(result.path.parent)
+    if "/" not in directory:  # a bare name would read as a tiktoken encoding's
+        directory = f"./{directory}"
+    print(f"use it     data.tokenizer={directory}")
+    return EXIT_OK
+
+
+def print_learned(result) -> None:
+    """What a learned tokenizer (bpe_training.TrainedTokenizer) was learned from, and where it is."""
     sample = "a sample, tokenizer.max_chars" if result.truncated else "all of them"
     print(f"learned    {result.vocab_size:,} tokens from {result.documents:,} documents, "
           f"{result.chars:,} characters ({sample}) in {result.seconds:.1f} s")
     if result.problems.total():
         print(f"skipped    {result.problems.counts}")
     print(f"wrote      {result.path}")
-    directory = str(result.path.parent)
-    if "/" not in directory:  # a bare name would read as a tiktoken encoding's
-        directory = f"./{directory}"
-    print(f"use it     data.tokenizer={directory}")
-    return EXIT_OK

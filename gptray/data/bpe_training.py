@@ -20,7 +20,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptray.base.errors import ConfigError, DataError
+from gptray.base.paths import is_uri
+from gptray.base.storage import file_entry, resolve
 from gptray.config import ExperimentConfig
+from gptray.config.schema import tokenizer_kind
 from gptray.data.blocks import piece_documents
 from gptray.data.hf_tokenizer import END_OF_TEXT, HuggingFaceTokenizer
 from gptray.data.manifest import ProblemCounts
@@ -29,7 +32,7 @@ from gptray.data.readers import KEPT_STATUSES
 from gptray.data.sources import resolve_sources
 from gptray.data.split import is_validation
 from gptray.data.tokenize_job import source_readers
-from gptray.data.tokenizer_loading import TOKENIZER_FILE
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, tokenizer_file
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,24 @@ def train_tokenizer(config: ExperimentConfig, out: str | Path, overwrite: bool =
                     f"{settings.vocab_size:,}")
     return TrainedTokenizer(target, trained.vocab_size, sample.documents, sample.chars, time.monotonic() - started,
                             sample.problems, sample.truncated)
+
+
+def learn_missing_tokenizer(config: ExperimentConfig) -> TrainedTokenizer | None:
+    """Learn the tokenizer data.tokenizer names when that is a local tokenizer.json (or its directory) that
+    does not exist yet, from data.sources with the `tokenizer` settings, as `gptray tokenizer train` would;
+    None when there is nothing to learn (a tiktoken or Hub name, or a file that exists)."""
+    spec = config.data.tokenizer
+    if tokenizer_kind(spec) != "file" or file_entry(*resolve(tokenizer_file(spec))) is not None:
+        return None
+    if is_uri(spec):
+        raise ConfigError("data.tokenizer", f"{spec} does not exist; learn it into a local directory with "
+                                            "`gptray tokenizer train --out DIR` and copy it there")
+    if spec.endswith(".json") and Path(spec).name != TOKENIZER_FILE:
+        raise ConfigError("data.tokenizer", f"{spec} does not exist; a tokenizer gptray learns is named "
+                                            f"{TOKENIZER_FILE} (or give its directory)")
+    directory = Path(spec).parent if spec.endswith(".json") else Path(spec)
+    log.info("data.tokenizer %s does not exist yet: learning it from the corpus", spec)
+    return train_tokenizer(config, directory)
 
 
 class _Sample:

@@ -10,15 +10,12 @@ steps, with the vocabulary its dataset gives it.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from gptray.base.errors import ConfigError
-from gptray.base.storage import Storage, file_entry, resolve
-from gptray.config.schema import tokenizer_kind
-from gptray.data.bpe_training import train_tokenizer
+from gptray.base.storage import Storage
+from gptray.data.bpe_training import learn_missing_tokenizer
 from gptray.data.manifest import MANIFEST_NAME, Manifest
 from gptray.data.tokenize_job import tokenize_corpus
-from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, tokenizer_file
+from gptray.data.tokenizer_loading import dataset_tokenizer
 from gptray.tune.spec import Sweep, budget_steps, with_steps
 
 log = logging.getLogger(__name__)
@@ -31,11 +28,8 @@ def prepare_sweep_data(sweep: Sweep) -> Sweep:
     for trial in sweep.trials:
         config = trial.config
         spec = config.data.tokenizer
-        missing = tokenizer_kind(spec) == "file" and file_entry(*resolve(tokenizer_file(spec))) is None
-        if missing and spec not in trained:
-            directory = _tokenizer_directory(spec)
-            log.info("sweep %s: learning the tokenizer %s for %s", sweep.base.name, spec, trial.label)
-            train_tokenizer(config, directory)
+        if spec not in trained and learn_missing_tokenizer(config) is not None:
+            log.info("sweep %s: learned the tokenizer %s for %s", sweep.base.name, spec, trial.label)
         trained.add(spec)
         dataset = config.data.dataset_dir
         if dataset not in tokenized and not Storage(dataset).exists(MANIFEST_NAME):
@@ -53,13 +47,3 @@ def prepare_sweep_data(sweep: Sweep) -> Sweep:
         trials.append(with_steps(sweep, trial, budget_steps(model, config, sweep.spec)))
     sweep.trials = trials
     return sweep
-
-
-def _tokenizer_directory(spec: str) -> str:
-    """Where `gptray tokenizer train` writes the tokenizer a data.tokenizer path names."""
-    if spec.endswith(".json"):
-        if Path(spec).name != TOKENIZER_FILE:
-            raise ConfigError("data.tokenizer", f"{spec} does not exist; a tokenizer the sweep learns is named "
-                                                f"{TOKENIZER_FILE} (or give its directory)")
-        return str(Path(spec).parent)
-    return spec

@@ -96,3 +96,29 @@ def test_hf_names_load_from_the_hub_cache_and_a_missing_one_is_a_data_error(tmp_
         load_tokenizer("hf:acme/nothing")
     with pytest.raises(DataError, match="could not read the tokenizer file"):
         load_tokenizer(str(tmp_path / "missing" / "tokenizer.json"))
+
+
+def test_tokenize_learns_a_missing_tokenizer_directory_first_and_names_a_bad_path(ray_session, tmp_path, capsys):
+    """`gptray tokenize` (and the quickstart) with data.tokenizer naming a directory that does not exist yet
+    learns it from the corpus, then tokenizes with it; a second run reuses both; a missing file that is not
+    a tokenizer.json is refused before any work."""
+    corpus = tmp_path / "speeches.txt"
+    corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    tokenizer = tmp_path / "tokenizers" / "small"
+    overrides = [sources_override(f"{{path: {corpus}, text_unit: paragraph}}"), f"data.tokenizer={tokenizer}",
+                 f"data.dataset_dir={tmp_path}/data", f"out_dir={tmp_path}/runs", "tokenizer.vocab_size=400"]
+    assert cli(["tokenize", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "learned    400 tokens from" in printed and f"wrote      {tokenizer}/tokenizer.json" in printed
+    library = tokenizers.Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    stream, _ = corpus_stream(tmp_path / "data")
+    first = stream[:stream.index(0)]  # a paragraph, encoded as the library encodes it
+    assert max(stream) < 400 and library.encode(library.decode(first), add_special_tokens=False).ids == first
+    assert library.decode(first) in corpus.read_text(encoding="utf-8")
+    learned = (tokenizer / "tokenizer.json").read_bytes()
+    assert cli(["tokenize", *overrides]) == 0  # nothing learned again: the dataset is reused as it is
+    assert "learned" not in capsys.readouterr().out and (tokenizer / "tokenizer.json").read_bytes() == learned
+    assert cli(["tokenize", *overrides[:-4], f"data.tokenizer={tmp_path}/vocab.json",
+                f"data.dataset_dir={tmp_path}/other"]) == 2
+    assert "is named tokenizer.json" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
