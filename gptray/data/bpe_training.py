@@ -21,7 +21,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptray.base.errors import ConfigError, DataError
 from gptray.base.paths import is_uri
-from gptray.base.storage import file_entry, resolve
 from gptray.config import ExperimentConfig
 from gptray.config.schema import tokenizer_kind
 from gptray.data.blocks import piece_documents
@@ -90,19 +89,19 @@ def train_tokenizer(config: ExperimentConfig, out: str | Path, overwrite: bool =
 def learn_missing_tokenizer(config: ExperimentConfig) -> TrainedTokenizer | None:
     """Learn the tokenizer data.tokenizer names when that is a local tokenizer.json (or its directory) that
     does not exist yet, from data.sources with the `tokenizer` settings, as `gptray tokenizer train` would;
-    None when there is nothing to learn (a tiktoken or Hub name, or a file that exists)."""
+    None when there is nothing to learn: a tiktoken or Hub name, a file that exists, or an object-store
+    URI (read, never learned here: loading it names one that is missing)."""
     spec = config.data.tokenizer
-    if tokenizer_kind(spec) != "file" or file_entry(*resolve(tokenizer_file(spec))) is not None:
+    if tokenizer_kind(spec) != "file" or is_uri(spec):
         return None
-    if is_uri(spec):
-        raise ConfigError("data.tokenizer", f"{spec} does not exist; learn it into a local directory with "
-                                            "`gptray tokenizer train --out DIR` and copy it there")
-    if spec.endswith(".json") and Path(spec).name != TOKENIZER_FILE:
+    target = Path(tokenizer_file(spec))
+    if target.is_file():
+        return None
+    if target.name != TOKENIZER_FILE:
         raise ConfigError("data.tokenizer", f"{spec} does not exist; a tokenizer gptray learns is named "
                                             f"{TOKENIZER_FILE} (or give its directory)")
-    directory = Path(spec).parent if spec.endswith(".json") else Path(spec)
     log.info("data.tokenizer %s does not exist yet: learning it from the corpus", spec)
-    return train_tokenizer(config, directory)
+    return train_tokenizer(config, target.parent)
 
 
 class _Sample:

@@ -23,14 +23,12 @@ log = logging.getLogger(__name__)
 
 def prepare_sweep_data(sweep: Sweep) -> Sweep:
     """Train the missing tokenizers and tokenize the missing datasets the trials name; set FLOPs budgets."""
-    trained: set[str] = set()
     tokenized: set[str] = set()
     for trial in sweep.trials:
         config = trial.config
-        spec = config.data.tokenizer
-        if spec not in trained and learn_missing_tokenizer(config) is not None:
-            log.info("sweep %s: learned the tokenizer %s for %s", sweep.base.name, spec, trial.label)
-        trained.add(spec)
+        if learn_missing_tokenizer(config) is not None:  # once: the next trial naming it finds the file
+            log.info("sweep %s: learned the tokenizer %s for %s", sweep.base.name, config.data.tokenizer,
+                     trial.label)
         dataset = config.data.dataset_dir
         if dataset not in tokenized and not Storage(dataset).exists(MANIFEST_NAME):
             log.info("sweep %s: tokenizing %s for %s", sweep.base.name, dataset, trial.label)
