@@ -65,10 +65,15 @@ def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -
 
 
 def make_config(root: Path, *overrides: str):
-    """A resolved config whose outputs all live under `root` (a fine-tuning one reads its base)."""
+    """A resolved config whose outputs all live under `root` (a fine-tuning one reads its base), in GPT-2's
+    vocabulary (tiktoken's, nothing to learn first) unless `overrides` name another data.tokenizer."""
     from gptray.train.finetune import load_finetune_config
 
-    return load_finetune_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", *overrides])
+    return load_finetune_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", GPT2_TOKENIZER,
+                                       *overrides])
+
+
+GPT2_TOKENIZER = "data.tokenizer=gpt2"  # the built-in default is a BPE learned from the corpus
 
 
 # A small model and short schedule for Ray Train tests; 2 workers × 2 micro-batches of 2 also

@@ -135,10 +135,12 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
-    dataset_dir: str = "data/tinyshakespeare"  # where shards + manifest.json go: a local path or s3://, gs:// URI
+    dataset_dir: str = "data/tinyshakespeare-bpe8k"  # where shards + manifest.json go: a local path or s3://, gs:// URI
     # A tiktoken encoding name (gpt2), a tokenizer.json by path or URI (or a directory holding one, as
-    # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer.
-    tokenizer: str = "gpt2"
+    # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer. The
+    # default is learned from data.sources (tokenizer.*: 8,192 tokens) the first time it is needed:
+    # on tinyshakespeare it reaches a lower val bpb than gpt2 in the same time (BENCHMARKS.md).
+    tokenizer: str = "data/tokenizers/tinyshakespeare-8k"
     val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
     split_seed: int = 0
     shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
@@ -186,7 +188,7 @@ class TrainConfig(OptimizerSettings):
     # model preset's training settings (gptray/config/presets.py: the GPT-3 paper's for GPT-3
     # sizes, gptray's CPU settings for nano/tiny), optimizer settings from `recipe`
     # (gptray/config/recipes.py). Explicit values always win.
-    max_steps: int = 300
+    max_steps: int = 1800
     batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
     tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
     micro_batch_size: int = 4  # sequences per forward/backward on one worker
@@ -239,10 +241,10 @@ class TrainConfig(OptimizerSettings):
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     seed: int = 1337  # model init and data order
     log_interval: int = 10
-    eval_interval: int = 50
+    eval_interval: int = 300
     eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
     sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
-    checkpoint_interval: int = 100
+    checkpoint_interval: int = 600
     keep_checkpoints: int = 2  # the newest complete checkpoints kept; older ones (orphans too) are deleted
     # whole: rank 0 writes model.pt and optimizer.pt (loadable with torch.load); sharded: every rank
     # writes its own part with torch.distributed.checkpoint. auto: sharded under FSDP (no rank may
@@ -334,6 +336,9 @@ class TrainConfig(OptimizerSettings):
             if recipe.warmup_fraction is not None:
                 self.warmup_steps = min(math.ceil(recipe.warmup_fraction * self.max_steps), self.max_steps - 1)
                 source = f"the {self.recipe} recipe's"
+            elif preset is not None and preset.warmup_fraction is not None:
+                self.warmup_steps = min(math.ceil(preset.warmup_fraction * self.max_steps), self.max_steps - 1)
+                source = f"the {model.preset} preset's"
             elif preset is not None and preset.warmup_tokens is not None:
                 self.warmup_steps, source = -(-preset.warmup_tokens // tokens), f"the {model.preset} preset's"
             elif recipe.warmup_steps is not None:

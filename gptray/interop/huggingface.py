@@ -16,7 +16,7 @@ import torch
 
 from gptray.base.errors import CheckpointError, ConfigError, GptrayError
 from gptray.checkpoint.files import TrainingState, read_config, read_state, resolve_checkpoint, save_checkpoint
-from gptray.config import ExperimentConfig, ModelConfig
+from gptray.config import DataConfig, ExperimentConfig, ModelConfig
 from gptray.config.presets import PRESET_DEFAULTS
 from gptray.config.schema import tokenizer_kind
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
@@ -177,8 +177,9 @@ def import_hf_checkpoint(source: str | Path, out: str | Path, revision: str | No
     imported = load_hf_gpt2(source, revision, cache_dir)  # read (and check) everything before writing
     out = _prepare_output(Path(out), overwrite, IMPORT_FILES)
     config = imported.model.config
+    # GPT-2's weights read GPT-2's BPE: generation and export find it in config.yaml
     save_checkpoint(out, imported.model.state_dict(), None, TrainingState(model=asdict(config)),
-                    ExperimentConfig(model=config))
+                    ExperimentConfig(model=config, data=DataConfig(tokenizer="gpt2")))
     provenance = dict(source=str(source), revision=revision, directory=str(imported.directory),
                       weights=imported.weights, notes=imported.notes, hf_config=imported.hf_config)
     (out / "import.json").write_text(json.dumps(provenance, indent=2))

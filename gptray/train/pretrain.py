@@ -31,9 +31,10 @@ from gptray.checkpoint.files import (
     read_state,
 )
 from gptray.config import ExperimentConfig, ModelConfig
+from gptray.config.schema import tokenizer_kind
 from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table
-from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer, tokenizer_file
 from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
 from gptray.eval.training import training_payload
 from gptray.generation.loading import checkpoint_tokenizer
@@ -66,11 +67,27 @@ class PretrainResult:
 def run_tokenizer(config: ExperimentConfig, manifest: Manifest):
     """The dataset's tokenizer, which data.tokenizer must name (a run's samples, evals and exports use it)."""
     tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
-    if config.data.tokenizer != tokenizer.name and load_tokenizer(config.data.tokenizer).digest != tokenizer.digest:
+    if config.data.tokenizer == tokenizer.name or _learned_elsewhere(config.data.tokenizer, tokenizer.name):
+        return tokenizer
+    if load_tokenizer(config.data.tokenizer).digest != tokenizer.digest:
         raise DataError(f"{config.data.dataset_dir} was tokenized with {tokenizer.name}, but data.tokenizer is "
                         f"{config.data.tokenizer}: tokenize into another data.dataset_dir, or set data.tokenizer "
                         f"to the dataset's")
     return tokenizer
+
+
+def _learned_elsewhere(spec: str, dataset_name: str) -> bool:
+    """Whether data.tokenizer is a local tokenizer.json missing here that the dataset's tokenizer was learned
+    as on another machine or in another job's working directory (the same directory name, as a relative
+    default like data/tokenizers/tinyshakespeare-8k reads from anywhere): the dataset's copy then serves."""
+    if tokenizer_kind(spec) != "file" or is_uri(spec) or tokenizer_kind(dataset_name) != "file":
+        return False
+    ours, theirs = Path(tokenizer_file(spec)), Path(tokenizer_file(dataset_name))
+    if ours.is_file() or ours.parts[-2:] != theirs.parts[-2:]:
+        return False
+    log.info("data.tokenizer %s is not on this machine: using the copy the dataset keeps (learned as %s)",
+             spec, dataset_name)
+    return True
 
 
 def check_dataset(config: ExperimentConfig, manifest: Manifest) -> None:

@@ -24,7 +24,7 @@ def test_the_session_cluster_is_seen_as_it_is():
 
 
 def test_a_run_or_sweep_that_can_never_fit_stops_at_once_with_exit_2(shakespeare_dataset, tmp_path, capsys):
-    common = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}"]
+    common = [f"out_dir={tmp_path}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}", "data.tokenizer=gpt2"]
     assert cli(["pretrain", *common, "ray.cpus_per_worker=3"]) == 2
     err = capsys.readouterr().err
     assert "run quickstart needs 6 CPU (ray.num_workers=2 × ray.cpus_per_worker=3)" in err

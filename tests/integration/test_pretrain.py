@@ -171,7 +171,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):
     """SIGINT to a real `gptray pretrain`: it stops, says where, exits 130; the same command resumes."""
     overrides = [*SMALL_RUN, f"out_dir={root}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
                  "name=interrupted", "train.max_steps=2000", "train.lr_decay_steps=2000", "tracking.enabled=false",
-                 "ray.num_cpus=2"]  # its own local Ray, as a user's command would start
+                 "data.tokenizer=gpt2", "ray.num_cpus=2"]  # its own local Ray, as a user's command would start
     run_dir, output = root / "runs" / "interrupted", root / "interrupted.log"
     with interruptible_command([sys.executable, "-m", "gptray", "pretrain", "--no-sample", *overrides], output,
                                cwd=REPO) as command:

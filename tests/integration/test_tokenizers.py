@@ -15,8 +15,10 @@ from gptray.base.errors import DataError
 from gptray.cli.main import main as cli
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.inspection import sample_documents
+from gptray.data.manifest import Manifest
 from gptray.data.tokenize_job import tokenize_corpus
 from gptray.data.tokenizer_loading import load_tokenizer
+from gptray.train.pretrain import run_tokenizer
 from helpers import SHAKESPEARE, make_config
 
 
@@ -122,3 +124,12 @@ def test_tokenize_learns_a_missing_tokenizer_directory_first_and_names_a_bad_pat
                 f"data.dataset_dir={tmp_path}/other"]) == 2
     assert "is named tokenizer.json" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+    # Another job's working directory (ray job submit) lacks the learned file: the dataset's copy serves
+    # where the name is the same, and only there.
+    manifest = Manifest.load(f"{tmp_path}/data")
+    elsewhere = make_config(tmp_path, *overrides[:-1], f"data.tokenizer={tmp_path}/job/tokenizers/small")
+    assert run_tokenizer(elsewhere, manifest).digest == load_tokenizer(str(tokenizer)).digest
+    with pytest.raises(DataError, match="no such file"):
+        run_tokenizer(make_config(tmp_path, *overrides[:-1], f"data.tokenizer={tmp_path}/job/tokenizers/other"),
+                      manifest)

@@ -136,7 +136,7 @@ def test_a_checkpoint_resumes_only_in_the_order_of_training_windows_it_was_train
     from gptray.checkpoint.files import TrainingState, check_compatible
     from gptray.config import load_config
 
-    config = load_config(None, [])
+    config = load_config(None, ["data.tokenizer=gpt2"])  # the 50,257 tokens the old state records
     block = {"shuffle": "block", "block_shards": 16, "global_batch": 8}
     state = TrainingState(dataset_fingerprint="f", model=asdict(config.model), data_order=block)
     check_compatible(state, config, "f", "ckpt", dict(block))

@@ -16,7 +16,7 @@ import torch
 from gptray.base.errors import ConfigError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
-from gptray.config import ExperimentConfig, GenerateConfig, ModelConfig
+from gptray.config import DataConfig, ExperimentConfig, GenerateConfig, ModelConfig
 from gptray.data.tokenizer import TiktokenTokenizer
 from gptray.generation import StopCondition, beam_search, generate, generate_texts
 from gptray.generation.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
@@ -252,7 +252,7 @@ def test_generation_never_emits_ids_the_tokenizer_cannot_decode():
 
 def write_checkpoint(path, model: GPT) -> None:
     save_checkpoint(path, model.state_dict(), None, TrainingState(model=asdict(model.config)),
-                    ExperimentConfig(model=model.config))
+                    ExperimentConfig(model=model.config, data=DataConfig(tokenizer="gpt2")))
 
 
 def test_cli_generates_a_batch_of_prompts_with_beam_search_and_sampling(tmp_path, capsys):

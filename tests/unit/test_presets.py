@@ -116,4 +116,6 @@ def test_a_preset_fills_the_run_settings_it_carries_and_explicit_values_win():
                                   "train.tokens_per_step=262144"])
     assert (explicit.train.lr, explicit.train.batch_size) == (1e-4, 128)
     quickstart = load_config(None)  # nano carries gptray's CPU settings
-    assert (quickstart.train.lr, quickstart.train.batch_size, quickstart.train.warmup_steps) == (2e-3, 8, 30)
+    assert (quickstart.train.lr, quickstart.train.batch_size, quickstart.train.warmup_steps) == (2e-3, 8, 180)
+    shorter = load_config(None, ["train.max_steps=300"])  # nano warms up over a tenth of the steps
+    assert shorter.train.warmup_steps == 30
