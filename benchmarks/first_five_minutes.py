@@ -2,8 +2,8 @@
 
     python benchmarks/first_five_minutes.py [--vocab 4096,8192] [--out DIR]
 
-1. The quickstart as shipped (configs/quickstart.yaml: nano, GPT-2's 50,257 tokens, 300 steps on 2 CPU
-   workers): its training seconds T, its val loss and val bits per byte, and its sample.
+1. The quickstart as it shipped before its own BPE (configs/quickstart.yaml pinned to GPT-2's 50,257
+   tokens and 300 steps on 2 CPU workers): its training seconds T, val loss, val bits per byte, sample.
 2. For each --vocab size: `gptray tokenizer train` on the same corpus (tinyshakespeare), tokenized into its
    own dataset, then a 40-step calibration run for its steps per second, then the quickstart again with
    that tokenizer and max_steps set so that training takes about T (warmup and decay scaled with it).

@@ -78,9 +78,12 @@ def register(commands) -> None:
     sub.set_defaults(handler=cmd_generate)
 
     sub = add_command(commands, "quickstart", "tokenize, train, track and sample end to end on local defaults", """\
-        The whole pipeline on one machine: tokenize tinyshakespeare, train the nano GPT for
-        train.max_steps steps on a local Ray cluster with 2 CPU workers under DDP, log to MLflow
-        (SQLite under out_dir), and print where the run is and a generated sample.""")
+        The whole pipeline on one machine: learn data.tokenizer from the corpus if it does not
+        exist yet (by default an 8,192-token byte-level BPE of tinyshakespeare, under data/tokenizers),
+        tokenize tinyshakespeare with it, train the nano GPT for train.max_steps steps (1,800) on a
+        local Ray cluster with 2 CPU workers under DDP, log to MLflow (SQLite under out_dir), and
+        print where the run is and a generated sample. Run again, it reuses what exists.
+        data.tokenizer=gpt2 data.dataset_dir=data/tinyshakespeare trains with GPT-2's tokenizer.""")
     sub.set_defaults(handler=cmd_quickstart)
 
     sub = add_command(commands, "config", "print the resolved config (validates it; runs nothing)", """\

@@ -108,6 +108,11 @@ def test_quickstart_yaml_is_exactly_the_builtin_defaults():
     assert load_config(REPO / "configs" / "quickstart.yaml") == load_config(None)
 
 
+def test_the_gpt2_reproduction_trains_on_gpt2s_tokenizer():
+    config = load_config(REPO / "configs" / "gpt2-124m.yaml")
+    assert (config.data.tokenizer, config.model.vocab_size) == ("gpt2", 50257)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path, tmp_path):
     from dataclasses import asdict
