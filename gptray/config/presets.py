@@ -35,8 +35,8 @@ PRESET_DEFAULTS: dict = dict(
 )
 
 PRESETS: dict[str, dict] = {
-    # Two shapes that train on a laptop CPU; nano trains 1,800 steps in about three and a half
-    # minutes on two cores (the quickstart).
+    # Two shapes that train on a laptop CPU; nano trains the quickstart's 1,800 steps (an 8K
+    # vocabulary) in about three and a half minutes on two cores.
     "nano": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
     "tiny": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     # The published GPT-2 checkpoints (Radford et al. 2019; Hugging Face `gpt2*`, `distilgpt2`).

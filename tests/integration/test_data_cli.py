@@ -14,7 +14,7 @@ from gptray.data.inspection import length_histogram, preview_batches
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
-from helpers import make_config
+from helpers import GPT2_TOKENIZER, make_config
 
 
 def test_data_list_names_every_corpus_with_size_and_source(capsys):
@@ -47,7 +47,7 @@ def test_inspect_of_a_missing_dataset_exits_3(tmp_path, capsys):
 
 def test_preview_shows_exactly_the_trainers_windows(shakespeare_dataset, tmp_path, capsys):
     overrides = [f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"data.cache_dir={tmp_path}/cache",
-                 "train.batch_size=8", "train.micro_batch_size=2", "ray.num_workers=2"]
+                 "train.batch_size=8", "train.micro_batch_size=2", "ray.num_workers=2", GPT2_TOKENIZER]
     config = make_config(tmp_path, *overrides)
     rows = preview_batches(config, steps=2)
     # what train_loop_per_worker does for each rank
@@ -72,8 +72,9 @@ def test_preview_shows_exactly_the_trainers_windows(shakespeare_dataset, tmp_pat
 
 
 def test_preview_shows_the_block_order_with_each_windows_shard(shakespeare_dataset, tmp_path, capsys):
-    overrides = [f"data.dataset_dir={shakespeare_dataset.dataset_dir}", f"data.cache_dir={tmp_path}/cache",
-                 "data.shuffle=block", "train.batch_size=8", "train.micro_batch_size=2", "ray.num_workers=2"]
+    overrides = [f"data.dataset_dir={shakespeare_dataset.dataset_dir}", GPT2_TOKENIZER,
+                 f"data.cache_dir={tmp_path}/cache", "data.shuffle=block", "train.batch_size=8",
+                 "train.micro_batch_size=2", "ray.num_workers=2"]
     rows = preview_batches(make_config(tmp_path, *overrides), steps=2)
     shards = {s.path: shard_tokens(read_shard(shakespeare_dataset.dataset_dir, s))
               for s in Manifest.load(shakespeare_dataset.dataset_dir).split_info("train").shards}

@@ -28,7 +28,7 @@ from gptray.data.bpe_training import train_tokenizer
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard
 from gptray.data.tokenize_job import tokenize_corpus
-from helpers import REPO, SHAKESPEARE, make_config
+from helpers import GPT2_TOKENIZER, REPO, SHAKESPEARE, make_config
 
 SPEECHES = [p for p in re.split(r"\n\s*\n", SHAKESPEARE.read_text(encoding="utf-8")) if p.strip()]
 EXTRA = [
@@ -247,7 +247,7 @@ def test_bad_input_is_counted_not_fatal_and_strict_stops(ray_session, tmp_path, 
     from gptray.cli.main import main
 
     code = main(["tokenize", "--strict", f"out_dir={tmp_path}/cli", f"data.dataset_dir={tmp_path}/cli/data",
-                 *overrides])
+                 GPT2_TOKENIZER, *overrides])
     assert code == 3
     assert "bad input (data.strict / --strict)" in capsys.readouterr().err
 
@@ -363,7 +363,7 @@ def write_multi_task_corpus(root: Path) -> list[str]:
 
 def test_shards_are_byte_identical_on_1_and_2_cpus(ray_session, tmp_path):
     overrides = write_multi_task_corpus(tmp_path)
-    runs = {cpus: subprocess.Popen([sys.executable, "-m", "gptray", "tokenize", f"ray.num_cpus={cpus}",
+    runs = {cpus: subprocess.Popen([sys.executable, "-m", "gptray", "tokenize", f"ray.num_cpus={cpus}", GPT2_TOKENIZER,
                                     f"out_dir={tmp_path}/runs{cpus}", f"data.dataset_dir={tmp_path}/cpus{cpus}",
                                     *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             for cpus in (1, 2)}
@@ -406,7 +406,7 @@ tokenize_corpus(load_config(None, sys.argv[1:]))
 @pytest.mark.slow
 def test_a_killed_job_resumes_with_the_tasks_it_finished(ray_session, tmp_path):
     overrides = write_multi_task_corpus(tmp_path)
-    job = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, f"out_dir={tmp_path}/runs",
+    job = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, f"out_dir={tmp_path}/runs", GPT2_TOKENIZER,
                             f"data.dataset_dir={tmp_path}/data", *overrides], cwd=REPO, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = tmp_path / "data" / "progress"

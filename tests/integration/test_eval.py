@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
-from gptray.config import ExperimentConfig, ModelConfig
+from gptray.config import DataConfig, ExperimentConfig, ModelConfig
 from gptray.data.tokenizer import TiktokenTokenizer
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
@@ -58,7 +58,7 @@ def memorizer(tmp_path_factory) -> tuple[GPT, Path]:
     root = tmp_path_factory.mktemp("memorizer")
     checkpoint = root / "runs" / "memorizer" / "checkpoint_00000080"
     save_checkpoint(checkpoint, model.state_dict(), None, TrainingState(step=80, model=asdict(model.config)),
-                    ExperimentConfig(model=model.config))
+                    ExperimentConfig(model=model.config, data=DataConfig(tokenizer="gpt2")))
     return model.eval(), checkpoint
 
 
@@ -188,7 +188,7 @@ def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
     _, checkpoint = memorizer
     small = GPT(ModelConfig(preset=None, n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=96).resolved())
     save_checkpoint(tmp_path / "small", small.state_dict(), None, TrainingState(model=asdict(small.config)),
-                    ExperimentConfig(model=small.config))
+                    ExperimentConfig(model=small.config, data=DataConfig(tokenizer="gpt2")))
     write_hellaswag(tmp_path / "hs.jsonl")
     with pytest.raises(DataError, match="outside the model's vocabulary of 96"):
         evaluate_checkpoint(tmp_path / "small", eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hs.jsonl",
