@@ -240,7 +240,8 @@ TINY_TRIALS = {
 
 
 def write_sweep(path: Path, dataset_dir: str, sweep: dict, **sections) -> Path:
-    content = {"name": path.stem, "out_dir": str(path.parent / "runs"), "data": {"dataset_dir": dataset_dir},
+    data = {"dataset_dir": dataset_dir, "tokenizer": "gpt2"}  # the shared test datasets are GPT-2 tokens
+    content = {"name": path.stem, "out_dir": str(path.parent / "runs"), "data": data,
                **TINY_TRIALS, **sections, "sweep": sweep}
     path.write_text(yaml.safe_dump(content, sort_keys=False))
     return path
