@@ -66,7 +66,7 @@ def train_tokenizer(config: ExperimentConfig, out: str | Path, overwrite: bool =
     trainer = trainers.BpeTrainer(vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
                                   special_tokens=[END_OF_TEXT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=sys.stderr.isatty())  # its bar, where it can redraw
-    log.info("learning a %s-token byte-level BPE from %s (up to %s characters)", f"{settings.vocab_size:,}",
+    log.info("learning a byte-level BPE of %s tokens from %s (up to %s characters)", f"{settings.vocab_size:,}",
              ", ".join(s.describe() for s in config.data.sources), f"{settings.max_chars:,}")
     tokenizer.train_from_iterator(sample.texts(), trainer)
     if sample.documents == 0:

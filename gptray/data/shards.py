@@ -151,7 +151,10 @@ def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool
     if verify and hashlib.sha256(data).hexdigest() != shard.sha256:
         raise DataError(f"shard {store.uri(shard.path)} does not match its checksum in the manifest "
                         "(changed or corrupt)")
-    return pq.read_table(pa.BufferReader(data))
+    # ParquetFile, not read_table: read_table's dataset fragment can be freed on an Arrow pool thread
+    # after Python began to exit, and its Python buffer then aborts the process (exit 134).
+    with pq.ParquetFile(pa.BufferReader(data)) as parquet:
+        return parquet.read()
 
 
 def shard_tokens(table: pa.Table) -> np.ndarray:
