@@ -187,7 +187,8 @@ def test_the_shipped_vocabulary_sweep_learns_its_tokenizers_and_ranks_by_bits_pe
     """configs/sweeps/vocab.yaml unmodified but for a tiny FLOPs budget and one seed, run from an empty
     directory: the sweep learns both BPE tokenizers and tokenizes all three datasets itself, every trial
     trains the same FLOPs with its dataset's vocabulary, the comparison ranks by val bpb, and a BPE trial's
-    run generates and exports with its own tokenizer."""
+    run generates and exports with its own tokenizer. Then configs/finetune.yaml, as shipped but for budget,
+    tokenizes its jsonl and fine-tunes the 8k trial's model in runs/quickstart's place."""
     import tokenizers
     from mlflow.tracking import MlflowClient
     from transformers import AutoTokenizer
@@ -245,3 +246,23 @@ def test_the_shipped_vocabulary_sweep_learns_its_tokenizers_and_ranks_by_bits_pe
                 "data.tokenizer=data/tokenizers/tinyshakespeare-2k", "data.dataset_dir=data/tinyshakespeare-bpe2k",
                 "tracking.enabled=false"]) == 3
     assert "was trained with the tokenizer" in capsys.readouterr().err
+
+    # configs/finetune.yaml as shipped but for budget, on a base in runs/quickstart with the quickstart's
+    # tokenizer (this 8k trial's run stands in for the quickstart's: the same tokenizer and model preset)
+    (tmp_path / "runs" / "quickstart").symlink_to(tmp_path / "runs" / "ablate-vocab" / "bpe-8k-seed0")
+    pairs = [{"prompt": f"Who speaks in scene {i}?", "completion": f" {name}."}
+             for i, name in enumerate(["ROMEO", "JULIET", "MERCUTIO", "TYBALT"] * 50)]
+    (tmp_path / "data" / "finetune.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    finetune_yaml = str(REPO / "configs" / "finetune.yaml")
+    assert cli(["tokenize", "--config", finetune_yaml]) == 0
+    assert json.loads((tmp_path / "data" / "finetune" / "manifest.json").read_text())["prompt_masked"]
+    budget = ["train.max_steps=4", "train.eval_interval=2", "train.checkpoint_interval=2",
+              "generate.max_new_tokens=8"]
+    assert cli(["finetune", "--config", finetune_yaml, *budget]) == 0
+    assert capsys.readouterr().out.count("ROMEO:")  # its sample, from its prompt
+    tuned = tmp_path / "runs" / "finetune"
+    assert read_config(tuned).model.vocab_size == 8192 and (tuned / "checkpoint_00000004").is_dir()
+    assert (tuned / "tokenizer.json").read_bytes() == \
+        (tmp_path / "data" / "tokenizers" / "tinyshakespeare-8k" / "tokenizer.json").read_bytes()
+    (finetuned,) = client.search_runs([client.get_experiment_by_name("gptray-finetune").experiment_id])
+    assert finetuned.info.status == "FINISHED" and "val/bpb" in finetuned.data.metrics
