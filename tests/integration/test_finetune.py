@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SMALL_RUN, make_config
+from helpers import GPT2_TOKENIZER, SMALL_RUN, make_config
 
 NAMES = ["Romeo", "Juliet", "Mercutio", "Tybalt", "Benvolio", "Capulet", "Montague", "Nurse"]
 PLACES = ["Verona", "Mantua", "the orchard", "the tomb", "the square", "the ball", "the chapel", "the street"]
@@ -90,10 +90,9 @@ def test_all_prompt_micro_batch_trains_without_nan():
 
     tokens = np.random.default_rng(0).integers(0, 50257, 5_000).astype(np.uint16)
     mask = np.zeros_like(tokens, dtype=np.uint8)
-    config = load_config(None, ["data.tokenizer=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                                "train.batch_size=2",
-                                "train.micro_batch_size=2", "train.lr=1e-3", "train.warmup_steps=1",
-                                "ray.num_workers=1", "train.eval_windows=4",
+    config = load_config(None, [GPT2_TOKENIZER, "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                "train.batch_size=2", "train.micro_batch_size=2", "train.lr=1e-3",
+                                "train.warmup_steps=1", "ray.num_workers=1", "train.eval_windows=4",
                                 "train.weight_decay=0"])  # so that a zero gradient leaves every weight as it is
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, tokens, tokens, mask, mask)
     before = [p.detach().clone() for p in engine.module.parameters()]
@@ -133,7 +132,7 @@ def test_finetune_lowers_loss_and_leaves_the_base_untouched(reference_run, pairs
     config, _, _ = pairs_dataset
     overrides = [o for o in SMALL_RUN if not o.startswith(("model.", "train.lr", "train.warmup", "train.lr_decay"))]
     code = main(["finetune", "--init-from", str(base_dir), "--no-sample", f"out_dir={tmp_path}/runs",
-                 "name=ft", f"data.dataset_dir={config.data.dataset_dir}", "data.tokenizer=gpt2", "train.max_steps=24",
+                 "name=ft", f"data.dataset_dir={config.data.dataset_dir}", GPT2_TOKENIZER, "train.max_steps=24",
                  "train.lr=2e-3", *overrides])
     assert code == 0
     tuned = latest_checkpoint(tmp_path / "runs" / "ft")
