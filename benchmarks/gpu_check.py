@@ -625,8 +625,8 @@ def checkpoint_round_trip(s: Settings, precision: str) -> dict:
         resumed = make_engine(config, s.device, tokens)
         saved = load_tensors(directory, "model.pt")
         moved = relative_error(saved, module_state(resumed.module))  # > 0: loading is what makes them equal
-        resumed.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
-                           optional_tensors(directory, "scaler.pt"))
+        resumed.load_full_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"))
+        resumed.load_scaler(optional_tensors(directory, "scaler.pt"))
         loaded = relative_error(saved, module_state(resumed.module))
         got = [resumed.train_step(step).loss.item() for step in (2, 3)]
     tolerance = TOLERANCES["checkpoint"]

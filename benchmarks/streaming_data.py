@@ -90,14 +90,14 @@ def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) ->
     were in memory; shards decoded by then)."""
     import torch
 
-    from gptray.data.train_windows import open_train_windows
+    from gptray.data.train_windows import DataOrder, open_train_windows
     from gptray.train.engine import TrainingEngine
 
     manifest = Manifest.load(dataset)
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, shuffle, *extra, "data.prefetch=false")
     cpu = time.process_time()
-    windows = open_train_windows(config, Storage(str(dataset)), manifest, shuffle)
+    windows = open_train_windows(config, Storage(str(dataset)), manifest, DataOrder.of(shuffle, config))
     windows.begin_step(0)
     for batch in windows.rank_micro_batches(0, 0, 1, config.train.micro_batch_size):
         windows.gather(batch)
@@ -107,7 +107,7 @@ def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) ->
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, shuffle, *extra)
     start = time.perf_counter()
-    windows = open_train_windows(config, Storage(str(dataset)), manifest, shuffle)
+    windows = open_train_windows(config, Storage(str(dataset)), manifest, DataOrder.of(shuffle, config))
     opened = time.perf_counter() - start
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, windows, np.zeros(0, np.uint16))
     data_seconds = engine.train_step(0).data_seconds
@@ -122,13 +122,13 @@ def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int) -> tuple[f
     """(data wait fraction, seconds per step) of `steps` steps under the block order with blocks of one shard."""
     import torch
 
-    from gptray.data.train_windows import open_train_windows
+    from gptray.data.train_windows import DataOrder, open_train_windows
     from gptray.train.engine import TrainingEngine
 
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, "block", "data.shuffle_block_shards=1", f"data.prefetch={prefetch}",
                         "train.batch_size=16", "train.micro_batch_size=16")
-    windows = open_train_windows(config, Storage(str(dataset)), Manifest.load(dataset), "block")
+    windows = open_train_windows(config, Storage(str(dataset)), Manifest.load(dataset), DataOrder.of("block", config))
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, windows, np.zeros(0, np.uint16))
     engine.train_step(0)  # the first block is waited for either way
     waited, start = 0.0, time.perf_counter()

@@ -136,7 +136,7 @@ def cmd_inspect(args) -> int:
 def cmd_preview(args) -> int:
     from gptray.data.inspection import preview_batches
     from gptray.data.manifest import Manifest
-    from gptray.data.train_windows import resolve_shuffle
+    from gptray.data.train_windows import DataOrder
 
     config = load_experiment(args)
     world_size = args.world_size or config.ray.num_workers
@@ -150,7 +150,7 @@ def cmd_preview(args) -> int:
     train = config.train
     seq_len = train.effective_seq_len(config.model)
     print(f"dataset    {config.data.dataset_dir}")
-    order = resolve_shuffle(config, Manifest.load(config.data.dataset_dir))
+    order = DataOrder.for_run(config, Manifest.load(config.data.dataset_dir)).kind
     print(f"batches    global batch {train.batch_size} × {seq_len} tokens; {world_size} rank(s) × "
           f"{train.grad_accum_steps(world_size)} micro-batch(es) of {train.micro_batch_size}; seed {train.seed}; "
           f"{order} order (data.shuffle {config.data.shuffle})")

@@ -13,7 +13,7 @@ from gptray.config import ExperimentConfig
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
 from gptray.data.tokenizer_loading import dataset_tokenizer
-from gptray.data.train_windows import open_train_windows, resolve_shuffle
+from gptray.data.train_windows import DataOrder, open_train_windows
 
 
 @dataclass
@@ -101,7 +101,7 @@ def preview_batches(config: ExperimentConfig, steps: int = 1, world_size: int | 
                         f"{train.micro_batch_size} × world size {world_size}")
     manifest = Manifest.load(config.data.dataset_dir)
     windows = open_train_windows(config, Storage(config.data.dataset_dir), manifest,
-                                 resolve_shuffle(config, manifest))
+                                 DataOrder.for_run(config, manifest))
     shards = manifest.split_info("train").shards
     tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
     rows = []

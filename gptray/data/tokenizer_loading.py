@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from gptray.base.errors import DataError
+from gptray.base.paths import is_uri
+from gptray.base.storage import Storage
+from gptray.config import ExperimentConfig
 from gptray.config.schema import tokenizer_kind
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.tokenizer import TiktokenTokenizer
+
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(spec: str):
@@ -50,3 +58,29 @@ def tokenizer_file(spec: str) -> str:
     if spec.endswith(".json"):
         return spec
     return f"{spec.rstrip('/')}/tokenizer.json"
+
+
+def tokenizer_for_run(config: ExperimentConfig, manifest):
+    """The dataset's tokenizer, which data.tokenizer must name (a run's samples, evals and exports use it)."""
+    tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
+    if config.data.tokenizer == tokenizer.name or _learned_elsewhere(config.data.tokenizer, tokenizer.name):
+        return tokenizer
+    if load_tokenizer(config.data.tokenizer).digest != tokenizer.digest:
+        raise DataError(f"{config.data.dataset_dir} was tokenized with {tokenizer.name}, but data.tokenizer is "
+                        f"{config.data.tokenizer}: tokenize into another data.dataset_dir, or set data.tokenizer "
+                        f"to the dataset's")
+    return tokenizer
+
+
+def _learned_elsewhere(spec: str, dataset_name: str) -> bool:
+    """Whether data.tokenizer is a local tokenizer.json missing here that the dataset's tokenizer was learned
+    as on another machine or in another job's working directory (the same directory name, as a relative
+    default like data/tokenizers/tinyshakespeare-8k reads from anywhere): the dataset's copy then serves."""
+    if tokenizer_kind(spec) != "file" or is_uri(spec) or tokenizer_kind(dataset_name) != "file":
+        return False
+    ours, theirs = Path(tokenizer_file(spec)), Path(tokenizer_file(dataset_name))
+    if ours.is_file() or ours.parts[-2:] != theirs.parts[-2:]:
+        return False
+    log.info("data.tokenizer %s is not on this machine: using the copy the dataset keeps (learned as %s)",
+             spec, dataset_name)
+    return True

@@ -3,8 +3,8 @@
 The global order (windows.py) draws windows from the whole train split, which each node decodes
 into one cached file before the first step. The block order (block_order.py) reads only the blocks
 in use and the next, through a bounded node cache (node_cache.py) that a background thread fills
-ahead of the step. Which one a run uses is decided once, on the driver (`resolve_shuffle`), and
-recorded in its checkpoints.
+ahead of the step. Which one a run uses is decided once, on the driver (`DataOrder.for_run`), handed
+to every rank, and recorded in its checkpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +46,23 @@ def decoded_bytes(manifest: Manifest, split: str = "train") -> int:
     return tokens * np.dtype(manifest.tokenizer["dtype"]).itemsize + (tokens if manifest.prompt_masked else 0)
 
 
-def resolve_shuffle(config: ExperimentConfig, manifest: Manifest) -> str:
+def check_dataset_fits(config: ExperimentConfig, manifest: Manifest) -> None:
+    """The model and sequence length must fit the token dataset: refused before any worker starts."""
+    vocab = manifest.tokenizer["vocab_size"]
+    if config.model.vocab_size < vocab:
+        raise DataError(f"model.vocab_size {config.model.vocab_size} is smaller than the dataset's tokenizer "
+                        f"vocabulary ({vocab}, {manifest.tokenizer['name']})")
+    seq_len = config.train.effective_seq_len(config.model)
+    train_tokens = manifest.split_info("train").tokens
+    if train_tokens < seq_len + 1:
+        raise DataError(f"the train split of {config.data.dataset_dir} has {train_tokens} tokens; "
+                        f"one training window needs {seq_len + 1}")
+    if manifest.split_info("val").tokens < seq_len + 1 and config.train.eval_windows > 0:
+        log.warning("the val split has %d tokens, fewer than one window of %d: validation loss is skipped",
+                    manifest.split_info("val").tokens, seq_len + 1)
+
+
+def _order_kind(config: ExperimentConfig, manifest: Manifest) -> Literal["global", "block"]:
     """The order a run uses: data.shuffle, with auto resolved (global while the decoded train split
     fits data.cache_limit, block above it). Refuses a global order the cache limit cannot hold."""
     data = config.data
@@ -58,13 +76,42 @@ def resolve_shuffle(config: ExperimentConfig, manifest: Manifest) -> str:
     return data.shuffle
 
 
-def data_order(config: ExperimentConfig, shuffle: str) -> dict:
-    """The settings that decide the order of training windows besides the dataset, model and seed: a
-    checkpoint resumes only into the same ones."""
-    if shuffle == "global":
-        return {"shuffle": "global"}
-    return {"shuffle": "block", "block_shards": config.data.shuffle_block_shards,
-            "global_batch": config.train.batch_size}
+@dataclass(frozen=True)
+class DataOrder:
+    """A run's order of training windows, decided once on the driver for every rank: the global order, or
+    the block order with the settings that decide it besides the dataset, model and seed. A checkpoint
+    records it (`record`) and resumes only into the same order."""
+
+    kind: Literal["global", "block"]
+    block_shards: int | None = None  # the block order's shards per block (data.shuffle_block_shards)
+    global_batch: int | None = None  # the block order's windows per step (train.batch_size)
+
+    @classmethod
+    def of(cls, kind: str, config: ExperimentConfig) -> DataOrder:
+        """The order of `kind` ("global" or "block") under this config's settings."""
+        if kind == "global":
+            return cls("global")
+        if kind != "block":
+            raise ValueError(f"no order of training windows is called {kind!r}")
+        return cls("block", config.data.shuffle_block_shards, config.train.batch_size)
+
+    @classmethod
+    def for_run(cls, config: ExperimentConfig, manifest: Manifest) -> DataOrder:
+        """The order a run of `config` trains in (data.shuffle, auto resolved); a block order the node cache
+        cannot hold is refused now, before any worker starts."""
+        order = cls.of(_order_kind(config, manifest), config)
+        if order.kind == "block":
+            needed = check_cache_limit(config, manifest, block_order(config, manifest))
+            log.info("block order: blocks of %d shard(s); a node's cache holds at most %s of %s "
+                     "(data.cache_limit %s)", order.block_shards, f"{needed:,}",
+                     f"{decoded_bytes(manifest):,} bytes decoded", config.data.cache_limit)
+        return order
+
+    def record(self) -> dict:
+        """The order as checkpoints record it (state.json's data_order)."""
+        if self.kind == "global":
+            return {"shuffle": "global"}
+        return {"shuffle": "block", "block_shards": self.block_shards, "global_batch": self.global_batch}
 
 
 def block_order(config: ExperimentConfig, manifest: Manifest) -> BlockOrder:
@@ -98,7 +145,7 @@ def check_cache_limit(config: ExperimentConfig, manifest: Manifest, order: Block
 class WholeSplitWindows:
     """The global order over the whole train split, decoded once per node (windows.py)."""
 
-    shuffle = "global"
+    order_kind = "global"
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, global_batch: int,
                  loss_mask: np.ndarray | None = None):
@@ -131,7 +178,7 @@ class WholeSplitWindows:
 class BlockWindows:
     """The block order, read through this node's bounded shard cache, the next block fetched ahead."""
 
-    shuffle = "block"
+    order_kind = "block"
 
     def __init__(self, order: BlockOrder, cache: ShardCache, rank: int = 0, prefetch: bool = True):
         self.order, self.cache, self.rank = order, cache, rank
@@ -218,12 +265,12 @@ class BlockWindows:
 TrainWindows = WholeSplitWindows | BlockWindows
 
 
-def open_train_windows(config: ExperimentConfig, dataset: Storage, manifest: Manifest, shuffle: str,
+def open_train_windows(config: ExperimentConfig, dataset: Storage, manifest: Manifest, order: DataOrder,
                        rank: int = 0) -> WholeSplitWindows | BlockWindows:
-    """This rank's training windows under the run's order (`shuffle`: "global" or "block", resolved)."""
+    """This rank's training windows under the run's order."""
     train, data = config.train, config.data
     seq_len = train.effective_seq_len(config.model)
-    if shuffle == "global":
+    if order.kind == "global":
         tokens = open_split_tokens(dataset, manifest, "train", data.cache_dir)
         mask = open_split_loss_mask(dataset, manifest, "train", data.cache_dir)
         return WholeSplitWindows(tokens, seq_len, train.seed, train.batch_size, mask)
@@ -235,7 +282,7 @@ def open_train_windows(config: ExperimentConfig, dataset: Storage, manifest: Man
     return BlockWindows(order, cache, rank, data.prefetch)
 
 
-def open_val_windows(config: ExperimentConfig, dataset: Storage, manifest: Manifest, shuffle: str,
+def open_val_windows(config: ExperimentConfig, dataset: Storage, manifest: Manifest, order: DataOrder,
                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(tokens, loss mask or None, window starts) of the fixed validation windows.
 
@@ -246,7 +293,7 @@ def open_val_windows(config: ExperimentConfig, dataset: Storage, manifest: Manif
     """
     seq_len = config.train.effective_seq_len(config.model)
     count = config.train.eval_windows
-    if shuffle == "global":
+    if order.kind == "global":
         tokens = open_split_tokens(dataset, manifest, "val", config.data.cache_dir)
         mask = open_split_loss_mask(dataset, manifest, "val", config.data.cache_dir)
         return tokens, mask, eval_starts(len(tokens), seq_len, count)

@@ -264,8 +264,9 @@ class TrainingEngine:
         scaler_state = self.scaler.state_dict() if self.scaler is not None else None
         return model_state, optimizer_state, scaler_state
 
-    def load_state(self, model_state: dict, optimizer_state: dict, scaler_state: dict | None) -> None:
-        """Load whole state saved by `full_state` (every rank passes it; FSDP keeps its own shard)."""
+    def load_full_state(self, model_state: dict, optimizer_state: dict | None = None) -> None:
+        """Load whole state as `full_state` gives it (every rank passes it; FSDP keeps its own shard). Without
+        `optimizer_state` only the weights: fine-tuning starts its optimizer fresh."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -274,7 +275,11 @@ class TrainingEngine:
 
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.module, model_state, options=options)
-        set_optimizer_state_dict(self.module, self.optimizers, optimizer_state, options=options)
+        if optimizer_state is not None:
+            set_optimizer_state_dict(self.module, self.optimizers, optimizer_state, options=options)
+
+    def load_scaler(self, scaler_state: dict | None) -> None:
+        """fp16's loss scale as a checkpoint saved it (nothing to do in fp32/bf16, or for a checkpoint without one)."""
         if self.scaler is not None and scaler_state is not None:
             self.scaler.load_state_dict(scaler_state)
 
@@ -302,12 +307,6 @@ class TrainingEngine:
         set_model_state_dict(self.module, state["model"])
         if with_optimizer:
             set_optimizer_state_dict(self.module, self.optimizers, state["optimizer"])
-
-    def load_model_weights(self, model_state: dict) -> None:
-        """Start from another run's weights (fine-tuning); the optimizer starts fresh."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(self.module, model_state, options=StateDictOptions(full_state_dict=True))
 
     def mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilization of the whole worker group, where the device peak is known."""

@@ -16,12 +16,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.base.errors import CheckpointError, ConfigError
+from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.base.paths import is_uri, join_path, within
 from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, find_checkpoint, is_complete, read_state
 from gptray.config import ExperimentConfig, ModelConfig, load_config, parse_override, read_yaml
 from gptray.config.schema import HF_PREFIX, BaseModelReader
+from gptray.data.tokenizer_loading import TOKENIZER_FILE
+from gptray.generation.loading import checkpoint_tokenizer
 from gptray.interop.huggingface import hf_model_config, import_hf_checkpoint
 
 log = logging.getLogger(__name__)
@@ -131,3 +133,30 @@ def base_checkpoint(base: Base, out_dir: str) -> Path | str:
         import_hf_checkpoint(base.hf_source, Path(scratch) / name, overwrite=True)
         store.upload(Path(scratch) / name)
     return target
+
+
+def base_for_run(config: ExperimentConfig, tokenizer) -> Storage | None:
+    """A fine-tuning run's base weights as a gptray checkpoint (imported first if from Hugging Face),
+    checked against the run's model and its dataset's tokenizer; None for a run that is not fine-tuning."""
+    if not config.train.init_from:
+        return None
+    directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
+    base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
+    if base_shape != config.model.shape():
+        raise CheckpointError(f"the base checkpoint {directory} no longer matches the run's model "
+                              "(did it change since the config was resolved?)")
+    check_base_tokenizer(directory, tokenizer)
+    log.info("fine-tuning from %s", directory)
+    return Storage(str(directory))
+
+
+def check_base_tokenizer(base: Path | str, tokenizer) -> None:
+    """Fine-tuning data must be tokenized with the base's own tokenizer: ids mean nothing across tokenizers."""
+    if is_uri(str(base)):
+        return  # an object-store base: its vocabulary was checked against the dataset's (check_dataset_fits)
+    own = checkpoint_tokenizer(base, tokenizer.name)
+    if own.digest != tokenizer.digest:
+        hint = (f"data.tokenizer={Path(base).parent / TOKENIZER_FILE}" if own.kind != "tiktoken"
+                else f"data.tokenizer={own.name}")
+        raise DataError(f"the base {base} was trained with the tokenizer {own.name}, the fine-tuning dataset "
+                        f"{tokenizer.name}: tokenize it with the base's ({hint}) into another data.dataset_dir")

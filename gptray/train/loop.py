@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -13,138 +12,89 @@ from gptray.base.devices import PeakMemory
 from gptray.base.errors import TrainingError
 from gptray.base.runtime import configure_logging
 from gptray.base.storage import Storage
-from gptray.checkpoint.files import (
-    TrainingState,
-    check_compatible,
-    latest_stored_checkpoint,
-    load_tensors,
-    optional_tensors,
-    read_state,
-)
-from gptray.checkpoint.sharded import SHARDED
+from gptray.checkpoint.files import TrainingState
 from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
-from gptray.data.train_windows import data_order, open_train_windows, open_val_windows
+from gptray.data.train_windows import DataOrder, open_train_windows, open_val_windows
 from gptray.eval.training import TrainingEvaluator
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import MetricHistory
 from gptray.tracking.system_metrics import SystemMetrics, start_system_metrics
 from gptray.train.cadence import Cadence
-from gptray.train.checkpointing import CheckpointWriter, Written
+from gptray.train.checkpoint_manager import CheckpointManager
+from gptray.train.checkpoint_writer import Written
 from gptray.train.engine import TrainingEngine
+from gptray.train.worker_inputs import WorkerInputs
 
 log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Entry point of each Ray Train worker.
-
-    `loop_config` holds the resolved config, the MLflow run to log to, (for periodic samples)
-    the tokenizer, which pickles by value so workers need no tiktoken cache, and the UTF-8 bytes of
-    each token id (`token_bytes`, for validation's bits per byte; None: no val/bpb).
-    """
+    """Entry point of each Ray Train worker: `loop_config` holds the driver's WorkerInputs."""
     import ray.train  # heavy, and only in Ray Train workers
     import ray.train.torch
 
     configure_logging()
-    config = ExperimentConfig.from_dict(loop_config["config"])
+    inputs = WorkerInputs.of_loop_config(loop_config)
+    config = inputs.config
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    # The dataset and run directory as the driver resolved them: an object store's endpoint and
-    # region travel with them, so workers need only credentials in their environment.
-    run = loop_config["run"]
-    shuffle = loop_config.get("shuffle", "global")  # resolved by the driver: every rank uses the same order
-    engine, manifest = _open_engine(config, loop_config["dataset"], shuffle, device, rank, world_size,
-                                    loop_config.get("token_bytes"))
+    engine, manifest = _open_engine(config, inputs.dataset, inputs.order, device, rank, world_size,
+                                    inputs.token_bytes)
+    checkpoints = CheckpointManager(config, inputs.run, manifest.fingerprint, inputs.order, engine)
     with PeakMemory(device) as loading:
-        state = _resume(engine, config, manifest, data_order(config, shuffle), ray.train.get_checkpoint(), run,
-                        loop_config.get("init_checkpoint"))
-    evaluator = TrainingEvaluator(loop_config["eval_tasks"], rank, world_size) if loop_config.get("eval_tasks") \
+        state = checkpoints.load(ray.train.get_checkpoint(), inputs.init_checkpoint)
+    evaluator = TrainingEvaluator(inputs.eval_tasks, rank, world_size) if inputs.eval_tasks \
         else None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
     tracker, history = None, None
     if rank == 0:
-        history = MetricHistory(run)
+        history = MetricHistory(inputs.run)
         history.discard_after(state.step)
-        if loop_config.get("mlflow_run_id"):
-            tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
+        if inputs.mlflow_run_id:
+            tracker = MlflowTracker(inputs.tracking_uri, inputs.mlflow_run_id,
                                     retry_seconds=config.tracking.retry_seconds)
         _log_start(engine, config, state)
         if tracker is not None and state.step > 0 and loading.extra_bytes is not None:
             # what loading the checkpoint took above the model and optimizer already built (rank 0's)
             tracker.log_metrics({"train/resume_peak_extra_mb": loading.extra_bytes / 1e6}, step=state.step)
     cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
-    system = _system_metrics(loop_config, context)
+    system = _system_metrics(inputs, context)
     try:
-        _train(engine, state, config, cadence, evaluator, tracker, history, loop_config["tokenizer"])
-        if loop_config.get("final_sample") and state.step >= config.train.max_steps:
-            _final_sample(engine, state, config, loop_config["tokenizer"], run)
+        _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer)
+        if inputs.final_sample and state.step >= config.train.max_steps:
+            _final_sample(engine, state, config, inputs.tokenizer, inputs.run)
     finally:
         system.stop()
         engine.train_data.close()
     if tracker is not None:
-        tracker.save_outbox(run)  # what the server never got waits for the driver or the next launch
+        tracker.save_outbox(inputs.run)  # what the server never got waits for the driver or the next launch
 
 
-def _system_metrics(loop_config: dict, context) -> SystemMetrics:
+def _system_metrics(inputs: WorkerInputs, context) -> SystemMetrics:
     """MLflow's system metrics of this node (CPU, memory; GPUs where it has them), from its local rank 0
     only, as system/node<N>/… in the run: one series per node, however many ranks it holds."""
-    if not loop_config.get("mlflow_run_id") or context.get_local_rank() != 0:
+    if not inputs.mlflow_run_id or context.get_local_rank() != 0:
         return SystemMetrics()
-    return start_system_metrics(loop_config["tracking_uri"], loop_config["mlflow_run_id"],
-                                f"node{context.get_node_rank()}")
+    return start_system_metrics(inputs.tracking_uri, inputs.mlflow_run_id, f"node{context.get_node_rank()}")
 
 
-def _open_engine(config: ExperimentConfig, dataset: Storage, shuffle: str, device: torch.device, rank: int,
+def _open_engine(config: ExperimentConfig, dataset: Storage, order: DataOrder, device: torch.device, rank: int,
                  world_size: int, token_bytes=None) -> tuple[TrainingEngine, Manifest]:
     """This rank's engine over the token dataset, in the run's order (train_windows.py)."""
     manifest = Manifest.load(dataset)
-    train_data = open_train_windows(config, dataset, manifest, shuffle, rank)
+    train_data = open_train_windows(config, dataset, manifest, order, rank)
     try:
-        val_tokens, val_mask, val_starts = open_val_windows(config, dataset, manifest, shuffle)
+        val_tokens, val_mask, val_starts = open_val_windows(config, dataset, manifest, order)
         engine = TrainingEngine(config, device, rank, world_size, train_data, val_tokens,
                                 val_loss_mask=val_mask, val_starts=val_starts, token_bytes=token_bytes)
     except BaseException:
         train_data.close()
         raise
     return engine, manifest
-
-
-def _resume(engine: TrainingEngine, config: ExperimentConfig, manifest: Manifest, order: dict, registered,
-            run: Storage, init_checkpoint: Storage | None) -> TrainingState:
-    """The run's state: from its latest checkpoint, else fresh (with a fine-tuning base's weights)."""
-    state = TrainingState(dataset_fingerprint=manifest.fingerprint, model=asdict(config.model),
-                          world_size=engine.world_size, data_order=order,
-                          optimizer=config.train.optimizer)
-    chosen = _resume_source(registered, run)
-    if chosen is not None:
-        state = read_state(chosen)
-        check_compatible(state, config, manifest.fingerprint, chosen.uri(), order)
-        if state.format == SHARDED:
-            # each rank reads its own pieces, whatever world size wrote them, where they are stored:
-            # from an object store by range requests, never the whole checkpoint
-            engine.load_sharded(chosen)
-            if engine.scaler is not None and (scaler := optional_tensors(chosen, "scaler.pt")) is not None:
-                engine.scaler.load_state_dict(scaler)
-        else:
-            with _local_directory(chosen) as directory:
-                engine.load_state(load_tensors(directory, "model.pt"), load_tensors(directory, "optimizer.pt"),
-                                  optional_tensors(directory, "scaler.pt"))
-        state.world_size = engine.world_size
-        if engine.rank == 0:
-            log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
-    elif init_checkpoint is not None:  # fine-tuning's first launch: the base's weights, a fresh optimizer
-        if read_state(init_checkpoint).format == SHARDED:
-            engine.load_sharded(init_checkpoint, with_optimizer=False)
-        else:
-            with _local_directory(init_checkpoint) as base_directory:
-                engine.load_model_weights(load_tensors(base_directory, "model.pt"))
-        if engine.rank == 0:
-            log.info("starting from the weights of %s", init_checkpoint.uri())
-    return state
 
 
 class _Throughput:
@@ -172,11 +122,10 @@ class _Throughput:
 
 
 def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
-           evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None, history: MetricHistory | None,
-           tokenizer) -> None:
+           checkpoints: CheckpointManager, evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None,
+           history: MetricHistory | None, tokenizer) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
-    checkpoints = CheckpointWriter(engine, config)
     while state.step < config.train.max_steps:
         result = engine.train_step(state.step)
         state.step += 1
@@ -254,29 +203,6 @@ def _final_sample(engine: TrainingEngine, state: TrainingState, config: Experime
         run.write_bytes(final_sample_name(state.step), text.encode())
 
 
-def _resume_source(registered, run: Storage) -> Storage | None:
-    """The checkpoint to resume from: the newer of Ray's latest registered checkpoint and the newest
-    complete one in the run directory. A job stopped while a checkpoint was being reported can leave
-    that checkpoint complete but unregistered with Ray; resuming from it loses nothing and agrees with
-    what the driver found (gptray.checkpoint.files.latest_checkpoint)."""
-    candidates = [c for c in (latest_stored_checkpoint(run), _stored(registered)) if c is not None]
-    return max(candidates, key=lambda c: read_state(c).step) if candidates else None
-
-
-def _local_directory(checkpoint: Storage):
-    """A checkpoint as a local directory: itself on a local filesystem, a temporary download otherwise."""
-    from ray.train import Checkpoint  # heavy, and only in Ray Train workers
-
-    return Checkpoint(path=checkpoint.base, filesystem=checkpoint.fs).as_directory()
-
-
-def _stored(checkpoint) -> Storage | None:
-    """Ray's registered checkpoint (path and filesystem) as a Storage; None if there is none."""
-    if checkpoint is None:
-        return None
-    return Storage.on(checkpoint.filesystem, checkpoint.path)
-
-
 def _full(value: torch.Tensor) -> torch.Tensor:
     """A plain tensor from what FSDP may hand back as a DTensor."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
@@ -291,7 +217,7 @@ def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: Training
         f"{engine.train_data.num_tokens:,}", f"{engine.train_data.num_windows:,}", engine.seq_len, train.batch_size,
         engine.seq_len, f"{engine.tokens_per_step:,}", engine.world_size, engine.micro_steps,
         train.micro_batch_size, train.precision, train.parallelism, ", compiled" if train.compile else "",
-        engine.train_data.shuffle, train.max_steps,
+        engine.train_data.order_kind, train.max_steps,
     )
     if state.step >= train.max_steps:
         log.info("already trained to step %d (train.max_steps=%d): nothing to do", state.step, train.max_steps)

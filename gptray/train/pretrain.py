@@ -1,51 +1,40 @@
-"""The pretrain job (driver side): check inputs, launch Ray Train's TorchTrainer, track, sample.
+"""The pretrain job (driver side), as a list of named steps: check inputs, launch Ray Train, track, sample.
 
-Launching a run whose directory already holds checkpoints resumes it from the latest one.
+Launching a run whose directory already holds checkpoints resumes it from the latest one. Each concept
+lives in its own module: the run's tokenizer (data/tokenizer_loading.py), the data order and whether the
+dataset fits (data/train_windows.py), checkpoints (train/checkpoint_manager.py), the fine-tuning base
+(train/finetune.py), tracking (tracking/run_tracking.py), Ray Train (train/ray_trainer.py), and what
+the workers receive (train/worker_inputs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
-from gptray.base.cluster import Cluster, live_cluster
-from gptray.base.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
-from gptray.base.paths import is_uri
+from gptray.base.cluster import live_cluster
+from gptray.base.errors import Interrupted
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
-from gptray.checkpoint.files import (
-    check_compatible,
-    copy_checkpoint,
-    find_checkpoint,
-    latest_checkpoint,
-    latest_stored_checkpoint,
-    prune_orphans,
-    read_config,
-    read_state,
-)
-from gptray.config import ExperimentConfig, ModelConfig
-from gptray.config.schema import tokenizer_kind
+from gptray.checkpoint.files import read_state
+from gptray.config import ExperimentConfig
 from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table
-from gptray.data.tokenizer_loading import TOKENIZER_FILE, dataset_tokenizer, load_tokenizer, tokenizer_file
-from gptray.data.train_windows import block_order, check_cache_limit, data_order, decoded_bytes, resolve_shuffle
+from gptray.data.tokenizer_loading import TOKENIZER_FILE, tokenizer_for_run
+from gptray.data.train_windows import DataOrder, check_dataset_fits
 from gptray.eval.training import training_payload
-from gptray.generation.loading import checkpoint_tokenizer
-from gptray.tracking import MlflowTracker
-from gptray.tracking.history import read_history
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
-from gptray.tracking.plots import run_report
-from gptray.train.finetune import base_checkpoint, find_base
-from gptray.train.loop import final_sample_name, train_loop_per_worker
-from gptray.train.optim import first_schedule_difference
-from gptray.train.placement import PendingReporter, WorkerPlan, controller_retries, plan_workers
+from gptray.tracking.run_tracking import check_tracking_store, finish_run_tracking, start_run_tracking
+from gptray.train.checkpoint_manager import CheckpointManager, ResumePoint
+from gptray.train.finetune import base_for_run
+from gptray.train.loop import final_sample_name
+from gptray.train.placement import PendingReporter, plan_workers
+from gptray.train.ray_trainer import build_trainer, checkpoints_kept, fit
+from gptray.train.worker_inputs import WorkerInputs
 
 log = logging.getLogger(__name__)
 
@@ -64,48 +53,6 @@ class PretrainResult:
     seconds: float
 
 
-def run_tokenizer(config: ExperimentConfig, manifest: Manifest):
-    """The dataset's tokenizer, which data.tokenizer must name (a run's samples, evals and exports use it)."""
-    tokenizer = dataset_tokenizer(Storage(config.data.dataset_dir), manifest)
-    if config.data.tokenizer == tokenizer.name or _learned_elsewhere(config.data.tokenizer, tokenizer.name):
-        return tokenizer
-    if load_tokenizer(config.data.tokenizer).digest != tokenizer.digest:
-        raise DataError(f"{config.data.dataset_dir} was tokenized with {tokenizer.name}, but data.tokenizer is "
-                        f"{config.data.tokenizer}: tokenize into another data.dataset_dir, or set data.tokenizer "
-                        f"to the dataset's")
-    return tokenizer
-
-
-def _learned_elsewhere(spec: str, dataset_name: str) -> bool:
-    """Whether data.tokenizer is a local tokenizer.json missing here that the dataset's tokenizer was learned
-    as on another machine or in another job's working directory (the same directory name, as a relative
-    default like data/tokenizers/tinyshakespeare-8k reads from anywhere): the dataset's copy then serves."""
-    if tokenizer_kind(spec) != "file" or is_uri(spec) or tokenizer_kind(dataset_name) != "file":
-        return False
-    ours, theirs = Path(tokenizer_file(spec)), Path(tokenizer_file(dataset_name))
-    if ours.is_file() or ours.parts[-2:] != theirs.parts[-2:]:
-        return False
-    log.info("data.tokenizer %s is not on this machine: using the copy the dataset keeps (learned as %s)",
-             spec, dataset_name)
-    return True
-
-
-def check_dataset(config: ExperimentConfig, manifest: Manifest) -> None:
-    """The model and sequence length must fit the token dataset before workers start."""
-    vocab = manifest.tokenizer["vocab_size"]
-    if config.model.vocab_size < vocab:
-        raise DataError(f"model.vocab_size {config.model.vocab_size} is smaller than the dataset's tokenizer "
-                        f"vocabulary ({vocab}, {manifest.tokenizer['name']})")
-    seq_len = config.train.effective_seq_len(config.model)
-    train_tokens = manifest.split_info("train").tokens
-    if train_tokens < seq_len + 1:
-        raise DataError(f"the train split of {config.data.dataset_dir} has {train_tokens} tokens; "
-                        f"one training window needs {seq_len + 1}")
-    if manifest.split_info("val").tokens < seq_len + 1 and config.train.eval_windows > 0:
-        log.warning("the val split has %d tokens, fewer than one window of %d: validation loss is skipped",
-                    manifest.split_info("val").tokens, seq_len + 1)
-
-
 def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callbacks: list | None = None,
              ) -> PretrainResult:
     """Train `config` on Ray (resuming from the run's latest checkpoint if there is one).
@@ -116,363 +63,104 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     """
     started = time.monotonic()
     manifest = Manifest.load(config.data.dataset_dir)
-    tokenizer = run_tokenizer(config, manifest)
+    tokenizer = tokenizer_for_run(config, manifest)
     config = dataclasses.replace(config, model=config.model.for_dataset(tokenizer.vocab_size, tokenizer.eot_token))
-    check_dataset(config, manifest)
-    shuffle = training_order(config, manifest)
+    check_dataset_fits(config, manifest)
+    order = DataOrder.for_run(config, manifest)
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
-    start_from(config, manifest.fingerprint, run, data_order(config, shuffle))
-    previous, start_step = _previous_checkpoint(config, manifest, shuffle)
-    if previous is not None and start_step >= config.train.max_steps:
-        return _already_trained(config, run, previous, start_step, started, sample, tracker)
+    checkpoints = CheckpointManager(config, run, manifest.fingerprint, order)
+    resume = checkpoints.resume_point()
+    if resume.step >= config.train.max_steps:
+        return _already_trained(config, run, resume, started, sample, tracker)
+
     init_ray(config.ray.address, config.ray.num_cpus)
     cluster = live_cluster(config.ray.autoscaling)
     plan = plan_workers(config.ray, cluster, f"run {config.name}")  # refuses what can never fit, before any work
     check_tracking_store(config, cluster)
-    run.make_dirs("")
-    run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
-    if tokenizer.kind != "tiktoken":  # generate, eval and export read the run's tokenizer from here
-        run.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
-
-    eval_tasks = training_payload(config, tokenizer)  # before the workers start: a missing HellaSwag file stops here
-    init_checkpoint = _init_checkpoint(config, tokenizer) if previous is None else None
-    if tracker is None:
-        tracker = _start_tracking(config)
+    _write_run_files(config, run, tokenizer)
+    inputs = WorkerInputs(
+        config=config, dataset=Storage(config.data.dataset_dir), run=run, order=order,
+        token_bytes=byte_table(tokenizer, config.model.vocab_size),
+        tokenizer=tokenizer if config.train.sample_interval or sample else None, final_sample=sample,
+        eval_tasks=training_payload(config, tokenizer),  # before the workers start: a missing file stops here
+        init_checkpoint=base_for_run(config, tokenizer) if resume.checkpoint is None else None,
+    )
+    tracker = tracker if tracker is not None else start_run_tracking(config)
     if tracker is not None:
         tracker.send_outbox(run)
-    trainer = _trainer(config, plan, run, tracker, eval_tasks, init_checkpoint, callbacks, sample, shuffle,
-                       tokenizer)
-    with PendingReporter(plan, cluster):
-        fitted = _fit(trainer, config, run, tracker)
-    kept = {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
-    for name in prune_orphans(run, kept):  # the run is settled: no upload is in flight
-        log.info("deleted %s: a checkpoint Ray never registered, older than the ones it keeps", run.uri(name))
+        inputs.mlflow_run_id, inputs.tracking_uri = tracker.run_id, tracker.tracking_uri
 
-    final = latest_checkpoint(config.run_dir)
+    with PendingReporter(plan, cluster):
+        fitted = _fit(build_trainer(config, plan, inputs, callbacks), config, checkpoints, tracker)
+    checkpoints.prune(checkpoints_kept(fitted))  # the run is settled: no upload is in flight
+    final = checkpoints.latest()
     final_state = read_state(final) if final else None
     if final_state is None or final_state.step < config.train.max_steps:  # stopped from outside (Ray's abort)
-        raise _stopped(config, run, tracker)
+        raise _stopped(config, checkpoints, tracker)
     text = _stored_sample(run, final_state.step) if sample else None
     if tracker:
-        _finish_tracking(tracker, run, config, text, final_state)
-    return PretrainResult(
-        run_dir=config.run_dir,
-        checkpoint=str(final),
-        start_step=start_step,
-        final_step=final_state.step,
-        metrics=final_state.metrics,
-        tracking_uri=tracker.tracking_uri if tracker else None,
-        mlflow_run_id=tracker.run_id if tracker else None,
-        mlflow_experiment_id=tracker.experiment_id if tracker else None,
-        sample=text,
-        seconds=time.monotonic() - started,
-    )
+        finish_run_tracking(tracker, run, config,
+                            (text, final_sample_name(final_state.step)) if text is not None else None)
+    return _result(config, final, resume.step, final_state.step, text, started, tracker, relaunch=False)
 
 
-def training_order(config: ExperimentConfig, manifest: Manifest) -> str:
-    """The run's order of training windows ("global" or "block"), decided here once for every rank; a block
-    order the node cache cannot hold is refused now, before any worker starts."""
-    shuffle = resolve_shuffle(config, manifest)
-    if shuffle == "block":
-        needed = check_cache_limit(config, manifest, block_order(config, manifest))
-        log.info("block order: blocks of %d shard(s); a node's cache holds at most %s of %s (data.cache_limit %s)",
-                 config.data.shuffle_block_shards, f"{needed:,}", f"{decoded_bytes(manifest):,} bytes decoded",
-                 config.data.cache_limit)
-    return shuffle
+def _write_run_files(config: ExperimentConfig, run: Storage, tokenizer) -> None:
+    """The resolved config, and a learned tokenizer: generate, eval and export read the run's from here."""
+    run.make_dirs("")
+    run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    if tokenizer.kind != "tiktoken":
+        run.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
 
 
-def _previous_checkpoint(config: ExperimentConfig, manifest: Manifest, shuffle: str,
-                         ) -> tuple[Path | str | None, int]:
-    """The run's latest checkpoint, checked against this config and dataset, and its step (0 without one)."""
-    previous = latest_checkpoint(config.run_dir)
-    if previous is None:
-        return None, 0
-    state = read_state(previous)
-    check_compatible(state, config, manifest.fingerprint, str(previous), data_order(config, shuffle))
-    log.info("run %s has a checkpoint at step %d: resuming from it", config.name, state.step)
-    check_schedule(read_config(previous), config, state.step, str(previous))
-    return previous, state.step
+def _fit(trainer, config: ExperimentConfig, checkpoints: CheckpointManager, tracker):
+    """The fit, with the MLflow run closed as KILLED on Ctrl-C and FAILED on a failure."""
+    try:
+        return fit(trainer, config)
+    except KeyboardInterrupt:
+        raise _stopped(config, checkpoints, tracker) from None
+    except Exception:
+        if tracker:
+            tracker.finish("FAILED", checkpoints.run)
+        raise
 
 
-def start_from(config: ExperimentConfig, dataset_fingerprint: str, run: Storage, order: dict | None = None) -> None:
-    """train.resume_from, on the run's first launch: that checkpoint, checked against this config, is copied
-    into the run directory, where the resume finds it as the run's own (later launches ignore the setting)."""
-    if not config.train.resume_from or latest_stored_checkpoint(run) is not None:
-        return
-    source = find_checkpoint(config.train.resume_from)
-    check_compatible(read_state(source), config, dataset_fingerprint, str(source), order)
-    name = copy_checkpoint(source, run)
-    log.info("run %s starts from %s (train.resume_from), copied to %s", config.name, source, run.uri(name))
+def _stopped(config: ExperimentConfig, checkpoints: CheckpointManager, tracker) -> Interrupted:
+    """A run stopped before train.max_steps (Ctrl-C): its MLflow run is closed as KILLED, its checkpoints stay."""
+    if tracker:
+        tracker.finish("KILLED", checkpoints.run)
+    return Interrupted(f"run {config.name} stopped at step {checkpoints.latest_step()} of {config.train.max_steps} "
+                       "(its latest checkpoint); launch it again to resume")
 
 
-def check_schedule(saved: ExperimentConfig, config: ExperimentConfig, step: int, where: str) -> None:
-    """Say so where the learning rates this config gives the steps before the checkpoint are not those the
-    checkpoint was trained with: the run then does not continue as one uninterrupted run would (a WSD
-    continuation must start before its new decay does)."""
-    differs = first_schedule_difference(saved.train, config.train, step)
-    if differs is not None:
-        at, before, now = differs
-        log.warning("the learning rate schedule differs from the one checkpoint %s was trained with: step %d had "
-                    "lr %.3g, this config gives it %.3g. Training goes on from step %d with this config's schedule, "
-                    "not as one run with it would have.", where, at, before, now, step)
-
-
-def _already_trained(config: ExperimentConfig, run: Storage, checkpoint: Path | str, step: int, started: float,
+def _already_trained(config: ExperimentConfig, run: Storage, resume: ResumePoint, started: float,
                      sample: bool, tracker) -> PretrainResult:
     """A relaunch of a run already at train.max_steps: settle its tracking, start no Ray."""
-    log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, step,
+    log.info("run %s is already at step %d (train.max_steps=%d): nothing to train", config.name, resume.step,
              config.train.max_steps)
     if tracker is None and config.tracking.enabled and not tracking_settled(run):
-        tracker = _start_tracking(config)  # what an earlier launch could not tell MLflow goes now
+        tracker = start_run_tracking(config)  # what an earlier launch could not tell MLflow goes now
     if tracker is not None:
         tracker.send_outbox(run)
         tracker.finish("FINISHED", run)
-    return _finished_result(config, checkpoint, step, started, sample, tracker)
+    text = _stored_sample(run, resume.step) if sample else None
+    return _result(config, resume.checkpoint, resume.step, resume.step, text, started, tracker, relaunch=True)
 
 
-def _trainer(config: ExperimentConfig, plan: WorkerPlan, run: Storage, tracker, eval_tasks: dict | None,
-             init_checkpoint: Path | str | None, callbacks: list | None, sample: bool, shuffle: str, tokenizer):
-    """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
-
-    return _torch_trainer_class()(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": config.to_dict(),
-            "mlflow_run_id": tracker.run_id if tracker else None,
-            "tracking_uri": tracker.tracking_uri if tracker else None,
-            # by value: workers need no tiktoken cache or tokenizer file to decode samples
-            "tokenizer": tokenizer if config.train.sample_interval or sample else None,
-            # the UTF-8 bytes of each id of the dataset's tokenizer (run_tokenizer), padded to the model's
-            # vocabulary, computed once here: validation's bits per byte (val/bpb)
-            "token_bytes": byte_table(tokenizer, config.model.vocab_size),
-            "final_sample": sample,  # rank 0 generates it: the driver (on the head) never loads the model
-            "eval_tasks": eval_tasks,  # eval.train_tasks, tokenized here: workers need no tokenizer or download
-            "init_checkpoint": Storage(str(init_checkpoint)) if init_checkpoint else None,
-            # resolved here: an object store's endpoint and region travel with them to the workers
-            "dataset": Storage(config.data.dataset_dir),
-            "shuffle": shuffle,
-            "run": run,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=plan.resources,
-            accelerator_type=config.ray.accelerator_type,
-        ),
-        run_config=RunConfig(
-            name=config.name,
-            **_ray_storage(config.out_dir),
-            # Ray deletes the older checkpoints it registered; the driver deletes orphans after the fit.
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=config.ray.max_failures,
-                                         controller_failure_limit=controller_retries(config.ray)),
-            logging_config=LoggingConfig(log_level="WARNING"),
-            callbacks=callbacks,
-        ),
-    )
-
-
-def _torch_trainer_class():
-    """Ray Train's TorchTrainer, less the Ray Data plumbing a run without Ray Datasets never uses.
-
-    gptray's workers read their windows themselves (the data order is a pure function of the step), so
-    no run passes `datasets=`. Ray Train still gives every run a DatasetManager actor and sends each
-    worker the driver's Ray Data context, which costs a process start and the import of Ray Data in
-    every worker: ~2 CPU s a run, for nothing. With datasets given, or a Ray without that callback,
-    this is TorchTrainer as it is.
-    """
-    from ray.train.torch import TorchTrainer  # heavy
-
-    try:
-        from ray.train.v2._internal.callbacks import DatasetsCallback
-    except ImportError:  # Ray Train's internals moved: keep its defaults
-        return TorchTrainer
-
-    class GptrayTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
-
-    return GptrayTorchTrainer
-
-
-def _fit(trainer, config: ExperimentConfig, run: Storage, tracker):
-    """trainer.fit(), with a worker's own data or checkpoint error raised as itself, and Ctrl-C as Interrupted."""
-    try:
-        return _fit_interruptibly(trainer)
-    except KeyboardInterrupt:
-        raise _stopped(config, run, tracker) from None
-    except Exception as exc:
-        if tracker:
-            tracker.finish("FAILED", run)
-        cause = _root_cause(exc)
-        if isinstance(cause, (CheckpointError, DataError)):
-            raise cause from exc
-        if type(cause).__name__ == "WorkerGroupStartupTimeoutError":  # only with ray.wait_timeout_s
-            raise ConfigError("ray.wait_timeout_s", f"run {config.name}: no worker group after waiting "
-                                                    f"{config.ray.wait_timeout_s:g} s for the cluster to grow "
-                                                    f"({cause})") from exc
-        raise TrainingError(f"training run {config.name} failed: {type(cause).__name__}: {cause}") from exc
-
-
-def _stopped(config: ExperimentConfig, run: Storage, tracker) -> Interrupted:
-    """A run stopped before train.max_steps (Ctrl-C): its MLflow run is closed as KILLED, its checkpoints stay."""
-    if tracker:
-        tracker.finish("KILLED", run)
-    latest = latest_checkpoint(config.run_dir)
-    step = read_state(latest).step if latest is not None else 0
-    return Interrupted(f"run {config.name} stopped at step {step} of {config.train.max_steps} (its latest "
-                       "checkpoint); launch it again to resume")
-
-
-def _fit_interruptibly(trainer):
-    """trainer.fit() in a thread of its own when this is the main thread, so that Ctrl-C reaches us as
-    KeyboardInterrupt: Ray Train's own SIGINT handler (installed only in the main thread) exits the process
-    without a word. The workers end with this process, which owns their controller; the checkpoints
-    they completed stay."""
-    if threading.current_thread() is not threading.main_thread():
-        return trainer.fit()
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # raised again in the main thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name="gptray-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def _finish_tracking(tracker, run: Storage, config: ExperimentConfig, sample_text: str | None, final_state) -> None:
-    """What the workers could not send, the final sample, the config and the run's plots; then close the run."""
-    tracker.send_outbox(run)
-    if sample_text is not None:
-        tracker.log_text(sample_text, final_sample_name(final_state.step))
-    tracker.log_text(run.read_bytes("config.yaml").decode(), "config.yaml")
-    _log_run_plots(tracker, run, config)
-    if not tracker.finish("FINISHED", run):
-        log.warning("MLflow: the run could not be closed now; the next launch of %s closes it", config.name)
-
-
-def _finished_result(config: ExperimentConfig, checkpoint: Path | str, step: int, started: float,
-                     sample: bool, tracker=None) -> PretrainResult:
-    """What a relaunch of a run that already reached train.max_steps reports, without starting Ray."""
-    record = read_run_record(config.run_dir)
-    if tracker is not None:
-        record = {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id,
-                  "experiment_id": tracker.experiment_id}
+def _result(config: ExperimentConfig, checkpoint: Storage, start_step: int, final_step: int, sample: str | None,
+            started: float, tracker, relaunch: bool) -> PretrainResult:
+    """What a launch reports: the MLflow run from its tracker, else (a relaunch with nothing to train) the
+    one the run's record names."""
+    record = {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id, "experiment_id": tracker.experiment_id} \
+        if tracker is not None else read_run_record(config.run_dir) if relaunch else {}
     return PretrainResult(
-        run_dir=config.run_dir, checkpoint=str(checkpoint), start_step=step, final_step=step,
+        run_dir=config.run_dir, checkpoint=checkpoint.location, start_step=start_step, final_step=final_step,
         metrics=read_state(checkpoint).metrics, tracking_uri=record.get("tracking_uri"),
         mlflow_run_id=record.get("run_id"), mlflow_experiment_id=record.get("experiment_id"),
-        sample=_stored_sample(Storage(config.run_dir), step) if sample else None, seconds=time.monotonic() - started,
+        sample=sample, seconds=time.monotonic() - started,
     )
-
-
-def _init_checkpoint(config: ExperimentConfig, tokenizer) -> Path | str | None:
-    """Fine-tuning's base weights as a gptray checkpoint (imported first if from Hugging Face), checked
-    against the run's model."""
-    if not config.train.init_from:
-        return None
-    directory = base_checkpoint(find_base(config.train.init_from), config.out_dir)
-    base_shape = ModelConfig.from_saved(read_state(directory).model).shape()
-    if base_shape != config.model.shape():
-        raise CheckpointError(f"the base checkpoint {directory} no longer matches the run's model "
-                              "(did it change since the config was resolved?)")
-    check_base_tokenizer(directory, tokenizer)
-    log.info("fine-tuning from %s", directory)
-    return directory
-
-
-def check_base_tokenizer(base: Path | str, tokenizer) -> None:
-    """Fine-tuning data must be tokenized with the base's own tokenizer: ids mean nothing across tokenizers."""
-    if is_uri(str(base)):
-        return  # an object-store base: its vocabulary was checked against the dataset's (check_dataset)
-    own = checkpoint_tokenizer(base, tokenizer.name)
-    if own.digest != tokenizer.digest:
-        hint = (f"data.tokenizer={Path(base).parent / TOKENIZER_FILE}" if own.kind != "tiktoken"
-                else f"data.tokenizer={own.name}")
-        raise DataError(f"the base {base} was trained with the tokenizer {own.name}, the fine-tuning dataset "
-                        f"{tokenizer.name}: tokenize it with the base's ({hint}) into another data.dataset_dir")
-
-
-def _log_run_plots(tracker, run: Storage, config: ExperimentConfig) -> None:
-    """The run's curves (PNG) and metrics (CSV), drawn from the history the run keeps (not read back from
-    MLflow), in run_dir/plots and as MLflow artifacts."""
-    with tempfile.TemporaryDirectory(prefix="gptray-plots-") as scratch:
-        # drawn where they will stay on local disk; drawn aside and uploaded for an object store
-        directory = Path(run.path("plots")) if run.is_local else Path(scratch)
-        try:
-            files = run_report(read_history(run), f"{config.name} ({tracker.run_id[:8]})", directory)
-            if not run.is_local:
-                for path in files:
-                    run.write_bytes(f"plots/{path.name}", path.read_bytes())
-        except Exception as exc:  # plots are a convenience: never fail a finished run over them
-            log.warning("could not draw the run's plots: %s: %s", type(exc).__name__, exc)
-            return
-        for path in files:
-            tracker.log_artifact(str(path), "plots")
-
-
-def check_tracking_store(config: ExperimentConfig, cluster: Cluster) -> None:
-    """A SQLite file is one machine's store: on a cluster of several nodes, rank 0 and the driver may sit
-    on different ones and write it over a shared filesystem, which SQLite does not survive."""
-    if config.tracking.enabled and config.tracking_uri().startswith("sqlite:") and \
-            (len(cluster.nodes) > 1 or cluster.can_grow):
-        raise ConfigError("tracking.uri", f"is SQLite ({config.tracking_uri()}), but the cluster has "
-                                          f"{cluster.describe()}: run an MLflow server (mlflow server "
-                                          "--backend-store-uri …) and set tracking.uri=http://HOST:5000, or "
-                                          "set tracking.enabled=false")
-
-
-def _start_tracking(config: ExperimentConfig):
-    if not config.tracking.enabled:
-        return None
-    try:
-        return MlflowTracker.start(config)
-    except Exception as exc:  # tracking never takes training down
-        log.warning("MLflow tracking unavailable at %s (%s: %s); training without it",
-                    config.tracking_uri(), type(exc).__name__, exc)
-        return None
-
-
-def _ray_storage(out_dir: str) -> dict:
-    """RunConfig's storage settings: Ray's run directory is out_dir/name, as ours is.
-
-    On an object store the filesystem is resolved here and handed to Ray, so its controller and
-    workers use the endpoint and region this process found (AWS_ENDPOINT_URL, the URI's query),
-    whatever the environment they were started with.
-    """
-    if not is_uri(out_dir):
-        return {"storage_path": out_dir}
-    out = Storage(out_dir)
-    return {"storage_path": out.base, "storage_filesystem": out.fs}
 
 
 def _stored_sample(run: Storage, step: int) -> str | None:
     """The final model's sample rank 0 kept in the run directory (None for a run trained without one)."""
     name = final_sample_name(step)
     return run.read_bytes(name).decode() if run.exists(name) else None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The worker's own exception inside Ray's wrappers (TrainingFailedError → WorkerGroupError → …)."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "worker_failures", None)
-        if isinstance(inner, dict) and inner:
-            exc = next(iter(inner.values()))
-            continue
-        if exc.__cause__ is not None:
-            exc = exc.__cause__
-            continue
-        break
-    return exc

@@ -24,8 +24,9 @@ from gptray.base.runtime import configure_logging, init_ray
 from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.config import ExperimentConfig
 from gptray.tracking import MlflowTracker
+from gptray.tracking.run_tracking import check_tracking_store
 from gptray.train.placement import plan_workers
-from gptray.train.pretrain import check_tracking_store, pretrain
+from gptray.train.pretrain import pretrain
 from gptray.tune.prepare import prepare_sweep_data
 from gptray.tune.spec import Sweep
 

@@ -19,7 +19,7 @@ from gptray.base.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
-from gptray.data.train_windows import open_train_windows, open_val_windows
+from gptray.data.train_windows import DataOrder, open_train_windows, open_val_windows
 from gptray.data.windows import eval_starts, open_split_tokens
 from helpers import make_config
 
@@ -80,7 +80,7 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
     block = make_config(tmp_path, f"data.dataset_dir={dataset}", f"data.cache_dir={tmp_path}/block-cache",
                         "data.shuffle=block", "data.shuffle_block_shards=1", "train.batch_size=4",
                         "train.micro_batch_size=4", "ray.num_workers=1", "train.eval_windows=5")
-    windows = open_train_windows(block, store, manifest, "block")
+    windows = open_train_windows(block, store, manifest, DataOrder.of("block", block))
     try:
         windows.begin_step(0)
         batch = windows.rank_micro_batches(0, 0, 1, 4)[0]
@@ -93,7 +93,7 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
             assert np.array_equal(y[row], stream[start + 1:start + seq + 1])
     finally:
         windows.close()
-    val_tokens, _, val_starts = open_val_windows(block, store, manifest, "block")
+    val_tokens, _, val_starts = open_val_windows(block, store, manifest, DataOrder.of("block", block))
     local_val = open_split_tokens(local.dataset_dir, local.manifest, "val", str(tmp_path / "cache"))
     for start, expected_start in zip(val_starts, eval_starts(len(local_val), seq, 5)):
         assert np.array_equal(val_tokens[start:start + seq + 1], local_val[expected_start:expected_start + seq + 1])

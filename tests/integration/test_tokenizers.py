@@ -17,8 +17,7 @@ from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.inspection import sample_documents
 from gptray.data.manifest import Manifest
 from gptray.data.tokenize_job import tokenize_corpus
-from gptray.data.tokenizer_loading import load_tokenizer
-from gptray.train.pretrain import run_tokenizer
+from gptray.data.tokenizer_loading import load_tokenizer, tokenizer_for_run
 from helpers import SHAKESPEARE, make_config
 
 
@@ -129,7 +128,7 @@ def test_tokenize_learns_a_missing_tokenizer_directory_first_and_names_a_bad_pat
     # where the name is the same, and only there.
     manifest = Manifest.load(f"{tmp_path}/data")
     elsewhere = make_config(tmp_path, *overrides[:-1], f"data.tokenizer={tmp_path}/job/tokenizers/small")
-    assert run_tokenizer(elsewhere, manifest).digest == load_tokenizer(str(tokenizer)).digest
+    assert tokenizer_for_run(elsewhere, manifest).digest == load_tokenizer(str(tokenizer)).digest
     with pytest.raises(DataError, match="no such file"):
-        run_tokenizer(make_config(tmp_path, *overrides[:-1], f"data.tokenizer={tmp_path}/job/tokenizers/other"),
+        tokenizer_for_run(make_config(tmp_path, *overrides[:-1], f"data.tokenizer={tmp_path}/job/tokenizers/other"),
                       manifest)

@@ -10,7 +10,7 @@ from gptray.config import load_config
 from gptray.config.schema import parse_size
 from gptray.data.block_order import BlockOrder, apportion
 from gptray.data.manifest import Manifest, ShardInfo, SplitInfo
-from gptray.data.train_windows import block_order, check_cache_limit, resolve_shuffle
+from gptray.data.train_windows import DataOrder, block_order, check_cache_limit
 
 SEQ = 16
 # two sources of unequal shards: 12 of ~640 tokens (source 0), 5 of ~320 (source 1)
@@ -107,10 +107,11 @@ def manifest(shard_tokens: list[int]) -> Manifest:
 
 def test_auto_is_global_while_the_split_fits_the_cache_and_block_above():
     m = manifest([1000] * 10)  # 20,000 bytes decoded
-    assert resolve_shuffle(load_config(None, ["data.cache_limit=20000"]), m) == "global"
-    assert resolve_shuffle(load_config(None, ["data.cache_limit=19999"]), m) == "block"
+    assert DataOrder.for_run(load_config(None, ["data.cache_limit=20000"]), m).kind == "global"
+    assert DataOrder.for_run(load_config(None, ["data.cache_limit=19999", "data.shuffle_block_shards=1"]), m).kind \
+        == "block"
     with pytest.raises(ConfigError, match=r"data.shuffle.*20,000 bytes, more than data.cache_limit \(19kB"):
-        resolve_shuffle(load_config(None, ["data.cache_limit=19kB", "data.shuffle=global"]), m)
+        DataOrder.for_run(load_config(None, ["data.cache_limit=19kB", "data.shuffle=global"]), m)
 
 
 def test_a_cache_limit_too_small_for_the_blocks_in_use_and_the_next_is_refused_with_the_numbers():

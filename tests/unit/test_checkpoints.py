@@ -81,7 +81,7 @@ def test_consolidating_gives_whole_files_that_load_and_resume_like_the_sharded_o
     sharded = scrambled(engine(BATCH))
     sharded.load_sharded(directory)
     whole = scrambled(engine(BATCH))
-    whole.load_state(model_state, optimizer_state, None)
+    whole.load_full_state(model_state, optimizer_state)
     assert losses(sharded, range(3, 5)) == losses(whole, range(3, 5))
     # generation (and export, eval) read either format into the same weights
     from_sharded, _ = load_model(directory)

@@ -60,7 +60,7 @@ def test_state_round_trip_continues_identically():
     with torch.no_grad():  # other weights, so only the loaded state can make the runs agree
         for p in second.module.parameters():
             p.normal_()
-    second.load_state(model_state, optimizer_state, None)
+    second.load_full_state(model_state, optimizer_state)
     assert losses(first, range(3, 5)) == losses(second, range(3, 5))
 
 

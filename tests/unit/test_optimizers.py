@@ -25,7 +25,9 @@ from gptray.checkpoint.files import (
     save_checkpoint,
 )
 from gptray.config import TrainConfig, load_config
+from gptray.data.train_windows import DataOrder
 from gptray.model.gpt import cross_entropy_and_z_loss
+from gptray.train.checkpoint_manager import CheckpointManager, check_schedule
 from gptray.train.engine import TrainingEngine
 from gptray.train.optim import (
     decay_start,
@@ -34,7 +36,6 @@ from gptray.train.optim import (
     learning_rate,
     set_learning_rates,
 )
-from gptray.train.pretrain import check_schedule, start_from
 
 # A stream a small model learns in a few steps (each token predicts the next), over a 128-token vocabulary:
 # each step costs milliseconds, not the 50,257-wide head's tenths of a second.
@@ -191,7 +192,7 @@ def test_each_option_resumes_exactly_from_a_whole_checkpoint(option):
     run(first, range(4))
     model_state, optimizer_state = through_a_file(first.full_state()[:2])
     second = scrambled(engine(*OPTIONS[option], "train.max_steps=12"))
-    second.load_state(model_state, optimizer_state, None)
+    second.load_full_state(model_state, optimizer_state)
     assert run(first, range(4, 8)) == run(second, range(4, 8))
 
 
@@ -206,7 +207,7 @@ def test_muon_resumes_exactly_from_a_sharded_checkpoint_and_from_its_consolidate
     second = scrambled(engine("train.optimizer=muon"))
     second.load_sharded(directory)
     third = scrambled(engine("train.optimizer=muon"))
-    third.load_state(load_tensors(whole, "model.pt"), load_tensors(whole, "optimizer.pt"), None)
+    third.load_full_state(load_tensors(whole, "model.pt"), load_tensors(whole, "optimizer.pt"))
     expected = run(first, range(3, 6))
     assert run(second, range(3, 6)) == expected and run(third, range(3, 6)) == expected
 
@@ -242,25 +243,29 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
     continued = scrambled(engine(*wsd, "train.max_steps=16", f"out_dir={tmp_path}", "name=decay16",
                                  f"train.resume_from={tmp_path / 'long'}"))
     run_dir = Storage(continued.config.run_dir)
-    start_from(continued.config, "", run_dir)
+
+    def launch(run: Storage, fingerprint: str = ""):
+        return CheckpointManager(continued.config, run, fingerprint, DataOrder("global")).resume_point()
+
+    assert launch(run_dir).step == 12
     copied = latest_checkpoint(run_dir.base)
     assert read_state(copied).step == 12 and sorted(p.name for p in copied.iterdir()) == \
         sorted(p.name for p in stable.iterdir())
-    start_from(continued.config, "", run_dir)  # a later launch resumes from the run's own checkpoints
+    launch(run_dir)  # a later launch resumes from the run's own checkpoints
     assert [p.name for p in Path(run_dir.base).iterdir()] == ["checkpoint_00000012"]
     with pytest.raises(CheckpointError, match="different token dataset"):  # checked as a resume is
-        start_from(continued.config, "another", Storage(str(tmp_path / "elsewhere")))
+        launch(Storage(str(tmp_path / "elsewhere")), "another")
 
-    continued.load_state(torch.load(copied / "model.pt", weights_only=True),
-                         torch.load(copied / "optimizer.pt", weights_only=True), None)
+    continued.load_full_state(torch.load(copied / "model.pt", weights_only=True),
+                              torch.load(copied / "optimizer.pt", weights_only=True))
     assert run(continued, range(12, 16)) == reference[12:]
     # the driver says where the new schedule gives the steps before a checkpoint other rates than it had
     assert first_schedule_difference(long.train, continued.train, 12) is None
     assert first_schedule_difference(long.train, continued.train, 13) is None  # step 12 is the decay's first, at peak
     at, before, now = first_schedule_difference(long.train, continued.train, 14)
     assert at == 13 and before > now
-    caplog.clear()  # what start_from logged above (at INFO where an earlier test set gptray's level)
-    with caplog.at_level("WARNING", logger="gptray.train.pretrain"):
+    caplog.clear()  # what the launches logged above (at INFO where an earlier test set gptray's level)
+    with caplog.at_level("WARNING", logger="gptray.train.checkpoint_manager"):
         check_schedule(long.config, continued.config, 12, "ok")
         check_schedule(long.config, continued.config, 14, "late")
     warned = [r for r in caplog.records if r.levelname == "WARNING"]

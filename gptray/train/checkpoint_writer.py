@@ -1,4 +1,4 @@
-"""Checkpoints from the worker loop: each rank's files written locally, then reported to Ray Train.
+"""Writing checkpoints from the worker loop: each rank's files written locally, then reported to Ray Train.
 
 Ray Train merges the ranks' local directories into checkpoint_NNNNNNNN in the run directory and,
 with train.checkpoint_upload=async, uploads in a background thread (training waits only for the
