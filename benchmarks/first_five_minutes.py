@@ -27,14 +27,14 @@ sys.path.insert(0, str(REPO))
 
 from gptray.data.bpe_training import train_tokenizer  # noqa: E402
 from gptray.data.tokenize_job import tokenize_corpus  # noqa: E402
-from gptray.train.finetune import load_finetune_config  # noqa: E402
+from gptray.train.finetune import load_run_config  # noqa: E402
 from gptray.train.pretrain import pretrain  # noqa: E402
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 
 def run(out: Path, name: str, overrides: list[str]) -> dict:
-    config = load_finetune_config(QUICKSTART, [f"out_dir={out}/runs", f"name={name}", "tracking.enabled=false",
+    config = load_run_config(QUICKSTART, [f"out_dir={out}/runs", f"name={name}", "tracking.enabled=false",
                                                *overrides])
     tokenize_corpus(config)
     started = time.monotonic()
@@ -61,7 +61,7 @@ def main() -> None:
     rows = [run(out, "gpt2", gpt2)]
     budget = rows[0]["seconds"]
     for vocab in [int(v) for v in args.vocab.split(",")]:
-        base = load_finetune_config(QUICKSTART, [f"tokenizer.vocab_size={vocab}"])
+        base = load_run_config(QUICKSTART, [f"tokenizer.vocab_size={vocab}"])
         tokenizer = out / "tokenizers" / f"bpe-{vocab}"
         trained = train_tokenizer(base, tokenizer, overwrite=True)
         data = [f"data.tokenizer={tokenizer}", f"data.dataset_dir={out}/data/bpe-{vocab}"]

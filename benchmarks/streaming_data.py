@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 from gptray.base.storage import Storage  # noqa: E402
 from gptray.config import load_config  # noqa: E402
 from gptray.data.block_order import BlockOrder  # noqa: E402
+from gptray.data.global_order import WindowSampler  # noqa: E402
 from gptray.data.manifest import Manifest, ShardInfo, SplitInfo  # noqa: E402
 from gptray.data.shards import TokenShardWriter  # noqa: E402
-from gptray.data.windows import WindowSampler  # noqa: E402
 
 SEQ = 64
 

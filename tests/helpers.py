@@ -67,9 +67,9 @@ def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -
 def make_config(root: Path, *overrides: str):
     """A resolved config whose outputs all live under `root` (a fine-tuning one reads its base), in GPT-2's
     vocabulary (tiktoken's, nothing to learn first) unless `overrides` name another data.tokenizer."""
-    from gptray.train.finetune import load_finetune_config
+    from gptray.train.finetune import load_run_config
 
-    return load_finetune_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", GPT2_TOKENIZER,
+    return load_run_config(None, [f"out_dir={root}/runs", f"data.dataset_dir={root}/data", GPT2_TOKENIZER,
                                        *overrides])
 
 

@@ -43,3 +43,9 @@ def within(location: str, directory: str) -> bool:
         return inner == outer or inner.startswith(outer + "/")
     inner, outer = Path(location).absolute(), Path(directory).absolute()
     return inner == outer or outer in inner.parents
+
+
+def cache_home(*parts: str) -> Path:
+    """gptray's cache on this machine (XDG_CACHE_HOME, else ~/.cache, then gptray/…): token arrays, corpora,
+    eval files and checkpoint copies each have a folder of their own in it."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "gptray", *parts)

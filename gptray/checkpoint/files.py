@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from gptray.base.errors import CheckpointError
-from gptray.base.paths import is_uri
+from gptray.base.paths import cache_home, is_uri
 from gptray.base.storage import Storage
 from gptray.checkpoint.sharded import SHARDED, WHOLE, load_sharded_model
 from gptray.config import ExperimentConfig
@@ -311,4 +311,4 @@ def local_copy(checkpoint: Storage, cache_dir: str | Path | None = None) -> Path
 
 
 def default_checkpoint_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "checkpoints"
+    return cache_home("checkpoints")

@@ -42,8 +42,8 @@ def load_experiment(args, hub: bool = True, settings: dict | None = None):
     """The resolved, validated config named by --config plus the overrides (`settings`: the command's
     options as dotted keys, which the overrides beat; `hub`: whether a fine-tuning base named hf:NAME
     may have its config.json read from the Hugging Face Hub)."""
-    from gptray.train.finetune import load_finetune_config  # imports torch: only once a command runs
+    from gptray.train.finetune import load_run_config  # imports torch: only once a command runs
 
     if args.config is None:
         log.info("no --config given: using the built-in defaults (the quickstart config)")
-    return load_finetune_config(args.config, args.overrides, hub=hub, settings=settings)
+    return load_run_config(args.config, args.overrides, hub=hub, settings=settings)

@@ -514,7 +514,7 @@ class ExperimentConfig:
             if read_base is None:
                 raise ConfigError("train.init_from", "a fine-tuning config resolves with its base model's config; "
                                                      "load it through the gptray CLI, a pipeline, or "
-                                                     "gptray.train.finetune.load_finetune_config")
+                                                     "gptray.train.finetune.load_run_config")
             config.model = finetune_model(config.model, read_base(config), RECIPES[config.train.recipe].dropout)
         else:
             _vocabulary_from_tokenizer(config.model, config.data.tokenizer)

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from gptray.data import readers
+from gptray.data.read_tasks import ReadPiece
 from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
 from gptray.data.split import copies, is_validation
-from gptray.data.tasks import ReadPiece
 
 STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}
 KEPT_CODES = np.array([STATUS_CODES[s] for s in KEPT_STATUSES], dtype=np.int8)
@@ -46,7 +46,7 @@ class SourceReader:
 
 @dataclass
 class BlockSettings:
-    tokenizer: Any  # gptray.data.tokenizer.load_tokenizer's: tiktoken or Hugging Face
+    tokenizer: Any  # gptray.data.tiktoken_tokenizer.load_tokenizer's: tiktoken or Hugging Face
     val_fraction: float
     split_seed: int
     max_document_bytes: int

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.base.errors import ConfigError, DataError
+from gptray.base.paths import cache_home
 
 CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) searched before downloading
 
@@ -133,7 +134,7 @@ REGISTRY: dict[str, Corpus] = {
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "corpora"
+    return cache_home("corpora")
 
 
 def search_dirs() -> list[Path]:

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from gptray.base.errors import ConfigError, DataError, StorageError
 from gptray.base.storage import read_bytes, resolve
-from gptray.data.tokenizer import token_dtype
+from gptray.data.tiktoken_tokenizer import token_dtype
 
 END_OF_TEXT = "<|endoftext|>"
 # What a Hub tokenizer without <|endoftext|> calls the token that ends a document, in the order tried.

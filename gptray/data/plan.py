@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gptray.base.storage import FileEntry, compression_of
+from gptray.data.read_tasks import ReadPiece, ReadTask
 from gptray.data.readers import UTF8_BOM, file_format, is_splittable
 from gptray.data.sources import ResolvedSource, document_start_rows
-from gptray.data.tasks import ReadPiece, ReadTask
 
 PLANNING_THREADS = 16  # Parquet footers and JSON heads are read concurrently: object stores have latency
 # GPT-2's BPE takes 3.3 (tinyshakespeare) to 4.5 (web text) bytes of English a token. The low end, so

@@ -16,9 +16,9 @@ from gptray.base.storage import Storage
 from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockBuilder, BlockSettings, SourceReader, piece_documents
 from gptray.data.manifest import SPLITS
 from gptray.data.progress import TaskRecord, TaskStats
+from gptray.data.read_tasks import ReadTask
 from gptray.data.readers import STATUSES
 from gptray.data.shards import DOC_ID_STRIDE, TokenShardWriter, shard_is_intact
-from gptray.data.tasks import ReadTask
 
 OK_CODE = STATUS_CODES["ok"]
 STRICT_EXAMPLES = 5

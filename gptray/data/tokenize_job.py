@@ -28,11 +28,11 @@ from gptray.data.blocks import BlockSettings, SourceReader
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
 from gptray.data.plan import plan_digest, plan_tasks
 from gptray.data.progress import PROGRESS_NAME, RECORDS_DIR, Progress, TaskRecord
+from gptray.data.read_tasks import ReadTask
 from gptray.data.shard_task import TaskInputs, run_read_task
 from gptray.data.shards import OLD_PREFIXES, SHARD_PREFIX
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
-from gptray.data.tasks import ReadTask
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger(__name__)

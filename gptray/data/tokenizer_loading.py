@@ -11,7 +11,7 @@ from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.config.schema import tokenizer_kind
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
-from gptray.data.tokenizer import TiktokenTokenizer
+from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 
 log = logging.getLogger(__name__)
 

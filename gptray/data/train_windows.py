@@ -24,10 +24,7 @@ from gptray.base.errors import ConfigError, DataError
 from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.block_order import BlockOrder
-from gptray.data.manifest import Manifest
-from gptray.data.node_cache import ShardCache
-from gptray.data.shards import shard_loss_mask
-from gptray.data.windows import (
+from gptray.data.global_order import (
     IGNORE_INDEX,
     WindowSampler,
     default_cache_dir,
@@ -36,6 +33,9 @@ from gptray.data.windows import (
     open_split_loss_mask,
     open_split_tokens,
 )
+from gptray.data.manifest import Manifest
+from gptray.data.node_cache import ShardCache
+from gptray.data.shards import shard_loss_mask
 
 log = logging.getLogger(__name__)
 

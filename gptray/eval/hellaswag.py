@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from gptray.base.errors import DataError
+from gptray.base.paths import cache_home
 from gptray.config.schema import HELLASWAG_VAL_URL  # noqa: F401  (eval.hellaswag's default)
-from gptray.data.windows import IGNORE_INDEX
+from gptray.data.global_order import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PROBLEMS_SHOWN = 5
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "eval"
+    return cache_home("eval")
 
 
 def locate(source: str) -> Path:

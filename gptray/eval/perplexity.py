@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from gptray.base.errors import DataError
+from gptray.data.global_order import IGNORE_INDEX
 from gptray.data.token_bytes import bits_per_byte
-from gptray.data.windows import IGNORE_INDEX
 
 
 def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:

@@ -14,7 +14,7 @@ from gptray.base.tables import text_table
 from gptray.config import ExperimentConfig, flatten
 from gptray.eval.evaluate import EvalReport, format_metric
 from gptray.tracking import MlflowTracker
-from gptray.tracking.mlflow_tracker import RUN_RECORD, experiment_for, read_run_record
+from gptray.tracking.mlflow_tracker import RUN_RECORD, experiment_for, read_run_record, run_exists
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def choose_run(report: EvalReport, config: ExperimentConfig, run_id: str | None 
     checkpoint = Path(report.checkpoint.partition("?")[0])  # for its name and its run directory's name
     if run_id is not None:
         uri = recorded["tracking_uri"] if recorded and recorded["run_id"] == run_id else config.tracking_uri()
-        if not _run_exists(MlflowClient(uri), run_id):
+        if not run_exists(MlflowClient(uri), run_id):
             raise ConfigError("--run", f"no MLflow run {run_id} at {uri} (set tracking.uri to its server)")
         return TrackedRun(uri, run_id, created=False)
     if recorded is not None:
-        if _run_exists(MlflowClient(recorded["tracking_uri"]), recorded["run_id"]):
+        if run_exists(MlflowClient(recorded["tracking_uri"]), recorded["run_id"]):
             return TrackedRun(recorded["tracking_uri"], recorded["run_id"], created=False)
         log.warning("the training run %s recorded beside %s is not at %s: logging to a new run", recorded["run_id"],
                     checkpoint, recorded["tracking_uri"])
@@ -89,14 +89,6 @@ def log_report(report: EvalReport, config: ExperimentConfig, run_id: str | None 
     if tracker.lost or tracker.unsent:
         log.warning("MLflow could not take the results at %s; they are printed below", target.tracking_uri)
     return target
-
-
-def _run_exists(client, run_id: str) -> bool:
-    try:
-        client.get_run(run_id)
-        return True
-    except Exception:  # not found, or a server that does not answer: either way, not a run to log to
-        return False
 
 
 def format_table(report: EvalReport) -> str:

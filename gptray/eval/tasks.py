@@ -11,9 +11,9 @@ import numpy as np
 
 from gptray.base.errors import ConfigError, DataError
 from gptray.config import EvalConfig, ModelConfig
+from gptray.data.global_order import open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table, dataset_mismatch
-from gptray.data.windows import open_split_tokens
 from gptray.eval import hellaswag, perplexity
 
 log = logging.getLogger(__name__)

@@ -212,7 +212,7 @@ class GPT(nn.Module):
         return n
 
 
-IGNORE_TARGET = -100  # F.cross_entropy's default ignore_index (gptray.data.windows.IGNORE_INDEX, a layer above)
+IGNORE_TARGET = -100  # F.cross_entropy's default ignore_index (gptray.data.global_order.IGNORE_INDEX, a layer above)
 
 
 def cross_entropy_and_z_loss(logits: torch.Tensor, targets: torch.Tensor,

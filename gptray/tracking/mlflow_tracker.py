@@ -91,7 +91,7 @@ class MlflowTracker:
         client = MlflowClient(uri)
         run = Storage(config.run_dir)
         saved = read_run_record(run)
-        if saved and saved.get("tracking_uri") == uri and _run_exists(client, saved["run_id"]):
+        if saved and saved.get("tracking_uri") == uri and run_exists(client, saved["run_id"]):
             tracker = cls(uri, saved["run_id"], saved.get("experiment_id", ""), config.tracking.retry_seconds)
             client.update_run(saved["run_id"], status="RUNNING")
             tracker._record_config_changes(flatten(config.to_dict()))
@@ -389,7 +389,8 @@ def fail_fast_http() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def _run_exists(client, run_id: str) -> bool:
+def run_exists(client, run_id: str) -> bool:
+    """Whether an MLflow run can be logged to: not found, or a server that does not answer, is no."""
     try:
         client.get_run(run_id)
         return True

@@ -20,9 +20,9 @@ from gptray.base.devices import all_reduce_sum, autocast, distributed
 from gptray.base.errors import ConfigError
 from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
+from gptray.data.global_order import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.data.token_bytes import bits_per_byte
 from gptray.data.train_windows import TrainWindows, WholeSplitWindows
-from gptray.data.windows import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.model.gpt import cross_entropy_and_z_loss
@@ -63,20 +63,21 @@ class TrainingEngine:
         (default: train.eval_windows spread over it). `token_bytes`: the UTF-8 bytes of each token id
         (token_bytes.byte_table), for validation's bits per byte; without it evaluate() gives none."""
         self.config = config
-        self.train = config.train
+        self.train_config = config.train
         self.device = device
         self.rank = rank
         self.world_size = world_size
-        self.seq_len = self.train.effective_seq_len(config.model)
+        self.seq_len = self.train_config.effective_seq_len(config.model)
         if isinstance(train_data, np.ndarray):
-            train_data = WholeSplitWindows(train_data, self.seq_len, self.train.seed, self.train.batch_size,
+            train_data = WholeSplitWindows(train_data, self.seq_len, self.train_config.seed,
+                                           self.train_config.batch_size,
                                            train_loss_mask)
         self.train_data = train_data
         self.val_tokens, self.val_loss_mask = val_tokens, val_loss_mask
         self.val_starts = val_starts if val_starts is not None else \
-            eval_starts(len(val_tokens), self.seq_len, self.train.eval_windows)
+            eval_starts(len(val_tokens), self.seq_len, self.train_config.eval_windows)
 
-        torch.manual_seed(self.train.seed)  # identical initial weights on every rank
+        torch.manual_seed(self.train_config.seed)  # identical initial weights on every rank
         self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
         self.token_bytes = None  # (vocab_size,) int64 on the device: a lookup by target id
         if token_bytes is not None:
@@ -84,20 +85,20 @@ class TrainingEngine:
             table[: len(token_bytes)] = token_bytes  # a padded vocabulary's extra ids stand for no bytes
             self.token_bytes = torch.from_numpy(table).to(device)
         self.num_parameters = self.module.num_parameters()
-        if self.train.activation_checkpointing:  # before wrapping and compiling, which see the blocks as set
+        if self.train_config.activation_checkpointing:  # before wrapping and compiling, which see the blocks as set
             self.module.set_activation_checkpointing(True)
-        self.model = self._parallelize()  # what training steps run through
+        self.training_model = self._parallelize()  # what training steps run through
         # Evaluation and sampling need no gradient sync: DDP's replicas each hold the whole model.
-        self.eval_model = self.module if self.train.parallelism == "ddp" else self.model
-        self.optimizers = build_optimizers(self.module, self.train, device)  # AdamW (and Muon: train.optimizer)
-        self.scaler = torch.amp.GradScaler(device.type) if self.train.precision == "fp16" else None
-        self.micro_steps = self.train.grad_accum_steps(world_size)
-        self.tokens_per_step = self.train.batch_size * self.seq_len
+        self.eval_model = self.module if self.train_config.parallelism == "ddp" else self.training_model
+        self.optimizers = build_optimizers(self.module, self.train_config, device)  # AdamW (and Muon: train.optimizer)
+        self.scaler = torch.amp.GradScaler(device.type) if self.train_config.precision == "fp16" else None
+        self.micro_steps = self.train_config.grad_accum_steps(world_size)
+        self.tokens_per_step = self.train_config.batch_size * self.seq_len
         self.flops_per_token = flops_per_token(config.model, self.num_parameters, self.seq_len)
-        self.peak_flops = device_peak_flops(device, self.train.precision, self.train.peak_tflops)
+        self.peak_flops = device_peak_flops(device, self.train_config.precision, self.train_config.peak_tflops)
 
     def _parallelize(self) -> torch.nn.Module:
-        if self.train.parallelism == "fsdp":
+        if self.train_config.parallelism == "fsdp":
             if not dist.is_available() or not dist.is_initialized():
                 raise ConfigError("train.parallelism", "fsdp needs a torch.distributed process group (Ray Train)")
             from torch.distributed.fsdp import fully_shard
@@ -106,23 +107,23 @@ class TrainingEngine:
             for block in self.module.transformer.h:
                 fully_shard(block)
             fully_shard(self.module)
-            return torch.compile(self.module) if self.train.compile else self.module
-        model = torch.compile(self.module) if self.train.compile else self.module
+            return torch.compile(self.module) if self.train_config.compile else self.module
+        model = torch.compile(self.module) if self.train_config.compile else self.module
         if distributed():
             device_ids = [self.device] if self.device.type == "cuda" else None
             return DistributedDataParallel(model, device_ids=device_ids)
         return model
 
     def autocast(self):
-        return autocast(self.device, self.train.precision)
+        return autocast(self.device, self.train_config.precision)
 
     @contextlib.contextmanager
     def _gradient_sync(self, enabled: bool):
         """Gradients are reduced across ranks once per optimizer step, on its last micro-batch."""
         if enabled or not distributed():
             yield
-        elif isinstance(self.model, DistributedDataParallel):
-            with self.model.no_sync():
+        elif isinstance(self.training_model, DistributedDataParallel):
+            with self.training_model.no_sync():
                 yield
         else:  # FSDP2
             self.module.set_requires_gradient_sync(False)
@@ -139,15 +140,15 @@ class TrainingEngine:
 
     def train_step(self, step: int) -> StepResult:
         """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update."""
-        torch.manual_seed(step_seed(self.train.seed, step, self.rank))
-        lr = set_learning_rates(self.optimizers, step, self.train)
+        torch.manual_seed(step_seed(self.train_config.seed, step, self.rank))
+        lr = set_learning_rates(self.optimizers, step, self.train_config)
         loss_sum = torch.zeros((), device=self.device)
         z_sum = torch.zeros((), device=self.device)
         data_seconds = 0.0
         data_start = time.perf_counter()
         self.train_data.begin_step(step)
         micro_batches = self.train_data.rank_micro_batches(step, self.rank, self.world_size,
-                                                           self.train.micro_batch_size)
+                                                           self.train_config.micro_batch_size)
         data_seconds += time.perf_counter() - data_start
         for i, batch in enumerate(micro_batches):
             data_start = time.perf_counter()
@@ -170,7 +171,7 @@ class TrainingEngine:
         if self.scaler is not None:
             for optimizer in self.optimizers:
                 self.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train_config.grad_clip or math.inf)
         for optimizer in self.optimizers:
             if self.scaler is not None:
                 self.scaler.step(optimizer)  # skipped, for every optimizer, where the gradients overflowed
@@ -181,15 +182,15 @@ class TrainingEngine:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return StepResult(loss_sum / len(micro_batches), grad_norm, lr, data_seconds,
-                          z_sum / len(micro_batches) if self.train.z_loss else None)
+                          z_sum / len(micro_batches) if self.train_config.z_loss else None)
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Logits, mean cross-entropy, and the z-loss term where train.z_loss is on (else None)."""
-        if not self.train.z_loss:
-            logits, loss = self.model(x, y)
+        if not self.train_config.z_loss:
+            logits, loss = self.training_model(x, y)
             return logits, loss, None
-        logits, _ = self.model(x)
-        return logits, *cross_entropy_and_z_loss(logits, y, self.train.z_loss)
+        logits, _ = self.training_model(x)
+        return logits, *cross_entropy_and_z_loss(logits, y, self.train_config.z_loss)
 
     def global_mean(self, value: torch.Tensor) -> float:
         """Mean of a per-rank scalar over all ranks (a collective: every rank must call it)."""
@@ -198,7 +199,7 @@ class TrainingEngine:
     @torch.no_grad()
     def evaluate(self) -> Validation:
         """Mean loss (and bits per byte) over the fixed validation windows, spread over the ranks (a collective)."""
-        micro = self.train.micro_batch_size
+        micro = self.train_config.micro_batch_size
         mine = self.val_starts[self.rank :: self.world_size]
         # Every rank runs the same number of forward passes (FSDP's all-gathers must pair up):
         # short ranks pad with a window whose targets are all ignored.
@@ -239,7 +240,7 @@ class TrainingEngine:
     def sample(self, tokenizer, settings: GenerateConfig) -> str | None:
         """A generated sample from the current model; rank 0 gets the text (FSDP: all ranks take part)."""
 
-        if self.train.parallelism == "ddp" and self.rank != 0:
+        if self.train_config.parallelism == "ddp" and self.rank != 0:
             return None
         module = self.module
         with self.autocast():

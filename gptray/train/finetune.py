@@ -86,9 +86,10 @@ def base_model_reader(hub: bool = True) -> BaseModelReader:
     return read
 
 
-def load_finetune_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                         hub: bool = True, settings: dict | None = None) -> ExperimentConfig:
-    """load_config for any config, a fine-tuning one (train.init_from) included."""
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                    hub: bool = True, settings: dict | None = None) -> ExperimentConfig:
+    """A run's config from a YAML file and overrides: load_config with the reader a fine-tuning base
+    (train.init_from) needs, so that it serves every config."""
     return load_config(path, overrides, base_model_reader(hub), settings)
 
 
@@ -107,7 +108,7 @@ def finetune_run_config(path: str | Path | None = None, overrides: list[str] | N
         settings["train.recipe"] = "finetune"
     if init_from:
         settings["train.init_from"] = init_from
-    config = load_finetune_config(path, overrides, settings=settings)
+    config = load_run_config(path, overrides, settings=settings)
     if not config.train.init_from:
         raise ConfigError("train.init_from", "fine-tuning needs a base model: pass --init-from CHECKPOINT "
                                              "(a gptray checkpoint or run directory, an HF directory or hf:NAME)")

@@ -39,7 +39,7 @@ from gptray.config.loader import build, deep_merge, parse_override
 from gptray.config.model import ModelConfig
 from gptray.model.gpt import count_parameters
 from gptray.tracking.compare import METRICS
-from gptray.train.finetune import base_model_reader, load_finetune_config
+from gptray.train.finetune import base_model_reader, load_run_config
 from gptray.train.flops import flops_per_token
 
 
@@ -142,7 +142,7 @@ def run_or_sweep_config(path: str | Path | None, overrides: list[str] | None = N
     if path is not None and "sweep" in read_yaml(path):
         sweep = load_sweep(path, overrides)
         return sweep.base, sweep.base.name
-    return load_finetune_config(path, overrides), None
+    return load_run_config(path, overrides), None
 
 
 def _validate(spec: SweepConfig) -> None:

@@ -10,10 +10,10 @@ from test_tokenize import ENC
 
 from gptray.cli.main import main
 from gptray.data.corpora import REGISTRY
+from gptray.data.global_order import WindowSampler, gather_windows, open_split_tokens
 from gptray.data.inspection import length_histogram, preview_batches
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
-from gptray.data.windows import WindowSampler, gather_windows, open_split_tokens
 from helpers import GPT2_TOKENIZER, make_config
 
 

@@ -17,7 +17,7 @@ from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, ModelConfig
-from gptray.data.tokenizer import TiktokenTokenizer
+from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows

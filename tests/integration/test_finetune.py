@@ -66,8 +66,8 @@ def test_prompt_tokens_are_recorded_exactly(pairs_dataset):
 
 
 def test_loss_mask_leaves_out_prompt_targets(pairs_dataset):
+    from gptray.data.global_order import IGNORE_INDEX, gather_windows, open_split_loss_mask, open_split_tokens
     from gptray.data.manifest import Manifest
-    from gptray.data.windows import IGNORE_INDEX, gather_windows, open_split_loss_mask, open_split_tokens
 
     config, rows, _ = pairs_dataset
     manifest = Manifest.load(config.data.dataset_dir)
@@ -107,8 +107,8 @@ def test_all_prompt_micro_batch_trains_without_nan():
 
 def masked_loss(checkpoint, config) -> float:
     """Mean loss of a checkpoint's model over every train window of the dataset, completion tokens only."""
+    from gptray.data.global_order import gather_windows, open_split_loss_mask, open_split_tokens
     from gptray.data.manifest import Manifest
-    from gptray.data.windows import gather_windows, open_split_loss_mask, open_split_tokens
     from gptray.generation import load_model
 
     model, _ = load_model(checkpoint)

@@ -17,7 +17,7 @@ from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, latest_checkpoint, read_state
 from gptray.cli.main import main as cli
 from gptray.tracking.history import read_history
-from gptray.train.finetune import load_finetune_config
+from gptray.train.finetune import load_run_config
 from gptray.train.pretrain import pretrain
 from helpers import REPO, SMALL_RUN, interruptible_command, make_config, metric_history, small_run_config
 
@@ -45,9 +45,9 @@ def test_validation_logs_bits_per_byte_over_the_same_targets(reference_run, caps
     import math
 
     from gptray.cli.run_commands import _print_run
+    from gptray.data.global_order import eval_starts, open_split_tokens
     from gptray.data.manifest import Manifest
     from gptray.data.tokenizer_loading import load_tokenizer
-    from gptray.data.windows import eval_starts, open_split_tokens
 
     config, result = reference_run
     loss, bpb = metric_history(result, "val/loss"), metric_history(result, "val/bpb")
@@ -185,7 +185,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):
     stopped_at = read_state(latest_checkpoint(run_dir)).step
     assert 12 <= stopped_at < 2000
     # a launch finds the run where it stopped (resuming from there is test_relaunch_resumes_…'s subject)
-    found = pretrain(load_finetune_config(None, [*overrides[:-1], f"train.max_steps={stopped_at}"]), sample=False)
+    found = pretrain(load_run_config(None, [*overrides[:-1], f"train.max_steps={stopped_at}"]), sample=False)
     assert (found.start_step, found.final_step) == (stopped_at, stopped_at)
 
 

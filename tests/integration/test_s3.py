@@ -16,11 +16,11 @@ from test_tokenize import expected_stream
 
 from gptray.base.errors import DataError
 from gptray.base.storage import Storage
+from gptray.data.global_order import eval_starts, open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus
 from gptray.data.train_windows import DataOrder, open_train_windows, open_val_windows
-from gptray.data.windows import eval_starts, open_split_tokens
 from helpers import make_config
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from gptray.base.errors import DataError
+from gptray.data.global_order import open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
-from gptray.data.windows import open_split_tokens
 
 
 def test_token_cache_equals_the_shards_and_rejects_corruption(shakespeare_dataset, tmp_path):

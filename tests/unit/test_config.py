@@ -119,7 +119,7 @@ def test_every_shipped_config_is_valid(path, tmp_path):
 
     from gptray.checkpoint.files import TrainingState, save_checkpoint
     from gptray.model import GPT
-    from gptray.train.finetune import load_finetune_config
+    from gptray.train.finetune import load_run_config
 
     overrides = []
     if read_yaml(path).get("train", {}).get("init_from"):  # a fine-tuning config: give it its base
@@ -127,7 +127,7 @@ def test_every_shipped_config_is_valid(path, tmp_path):
         save_checkpoint(tmp_path / "base", GPT(base).state_dict(), None, TrainingState(model=asdict(base)),
                         ExperimentConfig(model=base))
         overrides = [f"train.init_from={tmp_path / 'base'}"]
-    load_finetune_config(path, overrides)
+    load_run_config(path, overrides)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)

@@ -7,7 +7,7 @@ import pytest
 
 from gptray.base.errors import DataError
 from gptray.config import TrainConfig
-from gptray.data.windows import WindowSampler, eval_starts, gather_windows
+from gptray.data.global_order import WindowSampler, eval_starts, gather_windows
 from gptray.train.optim import learning_rate
 
 

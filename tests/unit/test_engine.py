@@ -108,8 +108,8 @@ def test_bits_per_byte_is_the_summed_nats_over_the_bytes_of_the_counted_targets(
     per-token losses and the bytes of the targets' decoded text."""
     import torch.nn.functional as F
 
+    from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
     from gptray.data.token_bytes import byte_table
-    from gptray.data.tokenizer import TiktokenTokenizer
     from helpers import SHAKESPEARE
 
     tokenizer = TiktokenTokenizer("gpt2")

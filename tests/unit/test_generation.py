@@ -17,7 +17,7 @@ from gptray.base.errors import ConfigError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, GenerateConfig, ModelConfig
-from gptray.data.tokenizer import TiktokenTokenizer
+from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.generation import StopCondition, beam_search, generate, generate_texts
 from gptray.generation.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
 from gptray.model import GPT, KVCache

@@ -231,7 +231,7 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
     its state loaded) gives the 16-step run's losses exactly."""
     wsd = ["train.schedule=wsd", "train.wsd_decay_fraction=0.25", "train.optimizer=muon"]
     short = engine(*wsd, "train.max_steps=16")
-    assert decay_start(short.train) == 12
+    assert decay_start(short.train_config) == 12
     reference = run(short, range(16))
 
     long = engine(*wsd, "train.max_steps=1000")  # stable until step 750
@@ -260,9 +260,10 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
                               torch.load(copied / "optimizer.pt", weights_only=True))
     assert run(continued, range(12, 16)) == reference[12:]
     # the driver says where the new schedule gives the steps before a checkpoint other rates than it had
-    assert first_schedule_difference(long.train, continued.train, 12) is None
-    assert first_schedule_difference(long.train, continued.train, 13) is None  # step 12 is the decay's first, at peak
-    at, before, now = first_schedule_difference(long.train, continued.train, 14)
+    assert first_schedule_difference(long.train_config, continued.train_config, 12) is None
+    # step 12 is the decay's first, at peak
+    assert first_schedule_difference(long.train_config, continued.train_config, 13) is None
+    at, before, now = first_schedule_difference(long.train_config, continued.train_config, 14)
     assert at == 13 and before > now
     caplog.clear()  # what the launches logged above (at INFO where an earlier test set gptray's level)
     with caplog.at_level("WARNING", logger="gptray.train.checkpoint_manager"):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.data.token_bytes import bits_per_byte, byte_table, dataset_mismatch
-from gptray.data.tokenizer import TiktokenTokenizer
 
 TEXTS = ["Hello, world!", "café crème é", "日本語のテキスト", "emoji 🙂🎉 and a flag 🇫🇷", "  tabs\tand\nnewlines\r\n",
          "mixed: naïve 日本 🙂 <|endoftext|> as plain text"]

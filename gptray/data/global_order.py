@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gptray.base.errors import DataError
+from gptray.base.paths import cache_home
 from gptray.base.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptray" / "tokens"
+    return cache_home("tokens")
 
 
 def open_split_tokens(dataset_dir: str | Storage, manifest: Manifest, split: str, cache_dir: str | None = None,
