@@ -1,6 +1,7 @@
 # gptray: two commands do all the set-up.
 #   make quickstart   create .venv if missing, then tokenize → train → track → sample on local Ray
 #   make test         create .venv if missing, then lint (ruff) and run the test suite
+#   make test-unit    the fast loop while working: lint and the unit tests (no Ray; about a minute and a half)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart lint test clean
+.PHONY: setup quickstart lint test test-unit clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -32,6 +33,9 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: lint
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data .pytest_cache

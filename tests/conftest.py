@@ -48,7 +48,7 @@ def ray_session():
     """One local Ray instance for the whole session.
 
     num_cpus=4 on a 2-core machine on purpose: two 1-CPU training workers plus a Ray Data task
-    otherwise wait on each other forever (see RAY-NOTES.md).
+    otherwise wait on each other forever (see ../shared/RAY-NOTES.md).
     """
     import ray
 

@@ -92,6 +92,45 @@ def small_run_config(root: Path, dataset, *overrides: str):
     return make_config(root, *SMALL_RUN, f"data.dataset_dir={dataset.dataset_dir}", *overrides)
 
 
+class PretrainInThread:
+    """pretrain(config) in a thread of its own, for tests that act on a run while it trains (kill a worker,
+    take the tracking server away): `wait_for_checkpoint(step)`, then `join()` for its result or error."""
+
+    def __init__(self, config, **pretrain_args):
+        from gptray.train.pretrain import pretrain
+
+        self.config, self.result, self.error = config, None, None
+
+        def run() -> None:
+            try:
+                self.result = pretrain(config, **pretrain_args)
+            except Exception as exc:  # reported by the test through join() or .error
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name=f"pretrain-{config.name}")
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait_for_checkpoint(self, step: int, timeout: float = 300) -> None:
+        """Until the run's checkpoint at `step` is complete (its state.json is written last)."""
+        state = Path(self.config.run_dir) / f"checkpoint_{step:08d}" / "state.json"
+        deadline = time.monotonic() + timeout
+        while not state.exists():
+            assert self.thread.is_alive(), f"the run ended before checkpoint {step}: {self.error!r}"
+            assert time.monotonic() < deadline, f"no checkpoint {step} within {timeout:g} s"
+            time.sleep(0.1)
+
+    def join(self, timeout: float = 300):
+        """The run's PretrainResult once it ends (its error raised again)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the run is still training after {timeout:g} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 def metric_history(result, key: str) -> dict[int, float]:
     """step → value of an MLflow metric of a pretrain result (the last value where a step repeats)."""
     from mlflow.tracking import MlflowClient

@@ -1,1 +1,2 @@
-"""Corpora → tokens: readers, the Ray Data tokenize job, Parquet shards, manifest, training windows."""
+"""Corpora → tokens: readers, the tokenize job (Ray tasks that write their own shards), Parquet shards, manifest,
+training windows."""

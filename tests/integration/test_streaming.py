@@ -20,7 +20,7 @@ from gptray.data.node_cache import ShardCache
 from gptray.data.tokenize_job import tokenize_corpus
 from gptray.data.train_windows import decoded_bytes
 from gptray.train.pretrain import pretrain
-from helpers import make_config, metric_history, small_run_config
+from helpers import PretrainInThread, make_config, metric_history, small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -93,27 +93,12 @@ def test_one_worker_sees_the_same_block_ordered_batches_as_two(block_run, many_s
 def test_a_killed_worker_recovers_to_the_uninterrupted_block_ordered_losses(block_run, many_shards, tmp_path):
     _, reference, _ = block_run
     config = block_config(tmp_path, many_shards, tmp_path / "cache", "name=killed", "ray.max_failures=2")
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["result"] = pretrain(config, sample=False)
-        except Exception as exc:  # reported by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    first_checkpoint = Path(config.run_dir) / "checkpoint_00000012" / "state.json"
-    deadline = time.monotonic() + 300
-    while not first_checkpoint.exists():
-        assert thread.is_alive() and time.monotonic() < deadline, outcome.get("error", "no checkpoint in time")
-        time.sleep(0.1)
+    run = PretrainInThread(config, sample=False)
+    run.wait_for_checkpoint(12)
     victims = train_workers()
     assert len(victims) == 2
     os.kill(victims[-1], signal.SIGKILL)  # its pins on the cache go with it: the flocks are the kernel's
-    thread.join(timeout=400)
-    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
+    result = run.join(timeout=400)
     ours, theirs = metric_history(result, "train/loss"), metric_history(reference, "train/loss")
     assert [ours[s] for s in range(13, 25)] == [theirs[s] for s in range(13, 25)]
     assert result.metrics["train_loss"] == reference.metrics["train_loss"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from gptray.train.pretrain import pretrain
-from helpers import Relay, small_run_config
+from helpers import PretrainInThread, Relay, small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,29 +31,16 @@ def blip(server, shakespeare_dataset, tmp_path_factory):
     config = small_run_config(root, shakespeare_dataset, "name=blip", "model.n_layer=1", "train.max_steps=50",
                               "train.lr_decay_steps=50", "train.checkpoint_interval=6", "train.eval_interval=25",
                               f"tracking.uri={relay.uri}", "tracking.experiment=remote", "tracking.retry_seconds=1")
-    outcome: dict = {}
-
-    def train() -> None:
-        try:
-            outcome["result"] = pretrain(config)  # with the final sample, as a user's run has
-        except Exception as exc:  # reported by the tests
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=train)
-    thread.start()
-    first = Path(config.run_dir) / "checkpoint_00000006" / "state.json"
-    deadline = time.monotonic() + 300
-    while not first.exists():
-        assert thread.is_alive() and time.monotonic() < deadline, outcome
-        time.sleep(0.2)
+    run = PretrainInThread(config)  # with the final sample, as a user's run has
+    run.wait_for_checkpoint(6)
     relay.down()
     time.sleep(2)  # steps go by with the server away
     reconnections = relay.accepted
     relay.up()
-    back_in_time = thread.is_alive()
-    thread.join(timeout=300)
+    back_in_time = run.is_alive()
+    run.thread.join(timeout=300)
     yield SimpleNamespace(config=config, relay=relay, reconnections=reconnections, back_in_time=back_in_time,
-                          result=outcome.get("result"), error=outcome.get("error"))
+                          result=run.result, error=run.error)
     relay.down()
 
 
@@ -79,9 +65,7 @@ def test_training_outlives_the_tracking_server_and_its_metrics_are_sent_later(se
 
     config = small_run_config(tmp_path, shakespeare_dataset, "name=outage", "train.max_steps=36",
                               f"tracking.uri={server.uri}", "tracking.retry_seconds=1")
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=pretrain(config, sample=False)))
-    thread.start()
+    run = PretrainInThread(config, sample=False)
     client = MlflowClient(server.uri)
     deadline = time.monotonic() + 300
     while True:  # training has begun logging
@@ -89,12 +73,10 @@ def test_training_outlives_the_tracking_server_and_its_metrics_are_sent_later(se
             if client.get_experiment_by_name("gptray") else []
         if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3:
             break
-        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        assert run.is_alive() and time.monotonic() < deadline, run.error
         time.sleep(0.5)
     server.kill()
-    thread.join(timeout=300)  # training ends while the server is still away
-    assert not thread.is_alive() and "result" in outcome
-    result = outcome["result"]
+    result = run.join(timeout=300)  # training ends while the server is still away
     assert result.final_step == 36
     outbox = Path(config.run_dir) / "mlflow_outbox.jsonl"
     assert outbox.is_file()  # the points the server never got, kept with the run
