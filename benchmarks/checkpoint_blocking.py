@@ -4,7 +4,7 @@
 
 Runs the real pretrain (local Ray, 2 CPU workers, the quickstart's tinyshakespeare tokens) with the
 `tiny` preset once per (parallelism, checkpoint format, upload mode): DDP whole and FSDP sharded, each
-with train.checkpoint_upload=sync (Ray copies the checkpoint to the run directory before training goes
+with checkpoint.upload=sync (Ray copies the checkpoint to the run directory before training goes
 on, as every checkpoint did before) and async (training goes on once the files are on local disk).
 For each it prints the median and range of train/checkpoint_blocked_s (what the training loop logs per
 checkpoint), the bytes per checkpoint, the local write rate that implies, and the blocked time as a
@@ -49,10 +49,10 @@ def run_mode(parallelism: str, fmt: str, upload: str, args, root: Path, dataset_
     name = f"{parallelism}-{fmt}-{upload}"
     settings = lambda steps: load_config(None, [  # noqa: E731
         "model.preset=tiny", f"data.dataset_dir={dataset_dir}", f"out_dir={args.out_dir or root}", f"name={name}",
-        f"train.max_steps={steps}", f"train.checkpoint_interval={args.interval}", "train.log_interval=1",
+        f"train.max_steps={steps}", f"checkpoint.interval={args.interval}", "train.log_interval=1",
         f"train.eval_interval={args.steps}", "train.eval_windows=8", "train.batch_size=8", "train.micro_batch_size=4",
-        "train.warmup_steps=2", f"train.parallelism={parallelism}", f"train.checkpoint_format={fmt}",
-        f"train.checkpoint_upload={upload}", "train.keep_checkpoints=1", "generate.max_new_tokens=1",
+        "schedule.warmup_steps=2", f"train.parallelism={parallelism}", f"checkpoint.format={fmt}",
+        f"checkpoint.upload={upload}", "checkpoint.keep=1", "generate.max_new_tokens=1",
         "ray.num_cpus=2", *args.overrides])
     result = pretrain(settings(args.steps), sample=False)
     blocked = logged(result, "train/checkpoint_blocked_s")
@@ -71,7 +71,7 @@ def run_mode(parallelism: str, fmt: str, upload: str, args, root: Path, dataset_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--interval", type=int, default=6, help="train.checkpoint_interval")
+    parser.add_argument("--interval", type=int, default=6, help="checkpoint.interval")
     parser.add_argument("--out-dir", help="run directories here (default: a temporary local directory)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("overrides", nargs="*", metavar="key=value")

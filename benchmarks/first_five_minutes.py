@@ -57,7 +57,7 @@ def main() -> None:
     # The baseline is the GPT-2 quickstart of before issue 22, pinned so the comparison stays the same
     # whatever the shipped defaults become.
     gpt2 = ["data.tokenizer=gpt2", f"data.dataset_dir={out}/data/gpt2", "train.max_steps=300",
-            "train.warmup_steps=30", "train.eval_interval=50", "train.checkpoint_interval=100"]
+            "schedule.warmup_steps=30", "train.eval_interval=50", "checkpoint.interval=100"]
     rows = [run(out, "gpt2", gpt2)]
     budget = rows[0]["seconds"]
     for vocab in [int(v) for v in args.vocab.split(",")]:
@@ -65,15 +65,15 @@ def main() -> None:
         tokenizer = out / "tokenizers" / f"bpe-{vocab}"
         trained = train_tokenizer(base, tokenizer, overwrite=True)
         data = [f"data.tokenizer={tokenizer}", f"data.dataset_dir={out}/data/bpe-{vocab}"]
-        calibration = run(out, f"calibrate-{vocab}", [*data, "train.max_steps=40", "train.warmup_steps=4",
-                                                      "train.eval_interval=40", "train.checkpoint_interval=40"])
+        calibration = run(out, f"calibrate-{vocab}", [*data, "train.max_steps=40", "schedule.warmup_steps=4",
+                                                      "train.eval_interval=40", "checkpoint.interval=40"])
         # the same wall time as the quickstart's, start-up included: its fixed seconds, then steps at the
         # calibration's pace (seconds per step of its last logged interval)
         fixed = rows[0]["seconds"] - rows[0]["steps"] * rows[0]["step_seconds"]
         steps = max(40, int((budget - fixed) / calibration["step_seconds"]))
         warmup = max(1, round(30 * steps / 300))
-        row = run(out, f"bpe-{vocab}", [*data, f"train.max_steps={steps}", f"train.warmup_steps={warmup}",
-                                        f"train.checkpoint_interval={steps}",
+        row = run(out, f"bpe-{vocab}", [*data, f"train.max_steps={steps}", f"schedule.warmup_steps={warmup}",
+                                        f"checkpoint.interval={steps}",
                                         f"train.eval_interval={math.ceil(steps / 6)}"])
         row["learned"] = trained.vocab_size
         rows.append(row)

@@ -365,7 +365,7 @@ def engine_config(s: Settings, preset: str, precision: str, micro: int, batch: i
 
     settings = {
         "model.preset": preset, "train.seq_len": s.seq_len, "train.precision": precision, "train.compile": compile,
-        "train.micro_batch_size": micro, "train.batch_size": batch, "train.warmup_steps": 1,
+        "train.micro_batch_size": micro, "train.batch_size": batch, "schedule.warmup_steps": 1,
         "train.max_steps": 1000, "ray.num_workers": 1, "ray.use_gpu": s.device.type == "cuda",
         "tracking.enabled": False, **{f"model.{k}": v for k, v in s.model.items()}, **(extra or {}),
     }
@@ -573,7 +573,7 @@ def fused_adamw_section(s: Settings, budget: Budget, shared: dict) -> dict:
     x, y = token_batch(model.config, s.batch, s.seq_len, s.device)
     grads = reference_pass(model, x, y, s.device).grads
     twin = copy.deepcopy(model)
-    engine_optimizer = build_optimizers(model, config.train, s.device)[0]  # the engine's AdamW groups, settings
+    engine_optimizer = build_optimizers(model, config.optimizer, s.device)[0]  # the engine's AdamW groups, settings
     engine_fused = bool(engine_optimizer.defaults.get("fused"))
     twin_of = dict(zip(map(id, model.parameters()), twin.parameters()))
 

@@ -49,7 +49,7 @@ from helpers import MlflowServer, Relay  # noqa: E402
 # output layer most of it (~1 s a step here).
 CPU_DEFAULTS = ["model.n_layer=2", "model.n_head=4", "model.n_embd=128", "model.block_size=128",
                 "model.vocab_size=8192", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",
-                "train.warmup_steps=1"]
+                "schedule.warmup_steps=1"]
 MODES = ("off", "async", "sync")
 
 

@@ -27,7 +27,7 @@ from gptray.config import load_config  # noqa: E402
 from gptray.train.engine import TrainingEngine  # noqa: E402
 
 CPU_DEFAULTS = ["model.preset=tiny", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",
-                "train.warmup_steps=1"]
+                "schedule.warmup_steps=1"]
 
 
 def measure(config_dict: dict, steps: int, warmup: int, threads: int) -> dict:

@@ -80,9 +80,9 @@ GPT2_TOKENIZER = "data.tokenizer=gpt2"  # the built-in default is a BPE learned 
 # exercise gradient accumulation.
 SMALL_RUN = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
-    "train.batch_size=8", "train.micro_batch_size=2", "train.lr=3e-3", "train.warmup_steps=4",
-    "train.lr_decay_steps=36",  # the schedule must not depend on max_steps for resume to be exact
-    "train.log_interval=1", "train.eval_interval=12", "train.eval_windows=15", "train.checkpoint_interval=12",
+    "train.batch_size=8", "train.micro_batch_size=2", "optimizer.lr=3e-3", "schedule.warmup_steps=4",
+    "schedule.decay_steps=36",  # the schedule must not depend on max_steps for resume to be exact
+    "train.log_interval=1", "train.eval_interval=12", "train.eval_windows=15", "checkpoint.interval=12",
     "generate.max_new_tokens=20",
 ]
 
@@ -272,8 +272,10 @@ def cut(connection: socket.socket) -> None:
 
 TINY_TRIALS = {
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 64},
-    "train": {"max_steps": 4, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 1, "eval_interval": 2,
-              "eval_windows": 8, "checkpoint_interval": 2, "log_interval": 1},
+    "train": {"max_steps": 4, "batch_size": 4, "micro_batch_size": 4, "eval_interval": 2, "eval_windows": 8,
+              "log_interval": 1},
+    "schedule": {"warmup_steps": 1},
+    "checkpoint": {"interval": 2},
     "ray": {"num_workers": 1, "num_cpus": 4},  # num_cpus: a sweep started from the CLI gets its own local Ray
 }
 

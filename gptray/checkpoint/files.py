@@ -52,7 +52,7 @@ class TrainingState:
     format: str = WHOLE  # how the tensors are stored: WHOLE or SHARDED (checkpoints before it are whole)
     # The order of training windows (train_windows.data_order); empty in checkpoints from before the block order
     data_order: dict = field(default_factory=dict)
-    optimizer: str = "adamw"  # train.optimizer, whose state the checkpoint holds (checkpoints before it: adamw)
+    optimizer: str = "adamw"  # optimizer.name, whose state the checkpoint holds (checkpoints before it: adamw)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -109,7 +109,7 @@ def read_config(directory: str | Path | Storage) -> ExperimentConfig:
     store = Storage.of(directory)
     if not store.exists("config.yaml"):
         raise CheckpointError(f"{store.uri()} has no config.yaml")
-    return ExperimentConfig.from_dict(yaml.safe_load(store.read_bytes("config.yaml")))
+    return ExperimentConfig.from_saved(yaml.safe_load(store.read_bytes("config.yaml")))
 
 
 def load_tensors(directory: str | Path | Storage, name: str, device: torch.device | str = "cpu"):
@@ -156,10 +156,10 @@ def check_compatible(state: TrainingState, config: ExperimentConfig, dataset_fin
         raise CheckpointError(
             f"checkpoint {where} has a different model shape ({diff}). Use a new run name to start afresh."
         )
-    if state.optimizer != config.train.optimizer:
+    if state.optimizer != config.optimizer.name:
         raise CheckpointError(
-            f"checkpoint {where} holds the state of train.optimizer={state.optimizer}, not "
-            f"{config.train.optimizer}: resume it with train.optimizer={state.optimizer}, or start a new run "
+            f"checkpoint {where} holds the state of optimizer.name={state.optimizer}, not "
+            f"{config.optimizer.name}: resume it with optimizer.name={state.optimizer}, or start a new run "
             "(train.init_from takes a checkpoint's weights alone)."
         )
     if state.dataset_fingerprint != dataset_fingerprint:
@@ -203,7 +203,7 @@ def latest_stored_checkpoint(run: Storage) -> Storage | None:
 def prune_orphans(run: Storage, registered: set[str]) -> list[str]:
     """Delete the checkpoints Ray does not keep that are older than the newest one it does; their names.
 
-    `registered`: the names of the checkpoints Ray keeps (train.keep_checkpoints of them; Ray deletes
+    `registered`: the names of the checkpoints Ray keeps (checkpoint.keep of them; Ray deletes
     the older ones it registered itself). What else is there is an orphan nothing else removes: an
     upload cut short, or one that finished but was never registered (a crash between the two). Ray
     is never asked about a directory deleted here: it refuses to start a run whose record names a

@@ -7,7 +7,7 @@ from gptray.cli.common import EXIT_OK, add_command, log
 
 def register(commands) -> None:
     parser = add_command(commands, "checkpoint", "work with checkpoints: consolidate a sharded one", """\
-        Checkpoints come in two formats (train.checkpoint_format): whole, model.pt and optimizer.pt
+        Checkpoints come in two formats (checkpoint.format): whole, model.pt and optimizer.pt
         written by rank 0; and sharded, one torch.distributed.checkpoint file per rank, the default
         under FSDP. generate, eval, model export and fine-tuning's init_from read both.""", config=False)
     sub = parser.add_subparsers(dest="checkpoint_command", metavar="SUBCOMMAND", required=True)

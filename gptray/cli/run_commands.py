@@ -34,10 +34,10 @@ def register(commands) -> None:
     sub = add_command(commands, "pretrain", "train a GPT on token shards with Ray Train (DDP)", """\
         Train the configured model on data.dataset_dir with ray.num_workers Ray Train workers under DDP
         (gloo on CPU, NCCL on GPU), logging to MLflow from rank 0. Checkpoints go to out_dir/name;
-        launching the same run again resumes from its latest checkpoint. train.resume_from=CHECKPOINT
+        launching the same run again resumes from its latest checkpoint. checkpoint.resume_from=CHECKPOINT
         starts a new run from another run's checkpoint (all of its state), e.g. to decay a
-        train.schedule=wsd run's stable phase to a new train.max_steps. The training recipe:
-        train.optimizer=adamw|muon, train.schedule=cosine|linear|wsd, train.z_loss=COEF.""")
+        schedule.name=wsd run's stable phase to a new train.max_steps. The training recipe:
+        optimizer.name=adamw|muon, schedule.name=cosine|linear|wsd, train.z_loss=COEF.""")
     sub.add_argument("--no-sample", action="store_true", help="do not generate a sample after training")
     sub.set_defaults(handler=cmd_pretrain)
 

@@ -10,11 +10,12 @@ from gptray.config.schema import (
     RayConfig,
     SourceConfig,
     TrackingConfig,
-    TrainConfig,
     load_config,
 )
+from gptray.config.training import CheckpointConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 __all__ = [
+    "CheckpointConfig", "OptimizerConfig", "ScheduleConfig",
     "DataConfig", "EvalConfig", "ExperimentConfig", "GenerateConfig", "ModelConfig", "RayConfig", "SourceConfig",
     "TrackingConfig", "TrainConfig", "apply_overrides", "flatten",
     "load_config", "parse_override", "read_yaml",

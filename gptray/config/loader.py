@@ -1,6 +1,6 @@
 """Typed dataclass configs from plain dicts and YAML, with dotted `key=value` overrides.
 
-Every error names the dotted key it is about (`train.lr`, `data.sources[0].path`),
+Every error names the dotted key it is about (`optimizer.lr`, `data.sources[0].path`),
 so a bad config stops before any work with a message the user can act on.
 """
 
@@ -33,16 +33,20 @@ def build(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(prefix, f"expected a mapping of keys, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
+        if key in moved:
+            raise ConfigError(_join(prefix, str(key)), f"has moved to {moved[key]} (write {moved[key]}=…, or the key "
+                                                       f"under a {moved[key].split('.')[0]}: section)")
         if key not in fields:
-            raise ConfigError(_join(prefix, str(key)), _unknown_key_message(str(key), fields))
+            raise ConfigError(_join(prefix, str(key)), _unknown_key_message(str(key), fields, moved))
     values = {name: coerce(hints[name], data[name], _join(prefix, name)) for name in fields if name in data}
     return cls(**values)
 
 
-def _unknown_key_message(key: str, fields: dict) -> str:
-    close = difflib.get_close_matches(key, list(fields), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+def _unknown_key_message(key: str, fields: dict, moved: dict[str, str]) -> str:
+    close = difflib.get_close_matches(key, [*fields, *moved], n=1)
+    hint = f" (did you mean '{moved.get(close[0], close[0])}'?)" if close else ""
     return f"unknown key{hint}; valid keys here: {', '.join(sorted(fields))}"
 
 

@@ -7,10 +7,8 @@ from `PRESET_DEFAULTS`. A preset from a paper may also carry that paper's traini
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 from gptray.config.optimizer import OptimizerSettings
+from gptray.config.recipes import Recipe
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE vocabulary
@@ -72,55 +70,19 @@ PRESET_ALIASES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class TrainingRecipe:
-    """A paper's pretraining hyperparameters; a field is None where the paper does not give it."""
-
-    source: str
-    lr: float | None = None  # peak learning rate
-    batch_tokens: int | None = None  # tokens per optimizer step
-    warmup_tokens: int | None = None  # linear warmup over this many tokens
-    warmup_fraction: float | None = None  # or over this share of train.max_steps (a budget-free recipe)
-    decay_tokens: int | None = None  # cosine decay reaches min_lr after this many tokens
-    min_lr_ratio: float | None = None  # min_lr = lr × this
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
-
-    def train_values(self, seq_len: int) -> dict:
-        """The recipe as values for `TrainConfig` fields, at `seq_len` tokens per sequence.
-
-        Only the fields the paper gives appear. Token counts become whole steps and sequences:
-        `batch_size` = batch_tokens // seq_len, and the step counts are rounded up.
-        """
-        if seq_len <= 0:
-            raise ValueError(f"seq_len must be positive (got {seq_len})")
-        values: dict = self.optimizer.given()
-        if self.lr is not None:
-            values["lr"] = self.lr
-        if self.lr is not None and self.min_lr_ratio is not None:
-            values["min_lr"] = self.lr * self.min_lr_ratio
-        if self.batch_tokens is not None:
-            values["batch_size"] = max(self.batch_tokens // seq_len, 1)
-            step_tokens = values["batch_size"] * seq_len
-            if self.warmup_tokens is not None:
-                values["warmup_steps"] = math.ceil(self.warmup_tokens / step_tokens)
-            if self.decay_tokens is not None:
-                values["lr_decay_steps"] = math.ceil(self.decay_tokens / step_tokens)
-        return values
-
-
 _GPT2_PAPER = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners, section 2.3"
 _GPT3_PAPER = "Brown et al. 2020, Language Models are Few-Shot Learners, Table 2.1 and Appendix B"
 
 
-def _gpt3(lr: float, batch_sequences: int) -> TrainingRecipe:
+def _gpt3(lr: float, batch_sequences: int) -> Recipe:
     # Appendix B: Adam β = (0.9, 0.95), ε = 1e-8, gradient clipping at 1.0, weight decay 0.1,
     # linear warmup over the first 375M tokens, cosine decay to 10% of the peak over 260B tokens.
     # Batch sizes are given as 0.5M/1M/2M/3.2M tokens; we store them as whole 2048-token
     # sequences (256/512/1024 are 2^19/2^20/2^21 tokens; 3.2M is read as 1536 sequences, 3.1M
     # tokens, as in Megatron-LM's GPT-3 175B recipe). The paper's batch-size ramp over the first
     # 4-12B tokens is not part of the recipe.
-    return TrainingRecipe(
-        source=_GPT3_PAPER, lr=lr, batch_tokens=batch_sequences * 2048, warmup_tokens=375_000_000,
+    return Recipe(
+        _GPT3_PAPER, lr=lr, batch_tokens=batch_sequences * 2048, warmup_tokens=375_000_000,
         decay_tokens=260_000_000_000, min_lr_ratio=0.1,
         optimizer=OptimizerSettings(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0),
     )
@@ -132,15 +94,15 @@ _CPU = "gptray's CPU settings (the quickstart): a few hundred steps in minutes o
 # GPT-2's paper gives a batch of 512 sequences of 1024 tokens and no learning rates ("manually
 # tuned" per model): the GPT-2 sizes take GPT-3's rate for the nearest size (125M, 350M, 760M,
 # 1.3B), as nanoGPT does. nano and tiny carry the settings gptray's quickstart uses.
-TRAINING_RECIPES: dict[str, TrainingRecipe] = {
+TRAINING_RECIPES: dict[str, Recipe] = {
     # nano warms up over the first tenth of its steps whatever the budget: 180 of the quickstart's 1,800.
-    "nano": TrainingRecipe(source=_CPU, lr=2e-3, batch_tokens=8 * 64, warmup_fraction=0.1),
-    "tiny": TrainingRecipe(source=_CPU, lr=1e-3, batch_tokens=8 * 256, warmup_tokens=30 * 8 * 256),
-    "distilgpt2": TrainingRecipe(source="learning rate: GPT-3 Table 2.1 at the nearest size (125M)", lr=6e-4),
-    "gpt2": TrainingRecipe(source=_NEAREST_GPT3, lr=6e-4, batch_tokens=512 * 1024),
-    "gpt2-medium": TrainingRecipe(source=_NEAREST_GPT3, lr=3e-4, batch_tokens=512 * 1024),
-    "gpt2-large": TrainingRecipe(source=_NEAREST_GPT3, lr=2.5e-4, batch_tokens=512 * 1024),
-    "gpt2-xl": TrainingRecipe(source=_NEAREST_GPT3, lr=2e-4, batch_tokens=512 * 1024),
+    "nano": Recipe(source=_CPU, lr=2e-3, batch_tokens=8 * 64, warmup_fraction=0.1),
+    "tiny": Recipe(source=_CPU, lr=1e-3, batch_tokens=8 * 256, warmup_tokens=30 * 8 * 256),
+    "distilgpt2": Recipe(source="learning rate: GPT-3 Table 2.1 at the nearest size (125M)", lr=6e-4),
+    "gpt2": Recipe(source=_NEAREST_GPT3, lr=6e-4, batch_tokens=512 * 1024),
+    "gpt2-medium": Recipe(source=_NEAREST_GPT3, lr=3e-4, batch_tokens=512 * 1024),
+    "gpt2-large": Recipe(source=_NEAREST_GPT3, lr=2.5e-4, batch_tokens=512 * 1024),
+    "gpt2-xl": Recipe(source=_NEAREST_GPT3, lr=2e-4, batch_tokens=512 * 1024),
     "gpt3-small": _gpt3(6.0e-4, 256),
     "gpt3-medium": _gpt3(3.0e-4, 256),
     "gpt3-large": _gpt3(2.5e-4, 256),
@@ -158,7 +120,7 @@ def canonical_preset(name: str) -> str | None:
     return name if name in PRESETS else None
 
 
-def training_recipe(name: str | None) -> TrainingRecipe | None:
+def training_recipe(name: str | None) -> Recipe | None:
     """The paper training recipe of a preset (or alias); None where the preset has none."""
     if name is None:
         return None

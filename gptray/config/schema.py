@@ -18,9 +18,15 @@ from gptray.base.errors import ConfigError
 from gptray.base.paths import absolute_path, is_uri, join_path
 from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
 from gptray.config.model import ModelConfig, finetune_model, padded_vocabulary
-from gptray.config.optimizer import OptimizerSettings
-from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
+from gptray.config.training import (
+    CheckpointConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+    resolve_training,
+    upgrade_saved_config,
+)
 
 
 @dataclass
@@ -183,178 +189,6 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig(OptimizerSettings):
-    # Settings left null are filled when the config resolves: lr, batch size and warmup from the
-    # model preset's training settings (gptray/config/presets.py: the GPT-3 paper's for GPT-3
-    # sizes, gptray's CPU settings for nano/tiny), optimizer settings from `recipe`
-    # (gptray/config/recipes.py). Explicit values always win.
-    max_steps: int = 1800
-    batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
-    tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
-    micro_batch_size: int = 4  # sequences per forward/backward on one worker
-    seq_len: int | None = None  # tokens per sequence; default model.block_size
-    # Optimizer hyper-parameters of the GPT-3 or GPT-1/2 papers, or the usual GPT-2 fine-tuning
-    # settings (small lr, short warmup, dropout on).
-    recipe: Literal["gpt3", "gpt2", "finetune"] = "gpt3"
-    # Fine-tune: start from these weights (a gptray checkpoint or run directory, a Hugging Face
-    # GPT-2 directory, or hf:NAME) instead of a random init. The model keeps the base's architecture.
-    init_from: str | None = None
-    lr: float | None = None  # peak learning rate
-    min_lr: float | None = None  # end of the cosine decay; null: lr × the recipe's ratio
-    warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
-    lr_decay_steps: int | None = None  # the schedule reaches min_lr here; default max_steps
-    # After the linear warmup: cosine (GPT-3) or linear decay to min_lr at lr_decay_steps; or wsd
-    # (warmup-stable-decay): lr held at its peak, then decayed to min_lr over the last
-    # wsd_decay_fraction of lr_decay_steps. A WSD checkpoint from before its decay began continues
-    # into any WSD run whose decay begins at or after its step (train.resume_from; see the README).
-    schedule: Literal["cosine", "wsd", "linear"] = "cosine"
-    # 0.2 and 1-sqrt (lr × (1 − √progress)): Hägele et al. 2024 ("Scaling Laws and Compute-Optimal
-    # Training Beyond Fixed Training Durations") found a 20% cooldown of this shape matches cosine.
-    # 0 never decays: a stable phase only, to be continued with a decay later.
-    wsd_decay_fraction: float = 0.2
-    wsd_decay_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
-    # adamw: AdamW for every parameter. muon: Muon (momentum orthogonalized by Newton–Schulz) for the
-    # hidden matrices (each 2-D weight inside the transformer blocks), AdamW with the settings here
-    # (lr, betas, eps, weight_decay) for the rest: embeddings, the head, norm gains, biases.
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    # Muon's settings: the defaults modded-nanogpt and its Muon reference (KellerJordan/Muon's README)
-    # publish: lr 0.02 (scaled by √max(1, rows/cols) per matrix), momentum 0.95 with Nesterov, 5
-    # Newton–Schulz steps, weight decay 0.01 (the README's). The schedule
-    # scales muon_lr as it scales lr (warmup, decay, min_lr in proportion). Muon's decay per step is
-    # muon_lr × muon_weight_decay: 2e-4 at these values, the same as nano's AdamW (2e-3 × 0.1).
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.01
-    # z-loss (PaLM; OLMo, Levanter): the objective adds z_loss × mean(log² Z), Z the softmax normalizer of
-    # each predicted token, which keeps the logits from drifting. train/loss stays the cross-entropy alone;
-    # train/z_loss is the added term. 1e-4 is PaLM's value; 0 is off.
-    z_loss: float = 0.0
-    # Start this run from another run's checkpoint (a checkpoint or run directory, local or on an object
-    # store): weights, optimizer state, step and tokens seen, as if this run had written it. Used on the
-    # run's first launch only (later launches resume from the run's own checkpoints). For continuing a
-    # WSD stable phase with a decay to a new max_steps under a new name.
-    resume_from: str | None = None
-    # weight_decay, beta1, beta2, eps and grad_clip: see OptimizerSettings (null: the recipe's)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
-    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
-    compile: bool = False  # torch.compile the model
-    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
-    seed: int = 1337  # model init and data order
-    log_interval: int = 10
-    eval_interval: int = 300
-    eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
-    sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
-    checkpoint_interval: int = 600
-    keep_checkpoints: int = 2  # the newest complete checkpoints kept; older ones (orphans too) are deleted
-    # whole: rank 0 writes model.pt and optimizer.pt (loadable with torch.load); sharded: every rank
-    # writes its own part with torch.distributed.checkpoint. auto: sharded under FSDP (no rank may
-    # hold the whole state), whole under DDP (every rank holds it anyway; see BENCHMARKS.md).
-    checkpoint_format: Literal["auto", "whole", "sharded"] = "auto"
-    # async: training goes on once the checkpoint is on the worker's local disk, while Ray uploads it
-    checkpoint_upload: Literal["async", "sync"] = "async"
-    peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
-
-    def validate(self, model: ModelConfig, ray: RayConfig) -> None:
-        """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
-        for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval",
-                    "checkpoint_interval", "keep_checkpoints"):
-            _require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
-        _require(self.lr > 0, "train.lr", "must be positive", self.lr)
-        min_lr = self.effective_min_lr()
-        _require(0 <= min_lr <= self.lr, "train.min_lr", "must be in [0, train.lr]", min_lr)
-        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
-        if self.lr_decay_steps is not None:
-            _require(self.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", self.lr_decay_steps)
-        self.validate_optimizer("train")
-        _require(0 <= self.wsd_decay_fraction <= 1, "train.wsd_decay_fraction",
-                 "must be in [0, 1] (0: no decay, a stable phase only)", self.wsd_decay_fraction)
-        _require(self.muon_lr > 0, "train.muon_lr", "must be positive", self.muon_lr)
-        _require(0 <= self.muon_momentum < 1, "train.muon_momentum", "must be in [0, 1)", self.muon_momentum)
-        _require(self.muon_weight_decay >= 0, "train.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
-        _require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
-                 self.z_loss)
-        if self.resume_from is not None and self.init_from is not None:
-            raise ConfigError("train.resume_from", "set train.resume_from (a whole training state) or "
-                                                   "train.init_from (weights only), not both")
-        _require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
-        _require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
-                 self.sample_interval)
-        if self.peak_tflops is not None:
-            _require(self.peak_tflops > 0, "train.peak_tflops", "must be positive or null", self.peak_tflops)
-        if self.seq_len is not None:
-            _require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
-            if model.block_size is not None and self.seq_len > model.block_size:
-                raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
-        per_step = self.micro_batch_size * max(ray.num_workers, 1)
-        if self.batch_size % per_step != 0:
-            raise ConfigError(
-                "train.batch_size",
-                f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
-            )
-
-    def effective_checkpoint_format(self) -> str:
-        if self.checkpoint_format != "auto":
-            return self.checkpoint_format
-        return "sharded" if self.parallelism == "fsdp" else "whole"
-
-    def effective_seq_len(self, model: ModelConfig) -> int:
-        return self.seq_len if self.seq_len is not None else model.block_size
-
-    def effective_min_lr(self) -> float:
-        return self.min_lr if self.min_lr is not None else self.lr / 10
-
-    def grad_accum_steps(self, num_workers: int) -> int:
-        return self.batch_size // (self.micro_batch_size * num_workers)
-
-    def resolve(self, model: ModelConfig) -> None:
-        """Fill null settings from the model preset and the recipe (in place; model already resolved)."""
-        recipe = RECIPES[self.recipe]
-        preset = training_recipe(model.preset)
-        seq_len = self.effective_seq_len(model)
-        if seq_len <= 0:
-            raise ConfigError("train.seq_len", f"must be positive (got {seq_len})")
-        if self.tokens_per_step is not None:
-            if self.tokens_per_step <= 0 or self.tokens_per_step % seq_len:
-                raise ConfigError("train.tokens_per_step",
-                                  f"must be a positive multiple of the sequence length {seq_len} "
-                                  f"(got {self.tokens_per_step})")
-            self.batch_size = self.tokens_per_step // seq_len
-        preset_values = preset.train_values(seq_len) if preset else {}
-        preset_values.update(recipe.train_values())  # a fine-tuning recipe's lr and batch beat the pretraining preset's
-        where = f"model preset {model.preset!r}" if model.preset else "a model without a preset"
-        for name, example in (("batch_size", "train.batch_size=8 or train.tokens_per_step=524288"),
-                              ("lr", "train.lr=6e-4")):
-            if getattr(self, name) is None:
-                if name not in preset_values:
-                    raise ConfigError(f"train.{name}", f"must be set: {where} carries no default ({example})")
-                setattr(self, name, preset_values[name])
-        self.fill_from(recipe.optimizer)
-        if self.min_lr is None:
-            self.min_lr = self.lr * recipe.min_lr_ratio
-        if self.warmup_steps is None:
-            tokens = max(self.batch_size * seq_len, 1)  # a bad batch_size is reported by validation
-            if recipe.warmup_fraction is not None:
-                self.warmup_steps = min(math.ceil(recipe.warmup_fraction * self.max_steps), self.max_steps - 1)
-                source = f"the {self.recipe} recipe's"
-            elif preset is not None and preset.warmup_fraction is not None:
-                self.warmup_steps = min(math.ceil(preset.warmup_fraction * self.max_steps), self.max_steps - 1)
-                source = f"the {model.preset} preset's"
-            elif preset is not None and preset.warmup_tokens is not None:
-                self.warmup_steps, source = -(-preset.warmup_tokens // tokens), f"the {model.preset} preset's"
-            elif recipe.warmup_steps is not None:
-                self.warmup_steps, source = recipe.warmup_steps, f"the {self.recipe} recipe's"
-            else:
-                self.warmup_steps, source = -(-recipe.warmup_tokens // tokens), f"the {self.recipe} recipe's"
-            if self.warmup_steps >= self.max_steps:
-                raise ConfigError(
-                    "train.warmup_steps",
-                    f"{source} warmup is {self.warmup_steps:,} steps at "
-                    f"{self.batch_size * seq_len:,} tokens/step, not shorter than train.max_steps={self.max_steps:,}; "
-                    "set train.warmup_steps",
-                )
-
-
-@dataclass
 class RayConfig:
     address: str | None = None  # null: join the cluster this process belongs to, else start a local one
     num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
@@ -480,6 +314,9 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -500,6 +337,11 @@ class ExperimentConfig:
     def from_dict(cls, data: dict) -> ExperimentConfig:
         return build(cls, data)
 
+    @classmethod
+    def from_saved(cls, data: dict) -> ExperimentConfig:
+        """A config as a run or checkpoint saved it, in this layout or an earlier one."""
+        return build(cls, upgrade_saved_config(data))
+
     def resolved(self, read_base: BaseModelReader | None = None) -> ExperimentConfig:
         """Presets filled in, paths made absolute, everything validated.
 
@@ -519,9 +361,9 @@ class ExperimentConfig:
         else:
             _vocabulary_from_tokenizer(config.model, config.data.tokenizer)
             config.model = config.model.resolved(vocab_from_dataset=config.model.vocab_size is None)
-        config.train.resolve(config.model)
-        if config.train.resume_from is not None:
-            config.train.resume_from = absolute_path(config.train.resume_from)
+        resolve_training(config.train, config.optimizer, config.schedule, config.model)
+        if config.checkpoint.resume_from is not None:
+            config.checkpoint.resume_from = absolute_path(config.checkpoint.resume_from)
         config.data.dataset_dir = absolute_path(config.data.dataset_dir)
         if config.data.cache_dir is not None:
             config.data.cache_dir = absolute_path(config.data.cache_dir)
@@ -544,7 +386,10 @@ class ExperimentConfig:
             raise ConfigError("name", f"must be a plain directory name (got {self.name!r})")
         self._validate_out_dir()
         self.data.validate()
-        self.train.validate(self.model, self.ray)
+        self.train.validate(self.model, self.ray.num_workers)
+        self.optimizer.validate()
+        self.schedule.validate(self.optimizer.lr)
+        self.checkpoint.validate(self.train.init_from)
         self.ray.validate()
         self.tracking.validate()
         self.generate.validate()

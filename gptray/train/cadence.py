@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gptray.config import TrainConfig
+from gptray.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,11 @@ class Cadence:
     checkpoint_interval: int
 
     @classmethod
-    def of(cls, train: TrainConfig, has_validation: bool, tasks_interval: int | None) -> Cadence:
+    def of(cls, config: ExperimentConfig, has_validation: bool, tasks_interval: int | None) -> Cadence:
+        train, checkpoint = config.train, config.checkpoint
         return cls(max_steps=train.max_steps, log_interval=train.log_interval,
                    eval_interval=train.eval_interval if has_validation else None, tasks_interval=tasks_interval,
-                   sample_interval=train.sample_interval, checkpoint_interval=train.checkpoint_interval)
+                   sample_interval=train.sample_interval, checkpoint_interval=checkpoint.interval)
 
     def at(self, step: int) -> Due:
         """What is due once `step` optimizer steps are done. The last step logs, evaluates and checkpoints;

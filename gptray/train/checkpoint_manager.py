@@ -1,6 +1,6 @@
 """One place for a run's checkpoints: what it resumes from, loading either format, saving, pruning.
 
-The driver asks the manager once what a run resumes from (`resume_point`: train.resume_from adopted on
+The driver asks the manager once what a run resumes from (`resume_point`: checkpoint.resume_from adopted on
 the first launch, the latest complete checkpoint checked against the config, the dataset and the data
 order); every worker asks it to load (`load`: the newer of Ray's registered checkpoint and the run
 directory's, or a fine-tuning base's weights) and to save (`save`, `poll`, `finish`, through
@@ -33,7 +33,7 @@ from gptray.config import ExperimentConfig
 from gptray.data.train_windows import DataOrder
 from gptray.train.checkpoint_writer import CheckpointWriter, Written
 from gptray.train.engine import TrainingEngine
-from gptray.train.optim import first_schedule_difference
+from gptray.train.optim import LrSchedule, first_schedule_difference
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class CheckpointManager:
     # The driver's side.
 
     def resume_point(self) -> ResumePoint:
-        """The run's latest checkpoint, checked against this config, dataset and order (train.resume_from
+        """The run's latest checkpoint, checked against this config, dataset and order (checkpoint.resume_from
         is copied in first on the run's first launch); step 0 without one."""
         self._adopt_resume_from()
         latest = self.latest()
@@ -84,7 +84,7 @@ class CheckpointManager:
 
     def prune(self, kept_by_ray: set[str]) -> list[str]:
         """After the fit (no upload in flight): delete the checkpoints Ray never registered that are older
-        than the ones it keeps (train.keep_checkpoints; Ray deletes its own older ones); their names."""
+        than the ones it keeps (checkpoint.keep; Ray deletes its own older ones); their names."""
         doomed = prune_orphans(self.run, kept_by_ray)
         for name in doomed:
             log.info("deleted %s: a checkpoint Ray never registered, older than the ones it keeps",
@@ -92,14 +92,14 @@ class CheckpointManager:
         return doomed
 
     def _adopt_resume_from(self) -> None:
-        """train.resume_from, on the run's first launch: that checkpoint, checked, is copied into the run
+        """checkpoint.resume_from, on the run's first launch: that checkpoint, checked, is copied into the run
         directory, where the resume finds it as the run's own (later launches ignore the setting)."""
-        if not self.config.train.resume_from or self.latest() is not None:
+        if not self.config.checkpoint.resume_from or self.latest() is not None:
             return
-        source = find_checkpoint(self.config.train.resume_from)
+        source = find_checkpoint(self.config.checkpoint.resume_from)
         self.check(read_state(source), str(source))
         name = copy_checkpoint(source, self.run)
-        log.info("run %s starts from %s (train.resume_from), copied to %s", self.config.name, source,
+        log.info("run %s starts from %s (checkpoint.resume_from), copied to %s", self.config.name, source,
                  self.run.uri(name))
 
     # A worker's side.
@@ -124,7 +124,7 @@ class CheckpointManager:
                 log.info("starting from the weights of %s", init_from.uri())
         return TrainingState(dataset_fingerprint=self.fingerprint, model=asdict(self.config.model),
                              world_size=engine.world_size, data_order=self.order.record(),
-                             optimizer=self.config.train.optimizer)
+                             optimizer=self.config.optimizer.name)
 
     def save(self, state: TrainingState, metrics: dict) -> list[Written]:
         """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now."""
@@ -156,7 +156,7 @@ def check_schedule(saved: ExperimentConfig, config: ExperimentConfig, step: int,
     """Say so where the learning rates this config gives the steps before the checkpoint are not those the
     checkpoint was trained with: the run then does not continue as one uninterrupted run would (a WSD
     continuation must start before its new decay does)."""
-    differs = first_schedule_difference(saved.train, config.train, step)
+    differs = first_schedule_difference(LrSchedule.of(saved), LrSchedule.of(config), step)
     if differs is not None:
         at, before, now = differs
         log.warning("the learning rate schedule differs from the one checkpoint %s was trained with: step %d had "

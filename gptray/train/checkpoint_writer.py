@@ -1,7 +1,7 @@
 """Writing checkpoints from the worker loop: each rank's files written locally, then reported to Ray Train.
 
 Ray Train merges the ranks' local directories into checkpoint_NNNNNNNN in the run directory and,
-with train.checkpoint_upload=async, uploads in a background thread (training waits only for the
+with checkpoint.upload=async, uploads in a background thread (training waits only for the
 local write). A sharded checkpoint under async goes further: DCP's async_save stages each rank's
 shard to CPU memory, and a background thread writes the files, so training waits only for the
 copy. The checkpoint is reported once every rank's write has finished: while one is in flight,
@@ -53,8 +53,8 @@ class _InFlight:
 class CheckpointWriter:
     def __init__(self, engine: TrainingEngine, config: ExperimentConfig):
         self.engine, self.config = engine, config
-        self.sharded = config.train.effective_checkpoint_format() == SHARDED
-        self.in_background = self.sharded and config.train.checkpoint_upload == "async"
+        self.sharded = config.checkpoint.effective_format(config.train.parallelism) == SHARDED
+        self.in_background = self.sharded and config.checkpoint.upload == "async"
         self.in_flight: _InFlight | None = None
         self._group = None  # DCP's background collectives need a process group of their own
 
@@ -152,7 +152,7 @@ class CheckpointWriter:
         from ray.train import Checkpoint
         from ray.train.v2.api.report_config import CheckpointUploadMode
 
-        upload = CheckpointUploadMode.ASYNC if self.config.train.checkpoint_upload == "async" \
+        upload = CheckpointUploadMode.ASYNC if self.config.checkpoint.upload == "async" \
             else CheckpointUploadMode.SYNC
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None,
                          checkpoint_dir_name=checkpoint_dir_name(step), checkpoint_upload_mode=upload,

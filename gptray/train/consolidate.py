@@ -65,7 +65,8 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     if optimizer:  # a fresh optimizer's state dict gives the shapes of the saved one (torch fills it at lr 0)
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optimizer_state = get_state_dict(model, build_optimizers(model, config.train, torch.device("cpu")))
+        optimizers = build_optimizers(model, config.optimizer, torch.device("cpu"))
+        model_state, optimizer_state = get_state_dict(model, optimizers)
         wanted = {"model": model_state, "optimizer": optimizer_state}
     load_sharded(directory, wanted)
     whole = dataclasses.replace(state, files={})

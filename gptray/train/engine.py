@@ -27,7 +27,7 @@ from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.train.flops import device_peak_flops, flops_per_token
-from gptray.train.optim import build_optimizers, set_learning_rates
+from gptray.train.optim import LrSchedule, build_optimizers, set_learning_rates
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -90,7 +90,8 @@ class TrainingEngine:
         self.training_model = self._parallelize()  # what training steps run through
         # Evaluation and sampling need no gradient sync: DDP's replicas each hold the whole model.
         self.eval_model = self.module if self.train_config.parallelism == "ddp" else self.training_model
-        self.optimizers = build_optimizers(self.module, self.train_config, device)  # AdamW (and Muon: train.optimizer)
+        self.optimizers = build_optimizers(self.module, config.optimizer, device)  # AdamW (and Muon: optimizer.name)
+        self.lr_schedule = LrSchedule.of(config)
         self.scaler = torch.amp.GradScaler(device.type) if self.train_config.precision == "fp16" else None
         self.micro_steps = self.train_config.grad_accum_steps(world_size)
         self.tokens_per_step = self.train_config.batch_size * self.seq_len
@@ -141,7 +142,7 @@ class TrainingEngine:
     def train_step(self, step: int) -> StepResult:
         """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update."""
         torch.manual_seed(step_seed(self.train_config.seed, step, self.rank))
-        lr = set_learning_rates(self.optimizers, step, self.train_config)
+        lr = set_learning_rates(self.optimizers, step, self.lr_schedule)
         loss_sum = torch.zeros((), device=self.device)
         z_sum = torch.zeros((), device=self.device)
         data_seconds = 0.0
@@ -171,7 +172,8 @@ class TrainingEngine:
         if self.scaler is not None:
             for optimizer in self.optimizers:
                 self.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train_config.grad_clip or math.inf)
+        clip = self.config.optimizer.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
         for optimizer in self.optimizers:
             if self.scaler is not None:
                 self.scaler.step(optimizer)  # skipped, for every optimizer, where the gradients overflowed

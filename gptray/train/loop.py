@@ -61,7 +61,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if tracker is not None and state.step > 0 and loading.extra_bytes is not None:
             # what loading the checkpoint took above the model and optimizer already built (rank 0's)
             tracker.log_metrics({"train/resume_peak_extra_mb": loading.extra_bytes / 1e6}, step=state.step)
-    cadence = Cadence.of(config.train, engine.has_validation(), evaluator.interval if evaluator else None)
+    cadence = Cadence.of(config, engine.has_validation(), evaluator.interval if evaluator else None)
     system = _system_metrics(inputs, context)
     try:
         _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer)
@@ -141,7 +141,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             metrics["train/z_loss"] = engine.global_mean(result.z_loss)
         if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
             raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
-                                f"(lower train.lr, or raise train.warmup_steps)")
+                                f"(lower optimizer.lr, or raise schedule.warmup_steps)")
         if due.log:
             metrics.update(throughput.metrics(engine))
             metrics["train/grad_norm"] = float(_full(result.grad_norm))

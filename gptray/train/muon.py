@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-# torch.optim.Muon is new in torch 2.9; on an older torch, build_optimizers refuses train.optimizer=muon.
+# torch.optim.Muon is new in torch 2.9; on an older torch, build_optimizers refuses optimizer.name=muon.
 _Muon = getattr(torch.optim, "Muon", torch.optim.Optimizer)
 
 

@@ -29,7 +29,7 @@ def build_trainer(config: ExperimentConfig, plan: WorkerPlan, inputs: WorkerInpu
             name=config.name,
             **_ray_storage(config.out_dir),
             # Ray deletes the older checkpoints it registered; the driver deletes orphans after the fit.
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
             failure_config=FailureConfig(max_failures=config.ray.max_failures,
                                          controller_failure_limit=controller_retries(config.ray)),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -57,7 +57,7 @@ def fit(trainer, config: ExperimentConfig):
 
 
 def checkpoints_kept(fitted) -> set[str]:
-    """The names of the checkpoints Ray keeps registered after a fit (train.keep_checkpoints of them)."""
+    """The names of the checkpoints Ray keeps registered after a fit (checkpoint.keep of them)."""
     return {Path(c.path.rstrip("/")).name for c, _ in fitted.best_checkpoints or []}
 
 

@@ -100,7 +100,14 @@ def value_label(value: Any) -> str:
 def group_label(values: dict[str, Any]) -> str:
     if len(values) == 1:
         return value_label(next(iter(values.values())))
-    return ",".join(f"{key.rsplit('.', 1)[-1]}={value_label(v)}" for key, v in values.items())
+    return ",".join(f"{axis_name(key)}={value_label(v)}" for key, v in values.items())
+
+
+def axis_name(key: str) -> str:
+    """How a label names an axis: its key's last part (model.norm → norm), or the section that a `name`
+    key names (optimizer.name → optimizer, schedule.name → schedule)."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
 def run_name(label: str, seed: int) -> str:

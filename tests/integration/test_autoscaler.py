@@ -77,8 +77,8 @@ def test_autoscaler_adds_a_worker_node_for_a_job_and_removes_it_when_idle(shakes
         job = subprocess.Popen(
             [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir",
              str(REPO), "--", "python", "-m", "pipelines.pretrain_job", f"out_dir={root}/runs",
-             f"data.dataset_dir={shakespeare_dataset.dataset_dir}", "train.max_steps=2", "train.warmup_steps=1",
-             "data.tokenizer=gpt2", "train.checkpoint_interval=2", "generate.max_new_tokens=4",
+             f"data.dataset_dir={shakespeare_dataset.dataset_dir}", "train.max_steps=2", "schedule.warmup_steps=1",
+             "data.tokenizer=gpt2", "checkpoint.interval=2", "generate.max_new_tokens=4",
              "tracking.enabled=false"],
             env=env, cwd=REPO, stdout=job_log, stderr=subprocess.STDOUT)
         seen: set[str] = set()

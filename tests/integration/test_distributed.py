@@ -43,7 +43,7 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
     whole → sharded), tracking the DDP reference."""
     _, reference = reference_run
     theirs = metric_history(reference, "train/loss")
-    run = ["name=sharded", "train.checkpoint_interval=6", "train.keep_checkpoints=5"]
+    run = ["name=sharded", "checkpoint.interval=6", "checkpoint.keep=5"]
     first = pretrain(small_run_config(tmp_path, shakespeare_dataset, *run, "train.max_steps=12",
                                       "train.parallelism=fsdp", "train.sample_interval=6"), sample=False)
     close(metric_history(first, "train/loss"), theirs, range(1, 13), tolerance=2e-3)
@@ -60,11 +60,11 @@ def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_
 
     # A checkpoint Ray never registered (here: copied in) is found and resumed from, exactly.
     shutil.copytree(sharded.parent / "checkpoint_00000006", sharded.parent.parent / "copy" / "checkpoint_00000006")
-    copy_run = ["name=copy", "train.checkpoint_interval=3"]
+    copy_run = ["name=copy", "checkpoint.interval=3"]
     copy = pretrain(small_run_config(tmp_path, shakespeare_dataset, *copy_run, "train.max_steps=12",
                                      "train.parallelism=fsdp"), sample=False)
     assert copy.start_step == 6
-    # train.keep_checkpoints=2: the newest two stay, the orphan goes with the rest
+    # checkpoint.keep=2: the newest two stay, the orphan goes with the rest
     assert sorted(p.name for p in (sharded.parent.parent / "copy").glob("checkpoint_0*")) == \
         ["checkpoint_00000009", "checkpoint_00000012"]
     # and Ray, which refuses a run whose record names a deleted checkpoint, takes the run up again: here on

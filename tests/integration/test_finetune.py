@@ -91,9 +91,9 @@ def test_all_prompt_micro_batch_trains_without_nan():
     tokens = np.random.default_rng(0).integers(0, 50257, 5_000).astype(np.uint16)
     mask = np.zeros_like(tokens, dtype=np.uint8)
     config = load_config(None, [GPT2_TOKENIZER, "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                                "train.batch_size=2", "train.micro_batch_size=2", "train.lr=1e-3",
-                                "train.warmup_steps=1", "ray.num_workers=1", "train.eval_windows=4",
-                                "train.weight_decay=0"])  # so that a zero gradient leaves every weight as it is
+                                "train.batch_size=2", "train.micro_batch_size=2", "optimizer.lr=1e-3",
+                                "schedule.warmup_steps=1", "ray.num_workers=1", "train.eval_windows=4",
+                                "optimizer.weight_decay=0"])  # so that a zero gradient leaves every weight as it is
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, tokens, tokens, mask, mask)
     before = [p.detach().clone() for p in engine.module.parameters()]
     result = engine.train_step(0)
@@ -130,16 +130,16 @@ def test_finetune_lowers_loss_and_leaves_the_base_untouched(reference_run, pairs
     base_dir = Path(base.run_dir)
     before = tree_digest(base_dir)
     config, _, _ = pairs_dataset
-    overrides = [o for o in SMALL_RUN if not o.startswith(("model.", "train.lr", "train.warmup", "train.lr_decay"))]
+    overrides = [o for o in SMALL_RUN if not o.startswith(("model.", "optimizer.lr", "train.warmup", "train.lr_decay"))]
     code = main(["finetune", "--init-from", str(base_dir), "--no-sample", f"out_dir={tmp_path}/runs",
                  "name=ft", f"data.dataset_dir={config.data.dataset_dir}", GPT2_TOKENIZER, "train.max_steps=24",
-                 "train.lr=2e-3", *overrides])
+                 "optimizer.lr=2e-3", *overrides])
     assert code == 0
     tuned = latest_checkpoint(tmp_path / "runs" / "ft")
     assert read_state(tuned).step == 24
     resolved = read_config(tuned)
     assert resolved.train.recipe == "finetune" and resolved.model.dropout == 0.1  # the recipe's
-    assert resolved.train.warmup_steps == 2  # 5% of 24 steps, rounded up
+    assert resolved.schedule.warmup_steps == 2  # 5% of 24 steps, rounded up
     assert resolved.model.shape() == base_config.model.shape()
     base_loss, tuned_loss = masked_loss(base.checkpoint, config), masked_loss(tuned, config)
     assert tuned_loss < base_loss - 1.0, (base_loss, tuned_loss)
@@ -187,7 +187,7 @@ def test_hugging_face_base_is_imported_once_and_keeps_its_shape(reference_run, p
     resolved = make_config(tmp_path, f"data.dataset_dir={config.data.dataset_dir}", "model.preset=null",
                            f"train.init_from={tmp_path}/hf", "train.recipe=finetune", "train.max_steps=20")
     assert resolved.model.n_layer == 2 and resolved.model.n_embd == 64 and resolved.model.dropout == 0.1
-    assert (resolved.train.lr, resolved.train.batch_size) == (5e-5, 32)  # the recipe's, not nano's preset
+    assert (resolved.optimizer.lr, resolved.train.batch_size) == (5e-5, 32)  # the recipe's, not nano's preset
     imported = base_checkpoint(find_base(resolved.train.init_from), resolved.out_dir)
     assert imported.parent == Path(resolved.out_dir) / "bases"
     original, again = load_tensors(base.checkpoint, "model.pt"), load_tensors(imported, "model.pt")

@@ -101,7 +101,7 @@ def test_tokenize_job_then_a_stopped_pretrain_job_that_the_next_job_resumes(head
     run_dir = out / "runs" / "job"
     runtime_env = json.dumps({"working_dir": str(REPO), "env_vars": {"PYTHONUNBUFFERED": "1"}})
     pretrain = ["python", "-m", "pipelines.pretrain_job", *common, "name=job", "model.n_layer=1",
-                "train.checkpoint_interval=3", "train.log_interval=1", "generate.max_new_tokens=8"]
+                "checkpoint.interval=3", "train.log_interval=1", "generate.max_new_tokens=8"]
     submitted = subprocess.run(
         job_command(address, "submit", "--no-wait", "--submission-id", "gptray-stop-test",
                     "--runtime-env-json", runtime_env, "--", *pretrain, "train.max_steps=400"),

@@ -170,7 +170,7 @@ def test_training_goes_on_when_the_tracking_server_is_unreachable(shakespeare_da
 def test_ctrl_c_leaves_a_resumable_run_and_exits_130(shakespeare_dataset, root):
     """SIGINT to a real `gptray pretrain`: it stops, says where, exits 130; the same command resumes."""
     overrides = [*SMALL_RUN, f"out_dir={root}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}",
-                 "name=interrupted", "train.max_steps=2000", "train.lr_decay_steps=2000", "tracking.enabled=false",
+                 "name=interrupted", "train.max_steps=2000", "schedule.decay_steps=2000", "tracking.enabled=false",
                  "data.tokenizer=gpt2", "ray.num_cpus=2"]  # its own local Ray, as a user's command would start
     run_dir, output = root / "runs" / "interrupted", root / "interrupted.log"
     with interruptible_command([sys.executable, "-m", "gptray", "pretrain", "--no-sample", *overrides], output,

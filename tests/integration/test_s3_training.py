@@ -49,7 +49,7 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
         return small_run_config(tmp_path, shakespeare_dataset, f"out_dir=s3://{s3_bucket}/runs", f"name={RUN}",
                                 f"data.dataset_dir={dataset}", f"data.cache_dir={cache}",
                                 f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"train.max_steps={max_steps}",
-                                f"train.checkpoint_format={checkpoint_format}")
+                                f"checkpoint.format={checkpoint_format}")
 
     # the first launch writes sharded checkpoints (each rank its own DCP file); the second resumes from
     # one in the bucket, each rank reading its pieces by range requests, and writes whole ones
@@ -182,7 +182,7 @@ def test_bad_or_unreachable_object_stores_are_named(shakespeare_dataset, s3_endp
     from gptray.tune.runner import run_sweep
     from gptray.tune.spec import load_sweep
 
-    sweep = write_sweep(tmp_path / "grid.yaml", f"s3://{s3_bucket}/data", {"axes": {"train.lr": [1e-3]}},
+    sweep = write_sweep(tmp_path / "grid.yaml", f"s3://{s3_bucket}/data", {"axes": {"optimizer.lr": [1e-3]}},
                         out_dir=f"s3://{s3_bucket}/runs", tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
     with pytest.raises(ConfigError) as info:  # sweeps keep Tune's state on a local path
         run_sweep(load_sweep(sweep))

@@ -119,7 +119,7 @@ def test_sbatch_starts_ray_and_runs_the_pretrain_pipeline(slurm_cluster, shakesp
     job = subprocess.run(
         [find("sbatch"), "--wait", "--nodes=1", f"--output={log}", str(SCRIPT), "configs/quickstart.yaml",
          f"out_dir={root}/runs", f"data.dataset_dir={shakespeare_dataset.dataset_dir}", "train.max_steps=2",
-         "data.tokenizer=gpt2", "train.warmup_steps=1", "train.checkpoint_interval=2", "generate.max_new_tokens=4",
+         "data.tokenizer=gpt2", "schedule.warmup_steps=1", "checkpoint.interval=2", "generate.max_new_tokens=4",
          "tracking.enabled=false"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     output = log.read_text() if log.exists() else ""

@@ -116,7 +116,7 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
 SHIPPED_AXES = {"attention.yaml": {"model.attention": ["causal", "sliding_window", "alternating"]},
                 "mlp.yaml": {"model.mlp": ["gelu", "swiglu"]},
                 "positions.yaml": {"model.position": ["learned", "rope", "none"]},
-                "recipe.yaml": {"train.optimizer": ["adamw", "muon"], "train.schedule": ["cosine", "wsd"]}}
+                "recipe.yaml": {"optimizer.name": ["adamw", "muon"], "schedule.name": ["cosine", "wsd"]}}
 
 
 def test_every_shipped_sweep_is_run_here():
@@ -165,8 +165,8 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(shakespeare_dataset, 
     from mlflow.tracking import MlflowClient
 
     path = write_sweep(tmp_path / "lr.yaml", shakespeare_dataset.dataset_dir,
-                       {"axes": {"train.lr": [2e-3, 1e12]}, "seeds": [0], "max_concurrent_trials": 2},
-                       train={**TINY_TRIALS["train"], "grad_clip": 0})
+                       {"axes": {"optimizer.lr": [2e-3, 1e12]}, "seeds": [0], "max_concurrent_trials": 2},
+                       optimizer={"grad_clip": 0})
     assert cli(["sweep", "--config", str(path)]) == 5  # finished, with a failed trial
     printed = capsys.readouterr().out
     assert "1 of 2 trial(s) finished" in printed and "diverged" in printed
@@ -256,7 +256,7 @@ def test_the_shipped_vocabulary_sweep_learns_its_tokenizers_and_ranks_by_bits_pe
     finetune_yaml = str(REPO / "configs" / "finetune.yaml")
     assert cli(["tokenize", "--config", finetune_yaml]) == 0
     assert json.loads((tmp_path / "data" / "finetune" / "manifest.json").read_text())["prompt_masked"]
-    budget = ["train.max_steps=4", "train.eval_interval=2", "train.checkpoint_interval=2",
+    budget = ["train.max_steps=4", "train.eval_interval=2", "checkpoint.interval=2",
               "generate.max_new_tokens=8"]
     assert cli(["finetune", "--config", finetune_yaml, *budget]) == 0
     assert capsys.readouterr().out.count("ROMEO:")  # its sample, from its prompt

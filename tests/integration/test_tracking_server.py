@@ -29,7 +29,7 @@ def blip(server, shakespeare_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("blip")
     relay = Relay(server.port)
     config = small_run_config(root, shakespeare_dataset, "name=blip", "model.n_layer=1", "train.max_steps=50",
-                              "train.lr_decay_steps=50", "train.checkpoint_interval=6", "train.eval_interval=25",
+                              "schedule.decay_steps=50", "checkpoint.interval=6", "train.eval_interval=25",
                               f"tracking.uri={relay.uri}", "tracking.experiment=remote", "tracking.retry_seconds=1")
     run = PretrainInThread(config)  # with the final sample, as a user's run has
     run.wait_for_checkpoint(6)

@@ -115,7 +115,7 @@ def test_pruning_deletes_orphans_older_than_what_ray_keeps_and_nothing_ray_keeps
     for step in (6, 15):  # 6: an upload cut short long ago; 15: a newer one Ray never registered
         (tmp_path / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"partial")
     (tmp_path / "metrics").mkdir()
-    kept = {"checkpoint_00000009", "checkpoint_00000012"}  # what Ray keeps (train.keep_checkpoints=2)
+    kept = {"checkpoint_00000009", "checkpoint_00000012"}  # what Ray keeps (checkpoint.keep=2)
     assert prune_orphans(Storage(str(tmp_path)), set()) == []  # nothing registered: no reference point
     assert prune_orphans(Storage(str(tmp_path)), kept) == ["checkpoint_00000003", "checkpoint_00000006"]
     assert sorted(p.name for p in tmp_path.iterdir()) == \

@@ -24,8 +24,8 @@ def error_for(*overrides: str) -> ConfigError:
     "override, key, words",
     [
         ("model.n_embd=130", "model.n_embd", "divisible by model.n_head"),
-        ("train.lr=-1", "train.lr", "positive"),
-        ("train.lr=fast", "train.lr", "number"),
+        ("optimizer.lr=-1", "optimizer.lr", "positive"),
+        ("optimizer.lr=fast", "optimizer.lr", "number"),
         ("train.batch_size=12", "train.batch_size", "multiple of"),
         ("train.precision=fp8", "train.precision", "one of"),
         ("model.preset=gpt5", "model.preset", "unknown preset"),
@@ -45,7 +45,37 @@ def test_invalid_value_names_its_key(override, key, words):
 def test_unknown_key_is_refused_with_a_suggestion():
     error = error_for("train.lrr=0.1")
     assert error.key == "train.lrr"
-    assert "did you mean 'lr'" in str(error)
+    assert "did you mean 'optimizer.lr'" in str(error)  # lr lives in the optimizer section
+    assert "did you mean 'max_steps'" in str(error_for("train.max_step=10"))
+
+
+@pytest.mark.parametrize("old, new", [("train.lr", "optimizer.lr"), ("train.optimizer", "optimizer.name"),
+                                      ("train.schedule", "schedule.name"),
+                                      ("train.lr_decay_steps", "schedule.decay_steps"),
+                                      ("train.checkpoint_interval", "checkpoint.interval"),
+                                      ("train.resume_from", "checkpoint.resume_from")])
+def test_a_key_that_moved_out_of_train_names_its_new_place(old, new, tmp_path):
+    error = error_for(f"{old}=1")
+    assert error.key == old and f"has moved to {new}" in str(error)
+    section, key = old.split(".")
+    written = tmp_path / "old.yaml"
+    written.write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=f"{old}: has moved to {new}"):
+        load_config(written)
+
+
+def test_a_config_saved_before_the_sections_reads_with_its_keys_moved():
+    """A run saved before train was split resumes, generates and evaluates as it did: its config.yaml reads."""
+    saved = ExperimentConfig().to_dict()
+    for section in ("optimizer", "schedule", "checkpoint"):
+        saved.pop(section)
+    saved["train"].update(lr=3e-4, optimizer="muon", schedule="wsd", lr_decay_steps=90, checkpoint_interval=30,
+                          keep_checkpoints=5, resume_from="/runs/a")
+    config = ExperimentConfig.from_saved(saved)
+    assert (config.optimizer.lr, config.optimizer.name, config.schedule.name, config.schedule.decay_steps) == \
+        (3e-4, "muon", "wsd", 90)
+    assert (config.checkpoint.interval, config.checkpoint.keep, config.checkpoint.resume_from) == (30, 5, "/runs/a")
+    assert ExperimentConfig.from_saved(ExperimentConfig().to_dict()) == ExperimentConfig()
 
 
 def test_unknown_key_in_yaml_file(tmp_path):
@@ -65,9 +95,9 @@ def test_missing_config_file_and_malformed_yaml(tmp_path):
 
 
 def test_overrides_are_typed_and_reach_into_lists():
-    config = load_config(None, ["train.lr=3e-4", "train.max_steps=1e3", "data.sources.0.text_unit=line",
+    config = load_config(None, ["optimizer.lr=3e-4", "train.max_steps=1e3", "data.sources.0.text_unit=line",
                                 "model.preset=tiny", "generate.top_k=null"])
-    assert config.train.lr == pytest.approx(3e-4) and isinstance(config.train.lr, float)
+    assert config.optimizer.lr == pytest.approx(3e-4) and isinstance(config.optimizer.lr, float)
     assert config.train.max_steps == 1000 and isinstance(config.train.max_steps, int)
     assert config.data.sources[0].text_unit == "line"
     assert (config.model.n_layer, config.model.n_embd, config.model.block_size) == (6, 384, 256)
@@ -76,7 +106,7 @@ def test_overrides_are_typed_and_reach_into_lists():
 
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="key=value"):
-        load_config(None, ["train.lr"])
+        load_config(None, ["optimizer.lr"])
 
 
 def test_presets_fill_only_unset_fields():
@@ -99,7 +129,7 @@ def test_paths_are_made_absolute(tmp_path, monkeypatch):
 
 
 def test_resolved_config_round_trips_through_yaml():
-    config = load_config(None, ["model.preset=tiny", "train.lr=1e-4"])
+    config = load_config(None, ["model.preset=tiny", "optimizer.lr=1e-4"])
     again = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))).resolved()
     assert again == config
 
@@ -154,7 +184,7 @@ def test_cli_bad_config_exits_2_naming_the_key():
 
 
 def test_cli_config_prints_the_resolved_config():
-    result = run_cli("config", "model.preset=gpt2", "train.max_steps=7", "train.warmup_steps=2")
+    result = run_cli("config", "model.preset=gpt2", "train.max_steps=7", "schedule.warmup_steps=2")
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["n_embd"] == 768 and printed["train"]["max_steps"] == 7
@@ -194,35 +224,35 @@ def test_a_fine_tuning_config_needs_its_base_reader():
 
 
 def test_gpt3_recipe_fills_unset_optimizer_settings():
-    config = load_config(None, ["model.preset=gpt2", "train.tokens_per_step=524288", "train.warmup_steps=null",
+    config = load_config(None, ["model.preset=gpt2", "train.tokens_per_step=524288", "schedule.warmup_steps=null",
                                 "train.max_steps=19073", "train.micro_batch_size=16", "ray.num_workers=8",
-                                "train.lr=6e-4"])
-    train = config.train
+                                "optimizer.lr=6e-4"])
+    train, optimizer, schedule = config.train, config.optimizer, config.schedule
     assert train.batch_size == 512  # 524,288 tokens / 1024
     assert train.grad_accum_steps(8) == 4
-    assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip) == (0.9, 0.95, 0.1, 1.0)
-    assert train.warmup_steps == 716  # 375M tokens, rounded up to whole steps
-    assert train.min_lr == pytest.approx(6e-5)
+    assert (optimizer.beta1, optimizer.beta2, optimizer.weight_decay, optimizer.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert schedule.warmup_steps == 716  # 375M tokens, rounded up to whole steps
+    assert schedule.min_lr == pytest.approx(6e-5)
 
 
 def test_gpt2_recipe_and_explicit_values_win():
     # gpt2 carries its lr and batch but no warmup: the recipe's 2000 steps apply
     config = load_config(None, ["model.preset=gpt2", "train.recipe=gpt2", "train.max_steps=3000",
-                                "train.weight_decay=0.05"])
-    train = config.train
-    assert (train.beta2, train.warmup_steps, train.min_lr) == (0.999, 2000, 0.0)
-    assert train.weight_decay == 0.05  # set explicitly, so not the recipe's 0.01
+                                "optimizer.weight_decay=0.05"])
+    optimizer, schedule = config.optimizer, config.schedule
+    assert (optimizer.beta2, schedule.warmup_steps, schedule.min_lr) == (0.999, 2000, 0.0)
+    assert optimizer.weight_decay == 0.05  # set explicitly, so not the recipe's 0.01
 
 
 def test_recipe_warmup_longer_than_the_run_is_refused():
     error = error_for("model.preset=gpt3-small", "train.max_steps=300")  # 375M tokens at 0.5M tokens/step: 716 steps
-    assert error.key == "train.warmup_steps" and "set train.warmup_steps" in str(error)
+    assert error.key == "schedule.warmup_steps" and "set schedule.warmup_steps" in str(error)
 
 
 def test_a_model_without_a_preset_needs_its_learning_rate():
     error = error_for("model.preset=null", "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
                       "model.block_size=32", "train.batch_size=8")
-    assert error.key == "train.lr" and "train.lr=" in str(error)
+    assert error.key == "optimizer.lr" and "optimizer.lr=" in str(error)
 
 
 def test_tokens_per_step_must_divide_into_sequences():

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from gptray.base.errors import DataError
-from gptray.config import TrainConfig
 from gptray.data.global_order import WindowSampler, eval_starts, gather_windows
-from gptray.train.optim import learning_rate
+from gptray.train.optim import LrSchedule, learning_rate
 
 
 def global_batch(sampler: WindowSampler, step: int, world_size: int, batch: int, micro: int) -> list[int]:
@@ -68,7 +67,7 @@ def test_eval_windows_are_fixed_and_partition_across_ranks():
 
 
 def test_learning_rate_warmup_then_cosine():
-    train = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    train = LrSchedule(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110)
     assert learning_rate(0, train) == pytest.approx(1e-4)
     assert learning_rate(9, train) == pytest.approx(1e-3)
     assert learning_rate(60, train) == pytest.approx(5.5e-4)  # halfway down the cosine

@@ -15,7 +15,7 @@ from gptray.train.engine import TrainingEngine
 from gptray.train.flops import flops_per_token
 
 TOKENS = np.random.default_rng(0).integers(0, 50257, 30_000).astype(np.uint16)
-SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "train.lr=3e-3", "train.warmup_steps=2",
+SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "optimizer.lr=3e-3", "schedule.warmup_steps=2",
          "train.eval_windows=7", "ray.num_workers=1"]
 
 
@@ -67,9 +67,9 @@ def test_state_round_trip_continues_identically():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(precision):
     e = engine(f"train.precision={precision}", "train.batch_size=2", "train.micro_batch_size=2",
-               "train.seq_len=32", "train.lr=1e-2")
+               "train.seq_len=32", "optimizer.lr=1e-2")
     assert (e.scaler is not None) == (precision == "fp16")
-    reference = engine("train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32", "train.lr=1e-2")
+    reference = engine("train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32", "optimizer.lr=1e-2")
     low, full = losses(e, range(3)), losses(reference, range(3))
     assert all(math.isfinite(x) for x in low)
     assert low[0] == pytest.approx(full[0], abs=0.05)  # same data and weights, lower precision
@@ -82,7 +82,7 @@ def test_compiled_model_matches_eager():
     compiled = engine("train.compile=true", "model.n_layer=1", "train.batch_size=2", "train.micro_batch_size=2",
                       "train.seq_len=32")
     eager = engine("model.n_layer=1", "train.batch_size=2", "train.micro_batch_size=2", "train.seq_len=32")
-    assert compiled.model is not compiled.module  # really wrapped by torch.compile
+    assert compiled.training_model is not compiled.module  # really wrapped by torch.compile
     assert losses(compiled, range(2)) == pytest.approx(losses(eager, range(2)), abs=1e-4)
 
 

@@ -3,6 +3,7 @@ its continuation), z-loss; each trains, resumes exactly, and Muon agrees across 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict
@@ -24,12 +25,13 @@ from gptray.checkpoint.files import (
     read_state,
     save_checkpoint,
 )
-from gptray.config import TrainConfig, load_config
+from gptray.config import load_config
 from gptray.data.train_windows import DataOrder
 from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.train.checkpoint_manager import CheckpointManager, check_schedule
 from gptray.train.engine import TrainingEngine
 from gptray.train.optim import (
+    LrSchedule,
     decay_start,
     first_schedule_difference,
     hidden_matrices,
@@ -40,11 +42,11 @@ from gptray.train.optim import (
 # A stream a small model learns in a few steps (each token predicts the next), over a 128-token vocabulary:
 # each step costs milliseconds, not the 50,257-wide head's tenths of a second.
 TOKENS = np.tile(np.arange(97, dtype=np.uint16), 300)
-SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.vocab_size=128", "train.lr=3e-3",
-         "train.warmup_steps=2", "train.eval_windows=7", "ray.num_workers=1", "train.batch_size=4",
+SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.vocab_size=128", "optimizer.lr=3e-3",
+         "schedule.warmup_steps=2", "train.eval_windows=7", "ray.num_workers=1", "train.batch_size=4",
          "train.max_steps=20"]
-OPTIONS = {"muon": ["train.optimizer=muon"], "wsd": ["train.schedule=wsd", "train.wsd_decay_fraction=0.5"],
-           "linear": ["train.schedule=linear"], "z_loss": ["train.z_loss=1e-2"]}
+OPTIONS = {"muon": ["optimizer.name=muon"], "wsd": ["schedule.name=wsd", "schedule.wsd_decay_fraction=0.5"],
+           "linear": ["schedule.name=linear"], "z_loss": ["train.z_loss=1e-2"]}
 
 
 def engine(*overrides: str, rank: int = 0, world_size: int = 1) -> TrainingEngine:
@@ -63,7 +65,7 @@ def run(e: TrainingEngine, steps: range) -> list[tuple[float, float | None]]:
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
-    e = engine("train.optimizer=muon")
+    e = engine("optimizer.name=muon")
     adamw, muon = e.optimizers
     names = {id(p): n for n, p in e.module.named_parameters()}
     in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
@@ -81,7 +83,7 @@ def test_muons_update_of_a_matrix_is_orthogonal(shape):
     """One Muon step on a gradient whose singular values span a factor 100 moves the matrix by a
     (semi-)orthogonal matrix times the step size: every singular value ~1 (Newton–Schulz's quintic lands
     them in about [0.7, 1.2], not exactly 1), and the direction is the gradient's polar factor."""
-    e = engine("train.optimizer=muon", "train.muon_weight_decay=0")
+    e = engine("optimizer.name=muon", "optimizer.muon_weight_decay=0")
     _, muon = e.optimizers
     target = next(p for p in hidden_matrices(e.module) if tuple(p.shape) == shape)
     rows, cols = shape
@@ -93,7 +95,7 @@ def test_muons_update_of_a_matrix_is_orthogonal(shape):
     for p in hidden_matrices(e.module):
         p.grad = gradient.clone() if p is target else torch.zeros_like(p)
     before = target.detach().clone()
-    set_learning_rates(e.optimizers, 5, e.train)  # past the warmup: muon_lr itself
+    set_learning_rates(e.optimizers, 5, e.lr_schedule)  # past the warmup: muon_lr itself
     muon.step()
     update = (before - target.detach()) / (0.02 * math.sqrt(max(1, rows / cols)))  # torch's per-shape scaling
     singular = torch.linalg.svdvals(update)
@@ -107,8 +109,8 @@ def test_muons_update_of_a_matrix_is_orthogonal(shape):
 
 
 def test_wsd_holds_the_peak_then_decays_by_its_shape():
-    train = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, schedule="wsd",
-                        wsd_decay_fraction=0.2)  # decays over the last 22 steps: 88 → 110
+    train = LrSchedule(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110, name="wsd",
+                       wsd_decay_fraction=0.2)  # decays over the last 22 steps: 88 → 110
     assert decay_start(train) == 88
     assert learning_rate(0, train) == pytest.approx(1e-4)
     assert {learning_rate(s, train) for s in range(10, 88)} == {1e-3}  # the stable phase
@@ -117,37 +119,38 @@ def test_wsd_holds_the_peak_then_decays_by_its_shape():
     lrs = [learning_rate(s, train) for s in range(88, 111)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     for shape, halfway in (("linear", 0.5), ("cosine", 0.5)):
-        shaped = TrainConfig(**{**asdict(train), "wsd_decay_shape": shape})
+        shaped = dataclasses.replace(train, wsd_decay_shape=shape)
         assert learning_rate(99, shaped) == pytest.approx(1e-4 + halfway * 9e-4)
-    stable = TrainConfig(**{**asdict(train), "wsd_decay_fraction": 0.0})  # a stable phase only
+    stable = dataclasses.replace(train, wsd_decay_fraction=0.0)  # a stable phase only
     assert {learning_rate(s, stable) for s in range(10, 500)} == {1e-3}
 
 
 def test_linear_decays_evenly_and_muon_follows_the_same_schedule_at_its_own_scale():
-    train = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, schedule="linear")
+    train = LrSchedule(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110, name="linear")
     assert learning_rate(60, train) == pytest.approx(5.5e-4)
     assert learning_rate(35, train) == pytest.approx(1e-4 + 0.75 * 9e-4)
-    e = engine("train.optimizer=muon", "train.lr=1e-3", "train.min_lr=1e-4", "train.warmup_steps=10",
-               "train.max_steps=110", "train.schedule=linear", "train.muon_lr=0.05")
-    assert set_learning_rates(e.optimizers, 35, e.train) == pytest.approx(1e-4 + 0.75 * 9e-4)
+    e = engine("optimizer.name=muon", "optimizer.lr=1e-3", "schedule.min_lr=1e-4", "schedule.warmup_steps=10",
+               "train.max_steps=110", "schedule.name=linear", "optimizer.muon_lr=0.05")
+    assert set_learning_rates(e.optimizers, 35, e.lr_schedule) == pytest.approx(1e-4 + 0.75 * 9e-4)
     adamw, muon = e.optimizers
     assert [g["lr"] for g in adamw.param_groups] == pytest.approx([1e-4 + 0.75 * 9e-4] * 2)
     assert muon.param_groups[0]["lr"] == pytest.approx(50 * (1e-4 + 0.75 * 9e-4))
 
 
 def test_the_recipe_settings_are_checked_up_front():
-    for override, key in (("train.optimizer=sgd", "train.optimizer"), ("train.schedule=step", "train.schedule"),
-                          ("train.wsd_decay_fraction=1.5", "train.wsd_decay_fraction"),
-                          ("train.wsd_decay_shape=exp", "train.wsd_decay_shape"), ("train.z_loss=-1", "train.z_loss"),
-                          ("train.muon_lr=0", "train.muon_lr"), ("train.muon_momentum=1", "train.muon_momentum"),
-                          ("train.muon_weight_decay=-0.1", "train.muon_weight_decay")):
+    for override, key in (("optimizer.name=sgd", "optimizer.name"), ("schedule.name=step", "schedule.name"),
+                          ("schedule.wsd_decay_fraction=1.5", "schedule.wsd_decay_fraction"),
+                          ("schedule.wsd_decay_shape=exp", "schedule.wsd_decay_shape"),
+                          ("train.z_loss=-1", "train.z_loss"), ("optimizer.muon_lr=0", "optimizer.muon_lr"),
+                          ("optimizer.muon_momentum=1", "optimizer.muon_momentum"),
+                          ("optimizer.muon_weight_decay=-0.1", "optimizer.muon_weight_decay")):
         with pytest.raises(ConfigError) as raised:
             load_config(None, [override])
         assert raised.value.key == key
     with pytest.raises(ConfigError) as raised:  # a whole training state, or a base's weights: not both
-        load_config(None, ["train.init_from=runs/a", "train.resume_from=runs/b"],
+        load_config(None, ["train.init_from=runs/a", "checkpoint.resume_from=runs/b"],
                     read_base=lambda c: c.model.resolved())
-    assert raised.value.key == "train.resume_from"
+    assert raised.value.key == "checkpoint.resume_from"
 
 
 # --- every option trains, and resumes exactly -------------------------------------------------------
@@ -200,25 +203,25 @@ def test_muon_resumes_exactly_from_a_sharded_checkpoint_and_from_its_consolidate
     from gptray.checkpoint.files import load_tensors
     from gptray.train.consolidate import consolidate_checkpoint
 
-    first = engine("train.optimizer=muon")
+    first = engine("optimizer.name=muon")
     run(first, range(3))
     directory = write_sharded(first, tmp_path / "run" / "checkpoint_00000003", 3)
     whole = consolidate_checkpoint(directory, tmp_path / "whole", optimizer=True).out  # both optimizers' state
-    second = scrambled(engine("train.optimizer=muon"))
+    second = scrambled(engine("optimizer.name=muon"))
     second.load_sharded(directory)
-    third = scrambled(engine("train.optimizer=muon"))
+    third = scrambled(engine("optimizer.name=muon"))
     third.load_full_state(load_tensors(whole, "model.pt"), load_tensors(whole, "optimizer.pt"))
     expected = run(first, range(3, 6))
     assert run(second, range(3, 6)) == expected and run(third, range(3, 6)) == expected
 
 
 def test_a_muon_checkpoint_is_refused_by_an_adamw_run_and_the_other_way_round():
-    muon = load_config(None, [*SMALL, "train.optimizer=muon"])
+    muon = load_config(None, [*SMALL, "optimizer.name=muon"])
     adamw = load_config(None, SMALL)
     check_compatible(TrainingState(optimizer="muon", model=asdict(muon.model)), muon, "", "c")
-    with pytest.raises(CheckpointError, match="train.optimizer=muon, not adamw"):
+    with pytest.raises(CheckpointError, match="optimizer.name=muon, not adamw"):
         check_compatible(TrainingState(optimizer="muon", model=asdict(adamw.model)), adamw, "", "c")
-    with pytest.raises(CheckpointError, match="train.optimizer=adamw, not muon"):
+    with pytest.raises(CheckpointError, match="optimizer.name=adamw, not muon"):
         check_compatible(TrainingState(model=asdict(muon.model)), muon, "", "c")  # written before the option
 
 
@@ -227,11 +230,11 @@ def test_a_muon_checkpoint_is_refused_by_an_adamw_run_and_the_other_way_round():
 
 def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run(tmp_path, caplog):
     """A 16-step WSD run decays over steps 12 → 16. A long run's checkpoint at step 12, still in its stable
-    phase, continued with max_steps=16 (what train.resume_from does: the checkpoint copied into the new run,
+    phase, continued with max_steps=16 (what checkpoint.resume_from does: the checkpoint copied into the new run,
     its state loaded) gives the 16-step run's losses exactly."""
-    wsd = ["train.schedule=wsd", "train.wsd_decay_fraction=0.25", "train.optimizer=muon"]
+    wsd = ["schedule.name=wsd", "schedule.wsd_decay_fraction=0.25", "optimizer.name=muon"]
     short = engine(*wsd, "train.max_steps=16")
-    assert decay_start(short.train_config) == 12
+    assert decay_start(short.lr_schedule) == 12
     reference = run(short, range(16))
 
     long = engine(*wsd, "train.max_steps=1000")  # stable until step 750
@@ -241,7 +244,7 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
                              TrainingState(step=12, model=asdict(long.config.model), optimizer="muon"), long.config)
     # the new run's first launch: the driver copies the checkpoint in (from a run directory: its latest)
     continued = scrambled(engine(*wsd, "train.max_steps=16", f"out_dir={tmp_path}", "name=decay16",
-                                 f"train.resume_from={tmp_path / 'long'}"))
+                                 f"checkpoint.resume_from={tmp_path / 'long'}"))
     run_dir = Storage(continued.config.run_dir)
 
     def launch(run: Storage, fingerprint: str = ""):
@@ -260,10 +263,10 @@ def test_a_wsd_stable_phase_checkpoint_continues_into_a_decay_exactly_as_one_run
                               torch.load(copied / "optimizer.pt", weights_only=True))
     assert run(continued, range(12, 16)) == reference[12:]
     # the driver says where the new schedule gives the steps before a checkpoint other rates than it had
-    assert first_schedule_difference(long.train_config, continued.train_config, 12) is None
+    assert first_schedule_difference(long.lr_schedule, continued.lr_schedule, 12) is None
     # step 12 is the decay's first, at peak
-    assert first_schedule_difference(long.train_config, continued.train_config, 13) is None
-    at, before, now = first_schedule_difference(long.train_config, continued.train_config, 14)
+    assert first_schedule_difference(long.lr_schedule, continued.lr_schedule, 13) is None
+    at, before, now = first_schedule_difference(long.lr_schedule, continued.lr_schedule, 14)
     assert at == 13 and before > now
     caplog.clear()  # what the launches logged above (at INFO where an earlier test set gptray's level)
     with caplog.at_level("WARNING", logger="gptray.train.checkpoint_manager"):
@@ -285,7 +288,7 @@ def _rank(rank: int, store: str, parallelism: str, sharded_dir: str, results) ->
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        e = engine("train.optimizer=muon", f"train.parallelism={parallelism}", "ray.num_workers=2",
+        e = engine("optimizer.name=muon", f"train.parallelism={parallelism}", "ray.num_workers=2",
                    "train.micro_batch_size=1", rank=rank, world_size=2)
         losses = []
         for step in range(4):
@@ -316,8 +319,8 @@ def test_muon_on_two_ranks_matches_one_under_ddp_and_fsdp(tmp_path):
     step 2 resumes on 1 rank (Muon's sharded momentum resharded) along the same curve."""
     import torch.multiprocessing as mp
 
-    initial = {name: value.clone() for name, value in engine("train.optimizer=muon").module.state_dict().items()}
-    one = engine("train.optimizer=muon", "train.micro_batch_size=1")
+    initial = {name: value.clone() for name, value in engine("optimizer.name=muon").module.state_dict().items()}
+    one = engine("optimizer.name=muon", "train.micro_batch_size=1")
     reference = [one.train_step(step).loss.item() for step in range(4)]
     context = mp.get_context("spawn")
     for parallelism in ("ddp", "fsdp"):
@@ -337,7 +340,7 @@ def test_muon_on_two_ranks_matches_one_under_ddp_and_fsdp(tmp_path):
         for name, value in one.module.state_dict().items():
             moved, apart = (value - initial[name]).norm(), (torch.from_numpy(weights[name]) - value).norm()
             assert apart <= 0.05 * moved, f"{parallelism}: {name} is {apart:.2e} from 1 rank's, which moved {moved:.2e}"
-    resumed = scrambled(engine("train.optimizer=muon", "train.micro_batch_size=1"))
+    resumed = scrambled(engine("optimizer.name=muon", "train.micro_batch_size=1"))
     resumed.load_sharded(tmp_path / "sharded")
     assert [resumed.train_step(step).loss.item() for step in (2, 3)] == pytest.approx(reference[2:], abs=1e-4)
     assert os.path.isfile(tmp_path / "sharded" / "__1_0.distcp")  # written by both ranks

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from gptray.cli.main import main
-from gptray.config import ModelConfig, TrainConfig, load_config
+from gptray.config import ModelConfig, load_config
 from gptray.config.presets import PRESET_ALIASES, PRESETS, training_recipe
 from gptray.model import count_parameters
 
@@ -52,23 +50,25 @@ def test_aliases_resolve_to_the_commonly_cited_sizes():
     assert training_recipe("davinci") == training_recipe("gpt3-175b")
 
 
-def test_recipes_become_train_config_values():
-    values = training_recipe("gpt3-small").train_values(seq_len=2048)
-    assert values["batch_size"] == 256 and values["lr"] == 6.0e-4
-    assert values["min_lr"] == pytest.approx(6.0e-5)
-    assert values["warmup_steps"] == 716  # 375M tokens / 524,288 per step, rounded up
-    assert values["lr_decay_steps"] == 495_911  # 260B tokens
-    assert (values["beta1"], values["beta2"], values["weight_decay"], values["grad_clip"]) == (0.9, 0.95, 0.1, 1.0)
-    assert training_recipe("gpt3-small").train_values(seq_len=1024)["batch_size"] == 512  # same tokens per step
-    assert set(values) <= {f.name for f in dataclasses.fields(TrainConfig)}
-    config = load_config(None, ["model.preset=gpt3-small", *(f"train.{k}={v}" for k, v in values.items())])
-    assert config.train.batch_size == 256
+def test_recipes_become_config_values():
+    values = training_recipe("gpt3-small").config_values(seq_len=2048)
+    assert values["train.batch_size"] == 256 and values["optimizer.lr"] == 6.0e-4
+    assert values["schedule.min_lr"] == pytest.approx(6.0e-5)
+    assert values["schedule.warmup_steps"] == 716  # 375M tokens / 524,288 per step, rounded up
+    assert values["schedule.decay_steps"] == 495_911  # 260B tokens
+    assert (values["optimizer.beta1"], values["optimizer.beta2"], values["optimizer.weight_decay"],
+            values["optimizer.grad_clip"]) == (0.9, 0.95, 0.1, 1.0)
+    assert training_recipe("gpt3-small").config_values(seq_len=1024)["train.batch_size"] == 512  # same tokens
+    # every value is a config key: the whole recipe loads as overrides
+    config = load_config(None, ["model.preset=gpt3-small", "train.max_steps=600000",
+                                *(f"{k}={v}" for k, v in values.items())])
+    assert config.train.batch_size == 256 and config.schedule.decay_steps == 495_911
 
-    gpt2 = training_recipe("gpt2").train_values(seq_len=1024)
-    assert gpt2 == {"batch_size": 512, "lr": 6e-4}  # GPT-2's batch; GPT-3's rate at the nearest size
+    gpt2 = training_recipe("gpt2").config_values(seq_len=1024)
+    assert gpt2 == {"train.batch_size": 512, "optimizer.lr": 6e-4}  # GPT-2's batch; GPT-3's rate at the nearest
     assert training_recipe("nano").lr == 2e-3 and training_recipe("no-such-model") is None
     with pytest.raises(ValueError):
-        training_recipe("gpt3-small").train_values(seq_len=0)
+        training_recipe("gpt3-small").config_values(seq_len=0)
 
 
 def test_unknown_preset_lists_the_choices():
@@ -110,12 +110,12 @@ def test_model_import_without_its_arguments_exits_2(capsys):
 
 def test_a_preset_fills_the_run_settings_it_carries_and_explicit_values_win():
     config = load_config(None, ["model.preset=gpt3-small", "train.max_steps=1000"])
-    assert (config.train.lr, config.train.batch_size, config.train.warmup_steps) == (6e-4, 256, 716)
-    assert config.train.min_lr == pytest.approx(6e-5)
-    explicit = load_config(None, ["model.preset=gpt3-small", "train.max_steps=2000", "train.lr=1e-4",
+    assert (config.optimizer.lr, config.train.batch_size, config.schedule.warmup_steps) == (6e-4, 256, 716)
+    assert config.schedule.min_lr == pytest.approx(6e-5)
+    explicit = load_config(None, ["model.preset=gpt3-small", "train.max_steps=2000", "optimizer.lr=1e-4",
                                   "train.tokens_per_step=262144"])
-    assert (explicit.train.lr, explicit.train.batch_size) == (1e-4, 128)
+    assert (explicit.optimizer.lr, explicit.train.batch_size) == (1e-4, 128)
     quickstart = load_config(None)  # nano carries gptray's CPU settings
-    assert (quickstart.train.lr, quickstart.train.batch_size, quickstart.train.warmup_steps) == (2e-3, 8, 180)
+    assert (quickstart.optimizer.lr, quickstart.train.batch_size, quickstart.schedule.warmup_steps) == (2e-3, 8, 180)
     shorter = load_config(None, ["train.max_steps=300"])  # nano warms up over a tenth of the steps
-    assert shorter.train.warmup_steps == 30
+    assert shorter.schedule.warmup_steps == 30

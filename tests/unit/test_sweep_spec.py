@@ -11,16 +11,16 @@ from helpers import write_sweep
 
 def test_sweep_expands_axes_times_seeds_with_validated_configs(tmp_path):
     path = write_sweep(tmp_path / "grid.yaml", str(tmp_path / "data"),
-                       {"axes": {"model.n_layer": [1, 2], "train.lr": [1e-3, 3e-3]}, "seeds": [0, 1, 2]})
+                       {"axes": {"model.n_layer": [1, 2], "optimizer.lr": [1e-3, 3e-3]}, "seeds": [0, 1, 2]})
     sweep = load_sweep(path)
     assert len(sweep.trials) == 12
     first = sweep.trials[0]
     assert first.name == "n_layer=1,lr=0.001-seed0" and first.label == "n_layer=1,lr=0.001"
-    assert (first.config.model.n_layer, first.config.train.lr, first.config.train.seed) == (1, 1e-3, 0)
+    assert (first.config.model.n_layer, first.config.optimizer.lr, first.config.train.seed) == (1, 1e-3, 0)
     assert first.config.out_dir == str(tmp_path / "runs" / "grid")  # trials live in the sweep's directory
     assert first.config.tracking_uri() == sweep.base.tracking_uri()  # and log beside the sweep's run
     assert sweep.baseline() == "n_layer=1,lr=0.001"
-    assert first.tags("grid")["gptray.sweep.axis.train.lr"] == "0.001"
+    assert first.tags("grid")["gptray.sweep.axis.optimizer.lr"] == "0.001"
 
 
 def test_budget_in_tokens_matches_compute_across_shapes(tmp_path):
@@ -33,13 +33,13 @@ def test_budget_in_tokens_matches_compute_across_shapes(tmp_path):
 def test_named_variants_change_several_keys_together(tmp_path):
     path = write_sweep(tmp_path / "arch.yaml", str(tmp_path / "data"), {
         "axes": {"arch": {"wide": {"model.n_embd": 128, "model.n_head": 4},
-                          "deep": {"model.n_layer": 3, "train.lr": 1e-3}}},
+                          "deep": {"model.n_layer": 3, "optimizer.lr": 1e-3}}},
         "seeds": [0], "baseline": "deep"})
     sweep = load_sweep(path)
     wide, deep = sweep.trials
     assert (wide.name, wide.label, wide.values) == ("wide-seed0", "wide", {"arch": "wide"})
     assert (wide.config.model.n_embd, wide.config.model.n_head, wide.config.model.n_layer) == (128, 4, 1)
-    assert (deep.config.model.n_layer, deep.config.train.lr) == (3, 1e-3)
+    assert (deep.config.model.n_layer, deep.config.optimizer.lr) == (3, 1e-3)
     assert wide.tags("arch")["gptray.sweep.axis.arch"] == '"wide"'
     bad = write_sweep(tmp_path / "bad.yaml", str(tmp_path / "data"),
                       {"axes": {"arch": {"odd": {"model.n_embd": 65}}}})

@@ -1,0 +1,259 @@
+"""The training sections of a run's config: what and how long it trains (`train`), the optimizer, the learning
+rate schedule, and checkpoints; each validates its own fields, and `resolve_training` fills what they leave null.
+
+Settings left null are filled when the config resolves: the learning rate, batch size and warmup from
+the model preset's recipe (presets.py: the GPT-3 paper's for GPT-3 sizes, gptray's CPU settings for
+nano and tiny), the optimizer's other settings from `train.recipe` (recipes.py). Explicit values win.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from gptray.base.errors import ConfigError
+from gptray.config.model import ModelConfig
+from gptray.config.optimizer import OptimizerSettings
+from gptray.config.presets import training_recipe
+from gptray.config.recipes import RECIPES
+
+
+@dataclass
+class TrainConfig:
+    """What a run trains and for how long: steps, batches, the recipe and base it starts from, the numbers
+    it computes in, and how often it logs, evaluates and samples."""
+
+    max_steps: int = 1800
+    batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
+    tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
+    micro_batch_size: int = 4  # sequences per forward/backward on one worker
+    seq_len: int | None = None  # tokens per sequence; default model.block_size
+    # The optimizer settings of the GPT-3 or GPT-1/2 papers, or the usual GPT-2 fine-tuning settings
+    # (small lr, short warmup, dropout on): what the optimizer and schedule sections leave null.
+    recipe: Literal["gpt3", "gpt2", "finetune"] = "gpt3"
+    # Fine-tune: start from these weights (a gptray checkpoint or run directory, a Hugging Face
+    # GPT-2 directory, or hf:NAME) instead of a random init. The model keeps the base's architecture.
+    init_from: str | None = None
+    # z-loss (PaLM; OLMo, Levanter): the objective adds z_loss × mean(log² Z), Z the softmax normalizer of
+    # each predicted token, which keeps the logits from drifting. train/loss stays the cross-entropy alone;
+    # train/z_loss is the added term. 1e-4 is PaLM's value; 0 is off.
+    z_loss: float = 0.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
+    seed: int = 1337  # model init and data order
+    log_interval: int = 10
+    eval_interval: int = 300
+    eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
+    sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
+    peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
+
+    # Keys that lived in `train` before it was split into sections: a config using one is refused with
+    # the new key (configs saved with checkpoints are read with them moved: upgrade_saved_config).
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "optimizer": "optimizer.name", "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+        "beta1": "optimizer.beta1", "beta2": "optimizer.beta2", "eps": "optimizer.eps",
+        "grad_clip": "optimizer.grad_clip", "muon_lr": "optimizer.muon_lr", "muon_momentum": "optimizer.muon_momentum",
+        "muon_weight_decay": "optimizer.muon_weight_decay",
+        "schedule": "schedule.name", "warmup_steps": "schedule.warmup_steps", "min_lr": "schedule.min_lr",
+        "lr_decay_steps": "schedule.decay_steps", "wsd_decay_fraction": "schedule.wsd_decay_fraction",
+        "wsd_decay_shape": "schedule.wsd_decay_shape",
+        "checkpoint_interval": "checkpoint.interval", "keep_checkpoints": "checkpoint.keep",
+        "checkpoint_format": "checkpoint.format", "checkpoint_upload": "checkpoint.upload",
+        "resume_from": "checkpoint.resume_from",
+    }
+
+    def effective_seq_len(self, model: ModelConfig) -> int:
+        return self.seq_len if self.seq_len is not None else model.block_size
+
+    def grad_accum_steps(self, num_workers: int) -> int:
+        return self.batch_size // (self.micro_batch_size * num_workers)
+
+    def validate(self, model: ModelConfig, num_workers: int) -> None:
+        """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
+        for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval"):
+            _require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
+        _require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
+                 self.z_loss)
+        _require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
+        _require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
+                 self.sample_interval)
+        if self.peak_tflops is not None:
+            _require(self.peak_tflops > 0, "train.peak_tflops", "must be positive or null", self.peak_tflops)
+        if self.seq_len is not None:
+            _require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
+            if model.block_size is not None and self.seq_len > model.block_size:
+                raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
+        per_step = self.micro_batch_size * max(num_workers, 1)
+        if self.batch_size % per_step != 0:
+            raise ConfigError(
+                "train.batch_size",
+                f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
+            )
+
+
+@dataclass
+class OptimizerConfig(OptimizerSettings):
+    """The optimizer: AdamW, or Muon for the hidden matrices with AdamW for the rest. AdamW's settings
+    (weight_decay, beta1, beta2, eps, grad_clip: see OptimizerSettings) left null take train.recipe's."""
+
+    # adamw: AdamW for every parameter. muon: Muon (momentum orthogonalized by Newton–Schulz) for the
+    # hidden matrices (each 2-D weight inside the transformer blocks), AdamW with the settings here
+    # (lr, betas, eps, weight_decay) for the rest: embeddings, the head, norm gains, biases.
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float | None = None  # peak learning rate (AdamW's); null: the model preset's, or train.recipe's
+    # Muon's settings: the defaults modded-nanogpt and its Muon reference (KellerJordan/Muon's README)
+    # publish: lr 0.02 (scaled by √max(1, rows/cols) per matrix), momentum 0.95 with Nesterov, 5
+    # Newton–Schulz steps, weight decay 0.01 (the README's). The schedule scales muon_lr as it scales lr
+    # (warmup, decay, min_lr in proportion). Muon's decay per step is muon_lr × muon_weight_decay: 2e-4 at
+    # these values, the same as nano's AdamW (2e-3 × 0.1).
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.01
+
+    def validate(self) -> None:
+        """Check resolved optimizer settings; raise ConfigError naming the key."""
+        _require(self.lr > 0, "optimizer.lr", "must be positive", self.lr)
+        self.validate_optimizer("optimizer")
+        _require(self.muon_lr > 0, "optimizer.muon_lr", "must be positive", self.muon_lr)
+        _require(0 <= self.muon_momentum < 1, "optimizer.muon_momentum", "must be in [0, 1)", self.muon_momentum)
+        _require(self.muon_weight_decay >= 0, "optimizer.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning rate schedule: a linear warmup to optimizer.lr, then a decay to min_lr."""
+
+    # After the warmup: cosine (GPT-3) or linear decay to min_lr at decay_steps; or wsd
+    # (warmup-stable-decay): lr held at its peak, then decayed to min_lr over the last
+    # wsd_decay_fraction of decay_steps. A WSD checkpoint from before its decay began continues
+    # into any WSD run whose decay begins at or after its step (checkpoint.resume_from; see the README).
+    name: Literal["cosine", "wsd", "linear"] = "cosine"
+    warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
+    min_lr: float | None = None  # the end of the decay; null: optimizer.lr × the recipe's ratio
+    decay_steps: int | None = None  # the decay reaches min_lr here; default train.max_steps
+    # 0.2 and 1-sqrt (lr × (1 − √progress)): Hägele et al. 2024 ("Scaling Laws and Compute-Optimal
+    # Training Beyond Fixed Training Durations") found a 20% cooldown of this shape matches cosine.
+    # 0 never decays: a stable phase only, to be continued with a decay later.
+    wsd_decay_fraction: float = 0.2
+    wsd_decay_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
+
+    def validate(self, lr: float) -> None:
+        """Check resolved schedule settings against the peak lr; raise ConfigError naming the key."""
+        _require(0 <= self.min_lr <= lr, "schedule.min_lr", f"must be in [0, optimizer.lr = {lr:g}]", self.min_lr)
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
+        if self.decay_steps is not None:
+            _require(self.decay_steps > 0, "schedule.decay_steps", "must be positive", self.decay_steps)
+        _require(0 <= self.wsd_decay_fraction <= 1, "schedule.wsd_decay_fraction",
+                 "must be in [0, 1] (0: no decay, a stable phase only)", self.wsd_decay_fraction)
+
+
+@dataclass
+class CheckpointConfig:
+    """How often a run checkpoints, how many it keeps, in which format, and where a new run starts from."""
+
+    interval: int = 600  # optimizer steps between checkpoints (and one at the last step)
+    keep: int = 2  # the newest complete checkpoints kept; older ones (orphans too) are deleted
+    # whole: rank 0 writes model.pt and optimizer.pt (loadable with torch.load); sharded: every rank
+    # writes its own part with torch.distributed.checkpoint. auto: sharded under FSDP (no rank may
+    # hold the whole state), whole under DDP (every rank holds it anyway; see BENCHMARKS.md).
+    format: Literal["auto", "whole", "sharded"] = "auto"
+    # async: training goes on once the checkpoint is on the worker's local disk, while Ray uploads it
+    upload: Literal["async", "sync"] = "async"
+    # Start this run from another run's checkpoint (a checkpoint or run directory, local or on an object
+    # store): weights, optimizer state, step and tokens seen, as if this run had written it. Used on the
+    # run's first launch only (later launches resume from the run's own checkpoints). For continuing a
+    # WSD stable phase with a decay to a new max_steps under a new name.
+    resume_from: str | None = None
+
+    def effective_format(self, parallelism: str) -> str:
+        if self.format != "auto":
+            return self.format
+        return "sharded" if parallelism == "fsdp" else "whole"
+
+    def validate(self, init_from: str | None) -> None:
+        """Check checkpoint settings; raise ConfigError naming the key."""
+        _require(self.interval > 0, "checkpoint.interval", "must be positive", self.interval)
+        _require(self.keep > 0, "checkpoint.keep", "must be positive", self.keep)
+        if self.resume_from is not None and init_from is not None:
+            raise ConfigError("checkpoint.resume_from", "set checkpoint.resume_from (a whole training state) or "
+                                                        "train.init_from (weights only), not both")
+
+
+def resolve_training(train: TrainConfig, optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                     model: ModelConfig) -> None:
+    """Fill null settings from the model preset's recipe and train.recipe (in place; the model resolved)."""
+    recipe = RECIPES[train.recipe]
+    preset = training_recipe(model.preset)
+    seq_len = train.effective_seq_len(model)
+    if seq_len <= 0:
+        raise ConfigError("train.seq_len", f"must be positive (got {seq_len})")
+    if train.tokens_per_step is not None:
+        if train.tokens_per_step <= 0 or train.tokens_per_step % seq_len:
+            raise ConfigError("train.tokens_per_step", f"must be a positive multiple of the sequence length "
+                                                       f"{seq_len} (got {train.tokens_per_step})")
+        train.batch_size = train.tokens_per_step // seq_len
+    # A fine-tuning recipe's lr and batch beat the pretraining preset's.
+    where = f"model preset {model.preset!r}" if model.preset else "a model without a preset"
+    if train.batch_size is None:
+        train.batch_size = _first_given((recipe, preset), lambda r: r.batch_sequences(seq_len), "train.batch_size",
+                                        f"{where} carries no default (train.batch_size=8 or "
+                                        "train.tokens_per_step=524288)")
+    if optimizer.lr is None:
+        optimizer.lr = _first_given((recipe, preset), lambda r: r.lr, "optimizer.lr",
+                                    f"{where} carries no default (optimizer.lr=6e-4)")
+    optimizer.fill_from(recipe.optimizer)
+    if schedule.min_lr is None:
+        schedule.min_lr = optimizer.lr * recipe.min_lr_ratio
+    if schedule.warmup_steps is None:
+        schedule.warmup_steps, source = _warmup(train, recipe, preset, model, seq_len)
+        if schedule.warmup_steps >= train.max_steps:
+            raise ConfigError("schedule.warmup_steps", f"{source} warmup is {schedule.warmup_steps:,} steps at "
+                                                       f"{train.batch_size * seq_len:,} tokens/step, not shorter "
+                                                       f"than train.max_steps={train.max_steps:,}; set "
+                                                       "schedule.warmup_steps")
+
+
+def _first_given(recipes, value_of, key: str, missing: str):
+    for recipe in recipes:
+        if recipe is not None and (value := value_of(recipe)) is not None:
+            return value
+    raise ConfigError(key, f"must be set: {missing}")
+
+
+def _warmup(train: TrainConfig, recipe, preset, model: ModelConfig, seq_len: int) -> tuple[int, str]:
+    """The warmup a run takes when it sets none, and whose it is: a fraction of the steps (the fine-tuning
+    recipe's, else the preset's), the preset's tokens, else train.recipe's steps or tokens."""
+    tokens = max(train.batch_size * seq_len, 1)  # a bad batch_size is reported by validation
+    if recipe.warmup_fraction is not None:
+        return min(math.ceil(recipe.warmup_fraction * train.max_steps), train.max_steps - 1), \
+            f"the {train.recipe} recipe's"
+    if preset is not None and preset.warmup_fraction is not None:
+        return min(math.ceil(preset.warmup_fraction * train.max_steps), train.max_steps - 1), \
+            f"the {model.preset} preset's"
+    if preset is not None and preset.warmup_tokens is not None:
+        return -(-preset.warmup_tokens // tokens), f"the {model.preset} preset's"
+    if recipe.warmup_steps is not None:
+        return recipe.warmup_steps, f"the {train.recipe} recipe's"
+    return -(-recipe.warmup_tokens // tokens), f"the {train.recipe} recipe's"
+
+
+def upgrade_saved_config(data: dict) -> dict:
+    """A config as a checkpoint or run saved it, with the keys of the layout before `train` was split moved
+    into their sections (a run saved before the split resumes, generates and evaluates as it did)."""
+    train = data.get("train")
+    if not isinstance(train, dict) or not any(key in train for key in TrainConfig.MOVED_KEYS):
+        return data
+    data = {**data, "train": dict(train)}
+    for old, new in TrainConfig.MOVED_KEYS.items():
+        if old in data["train"]:
+            section, key = new.split(".")
+            data[section] = {**(data.get(section) or {}), key: data["train"].pop(old)}
+    return data
+
+
+def _require(ok: bool, key: str, message: str, value) -> None:
+    if not ok:
+        raise ConfigError(key, f"{message} (got {value!r})")
