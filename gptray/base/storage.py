@@ -44,7 +44,7 @@ class Storage:
         self.fs, self.base = resolve(location)
 
     @classmethod
-    def of(cls, location: str | Path | Storage) -> Storage:
+    def of(cls, location: Location) -> Storage:
         """A location as a Storage; a Storage is taken as it is (its filesystem is not looked up again)."""
         return location if isinstance(location, Storage) else cls(str(location))
 
@@ -327,3 +327,8 @@ def _hidden(relative: str) -> bool:
 
 def _mtime_ns(info: pafs.FileInfo) -> int:
     return int(info.mtime_ns or 0) if info.mtime is not None else 0
+
+
+# Where a file or directory is, as callers hold it: a local path (str or Path), an object-store URI, or a
+# Storage already resolved. Library functions take any of them and resolve it once, with Storage.of.
+Location = str | Path | Storage

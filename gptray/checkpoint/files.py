@@ -27,7 +27,7 @@ import yaml
 
 from gptray.base.errors import CheckpointError
 from gptray.base.paths import cache_home, is_uri
-from gptray.base.storage import Storage
+from gptray.base.storage import Location, Storage
 from gptray.checkpoint.sharded import SHARDED, WHOLE, load_sharded_model
 from gptray.config import ExperimentConfig
 from gptray.config.model import ModelConfig
@@ -94,7 +94,7 @@ def write_state(directory: str | Path, state: TrainingState, config: ExperimentC
     os.replace(tmp, directory / STATE_FILE)
 
 
-def read_state(directory: str | Path | Storage) -> TrainingState:
+def read_state(directory: Location) -> TrainingState:
     """A checkpoint's state.json, from a local directory or an object store."""
     store = Storage.of(directory)
     if not store.exists(STATE_FILE):
@@ -105,14 +105,14 @@ def read_state(directory: str | Path | Storage) -> TrainingState:
         raise CheckpointError(f"{store.uri(STATE_FILE)} is malformed: {exc}") from None
 
 
-def read_config(directory: str | Path | Storage) -> ExperimentConfig:
+def read_config(directory: Location) -> ExperimentConfig:
     store = Storage.of(directory)
     if not store.exists("config.yaml"):
         raise CheckpointError(f"{store.uri()} has no config.yaml")
     return ExperimentConfig.from_saved(yaml.safe_load(store.read_bytes("config.yaml")))
 
 
-def load_tensors(directory: str | Path | Storage, name: str, device: torch.device | str = "cpu"):
+def load_tensors(directory: Location, name: str, device: torch.device | str = "cpu"):
     """A tensor file of a checkpoint in a local directory or on an object store (read whole)."""
     store = Storage.of(directory)
     if not store.exists(name):
@@ -137,7 +137,7 @@ def load_model_state(directory: str | Path, template: dict[str, torch.Tensor],
     return load_tensors(directory, "model.pt", device)
 
 
-def optional_tensors(directory: str | Path | Storage, name: str, device: torch.device | str = "cpu"):
+def optional_tensors(directory: Location, name: str, device: torch.device | str = "cpu"):
     """Like load_tensors, but None when the checkpoint has no such file (e.g. no scaler in fp32)."""
     return load_tensors(directory, name, device) if Storage.of(directory).exists(name) else None
 
@@ -219,7 +219,16 @@ def prune_orphans(run: Storage, registered: set[str]) -> list[str]:
     return doomed
 
 
-def copy_checkpoint(source: str | Path | Storage, run: Storage) -> str:
+def keep_newest(run: Storage, keep: int) -> list[str]:
+    """Delete every checkpoint of a run but its `keep` newest complete ones (what Ray Train's num_to_keep does
+    for the checkpoints it registers, for a run that registers none: local mode); their names."""
+    found = sorted(((int(m.group(1)), name) for name in run.list_dirs() if (m := CHECKPOINT_DIR.match(name))),
+                   reverse=True)
+    newest = [name for _, name in found if is_complete(run.child(name))][:keep]
+    return prune_orphans(run, set(newest))
+
+
+def copy_checkpoint(source: Location, run: Storage) -> str:
     """Copy a complete checkpoint into a run directory under its step's name (which it returns), where the
     run's resume finds it as one of its own. A copy cut short is no checkpoint: state.json lists every
     file's size (is_complete), whatever order the files arrive in."""
@@ -232,7 +241,7 @@ def copy_checkpoint(source: str | Path | Storage, run: Storage) -> str:
     return name
 
 
-def missing_files(directory: str | Path | Storage) -> list[str]:
+def missing_files(directory: Location) -> list[str]:
     """What keeps a checkpoint from being complete: state.json, or files it lists absent or cut short."""
     store = Storage.of(directory)
     try:
@@ -249,7 +258,7 @@ def missing_files(directory: str | Path | Storage) -> list[str]:
     return problems
 
 
-def is_complete(directory: str | Path | Storage) -> bool:
+def is_complete(directory: Location) -> bool:
     """A checkpoint whose state.json and every file it lists are there, at their recorded sizes."""
     return not missing_files(directory)
 

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import torch
 
 from gptray.base.errors import CheckpointError
-from gptray.base.storage import Storage, join
+from gptray.base.storage import Location, Storage, join
 
 WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
 SHARDED = "sharded"  # DCP files, one per rank
@@ -70,7 +70,7 @@ def start_sharded_save(directory: str | Path, state: dict, process_group=None):
     return getattr(response, "upload_completion", response)  # an AsyncSaveResponse in some versions
 
 
-def load_sharded(directory: str | Path | Storage, state: dict) -> dict:
+def load_sharded(directory: Location, state: dict) -> dict:
     """Fill `state` in place from a sharded checkpoint: whatever keys and shards it holds, nothing more
     (a tied head is filled through its embedding, which it shares memory with). `directory` may be on
     an object store: each rank then reads only the byte ranges of the pieces it holds."""

@@ -36,8 +36,9 @@ def build(cls: type[T], data: Any, prefix: str = "") -> T:
     moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
         if key in moved:
-            raise ConfigError(_join(prefix, str(key)), f"has moved to {moved[key]} (write {moved[key]}=…, or the key "
-                                                       f"under a {moved[key].split('.')[0]}: section)")
+            section, new_key = moved[key].split(".", 1)
+            raise ConfigError(_join(prefix, str(key)), f"has moved to {moved[key]} (write {moved[key]}=…, or "
+                                                       f"{new_key}: in the {section}: section of a YAML file)")
         if key not in fields:
             raise ConfigError(_join(prefix, str(key)), _unknown_key_message(str(key), fields, moved))
     values = {name: coerce(hints[name], data[name], _join(prefix, name)) for name in fields if name in data}

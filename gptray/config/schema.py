@@ -192,7 +192,10 @@ class DataConfig:
 class RayConfig:
     address: str | None = None  # null: join the cluster this process belongs to, else start a local one
     num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
-    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    # Ray Train workers (DDP ranks). 0 is local mode: the training loop runs in the launching process, on one
+    # device, without starting Ray, so a debugger's breakpoint in it stops there; checkpoints, resume,
+    # tracking and samples work as with workers.
+    num_workers: int = 2
     use_gpu: bool = False  # one GPU per worker, NCCL; else CPU workers with gloo
     # CPUs each worker asks for. auto: one each where that fits (and on a cluster that can grow), else an
     # equal share of a fixed cluster's CPUs beside a sweep's trial drivers (gptray/base/cluster.py).
@@ -204,9 +207,15 @@ class RayConfig:
     # null: wait as long as it takes, saying every 30 s what is pending.
     wait_timeout_s: float | None = None
 
+    @property
+    def local_mode(self) -> bool:
+        """Whether a run trains in the launching process (ray.num_workers=0), not on Ray Train workers."""
+        return self.num_workers == 0
+
     def validate(self) -> None:
         """Check every ray setting; raise ConfigError naming the key."""
-        _require(self.num_workers >= 1, "ray.num_workers", "must be >= 1", self.num_workers)
+        _require(self.num_workers >= 0, "ray.num_workers", "must be >= 0 (0: local mode, in this process)",
+                 self.num_workers)
         _require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
                  "must be positive or auto", self.cpus_per_worker)
         _require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)

@@ -6,10 +6,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gptray.base.errors import ConfigError, DataError
-from gptray.base.storage import Storage
+from gptray.base.storage import Location, Storage
 from gptray.config.loader import build
 
 MANIFEST_NAME = "manifest.json"
@@ -107,14 +106,14 @@ class Manifest:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, dataset_dir: str | Path | Storage) -> str:
+    def save(self, dataset_dir: Location) -> str:
         """Write manifest.json atomically (readers never see a half-written one); returns its location."""
         store = dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
         store.write_bytes(MANIFEST_NAME, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         return store.uri(MANIFEST_NAME)
 
     @classmethod
-    def load(cls, dataset_dir: str | Path | Storage) -> Manifest:
+    def load(cls, dataset_dir: Location) -> Manifest:
         """The manifest of a token dataset in a local directory or at an object-store URI."""
         store = dataset_dir if isinstance(dataset_dir, Storage) else Storage(str(dataset_dir))
         where = store.uri(MANIFEST_NAME)

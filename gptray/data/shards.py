@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gptray.base.errors import DataError
-from gptray.base.storage import Storage
+from gptray.base.storage import Location, Storage
 from gptray.data.manifest import ShardInfo
 
 ROW_GROUP_DOCUMENTS = 8192
@@ -45,7 +45,7 @@ class TokenShardWriter:
     """Collects whole documents of one split of one read task and writes a shard once it holds `shard_tokens`
     tokens (a task's last shard of a split holds the rest)."""
 
-    def __init__(self, dataset_dir: str | Path | Storage, split: str, dtype: np.dtype, shard_tokens: int,
+    def __init__(self, dataset_dir: Location, split: str, dtype: np.dtype, shard_tokens: int,
                  task: int = 0, with_prompts: bool = False):
         self.storage = Storage.of(dataset_dir)
         self.split = split
@@ -133,7 +133,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool:
+def shard_is_intact(dataset_dir: Location, shard: ShardInfo) -> bool:
     """Whether a shard exists with exactly the bytes its manifest entry describes."""
     store = Storage.of(dataset_dir)
     try:
@@ -143,7 +143,7 @@ def shard_is_intact(dataset_dir: str | Path | Storage, shard: ShardInfo) -> bool
     return len(data) == shard.bytes and hashlib.sha256(data).hexdigest() == shard.sha256
 
 
-def read_shard(dataset_dir: str | Path | Storage, shard: ShardInfo, verify: bool = True) -> pa.Table:
+def read_shard(dataset_dir: Location, shard: ShardInfo, verify: bool = True) -> pa.Table:
     """A shard's rows (local, or an object store read in parallel ranges); with `verify`, its bytes must match
     the manifest checksum."""
     store = Storage.of(dataset_dir)

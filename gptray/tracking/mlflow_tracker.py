@@ -18,7 +18,7 @@ import weakref
 from pathlib import Path
 
 from gptray.base.paths import is_uri
-from gptray.base.storage import Storage
+from gptray.base.storage import Location, Storage
 from gptray.config import ExperimentConfig, flatten
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class MlflowTracker:
         """Try now to send the metrics kept, waiting at most `timeout` s; True when nothing is left."""
         return self._sender.flush(timeout)
 
-    def save_outbox(self, run_dir: str | Path | Storage) -> int:
+    def save_outbox(self, run_dir: Location) -> int:
         """Keep undelivered metric points in the run directory, for a later launch to send; stops the sender."""
         self.flush()
         self._sender.stop(STOP_SECONDS)
@@ -168,7 +168,7 @@ class MlflowTracker:
                     len(points), run.uri(OUTBOX))
         return len(points)
 
-    def send_outbox(self, run_dir: str | Path | Storage) -> None:
+    def send_outbox(self, run_dir: Location) -> None:
         """Send the points an earlier process kept (see save_outbox); the file goes once they are sent.
 
         Sent from the caller's thread: the driver does this before training, not at a step.
@@ -186,7 +186,7 @@ class MlflowTracker:
             run.delete(OUTBOX)
             log.info("MLflow: sent %d metric point(s) kept from an earlier launch", len(points))
 
-    def finish(self, status: str = "FINISHED", run_dir: str | Path | Storage | None = None) -> bool:
+    def finish(self, status: str = "FINISHED", run_dir: Location | None = None) -> bool:
         """Close the run; with `run_dir`, note in its run record whether that reached the server.
 
         The sender stops; metrics it could not send stay in memory for a later flush() or save_outbox().
@@ -413,7 +413,7 @@ def _local_artifact_location(uri: str, out_dir: str) -> str | None:
     return None
 
 
-def tracking_settled(run_dir: str | Path | Storage) -> bool:
+def tracking_settled(run_dir: Location) -> bool:
     """Nothing left to tell MLflow about a run: no unsent metrics, and its run was closed (or never tracked)."""
     run = Storage.of(run_dir)
     if run.exists(OUTBOX):
@@ -421,7 +421,7 @@ def tracking_settled(run_dir: str | Path | Storage) -> bool:
     return read_run_record(run).get("closed", True)
 
 
-def read_run_record(run_dir: str | Path | Storage) -> dict:
+def read_run_record(run_dir: Location) -> dict:
     """The run record of a run directory (which MLflow run it logs to); empty if it has none."""
     run = Storage.of(run_dir)
     return json.loads(run.read_bytes(RUN_RECORD)) if run.exists(RUN_RECORD) else {}

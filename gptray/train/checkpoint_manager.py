@@ -53,7 +53,7 @@ class CheckpointManager:
                  engine: TrainingEngine | None = None):
         self.config, self.run, self.fingerprint, self.order = config, run, dataset_fingerprint, order
         self.engine = engine
-        self._writer = CheckpointWriter(engine, config) if engine is not None else None
+        self._writer = CheckpointWriter(engine, config, run) if engine is not None else None
 
     # The driver's side.
 

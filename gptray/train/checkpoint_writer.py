@@ -22,7 +22,15 @@ import torch
 import torch.distributed as dist
 
 from gptray.base.devices import PeakMemory
-from gptray.checkpoint.files import TrainingState, checkpoint_dir_name, local_files, save_checkpoint, write_state
+from gptray.base.storage import Storage
+from gptray.checkpoint.files import (
+    TrainingState,
+    checkpoint_dir_name,
+    keep_newest,
+    local_files,
+    save_checkpoint,
+    write_state,
+)
 from gptray.checkpoint.sharded import SHARDED, save_sharded, start_sharded_save
 from gptray.config import ExperimentConfig
 from gptray.train.engine import TrainingEngine
@@ -51,8 +59,11 @@ class _InFlight:
 
 
 class CheckpointWriter:
-    def __init__(self, engine: TrainingEngine, config: ExperimentConfig):
-        self.engine, self.config = engine, config
+    """Writes a run's checkpoints from every rank and reports them to Ray Train, which stores them in the run
+    directory; in local mode (ray.num_workers=0), where Ray stores nothing, it stores them itself."""
+
+    def __init__(self, engine: TrainingEngine, config: ExperimentConfig, run: Storage):
+        self.engine, self.config, self.run = engine, config, run
         self.sharded = config.checkpoint.effective_format(config.train.parallelism) == SHARDED
         self.in_background = self.sharded and config.checkpoint.upload == "async"
         self.in_flight: _InFlight | None = None
@@ -148,6 +159,9 @@ class CheckpointWriter:
                         {name: size for rank_files in files for name, size in rank_files.items()})
 
     def _report(self, step: int, report: dict, directory: Path | None) -> None:
+        if self.config.ray.local_mode:
+            self._store(step, directory)
+            return
         import ray.train  # heavy, and only in Ray Train workers
         from ray.train import Checkpoint
         from ray.train.v2.api.report_config import CheckpointUploadMode
@@ -157,3 +171,13 @@ class CheckpointWriter:
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None,
                          checkpoint_dir_name=checkpoint_dir_name(step), checkpoint_upload_mode=upload,
                          delete_local_checkpoint_after_upload=True)
+
+    def _store(self, step: int, directory: Path) -> None:
+        """Local mode: the checkpoint into the run directory (state.json lists every file's size, so a copy cut
+        short is incomplete), then only the newest checkpoint.keep of them kept, as Ray keeps them."""
+        name = checkpoint_dir_name(step)
+        try:
+            self.run.child(name).upload(directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        keep_newest(self.run, self.config.checkpoint.keep)

@@ -9,6 +9,7 @@ the workers receive (train/worker_inputs.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from gptray.base.cluster import live_cluster
+from gptray.base.cluster import Cluster, live_cluster
 from gptray.base.errors import Interrupted
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
@@ -32,7 +33,7 @@ from gptray.tracking.run_tracking import check_tracking_store, finish_run_tracki
 from gptray.train.checkpoint_manager import CheckpointManager, ResumePoint
 from gptray.train.finetune import base_for_run
 from gptray.train.loop import final_sample_name
-from gptray.train.placement import PendingReporter, plan_workers
+from gptray.train.placement import PendingReporter, WorkerPlan, plan_workers
 from gptray.train.ray_trainer import build_trainer, checkpoints_kept, fit
 from gptray.train.worker_inputs import WorkerInputs
 
@@ -73,10 +74,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     if resume.step >= config.train.max_steps:
         return _already_trained(config, run, resume, started, sample, tracker)
 
-    init_ray(config.ray.address, config.ray.num_cpus)
-    cluster = live_cluster(config.ray.autoscaling)
-    plan = plan_workers(config.ray, cluster, f"run {config.name}")  # refuses what can never fit, before any work
-    check_tracking_store(config, cluster)
+    plan, cluster = _plan(config)
     _write_run_files(config, run, tokenizer)
     inputs = WorkerInputs(
         config=config, dataset=Storage(config.data.dataset_dir), run=run, order=order,
@@ -90,7 +88,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tracker.send_outbox(run)
         inputs.mlflow_run_id, inputs.tracking_uri = tracker.run_id, tracker.tracking_uri
 
-    with PendingReporter(plan, cluster):
+    with PendingReporter(plan, cluster) if plan else contextlib.nullcontext():
         fitted = _fit(build_trainer(config, plan, inputs, callbacks), config, checkpoints, tracker)
     checkpoints.prune(checkpoints_kept(fitted))  # the run is settled: no upload is in flight
     final = checkpoints.latest()
@@ -102,6 +100,18 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         finish_run_tracking(tracker, run, config,
                             (text, final_sample_name(final_state.step)) if text is not None else None)
     return _result(config, final, resume.step, final_state.step, text, started, tracker, relaunch=False)
+
+
+def _plan(config: ExperimentConfig) -> tuple[WorkerPlan | None, Cluster | None]:
+    """Ray, the cluster and the workers' resources, refused now where they can never fit; none of it in
+    local mode (ray.num_workers=0), which trains in this process."""
+    if config.ray.local_mode:
+        return None, None
+    init_ray(config.ray.address, config.ray.num_cpus)
+    cluster = live_cluster(config.ray.autoscaling)
+    plan = plan_workers(config.ray, cluster, f"run {config.name}")  # refuses what can never fit, before any work
+    check_tracking_store(config, cluster)
+    return plan, cluster
 
 
 def _write_run_files(config: ExperimentConfig, run: Storage, tokenizer) -> None:

@@ -14,17 +14,19 @@ from gptray.train.placement import WorkerPlan, controller_retries
 from gptray.train.worker_inputs import WorkerInputs
 
 
-def build_trainer(config: ExperimentConfig, plan: WorkerPlan, inputs: WorkerInputs, callbacks: list | None = None):
-    """Ray Train's TorchTrainer for this run: the workers' inputs, their resources, where checkpoints go."""
+def build_trainer(config: ExperimentConfig, plan: WorkerPlan | None, inputs: WorkerInputs,
+                  callbacks: list | None = None):
+    """Ray Train's TorchTrainer for this run: the workers' inputs, their resources (`plan`; None in local
+    mode), where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
 
+    scaling = ScalingConfig(num_workers=0) if plan is None else ScalingConfig(
+        num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=plan.resources,
+        accelerator_type=config.ray.accelerator_type)
     return _torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config=inputs.as_loop_config(),
-        scaling_config=ScalingConfig(
-            num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=plan.resources,
-            accelerator_type=config.ray.accelerator_type,
-        ),
+        scaling_config=scaling,
         run_config=RunConfig(
             name=config.name,
             **_ray_storage(config.out_dir),
@@ -42,7 +44,8 @@ def fit(trainer, config: ExperimentConfig):
     """trainer.fit(), with a worker's own data or checkpoint error raised as itself, any other failure as
     TrainingError, and Ctrl-C as KeyboardInterrupt."""
     try:
-        return _fit_interruptibly(trainer)
+        # Local mode trains in this thread: a debugger's breakpoint stops there, and Ctrl-C arrives as it is.
+        return trainer.fit() if config.ray.local_mode else _fit_interruptibly(trainer)
     except KeyboardInterrupt:
         raise
     except Exception as exc:

@@ -116,6 +116,9 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
     from ray import tune
 
     base, spec = sweep.base, sweep.spec
+    if base.ray.local_mode:
+        raise ConfigError("ray.num_workers", "is 0 (local mode: one run in the launching process); a sweep's "
+                                             "trials train on Ray Train workers: set it to 1 or more")
     if is_uri(sweep.directory):
         # Tune's own state and restore (tune.Tuner.restore) go through a local path here.
         raise ConfigError("out_dir", f"a sweep needs a local or shared-filesystem out_dir, not {base.out_dir}; "

@@ -3,6 +3,7 @@ tested under the block order, in test_streaming.py: the same mechanism, with the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,26 @@ def test_one_worker_sees_the_same_global_batches_as_two(reference_run, shakespea
     close(ours, theirs, range(1, 13), tolerance=2e-3)
     # 15 validation windows: 8 + 7 on two ranks (one padded pass), 15 on one
     close(metric_history(result, "val/loss"), metric_history(reference, "val/loss"), [12], tolerance=2e-3)
+
+
+def test_local_mode_trains_in_this_process_as_one_worker_would(reference_run, shakespeare_dataset, tmp_path):
+    """ray.num_workers=0: the loop runs in this process, without Ray Train workers (a breakpoint in it stops
+    there). It reads the same global batches as two workers, stores its checkpoints itself, keeping
+    checkpoint.keep of them, and a relaunch resumes from them."""
+    _, reference = reference_run
+    config = small_run_config(tmp_path, shakespeare_dataset, "name=local", "train.max_steps=12", "ray.num_workers=0",
+                              "checkpoint.interval=6", "checkpoint.keep=1")
+    first = pretrain(config, sample=False)
+    run_dir = Path(first.run_dir)
+    assert [p.name for p in run_dir.glob("checkpoint_*")] == ["checkpoint_00000012"]
+    assert read_state(first.checkpoint).world_size == 1
+    ours, theirs = metric_history(first, "train/loss"), metric_history(reference, "train/loss")
+    assert ours[1] == pytest.approx(theirs[1], abs=1e-6)
+    close(ours, theirs, range(1, 13), tolerance=2e-3)
+
+    resumed = pretrain(dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=24)))
+    assert (resumed.start_step, resumed.final_step) == (12, 24) and resumed.sample
+    close(metric_history(resumed, "train/loss"), theirs, range(13, 25), tolerance=2e-3)
 
 
 def test_fsdp_writes_sharded_checkpoints_that_resume_exactly_and_reshard_across_world_sizes(

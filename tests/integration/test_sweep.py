@@ -15,7 +15,7 @@ import pytest
 from gptray.checkpoint.files import STATE_FILE
 from gptray.cli.main import main as cli
 from gptray.tune.spec import group_label
-from helpers import REPO, TINY_TRIALS, interruptible_command, write_sweep
+from helpers import REPO, interruptible_command, write_sweep
 
 
 def children(client, parent_run_id: str):
