@@ -177,6 +177,7 @@ class CheckpointWriter:
         short is incomplete), then only the newest checkpoint.keep of them kept, as Ray keeps them."""
         name = checkpoint_dir_name(step)
         try:
+            self.run.make_dirs(name)
             self.run.child(name).upload(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
