@@ -47,3 +47,14 @@ def load_experiment(args, hub: bool = True, settings: dict | None = None):
     if args.config is None:
         log.info("no --config given: using the built-in defaults (the quickstart config)")
     return load_finetune_config(args.config, args.overrides, hub=hub, settings=settings)
+
+
+def print_mlflow_address(tracking_uri: str, run_id: str, experiment_id: str | None = None) -> None:
+    """The line under an "MLflow …" line: the run's page in the UI's model-training view (and how to serve it)."""
+    from gptray.tracking.links import run_ui_url, ui_command
+
+    url = run_ui_url(tracking_uri, run_id, experiment_id)
+    if url is None:
+        return
+    command = ui_command(tracking_uri)
+    print(f"           open {url}" + (f" after `{command}`" if command else ""))
