@@ -27,10 +27,17 @@ OVERRIDES_HELP = "config overrides as dotted key=value, e.g. train.max_steps=50 
 log = logging.getLogger("gptray.cli")
 
 
+def add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="also show Ray's own per-report output (Ray Train's TrainingReport lines) on the console; "
+                             "on a cluster, give the job GPTRAY_VERBOSE=1 in its runtime env for its workers")
+
+
 def add_command(commands, name: str, help: str, description: str, config: bool = True) -> argparse.ArgumentParser:
     """A subcommand with the shared epilog; with `config`, it takes --config FILE.yaml and key=value overrides."""
     parser = commands.add_parser(name, help=help, description=textwrap.dedent(description), epilog=EXIT_CODES_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbose(parser, argparse.SUPPRESS)  # `gptray COMMAND --verbose` as well as `gptray --verbose COMMAND`
     if config:
         parser.add_argument("--config", metavar="FILE.yaml",
                             help="experiment config (default: the built-in quickstart config)")
