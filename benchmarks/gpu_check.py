@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # one H100/H200: at most ~8 minutes
     python benchmarks/gpu_check.py --cpu-smoke --out /tmp/gc.json  # the same code on CPU, nano model, seconds
+                                                                   # (--smoke, as every benchmark has, is the same)
 
 Sections, in the order they run. Each has its own try/except and time budget, prints as it goes, and the
 JSON is rewritten after every one, so a run cut short keeps what it had measured:
@@ -1138,8 +1139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=default_out,
                         help="where the results JSON goes (default: $OUT/gpu_check.json where $OUT is set, "
                              "else ./gpu_check.json)")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run on CPU with the nano preset at T=64 (seconds); CUDA-only sections are skipped")
+    parser.add_argument("--cpu-smoke", "--smoke", dest="cpu_smoke", action="store_true",
+                        help="run on CPU with the nano preset at T=64 (seconds); CUDA-only sections are skipped "
+                             "(--smoke, every benchmark's check that it runs, is the same)")
     parser.add_argument("--minutes", type=float, default=8.0,
                         help="time limit of the whole run (default 8); sections left when it is spent are "
                              "skipped, and a watchdog stops a run still going 60 s after it")

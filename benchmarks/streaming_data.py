@@ -1,7 +1,7 @@
 """Streaming training data: time to first step against dataset size, data wait with and without prefetch,
 and how evenly a mixture is spread over global batches, global order vs block order.
 
-    python benchmarks/streaming_data.py [--shard-tokens N] [--sizes 4,40,400] [--rounds 3] [--steps N]
+    python benchmarks/streaming_data.py [--shard-tokens N] [--sizes 4,40,400] [--rounds 3] [--steps N] [--smoke]
 
 1. Time to first step. Datasets of 1×, 10× and 100× a base size are made of copies of one Parquet shard
    of `--shard-tokens` Zipf-distributed token ids (its copies count as distinct shards, as the trainer
@@ -163,14 +163,18 @@ def mixture_spread(global_batch: int, batches: int = 2000) -> list[tuple]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard-tokens", type=int, default=1_000_000)
     parser.add_argument("--sizes", default="4,40,400", help="shard copies of each dataset size (default 4,40,400)")
     parser.add_argument("--block-shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=36, help="steps of the data-wait runs (default 36)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="check that it runs: shards of 20,000 tokens, datasets of 1 and 2, one round, 4 steps")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.shard_tokens, args.sizes, args.rounds, args.steps = 20_000, "1,2", 1, 4
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     root = Path(tempfile.mkdtemp(prefix="gptray-streaming-"))
     try:
