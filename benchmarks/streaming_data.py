@@ -171,10 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=36, help="steps of the data-wait runs (default 36)")
     parser.add_argument("--smoke", action="store_true",
-                        help="check that it runs: shards of 20,000 tokens, datasets of 1 and 2, one round, 4 steps")
+                        help="check that it runs: shards of 20,000 tokens, datasets of 1 and 2, one round, 2 steps, "
+                             "100 batches")
     args = parser.parse_args(argv)
+    batches = 2000  # global batches of the mixture spread
     if args.smoke:
-        args.shard_tokens, args.sizes, args.rounds, args.steps = 20_000, "1,2", 1, 4
+        args.shard_tokens, args.sizes, args.rounds, args.steps, batches = 20_000, "1,2", 1, 2, 100
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     root = Path(tempfile.mkdtemp(prefix="gptray-streaming-"))
     try:
@@ -215,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"[{min(fractions):.3f}–{max(fractions):.3f}] | {statistics.median([s for _, s in results]):.3f} |",
                   flush=True)
         for global_batch in (64, 512):
-            print(f"\n## mixture share per global batch of {global_batch} (2,000 batches)")
+            print(f"\n## mixture share per global batch of {global_batch} ({batches:,} batches)")
             print("| source | dataset share | block: mean ± std [min–max] | global: mean ± std [min–max] |")
             print("|---|---|---|---|")
-            for s, share, bm, bsd, bmin, bmax, gm, gsd, gmin, gmax in mixture_spread(global_batch):
+            for s, share, bm, bsd, bmin, bmax, gm, gsd, gmin, gmax in mixture_spread(global_batch, batches):
                 print(f"| {s} | {share:.4f} | {bm:.4f} ± {bsd:.4f} [{bmin:.4f}–{bmax:.4f}] | "
                       f"{gm:.4f} ± {gsd:.4f} [{gmin:.4f}–{gmax:.4f}] |")
     finally:
