@@ -17,7 +17,7 @@ import time
 import weakref
 from pathlib import Path
 
-from gptray.base.errors import DataError
+from gptray.base.errors import GptrayError
 from gptray.base.paths import is_uri
 from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig, flatten
@@ -139,7 +139,7 @@ class MlflowTracker:
         nothing if it has no manifest yet (a sweep's parent run may start before its trials tokenize)."""
         try:
             manifest = Manifest.load(dataset_dir)
-        except DataError:
+        except GptrayError:  # none there (yet), or its storage unreadable now: the run goes on without the input
             return
         self._call(log_dataset_input, self.client, self.run_id, manifest, dataset_dir)
 
