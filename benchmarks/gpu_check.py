@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # one H100/H200: at most ~8 minutes
     python benchmarks/gpu_check.py --cpu-smoke --out /tmp/gc.json  # the same code on CPU, nano model, seconds
+                                                                   # (--smoke, as every benchmark has, is the same)
 
 Sections, in the order they run. Each has its own try/except and time budget, prints as it goes, and the
 JSON is rewritten after every one, so a run cut short keeps what it had measured:
@@ -14,7 +15,7 @@ JSON is rewritten after every one, so a run cut short keeps what it had measured
   flash           [CUDA] causal attention runs with SDPA restricted to FLASH_ATTENTION (the profile shows the
                   flash op) and matches fp32; a document-masked model is refused there, so the restriction is real
   fused_adamw     five fused AdamW steps equal the unfused (for-loop) ones; on CUDA the engine's is fused
-  checkpoint      TrainingEngine.full_state → save_checkpoint → load_tensors → load_state, as the training
+  checkpoint      TrainingEngine.full_state → save_checkpoint → load_tensors → load_full_state, as the training
                   loop does: the next two steps' losses equal the uninterrupted run's (bf16; fp16 with its GradScaler)
   fsdp            train.parallelism=fsdp (FSDP2, fully_shard) on a one-process group (NCCL; gloo on CPU)
                   trains like the plain engine (equal losses and parameters after three steps), and its
@@ -1138,8 +1139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=default_out,
                         help="where the results JSON goes (default: $OUT/gpu_check.json where $OUT is set, "
                              "else ./gpu_check.json)")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run on CPU with the nano preset at T=64 (seconds); CUDA-only sections are skipped")
+    parser.add_argument("--cpu-smoke", "--smoke", dest="cpu_smoke", action="store_true",
+                        help="run on CPU with the nano preset at T=64 (seconds); CUDA-only sections are skipped "
+                             "(--smoke, every benchmark's check that it runs, is the same)")
     parser.add_argument("--minutes", type=float, default=8.0,
                         help="time limit of the whole run (default 8); sections left when it is spent are "
                              "skipped, and a watchdog stops a run still going 60 s after it")

@@ -1,7 +1,7 @@
 """Streaming training data: time to first step against dataset size, data wait with and without prefetch,
 and how evenly a mixture is spread over global batches, global order vs block order.
 
-    python benchmarks/streaming_data.py [--shard-tokens N] [--sizes 4,40,400] [--rounds 3] [--steps N]
+    python benchmarks/streaming_data.py [--shard-tokens N] [--sizes 4,40,400] [--rounds 3] [--steps N] [--smoke]
 
 1. Time to first step. Datasets of 1×, 10× and 100× a base size are made of copies of one Parquet shard
    of `--shard-tokens` Zipf-distributed token ids (its copies count as distinct shards, as the trainer
@@ -77,6 +77,9 @@ def dataset_of(root: Path, shard: ShardInfo, copies: int) -> Path:
     return out
 
 
+SMOKE_MODEL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32"]  # --smoke: steps cost next to nothing
+
+
 def config_for(dataset: Path, cache: Path, shuffle: str, *extra: str):
     return load_config(None, ["model.preset=nano", f"model.block_size={SEQ}", f"data.dataset_dir={dataset}",
                               f"data.cache_dir={cache}", f"data.shuffle={shuffle}", "data.cache_limit=1TB",
@@ -118,7 +121,7 @@ def time_to_first_step(dataset: Path, cache: Path, shuffle: str, *extra: str) ->
     return cpu, opened + data_seconds, seconds, decoded
 
 
-def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int) -> tuple[float, float]:
+def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int, *extra: str) -> tuple[float, float]:
     """(data wait fraction, seconds per step) of `steps` steps under the block order with blocks of one shard."""
     import torch
 
@@ -127,8 +130,9 @@ def data_wait(dataset: Path, cache: Path, prefetch: bool, steps: int) -> tuple[f
 
     shutil.rmtree(cache, ignore_errors=True)
     config = config_for(dataset, cache, "block", "data.shuffle_block_shards=1", f"data.prefetch={prefetch}",
-                        "train.batch_size=16", "train.micro_batch_size=16")
-    windows = open_train_windows(config, Storage(str(dataset)), Manifest.load(dataset), DataOrder.of("block", config))
+                        "train.batch_size=16", "train.micro_batch_size=16", *extra)
+    windows = open_train_windows(config, Storage(str(dataset)), Manifest.load(dataset),
+                                 DataOrder.of("block", config))
     engine = TrainingEngine(config, torch.device("cpu"), 0, 1, windows, np.zeros(0, np.uint16))
     engine.train_step(0)  # the first block is waited for either way
     waited, start = 0.0, time.perf_counter()
@@ -163,14 +167,21 @@ def mixture_spread(global_batch: int, batches: int = 2000) -> list[tuple]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard-tokens", type=int, default=1_000_000)
     parser.add_argument("--sizes", default="4,40,400", help="shard copies of each dataset size (default 4,40,400)")
     parser.add_argument("--block-shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=36, help="steps of the data-wait runs (default 36)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="check that it runs: shards of 20,000 tokens, datasets of 1 and 2, one round, 2 steps "
+                             "of a one-layer model, 100 batches")
+    args = parser.parse_args(argv)
+    batches, model = 2000, []  # global batches of the mixture spread; overrides of the nano model
+    if args.smoke:
+        args.shard_tokens, args.sizes, args.rounds, args.steps, batches = 20_000, "1,2", 1, 2, 100
+        model = SMOKE_MODEL
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     root = Path(tempfile.mkdtemp(prefix="gptray-streaming-"))
     try:
@@ -190,7 +201,7 @@ def main() -> None:
             dataset = dataset_of(root, shard, copies)
             cells, decoded = [], 0
             for shuffle in ("global", "block"):
-                extra = [f"data.shuffle_block_shards={args.block_shards}"]
+                extra = [f"data.shuffle_block_shards={args.block_shards}", *model]
                 runs = [time_to_first_step(dataset, root / "cache", shuffle, *extra) for _ in range(args.rounds)]
                 for column in (0, 1, 2):
                     values = [run[column] for run in runs]
@@ -205,16 +216,16 @@ def main() -> None:
         print("| prefetch | data wait fraction | s/step |")
         print("|---|---|---|")
         for prefetch in (True, False):
-            results = [data_wait(dataset, root / "cache", prefetch, args.steps) for _ in range(args.rounds)]
+            results = [data_wait(dataset, root / "cache", prefetch, args.steps, *model) for _ in range(args.rounds)]
             fractions = [f for f, _ in results]
             print(f"| {'on' if prefetch else 'off'} | {statistics.median(fractions):.3f} "
                   f"[{min(fractions):.3f}–{max(fractions):.3f}] | {statistics.median([s for _, s in results]):.3f} |",
                   flush=True)
         for global_batch in (64, 512):
-            print(f"\n## mixture share per global batch of {global_batch} (2,000 batches)")
+            print(f"\n## mixture share per global batch of {global_batch} ({batches:,} batches)")
             print("| source | dataset share | block: mean ± std [min–max] | global: mean ± std [min–max] |")
             print("|---|---|---|---|")
-            for s, share, bm, bsd, bmin, bmax, gm, gsd, gmin, gmax in mixture_spread(global_batch):
+            for s, share, bm, bsd, bmin, bmax, gm, gsd, gmin, gmax in mixture_spread(global_batch, batches):
                 print(f"| {s} | {share:.4f} | {bm:.4f} ± {bsd:.4f} [{bmin:.4f}–{bmax:.4f}] | "
                       f"{gm:.4f} ± {gsd:.4f} [{gmin:.4f}–{gmax:.4f}] |")
     finally:

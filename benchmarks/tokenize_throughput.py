@@ -1,7 +1,7 @@
 """Benchmark: tokens/s of the tokenize job on Ray against plain single-process tiktoken, on the same corpus.
 
     python benchmarks/tokenize_throughput.py [--mb 200] [--rounds 4] [--cpus N] [--shard-tokens 2000000]
-                                             [--worker-niceness 0] [--workdir DIR]
+                                             [--worker-niceness 0] [--workdir DIR] [--smoke]
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -17,6 +17,11 @@ after the first (round 1 starts Ray's workers). It also prints the CPU time spen
 counts the driver and every process of its Ray instance) and the driver's own CPU seconds per 1B
 tokens and per read task: what a larger cluster's single driver would spend. On a machine that other
 work also loads, wall-clock rates move from round to round, CPU time per token much less.
+
+Both sides tokenize with GPT-2's tiktoken (the job's data.tokenizer is pinned to gpt2, whatever gptray's
+default tokenizer is), so their token counts must be equal; a round where they differ stops the benchmark.
+--smoke checks that it runs, in seconds: a 1 MB corpus, one round, and an already started Ray (a test's)
+used as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+GPT2 = "data.tokenizer=gpt2"  # the plain side's tokenizer: the job must tokenize with the same one
 
 
 def make_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
@@ -80,7 +87,7 @@ def ray_job(path: Path, out: Path, ray_dir: str, shard_tokens: int) -> tuple[int
     from gptray.data.tokenize_job import tokenize_corpus
 
     shutil.rmtree(out, ignore_errors=True)
-    config = load_config(None, [f"data.sources=[{{path: {path}}}]", f"data.dataset_dir={out}",
+    config = load_config(None, [f"data.sources=[{{path: {path}}}]", f"data.dataset_dir={out}", GPT2,
                                 "data.val_fraction=0.001", f"data.shard_tokens={shard_tokens}"])
     driver = time.process_time()
     cpu = driver + ray_cpu_seconds(ray_dir)
@@ -113,7 +120,7 @@ def ray_cpu_seconds(ray_dir: str) -> float:
         ours |= more
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (at least 50)")
     parser.add_argument("--rounds", type=int, default=4, help="measure both this many times, interleaved")
@@ -124,8 +131,11 @@ def main() -> int:
                         help="niceness of the Ray workers (Ray's own default is 15; this process runs at 0)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gptray-bench"),
                         help="where the corpus is kept and shards are written")
-    args = parser.parse_args()
-    if args.mb < 50:
+    parser.add_argument("--smoke", action="store_true", help="check that it runs: a 1 MB corpus, one round, seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.mb, args.rounds = 1, 1
+    elif args.mb < 50:
         parser.error("--mb must be at least 50")
     import logging
 
@@ -147,9 +157,13 @@ def main() -> int:
     # they would yield to it while the plain baseline (nice 0) would not. Compare on equal terms.
     os.environ.setdefault("RAY_worker_niceness", str(args.worker_niceness))
     started = time.perf_counter()
-    ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
-             log_to_driver=False)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
+                 log_to_driver=False)
+    else:  # a smoke run inside a test's Ray: its processes are the ones counted
+        ray_tmp = ray._private.worker._global_node.get_temp_dir_path()
     print(f"ray.init   {time.perf_counter() - started:.1f} s (not counted), {args.cpus} CPU(s), workers at nice "
           f"{os.environ['RAY_worker_niceness']}")
     plain_rates, list_rates, job_rates, plain_cpu, job_cpu, driver_cpu = [], [], [], [], [], []
@@ -177,8 +191,9 @@ def main() -> int:
                 print(f"           token counts differ: job {job_tokens:,} vs plain {tokens:,}", file=sys.stderr)
                 return 1
     finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        if started_here:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     warm = slice(1, None) if args.rounds > 1 else slice(None)  # round 1 starts Ray's worker processes
     ratios = [j / (args.cpus * p) for j, p in zip(job_rates, plain_rates)]
     plain, job = statistics.median(plain_rates[warm]), statistics.median(job_rates[warm])

@@ -1,6 +1,6 @@
 """Tracking overhead: training tokens/s while every step's metrics go to a slow `mlflow server`, against none.
 
-    python benchmarks/tracking_overhead.py [--rounds N] [--steps N] [--latency S] [--no-sync] [key=value ...]
+    python benchmarks/tracking_overhead.py [--rounds N] [--steps N] [--latency S] [--no-sync] [--smoke] [key=value ...]
 
 The plain TrainingEngine trains in this process (no Ray, random tokens, as benchmarks/train_throughput.py
 builds it). A real `mlflow server` runs beside it on a loopback port, behind a loopback relay that holds
@@ -16,7 +16,8 @@ sends at once), so that a mode is never compared with a run far away in time on 
 drifts. Prints each mode's median tokens/s with its quartiles over the rounds, its median ratio to the
 same round's tracking-off run (with quartiles), the metric points still queued when a round's last step
 ended (flushed before the next round, untimed), and the CPU seconds the server spent in a round (it
-shares this machine's cores with training). Target: async ≥ 0.98 × off.
+shares this machine's cores with training). Target: async ≥ 0.98 × off. --smoke checks that it runs: one
+round of 2 steps of a one-layer model, 10 ms per request, no wait for the server to settle.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CPU_DEFAULTS = ["model.n_layer=2", "model.n_head=4", "model.n_embd=128", "model.
                 "model.vocab_size=8192", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",
                 "schedule.warmup_steps=1"]
 MODES = ("off", "async", "sync")
+SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.block_size=32", "model.vocab_size=256", "train.batch_size=2",
+         "train.micro_batch_size=2"]
 
 
 def build_engine(config_dict: dict, threads: int) -> TrainingEngine:
@@ -138,7 +141,8 @@ def run(args, config) -> dict:
     server.start()
     relay = Relay(server.port, delay=args.latency)
     try:
-        print(f"server idle after {wait_until_idle(server.process.pid):.0f} s", flush=True)
+        settle = 0.0 if args.smoke else 90.0
+        print(f"server idle after {wait_until_idle(server.process.pid, settle):.0f} s", flush=True)
         client = MlflowClient(server.uri)
         experiment_id = client.create_experiment("tracking-overhead")
         runs = {mode: client.create_run(experiment_id, run_name=mode).info.run_id for mode in MODES[1:]}
@@ -195,7 +199,7 @@ def summarize(results: dict[str, list[dict]]) -> list[tuple]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="rounds; each trains once in every mode (default 10)")
     parser.add_argument("--steps", type=int, default=30,
@@ -207,13 +211,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch (default: all)")
     parser.add_argument("--no-sync", dest="sync", action="store_false", help="skip the synchronous mode")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--smoke", action="store_true", help="check that it runs: one round of 2 steps, seconds")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.steps, args.warmup, args.latency = 1, 2, 1, 0.01
+        args.overrides = SMOKE + args.overrides
     if not 1 <= args.rounds <= 50 or not 1 <= args.steps <= 10_000:  # bounded: requests go to a local server
         parser.error("--rounds must be 1-50 and --steps 1-10000")
 
     config = load_config(None, CPU_DEFAULTS + args.overrides)
-    command, where = shlex.join([Path(sys.executable).name, *sys.argv]), machine()
+    arguments = sys.argv if argv is None else [__file__, *argv]
+    command, where = shlex.join([Path(sys.executable).name, *arguments]), machine()
     print(f"command: {command}")
     print(f"machine: {where}")
     print(f"model: {config.model.n_layer} layers, {config.model.n_embd} wide, seq {config.model.block_size}, "

@@ -1,16 +1,20 @@
 """Training throughput: the same model and step loop in a plain process and inside a Ray Train worker.
 
-    python benchmarks/train_throughput.py [--steps N] [--warmup N] [--threads N] [key=value ...]
+    python benchmarks/train_throughput.py [--steps N] [--warmup N] [--threads N] [--smoke] [key=value ...]
 
 Prints tokens/s and MFU of each, and the Ray overhead (1 − Ray tokens/s ÷ plain tokens/s). The
 defaults measure the `tiny` preset in fp32 on CPU; on a GPU pass e.g. `model.preset=gpt2
 train.precision=bf16 train.compile=true train.micro_batch_size=16 train.batch_size=16`. Tokens are
-random (throughput does not depend on them), so no dataset is needed.
+random (throughput does not depend on them), so no dataset is needed: the vocabulary, which a real run
+takes from its dataset, is GPT-2's (50,257, padded) unless model.vocab_size says otherwise. --smoke checks
+that the benchmark runs, in seconds: a one-layer model of 256 tokens, at most 2 timed steps, 1 thread, and
+an already started Ray (a test's) is used as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,11 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptray.base.runtime import ray_train_environment  # noqa: E402
 from gptray.config import load_config  # noqa: E402
 from gptray.train.engine import TrainingEngine  # noqa: E402
 
 CPU_DEFAULTS = ["model.preset=tiny", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",
                 "schedule.warmup_steps=1"]
+# The vocabulary a benchmark without a dataset trains: GPT-2's, which BENCHMARKS.md's numbers were measured with.
+VOCAB, EOT = 50257, 50256
+SMOKE = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "model.vocab_size=256",
+         "train.batch_size=2", "train.micro_batch_size=2"]
 
 
 def measure(config_dict: dict, steps: int, warmup: int, threads: int) -> dict:
@@ -78,8 +87,12 @@ def measure_in_ray(config_dict: dict, steps: int, warmup: int, threads: int) -> 
 
     use_gpu = config_dict["ray"]["use_gpu"] and torch.cuda.is_available()
     resources = {"CPU": threads, **({"GPU": 1} if use_gpu else {})}
-    ray.init(address="local", num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False,
-             _temp_dir=tempfile.mkdtemp(prefix="gptray-bench-", dir="/tmp"))
+    for name, value in ray_train_environment().items():  # as gptray runs Ray Train (no preemption watcher)
+        os.environ.setdefault(name, value)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="gptray-bench-", dir="/tmp"))
     try:
         trainer = TorchTrainer(
             worker,
@@ -91,21 +104,27 @@ def measure_in_ray(config_dict: dict, steps: int, warmup: int, threads: int) -> 
         trainer.fit()
         return json.loads(out.read_text())
     finally:
-        ray.shutdown()
+        if started_here:
+            ray.shutdown()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2; more with compile)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch (default: all)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--smoke", action="store_true", help="check that it runs: tiny sizes, seconds")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup, args.threads = min(args.steps, 2), min(args.warmup, 1), 1
 
     on_gpu = torch.cuda.is_available()
-    overrides = (["ray.use_gpu=true", "ray.num_workers=1"] if on_gpu else CPU_DEFAULTS) + args.overrides
+    overrides = (["ray.use_gpu=true", "ray.num_workers=1"] if on_gpu else CPU_DEFAULTS) + \
+        (SMOKE if args.smoke else []) + args.overrides
     config = load_config(None, overrides)
+    config = dataclasses.replace(config, model=config.model.for_dataset(VOCAB, EOT))
     print(f"model {config.model.preset or 'custom'}: seq {config.train.effective_seq_len(config.model)}, "
           f"batch {config.train.batch_size} (micro {config.train.micro_batch_size}), {config.train.precision}, "
           f"compile {config.train.compile}; {args.warmup} warm-up + {args.steps} timed steps", flush=True)

@@ -1,15 +1,38 @@
-"""Process-level set-up shared by the CLI, pipelines and workers: Ray connection and logging."""
+"""Process-level set-up shared by the CLI, pipelines and workers: Ray connection, Ray Train's settings, logging."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
+# `gptray --verbose` sets it; Ray workers of a local cluster inherit it from the driver (on a cluster, give it
+# to the job: `ray job submit --runtime-env-json '{"env_vars": {"GPTRAY_VERBOSE": "1"}}'`).
+VERBOSE_ENV = "GPTRAY_VERBOSE"
+# Ray Train's preemption watcher: an actor per run that tells workers their node is being drained (a spot
+# reclaim) through ray.train.get_preemption_info(). gptray reads nothing from it yet, and starting it logs a
+# core_worker.cc ERROR line about its constructor arguments at every fit. An elastic run that checkpoints on
+# preemption needs it: set this True then (the environment variable, if a user sets it, still wins).
+RAY_TRAIN_PREEMPTION_WATCHER = False
+# Ray Train logs every rank's every ray.train.report at INFO, the whole TrainingReport(...) with its metrics,
+# through a logger named by the path of this module (not under "ray.train", so LoggingConfig does not reach it).
+RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
+
+
+def verbose() -> bool:
+    """Whether Ray's own chatter goes to the console too (`gptray --verbose`)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def ray_train_environment() -> dict[str, str]:
+    """The environment variables through which gptray sets Ray Train (its driver passes them to every worker)."""
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0"}
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send gptray's log records to stderr (once per process; Ray workers call it too)."""
+    """Send gptray's log records to stderr (once per process; Ray workers call it too), and unless verbose keep
+    Ray Train's per-report dumps out of the console."""
     logger = logging.getLogger("gptray")
     logger.setLevel(level)
     if not any(getattr(h, "_gptray", False) for h in logger.handlers):
@@ -18,6 +41,29 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler._gptray = True
         logger.addHandler(handler)
         logger.propagate = False
+    if not verbose():
+        route_ray_train_reports_to_files()
+
+
+def route_ray_train_reports_to_files() -> None:
+    """Send Ray Train's "Reporting training result N: TrainingReport(...)" records only to the files the root
+    logger writes (Ray Train's ray-train-app-worker-*.log in the session's logs/train), not to the console.
+
+    Does nothing where Ray Train is not loaded (a process that never trains); in a Ray Train worker, Ray has
+    configured the root logger before the training function (and so this) runs.
+    """
+    module = sys.modules.get(RAY_TRAIN_REPORT_LOGGER_MODULE)
+    if module is None:
+        return
+    reports = logging.getLogger(module.__file__)
+    files = [h for h in logging.getLogger().handlers if not _is_console(h)]
+    reports.handlers = [h for h in reports.handlers if not _is_console(h)] + \
+        [h for h in files if h not in reports.handlers]
+    reports.propagate = False
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -29,6 +75,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    for name, value in ray_train_environment().items():  # before any TorchTrainer: Ray Train reads them from here
+        os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
     kwargs: dict = {"address": address}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptray.cli.common import EXIT_OK, add_command, load_experiment, log
+from gptray.cli.common import EXIT_OK, add_command, load_experiment, log, print_mlflow_address
 
 
 def register(commands) -> None:
@@ -66,6 +66,7 @@ def cmd_eval(args) -> int:
         target = log_report(report, config, args.run)
         kind = "new run" if target.created else "run"
         print(f"MLflow     {kind} {target.run_id} at {target.tracking_uri}")
+        print_mlflow_address(target.tracking_uri, target.run_id)
     elif args.run:
         log.warning("--run %s ignored: tracking is off", args.run)
     return EXIT_OK

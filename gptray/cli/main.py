@@ -16,7 +16,7 @@ from gptray.cli import (
     sweep_commands,
     tokenizer_commands,
 )
-from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED
+from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED, add_verbose
 
 # Each module adds its subcommands with `register(commands)`.
 COMMAND_GROUPS = [run_commands, data_commands, tokenizer_commands, model_commands, checkpoint_commands, sweep_commands,
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in COMMAND_GROUPS:
         group.register(commands)
@@ -38,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gptray.base.runtime import configure_logging
+    from gptray.base.runtime import VERBOSE_ENV, configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # in the environment, so that the workers of a local Ray cluster see it too
+        os.environ[VERBOSE_ENV] = "1"
     configure_logging()
     try:
         return args.handler(args)

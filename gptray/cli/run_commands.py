@@ -9,7 +9,7 @@ import time
 import yaml
 
 from gptray.base.errors import ConfigError
-from gptray.cli.common import EXIT_OK, add_command, load_experiment, log
+from gptray.cli.common import EXIT_OK, add_command, load_experiment, log, print_mlflow_address
 
 
 def register(commands) -> None:
@@ -278,8 +278,7 @@ def _print_run(config, result) -> None:
     if result.mlflow_run_id:
         experiment = config.tracking.experiment
         print(f"MLflow     run {result.mlflow_run_id} (experiment {experiment!r}) at {result.tracking_uri}")
-        if result.tracking_uri.startswith("sqlite:"):
-            print(f"           browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+        print_mlflow_address(result.tracking_uri, result.mlflow_run_id, result.mlflow_experiment_id)
     if result.sample is not None:
         print(f"sample     (prompt {config.generate.prompt!r}, temperature {config.generate.temperature}):")
         print(textwrap.indent(config.generate.prompt + result.sample, "    ").rstrip())

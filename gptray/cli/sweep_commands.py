@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gptray.base.errors import ConfigError
-from gptray.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_command, log
+from gptray.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_command, log, print_mlflow_address
 
 EXIT_TRIALS_FAILED = 5  # some trials failed: the sweep finished, the rest are compared
 
@@ -96,6 +96,7 @@ def cmd_sweep(args) -> int:
         comparison = compare(outcome.tracking_uri, sweep=outcome.parent_run_id)
         files = write_report(outcome.tracking_uri, comparison, Path(outcome.directory) / "compare")
         print(f"MLflow     sweep run {outcome.parent_run_id} at {outcome.tracking_uri}")
+        print_mlflow_address(outcome.tracking_uri, outcome.parent_run_id)
         print(f"report     {Path(files[0]).parent} (attached to the sweep run)\n")
         print(format_summary(comparison.summaries, comparison.metric, "table"), end="")
     return EXIT_TRIALS_FAILED if outcome.failed() else EXIT_OK

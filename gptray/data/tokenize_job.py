@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from gptray.base.errors import DataError, GptrayError
+from gptray.base.progress_bar import progress_bar
 from gptray.base.runtime import init_ray
 from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
@@ -195,6 +196,7 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
         raise
     finally:
         _cancel(dict(pending), pending)
+        meter.close()
     if failed:
         first = min(failed, key=lambda r: r.task)
         raise DataError(f"bad input (data.strict / --strict) in read task {first.task + 1} "
@@ -289,13 +291,15 @@ def _source_infos(sources: list[ResolvedSource], records: list[TaskRecord]) -> l
 
 
 class _Meter:
-    """Logs documents, tokens and throughput every few seconds while the job runs."""
+    """Logs documents, tokens and throughput every few seconds while the job runs; on a terminal, a bar of read
+    tasks with its ETA instead, and the summary line at the end."""
 
-    def __init__(self, tasks: list[ReadTask]):
+    def __init__(self, tasks: list[ReadTask], stream=None):
         self.start = self.last = time.monotonic()
         self.total = len(tasks)
         self.finished = self.kept = 0
         self.documents = self.tokens = self.bytes = 0
+        self.bar = progress_bar(self.total, "tokenize", "task", stream)
 
     def done(self, record: TaskRecord) -> None:
         self.finished += 1
@@ -304,14 +308,22 @@ class _Meter:
             self.documents += record.stats.documents
             self.tokens += record.stats.tokens
             self.bytes += record.stats.bytes
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.tokens:,} tokens", refresh=False)
+            self.bar.update(1)
 
     def tick(self, running: int) -> None:
-        if time.monotonic() - self.last >= PROGRESS_SECONDS and running:
+        if self.bar is None and time.monotonic() - self.last >= PROGRESS_SECONDS and running:
             self._log(f"{running} to go")
 
     def finish(self) -> None:
+        self.close()
         if self.tokens:
             self._log("done")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def _log(self, state: str) -> None:
         now = time.monotonic()

@@ -17,9 +17,12 @@ import time
 import weakref
 from pathlib import Path
 
+from gptray.base.errors import GptrayError
 from gptray.base.paths import is_uri
 from gptray.base.storage import Location, Storage
 from gptray.config import ExperimentConfig, flatten
+from gptray.data.manifest import Manifest
+from gptray.tracking.dataset_input import log_dataset_input
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class MlflowTracker:
         created = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
         tracker = cls(uri, created.info.run_id, experiment_id, config.tracking.retry_seconds)
         tracker.log_params(flatten(config.to_dict()))
+        tracker.log_dataset(config.data.dataset_dir)
         record = {"run_id": tracker.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
         run.write_bytes(RUN_RECORD, json.dumps(record, indent=2).encode())
         log.info("MLflow: run %s in experiment %r at %s", tracker.run_id, config.tracking.experiment, uri)
@@ -129,6 +133,15 @@ class MlflowTracker:
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
             self._call(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_dataset(self, dataset_dir: str) -> None:
+        """Log the token dataset at dataset_dir as the run's training input (its manifest fingerprint the digest);
+        nothing if it has no manifest yet (a sweep's parent run may start before its trials tokenize)."""
+        try:
+            manifest = Manifest.load(dataset_dir)
+        except GptrayError:  # none there (yet), or its storage unreadable now: the run goes on without the input
+            return
+        self._call(log_dataset_input, self.client, self.run_id, manifest, dataset_dir)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queue one step's metrics for the sender thread and return at once (None values are skipped)."""

@@ -130,7 +130,8 @@ def test_finetune_lowers_loss_and_leaves_the_base_untouched(reference_run, pairs
     base_dir = Path(base.run_dir)
     before = tree_digest(base_dir)
     config, _, _ = pairs_dataset
-    overrides = [o for o in SMALL_RUN if not o.startswith(("model.", "optimizer.lr", "schedule.warmup", "schedule.decay"))]
+    overrides = [o for o in SMALL_RUN
+                 if not o.startswith(("model.", "optimizer.lr", "schedule.warmup", "schedule.decay"))]
     code = main(["finetune", "--init-from", str(base_dir), "--no-sample", f"out_dir={tmp_path}/runs",
                  "name=ft", f"data.dataset_dir={config.data.dataset_dir}", GPT2_TOKENIZER, "train.max_steps=24",
                  "optimizer.lr=2e-3", *overrides])
