@@ -32,7 +32,7 @@ def error_for(*overrides: str) -> ConfigError:
         ("data.val_fraction=1.5", "data.val_fraction", "[0, 1)"),
         ("model.n_layer=2.5", "model.n_layer", "integer"),
         ("tracking.enabled=maybe", "tracking.enabled", "true or false"),
-        ("ray.num_workers=0", "ray.num_workers", ">= 1"),
+        ("ray.num_workers=-1", "ray.num_workers", ">= 0 (0: local mode"),
         ("train.seq_len=1000", "train.seq_len", "block_size"),
     ],
 )
