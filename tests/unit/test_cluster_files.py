@@ -121,3 +121,26 @@ def test_the_image_is_the_pinned_ray_image_installed_the_way_ci_installs():
 
 
 
+
+
+def test_the_slurm_script_makes_a_ray_token_only_its_user_can_read(tmp_path):
+    """Run for real under a permissive umask: `ray get-auth-token --generate` writes with the umask it
+    inherits, and a token others can read lets them join the cluster and run code as the user."""
+    import os
+    import stat
+    import subprocess
+
+    script = (CLUSTER / "slurm" / "gptray.sbatch").read_text()
+    assert ". cluster/slurm/auth-token.sh" in script
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_AUTH_TOKEN", None), env.pop("RAY_AUTH_TOKEN_PATH", None)
+    made = subprocess.run(["bash", "-c", "umask 022 && set -euo pipefail && . cluster/slurm/auth-token.sh"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.read_text().strip() and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    token.chmod(0o644)  # one made before: reported
+    again = subprocess.run(["bash", "-c", ". cluster/slurm/auth-token.sh"], cwd=REPO, env=env,
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "can be read by other users" in again.stderr
