@@ -42,6 +42,45 @@ def test_launcher_yaml_keeps_the_dashboard_private_and_token_auth_on(name):
         assert commands.count("RAY_AUTH_MODE=token") == commands.count("ray start")
 
 
+SHIPPED = LAUNCHER_YAMLS + ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml"]
+OPEN_TO_ALL = ("0.0.0.0/0", "::/0")
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    else:
+        yield str(node)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_cluster_file_opens_a_port_to_everyone_or_asks_for_public_ips(name):
+    config = load(name)
+    assert not [s for s in _strings(config) if any(cidr in s for cidr in OPEN_TO_ALL)], name
+    provider = config.get("provider", {}) if name in LAUNCHER_YAMLS else {}
+    node_configs = [t.get("node_config", {}) for t in config.get("available_node_types", {}).values()]
+    if provider.get("type") in ("aws", "gcp"):
+        assert provider.get("use_internal_ips") is True, f"{name}: nodes must have private addresses only"
+    if provider.get("type") == "aws":
+        # Ray's launcher creates a security group, with 22/tcp open to 0.0.0.0/0, for any node type
+        # without SecurityGroupIds (ray/autoscaler/_private/aws/config.py), and rules from provider.security_group
+        assert "security_group" not in provider
+        for node_config in node_configs:
+            assert node_config.get("SecurityGroupIds") and node_config.get("SubnetIds"), node_config
+            for interface in node_config.get("NetworkInterfaces", []):
+                assert not interface.get("AssociatePublicIpAddress"), node_config
+    if provider.get("type") == "gcp":
+        # without networkInterfaces Ray's launcher gives each node an external address (ONE_TO_ONE_NAT)
+        for node_config in node_configs:
+            interfaces = node_config.get("networkInterfaces")
+            assert interfaces and all(not i.get("accessConfigs") for i in interfaces), node_config
+
+
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
 def test_cloud_yamls_autoscale_gpu_workers_running_this_project(name):
     config = load(name)
