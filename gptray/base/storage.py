@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from gptray.base.errors import StorageError
-from gptray.base.paths import is_uri, join_path
+from gptray.base.paths import credentials_in, is_uri, join_path
 
 # Compression suffixes read transparently, and the codec pyarrow streams them with.
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
@@ -40,6 +40,10 @@ class Storage:
     """A filesystem and a base path inside it; every method takes paths relative to the base."""
 
     def __init__(self, location: str):
+        if where := credentials_in(location):  # the location itself is not repeated: it holds the secret
+            raise StorageError(f"a storage URI holds credentials ({where}), which would be logged and saved: give "
+                               "them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                               "GOOGLE_APPLICATION_CREDENTIALS)")
         self.location = location
         self.fs, self.base = resolve(location)
 

@@ -15,7 +15,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from gptray.base.errors import ConfigError
-from gptray.base.paths import absolute_path, is_uri, join_path
+from gptray.base.paths import absolute_path, credentials_in, is_uri, join_path
 from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
 from gptray.config.model import ModelConfig, finetune_model, padded_vocabulary
 from gptray.config.optimizer import OptimizerSettings
@@ -92,6 +92,7 @@ class SourceConfig:
             raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
         _require(math.isfinite(self.weight) and self.weight > 0, f"data.sources[{i}].weight",
                  "must be a positive number", self.weight)
+        _no_credentials(f"data.sources[{i}].path", self.path)
 
 
 # tiktoken's published encodings: (vocabulary size, <|endoftext|> id). A model trained on one of these
@@ -180,6 +181,8 @@ class DataConfig:
         _require(self.shuffle_block_shards > 0, "data.shuffle_block_shards", "must be positive",
                  self.shuffle_block_shards)
         _require(self.cache_limit_bytes() > 0, "data.cache_limit", "must be positive", self.cache_limit)
+        for key in ("dataset_dir", "tokenizer", "cache_dir"):
+            _no_credentials(f"data.{key}", getattr(self, key))
 
 
 @dataclass
@@ -273,6 +276,8 @@ class TrainConfig(OptimizerSettings):
         _require(self.muon_weight_decay >= 0, "train.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
         _require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
                  self.z_loss)
+        _no_credentials("train.init_from", self.init_from)
+        _no_credentials("train.resume_from", self.resume_from)
         if self.resume_from is not None and self.init_from is not None:
             raise ConfigError("train.resume_from", "set train.resume_from (a whole training state) or "
                                                    "train.init_from (weights only), not both")
@@ -372,6 +377,7 @@ class RayConfig:
 
     def validate(self) -> None:
         """Check every ray setting; raise ConfigError naming the key."""
+        _no_credentials("ray.address", self.address)
         _require(self.num_workers >= 1, "ray.num_workers", "must be >= 1", self.num_workers)
         _require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
                  "must be positive or auto", self.cpus_per_worker)
@@ -396,6 +402,7 @@ class TrackingConfig:
 
     def validate(self) -> None:
         """Check every tracking setting; raise ConfigError naming the key."""
+        _no_credentials("tracking.uri", self.uri)
         _require(bool(self.experiment), "tracking.experiment", "must not be empty", self.experiment)
         _require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0", self.retry_seconds)
 
@@ -471,6 +478,9 @@ class EvalConfig:
         _require(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
         _require(self.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", self.cpus_per_actor)
         _require(bool(self.split), "eval.split", "must name a split", self.split)
+        for key, value in [("hellaswag", self.hellaswag), ("dataset_dir", self.dataset_dir),
+                           *((f"text_files[{i}]", path) for i, path in enumerate(self.text_files))]:
+            _no_credentials(f"eval.{key}", value)
 
 
 @dataclass
@@ -509,6 +519,7 @@ class ExperimentConfig:
         config = ExperimentConfig.from_dict(self.to_dict())
         config.out_dir = absolute_path(config.out_dir)  # before read_base, which compares the run dir with the base
         if config.train.init_from:
+            _no_credentials("train.init_from", config.train.init_from)  # before read_base reaches it
             if not config.train.init_from.startswith(HF_PREFIX):
                 config.train.init_from = absolute_path(config.train.init_from)
             if read_base is None:
@@ -552,6 +563,7 @@ class ExperimentConfig:
         self.tokenizer.validate()
 
     def _validate_out_dir(self) -> None:
+        _no_credentials("out_dir", self.out_dir)
         if not is_uri(self.out_dir):
             return
         if not urlsplit(self.out_dir).netloc:
@@ -582,6 +594,16 @@ HF_PREFIX = "hf:"  # train.init_from=hf:NAME: a model on the Hugging Face Hub
 def _require(ok: bool, key: str, message: str, value) -> None:
     if not ok:
         raise ConfigError(key, f"{message} (got {value!r})")
+
+
+def _no_credentials(key: str, location: str | None) -> None:
+    """A URI with credentials in it would be logged, saved in config.yaml and sent to MLflow: refused."""
+    where = credentials_in(location) if location else None
+    if where:  # the value itself is not repeated: it holds the secret
+        raise ConfigError(key, f"holds credentials ({where}), which would be logged and saved with the run: "
+                               "give them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                               "GOOGLE_APPLICATION_CREDENTIALS, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+                               "or MLFLOW_TRACKING_TOKEN)")
 
 
 EVAL_TASKS = ("hellaswag", "perplexity")
