@@ -9,13 +9,11 @@ two loads replaced.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 
 import torch
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from gptray.base.errors import CheckpointRefused
 
@@ -45,8 +43,10 @@ class _MetadataUnpickler(pickle.Unpickler):
                                 "types: the file was not written by torch.distributed.checkpoint, and is not loaded")
 
 
-def read_dcp_metadata(stream) -> Metadata:
+def read_dcp_metadata(stream):
     """DCP's `Metadata` from an open `.metadata` file, or CheckpointRefused."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
     try:
         metadata = _MetadataUnpickler(stream).load()
     except CheckpointRefused:
@@ -58,42 +58,60 @@ def read_dcp_metadata(stream) -> Metadata:
     return metadata
 
 
-class SafeFileSystemReader(FileSystemReader):
-    """DCP's file reader, reading `.metadata` with the restricted unpickler. A refusal is kept in
-    `refused` too: DCP wraps errors raised inside a load in its own exception."""
+def safe_reader(path: str):
+    """DCP's FileSystemReader for `path`, reading `.metadata` with the restricted unpickler."""
+    return _classes()[0](path)
 
-    refused: CheckpointRefused | None = None
 
-    def read_metadata(self, *args, **kwargs) -> Metadata:
-        path = self._get_metadata_path(kwargs.get("rank"))
-        with self.fs.create_stream(path, "rb") as stream:
+def safe_planner():
+    """DCP's DefaultLoadPlanner, loading non-tensor items with torch.load(weights_only=True)."""
+    return _classes()[1]()
+
+
+@functools.cache
+def _classes():
+    """The two subclasses, made on first use: importing torch.distributed.checkpoint takes seconds."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        """DCP's file reader with a restricted `.metadata` load. A refusal is kept in `refused` too: DCP
+        wraps errors raised inside a load in its own exception."""
+
+        refused: CheckpointRefused | None = None
+
+        def read_metadata(self, *args, **kwargs):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as stream:
+                try:
+                    metadata = read_dcp_metadata(stream)
+                except CheckpointRefused as exc:
+                    self.refused = exc
+                    raise
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        """DCP's default load planner, loading non-tensor items (step counts, optimizer hyperparameters)
+        with torch.load(weights_only=True): plain values, containers and tensors only."""
+
+        refused: CheckpointRefused | None = None
+
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
             try:
-                metadata = read_dcp_metadata(stream)
-            except CheckpointRefused as exc:
-                self.refused = exc
-                raise
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+                loaded = torch.load(value, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                self.refused = CheckpointRefused(
+                    f"its item {read_item.dest_index.fqn} is not plain data (torch.load with weights_only "
+                    f"refused it: {str(exc).strip().splitlines()[0]})")
+                raise self.refused from None
+            # what DefaultLoadPlanner.load_bytes does with the value it loads
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
 
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner, loading non-tensor items (step counts, optimizer hyperparameters)
-    with torch.load(weights_only=True): plain values, containers and tensors only."""
-
-    refused: CheckpointRefused | None = None
-
-    def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        try:
-            loaded = torch.load(value, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            self.refused = CheckpointRefused(
-                f"its item {read_item.dest_index.fqn} is not plain data (torch.load with weights_only "
-                f"refused it: {str(exc).strip().splitlines()[0]})")
-            raise self.refused from None
-        # what DefaultLoadPlanner.load_bytes does with the value it loads
-        if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = loaded
+    return SafeFileSystemReader, SafeLoadPlanner

@@ -21,6 +21,7 @@ import torch
 
 from gptray.base.errors import CheckpointError, CheckpointRefused
 from gptray.base.storage import Storage, join
+from gptray.checkpoint.safe_dcp import safe_planner, safe_reader
 
 WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
 SHARDED = "sharded"  # DCP files, one per rank
@@ -78,13 +79,11 @@ def load_sharded(directory: str | Path | Storage, state: dict) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from gptray.checkpoint.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
-
     store = Storage.of(directory)
     if not store.exists(DCP_METADATA):
         raise CheckpointError(f"checkpoint {store.uri()} is sharded but lacks DCP's {DCP_METADATA}")
-    reader = SafeFileSystemReader(store.path()) if store.is_local else _storage_reader(store)
-    planner = SafeLoadPlanner()
+    reader = safe_reader(store.path()) if store.is_local else _storage_reader(store)
+    planner = safe_planner()
     try:
         with warnings.catch_warnings():  # without a process group DCP loads in one process, as meant here
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
@@ -103,8 +102,6 @@ def load_sharded(directory: str | Path | Storage, state: dict) -> dict:
 def _storage_reader(store: Storage):
     """DCP's file reader over a Storage: every tensor it loads is a range read of the file holding it."""
     from torch.distributed.checkpoint.filesystem import FileSystemBase
-
-    from gptray.checkpoint.safe_dcp import SafeFileSystemReader
 
     class StorageFiles(FileSystemBase):
         """The read half of DCP's filesystem interface, on the checkpoint's pyarrow filesystem."""
@@ -138,7 +135,7 @@ def _storage_reader(store: Storage):
         def rm_file(self, path):
             raise CheckpointError("a stored checkpoint is read here, not deleted")
 
-    reader = SafeFileSystemReader(store.path())
+    reader = safe_reader(store.path())
     reader.fs = StorageFiles()
     reader.path = store.path()
     return reader
