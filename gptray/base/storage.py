@@ -82,7 +82,14 @@ class Storage:
 
     def read_ranges(self, relative: str, size: int, part_bytes: int = 8 << 20, threads: int = 8) -> bytes:
         """A file of known `size` read as concurrent range requests of `part_bytes` (one object-store GET
-        is limited by its connection, many together by the node's network); one plain read locally."""
+        is limited by its connection, many together by the node's network); one plain read locally. A file
+        of another size is refused before anything is allocated or read."""
+        actual = self.size(relative)
+        if actual is None:
+            raise StorageError(f"no such file: {self.uri(relative)}")
+        if actual != size:
+            raise StorageError(f"{self.uri(relative)} is {actual:,} bytes, not the {size:,} expected "
+                               "(changed or corrupt); not read")
         if self.is_local or size <= part_bytes:
             return self.read_bytes(relative)
         buffer = bytearray(size)
