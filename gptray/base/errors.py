@@ -50,3 +50,9 @@ class Interrupted(GptrayError):
 class CheckpointRefused(CheckpointError):
     """A checkpoint file holds something other than data (an object whose loading would run code);
     nothing of it was loaded."""
+
+
+class RunInUse(GptrayError):
+    """Another live launch holds the run directory (its lease names who, where and since when)."""
+
+    exit_code = 6

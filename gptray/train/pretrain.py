@@ -46,6 +46,7 @@ from gptray.train.finetune import base_checkpoint, find_base
 from gptray.train.loop import final_sample_name, train_loop_per_worker
 from gptray.train.optim import first_schedule_difference
 from gptray.train.placement import PendingReporter, WorkerPlan, controller_retries, plan_workers
+from gptray.train.run_lease import holds_run_lease
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def check_dataset(config: ExperimentConfig, manifest: Manifest) -> None:
                     manifest.split_info("val").tokens, seq_len + 1)
 
 
+@holds_run_lease  # one live launch per run directory (run_lease.py)
 def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callbacks: list | None = None,
              ) -> PretrainResult:
     """Train `config` on Ray (resuming from the run's latest checkpoint if there is one).
