@@ -437,7 +437,9 @@ class GenerateConfig:
             _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
 
 
-HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+# rowanz/hellaswag at a fixed commit (gptray/eval/hellaswag.py checks the file's digest)
+HELLASWAG_VAL_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/a29ff8e9a04bba4bd6588223785ce105328adc57/"
+                     "data/hellaswag_val.jsonl")
 
 
 @dataclass
