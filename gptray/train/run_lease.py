@@ -56,12 +56,7 @@ class Holder:
         if time.time() - self.heartbeat > STALE_SECONDS:
             return False
         if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True  # another user's live process
+            return _process_runs(self.pid)
         return True
 
 
@@ -145,6 +140,22 @@ def holds_run_lease(function):
             return function(config, *args, **kwargs)
 
     return held
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether a process of this host runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True  # no /proc (macOS): existing is all we can tell
+    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 def _user() -> str:

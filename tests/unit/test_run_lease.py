@@ -58,8 +58,11 @@ def test_a_second_live_launch_is_refused_naming_both(other_launch, tmp_path):
 
 def test_the_lease_of_a_launch_that_died_is_taken_over_with_a_warning(other_launch, caplog):
     run_dir, holder = other_launch
-    holder.kill()
-    holder.wait()  # killed: no release, its lease stays behind
+    holder.kill()  # killed: no release, its lease stays behind; not reaped yet (a zombie), so its pid exists
+    deadline = time.monotonic() + 30
+    while open(f"/proc/{holder.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert json.loads((run_dir / LEASE_FILE).read_text())["pid"] == holder.pid
     with caplog.at_level(logging.WARNING, logger=run_lease.__name__):
         lease = RunLease(Storage(str(run_dir)), "quickstart").acquire()
