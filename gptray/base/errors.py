@@ -45,3 +45,14 @@ class Interrupted(GptrayError):
     """The user stopped the work (Ctrl-C); what was done is kept, and launching it again resumes."""
 
     exit_code = 130
+
+
+class CheckpointRefused(CheckpointError):
+    """A checkpoint file holds something other than data (an object whose loading would run code);
+    nothing of it was loaded."""
+
+
+class RunInUse(GptrayError):
+    """Another live launch holds the run directory (its lease names who, where and since when)."""
+
+    exit_code = 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 
 def is_uri(location: str) -> bool:
@@ -49,3 +50,19 @@ def cache_home(*parts: str) -> Path:
     """gptray's cache on this machine (XDG_CACHE_HOME, else ~/.cache, then gptray/…): token arrays, corpora,
     eval files and checkpoint copies each have a folder of their own in it."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "gptray", *parts)
+
+
+# Query settings that carry secrets (pyarrow's S3 and GCS filesystems read these from a URI's query).
+_SECRET_SETTINGS = {"access_key", "secret_key", "session_token", "access_token", "password", "token", "secret"}
+
+
+def credentials_in(location: str) -> str | None:
+    """What part of a URI holds credentials (user:password@ before the host, or a secret ?setting), else
+    None. Credentials in a URI end up in logs, config.yaml and MLflow; they belong in the environment."""
+    if not is_uri(location):
+        return None
+    parts = urlsplit(location)
+    if "@" in parts.netloc:
+        return "user:password@ before the host"
+    secrets = sorted(k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _SECRET_SETTINGS)
+    return f"?{'&'.join(f'{k}=…' for k in secrets)}" if secrets else None

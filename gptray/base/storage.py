@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from gptray.base.errors import StorageError
-from gptray.base.paths import is_uri, join_path
+from gptray.base.paths import credentials_in, is_uri, join_path
 
 # Compression suffixes read transparently, and the codec pyarrow streams them with.
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
@@ -40,6 +40,10 @@ class Storage:
     """A filesystem and a base path inside it; every method takes paths relative to the base."""
 
     def __init__(self, location: str):
+        if where := credentials_in(location):  # the location itself is not repeated: it holds the secret
+            raise StorageError(f"a storage URI holds credentials ({where}), which would be logged and saved: give "
+                               "them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                               "GOOGLE_APPLICATION_CREDENTIALS)")
         self.location = location
         self.fs, self.base = resolve(location)
 
@@ -78,7 +82,14 @@ class Storage:
 
     def read_ranges(self, relative: str, size: int, part_bytes: int = 8 << 20, threads: int = 8) -> bytes:
         """A file of known `size` read as concurrent range requests of `part_bytes` (one object-store GET
-        is limited by its connection, many together by the node's network); one plain read locally."""
+        is limited by its connection, many together by the node's network); one plain read locally. A file
+        of another size is refused before anything is allocated or read."""
+        actual = self.size(relative)
+        if actual is None:
+            raise StorageError(f"no such file: {self.uri(relative)}")
+        if actual != size:
+            raise StorageError(f"{self.uri(relative)} is {actual:,} bytes, not the {size:,} expected "
+                               "(changed or corrupt); not read")
         if self.is_local or size <= part_bytes:
             return self.read_bytes(relative)
         buffer = bytearray(size)

@@ -6,7 +6,8 @@ writes its files into a local directory of its own; Ray Train merges the ranks' 
 one checkpoint in the run directory. DCP records every tensor by parameter name and global
 shape, so a load reshards: a checkpoint written by 2 FSDP ranks loads into 1 DDP rank, 4 FSDP
 ranks, or one process that wants the weights alone. DCP reads tensors into the state dict it is
-given, in place, and only the pieces that state dict holds.
+given, in place, and only the pieces that state dict holds. It is read through safe_dcp.py: nothing a
+checkpoint holds runs code when loaded.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from gptray.base.errors import CheckpointError
+from gptray.base.errors import CheckpointError, CheckpointRefused
 from gptray.base.storage import Location, Storage, join
+from gptray.checkpoint.safe_dcp import safe_planner, safe_reader
 
 WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
 SHARDED = "sharded"  # DCP files, one per rank
@@ -75,16 +77,23 @@ def load_sharded(directory: Location, state: dict) -> dict:
     (a tied head is filled through its embedding, which it shares memory with). `directory` may be on
     an object store: each rank then reads only the byte ranges of the pieces it holds."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     store = Storage.of(directory)
     if not store.exists(DCP_METADATA):
         raise CheckpointError(f"checkpoint {store.uri()} is sharded but lacks DCP's {DCP_METADATA}")
-    reader = dcp.FileSystemReader(store.path()) if store.is_local else _storage_reader(store)
+    reader = safe_reader(store.path()) if store.is_local else _storage_reader(store)
+    planner = safe_planner()
     try:
         with warnings.catch_warnings():  # without a process group DCP loads in one process, as meant here
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            dcp.load(_dcp_view(state), storage_reader=reader)
-    except (RuntimeError, KeyError, ValueError) as exc:  # DCP's CheckpointException is a RuntimeError
+            dcp.load(_dcp_view(state), storage_reader=reader, planner=planner)
+    except CheckpointRefused as exc:
+        raise CheckpointRefused(f"checkpoint {store.uri()}: {exc}") from None
+    except (CheckpointException, RuntimeError, KeyError, ValueError) as exc:  # CheckpointException: a BaseException
+        refused = reader.refused or planner.refused  # DCP wraps what its reader and planner raise
+        if refused is not None:
+            raise CheckpointRefused(f"checkpoint {store.uri()}: {refused}") from None
         raise CheckpointError(f"cannot load {', '.join(state)} from sharded checkpoint {store.uri()}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
     return state
@@ -92,7 +101,6 @@ def load_sharded(directory: Location, state: dict) -> dict:
 
 def _storage_reader(store: Storage):
     """DCP's file reader over a Storage: every tensor it loads is a range read of the file holding it."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.filesystem import FileSystemBase
 
     class StorageFiles(FileSystemBase):
@@ -127,7 +135,7 @@ def _storage_reader(store: Storage):
         def rm_file(self, path):
             raise CheckpointError("a stored checkpoint is read here, not deleted")
 
-    reader = FileSystemReader(store.path())
+    reader = safe_reader(store.path())
     reader.fs = StorageFiles()
     reader.path = store.path()
     return reader

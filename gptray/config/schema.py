@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gptray.base.errors import ConfigError
 from gptray.base.paths import absolute_path, is_uri, join_path
+from gptray.config.checks import no_credentials, require
 from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
 from gptray.config.model import ModelConfig, finetune_model, padded_vocabulary
 from gptray.config.recipes import RECIPES
@@ -96,8 +97,9 @@ class SourceConfig:
             raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
         if self.streaming is not None and self.path:
             raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
-        _require(math.isfinite(self.weight) and self.weight > 0, f"data.sources[{i}].weight",
+        require(math.isfinite(self.weight) and self.weight > 0, f"data.sources[{i}].weight",
                  "must be a positive number", self.weight)
+        no_credentials(f"data.sources[{i}].path", self.path)
 
 
 # tiktoken's published encodings: (vocabulary size, <|endoftext|> id). A model trained on one of these
@@ -130,11 +132,11 @@ class TokenizerConfig:
     max_document_chars: int = 10_000  # a longer document contributes only its start (nanochat's cap)
 
     def validate(self) -> None:
-        _require(256 + 1 <= self.vocab_size <= 2**32 - 1, "tokenizer.vocab_size",
+        require(256 + 1 <= self.vocab_size <= 2**32 - 1, "tokenizer.vocab_size",
                  "must hold the 256 bytes and <|endoftext|> (>= 257)", self.vocab_size)
-        _require(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1", self.min_frequency)
-        _require(self.max_chars > 0, "tokenizer.max_chars", "must be positive", self.max_chars)
-        _require(self.max_document_chars > 0, "tokenizer.max_document_chars", "must be positive",
+        require(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1", self.min_frequency)
+        require(self.max_chars > 0, "tokenizer.max_chars", "must be positive", self.max_chars)
+        require(self.max_document_chars > 0, "tokenizer.max_document_chars", "must be positive",
                  self.max_document_chars)
 
 
@@ -175,17 +177,19 @@ class DataConfig:
         """Check every data setting; raise ConfigError naming the key."""
         for i, source in enumerate(self.sources):
             source.validate(i)
-        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", self.val_fraction)
-        _require(self.shard_tokens > 0, "data.shard_tokens", "must be positive", self.shard_tokens)
-        _require(self.batch_documents > 0, "data.batch_documents", "must be positive", self.batch_documents)
-        _require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)
-        _require(self.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", self.read_chunk_bytes)
-        _require(bool(self.dataset_dir), "data.dataset_dir", "must not be empty", self.dataset_dir)
-        _require(bool(self.tokenizer.strip()) and self.tokenizer != HF_PREFIX, "data.tokenizer",
+        require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", self.val_fraction)
+        require(self.shard_tokens > 0, "data.shard_tokens", "must be positive", self.shard_tokens)
+        require(self.batch_documents > 0, "data.batch_documents", "must be positive", self.batch_documents)
+        require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)
+        require(self.read_chunk_bytes >= 4096, "data.read_chunk_bytes", "must be at least 4096", self.read_chunk_bytes)
+        require(bool(self.dataset_dir), "data.dataset_dir", "must not be empty", self.dataset_dir)
+        require(bool(self.tokenizer.strip()) and self.tokenizer != HF_PREFIX, "data.tokenizer",
                  "must name a tiktoken encoding, a tokenizer.json or hf:NAME", self.tokenizer)
-        _require(self.shuffle_block_shards > 0, "data.shuffle_block_shards", "must be positive",
+        require(self.shuffle_block_shards > 0, "data.shuffle_block_shards", "must be positive",
                  self.shuffle_block_shards)
-        _require(self.cache_limit_bytes() > 0, "data.cache_limit", "must be positive", self.cache_limit)
+        require(self.cache_limit_bytes() > 0, "data.cache_limit", "must be positive", self.cache_limit)
+        for key in ("dataset_dir", "tokenizer", "cache_dir"):
+            no_credentials(f"data.{key}", getattr(self, key))
 
 
 @dataclass
@@ -214,17 +218,18 @@ class RayConfig:
 
     def validate(self) -> None:
         """Check every ray setting; raise ConfigError naming the key."""
-        _require(self.num_workers >= 0, "ray.num_workers", "must be >= 0 (0: local mode, in this process)",
+        no_credentials("ray.address", self.address)
+        require(self.num_workers >= 0, "ray.num_workers", "must be >= 0 (0: local mode, in this process)",
                  self.num_workers)
-        _require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
+        require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
                  "must be positive or auto", self.cpus_per_worker)
-        _require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)
-        _require(self.accelerator_type is None or (bool(self.accelerator_type) and self.use_gpu),
+        require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)
+        require(self.accelerator_type is None or (bool(self.accelerator_type) and self.use_gpu),
                  "ray.accelerator_type", "needs ray.use_gpu=true and a GPU type such as H100", self.accelerator_type)
-        _require(self.wait_timeout_s is None or self.wait_timeout_s > 0, "ray.wait_timeout_s",
+        require(self.wait_timeout_s is None or self.wait_timeout_s > 0, "ray.wait_timeout_s",
                  "must be positive or null", self.wait_timeout_s)
         if self.num_cpus is not None:
-            _require(self.num_cpus > 0, "ray.num_cpus", "must be positive", self.num_cpus)
+            require(self.num_cpus > 0, "ray.num_cpus", "must be positive", self.num_cpus)
             if self.address not in (None, "local"):
                 raise ConfigError("ray.num_cpus",
                                   f"only applies to a local Ray instance, not ray.address={self.address!r}")
@@ -239,8 +244,9 @@ class TrackingConfig:
 
     def validate(self) -> None:
         """Check every tracking setting; raise ConfigError naming the key."""
-        _require(bool(self.experiment), "tracking.experiment", "must not be empty", self.experiment)
-        _require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0", self.retry_seconds)
+        no_credentials("tracking.uri", self.uri)
+        require(bool(self.experiment), "tracking.experiment", "must not be empty", self.experiment)
+        require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0", self.retry_seconds)
 
 
 @dataclass
@@ -262,18 +268,20 @@ class GenerateConfig:
 
     def validate(self) -> None:
         """Check every generate setting; raise ConfigError naming the key."""
-        _require(self.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", self.max_new_tokens)
-        _require(self.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", self.temperature)
-        _require(self.top_k is None or self.top_k > 0, "generate.top_k", "must be positive or null", self.top_k)
-        _require(self.top_p is None or 0 < self.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", self.top_p)
-        _require(self.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
+        require(self.max_new_tokens >= 0, "generate.max_new_tokens", "must be >= 0", self.max_new_tokens)
+        require(self.temperature >= 0, "generate.temperature", "must be >= 0 (0 is greedy)", self.temperature)
+        require(self.top_k is None or self.top_k > 0, "generate.top_k", "must be positive or null", self.top_k)
+        require(self.top_p is None or 0 < self.top_p <= 1, "generate.top_p", "must be in (0, 1] or null", self.top_p)
+        require(self.repetition_penalty > 0, "generate.repetition_penalty", "must be positive (1 is off)",
                  self.repetition_penalty)
-        _require(self.num_beams >= 1, "generate.num_beams", "must be >= 1", self.num_beams)
+        require(self.num_beams >= 1, "generate.num_beams", "must be >= 1", self.num_beams)
         for i, stop in enumerate(self.stop):
-            _require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
+            require(bool(stop), f"generate.stop[{i}]", "must not be empty", stop)
 
 
-HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+# rowanz/hellaswag at a fixed commit (gptray/eval/hellaswag.py checks the file's digest)
+HELLASWAG_VAL_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/a29ff8e9a04bba4bd6588223785ce105328adc57/"
+                     "data/hellaswag_val.jsonl")
 
 
 @dataclass
@@ -302,18 +310,21 @@ class EvalConfig:
         """Check every eval setting; raise ConfigError naming the key."""
         for key in ("tasks", "train_tasks"):
             for i, task in enumerate(getattr(self, key)):
-                _require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
-        _require(bool(self.tasks), "eval.tasks", "must name at least one task", self.tasks)
-        _require(bool(self.hellaswag), "eval.hellaswag", "must be a path or URL", self.hellaswag)
+                require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+        require(bool(self.tasks), "eval.tasks", "must name at least one task", self.tasks)
+        require(bool(self.hellaswag), "eval.hellaswag", "must be a path or URL", self.hellaswag)
         for key in ("max_length", "stride", "limit", "num_actors", "train_interval", "train_limit"):
             value = getattr(self, key)
-            _require(value is None or value > 0, f"eval.{key}", "must be positive or null", value)
+            require(value is None or value > 0, f"eval.{key}", "must be positive or null", value)
         if self.max_length is not None and self.stride is not None:
-            _require(self.stride <= self.max_length, "eval.stride", f"must be <= eval.max_length ({self.max_length})",
+            require(self.stride <= self.max_length, "eval.stride", f"must be <= eval.max_length ({self.max_length})",
                      self.stride)
-        _require(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
-        _require(self.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", self.cpus_per_actor)
-        _require(bool(self.split), "eval.split", "must name a split", self.split)
+        require(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
+        require(self.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", self.cpus_per_actor)
+        require(bool(self.split), "eval.split", "must name a split", self.split)
+        for key, value in [("hellaswag", self.hellaswag), ("dataset_dir", self.dataset_dir),
+                           *((f"text_files[{i}]", path) for i, path in enumerate(self.text_files))]:
+            no_credentials(f"eval.{key}", value)
 
 
 @dataclass
@@ -360,6 +371,7 @@ class ExperimentConfig:
         config = ExperimentConfig.from_dict(self.to_dict())
         config.out_dir = absolute_path(config.out_dir)  # before read_base, which compares the run dir with the base
         if config.train.init_from:
+            no_credentials("train.init_from", config.train.init_from)  # before read_base reaches it
             if not config.train.init_from.startswith(HF_PREFIX):
                 config.train.init_from = absolute_path(config.train.init_from)
             if read_base is None:
@@ -406,6 +418,7 @@ class ExperimentConfig:
         self.tokenizer.validate()
 
     def _validate_out_dir(self) -> None:
+        no_credentials("out_dir", self.out_dir)
         if not is_uri(self.out_dir):
             return
         if not urlsplit(self.out_dir).netloc:
@@ -431,11 +444,6 @@ def _vocabulary_from_tokenizer(model: ModelConfig, tokenizer: str) -> None:
 # Reads the model config of a fine-tuning run's base (train.init_from, made absolute) for `resolved`.
 BaseModelReader = Callable[[ExperimentConfig], ModelConfig]
 HF_PREFIX = "hf:"  # train.init_from=hf:NAME: a model on the Hugging Face Hub
-
-
-def _require(ok: bool, key: str, message: str, value) -> None:
-    if not ok:
-        raise ConfigError(key, f"{message} (got {value!r})")
 
 
 EVAL_TASKS = ("hellaswag", "perplexity")

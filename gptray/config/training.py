@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from gptray.base.errors import ConfigError
+from gptray.config.checks import no_credentials, require
 from gptray.config.model import ModelConfig
 from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
@@ -73,17 +74,18 @@ class TrainConfig:
 
     def validate(self, model: ModelConfig, num_workers: int) -> None:
         """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
+        no_credentials("train.init_from", self.init_from)
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval"):
-            _require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
-        _require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
+            require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
+        require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
                  self.z_loss)
-        _require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
-        _require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
+        require(self.eval_windows >= 0, "train.eval_windows", "must be >= 0", self.eval_windows)
+        require(self.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0: only at the end)",
                  self.sample_interval)
         if self.peak_tflops is not None:
-            _require(self.peak_tflops > 0, "train.peak_tflops", "must be positive or null", self.peak_tflops)
+            require(self.peak_tflops > 0, "train.peak_tflops", "must be positive or null", self.peak_tflops)
         if self.seq_len is not None:
-            _require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
+            require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
             if model.block_size is not None and self.seq_len > model.block_size:
                 raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
         per_step = self.micro_batch_size * max(num_workers, 1)
@@ -115,11 +117,11 @@ class OptimizerConfig(OptimizerSettings):
 
     def validate(self) -> None:
         """Check resolved optimizer settings; raise ConfigError naming the key."""
-        _require(self.lr > 0, "optimizer.lr", "must be positive", self.lr)
+        require(self.lr > 0, "optimizer.lr", "must be positive", self.lr)
         self.validate_optimizer("optimizer")
-        _require(self.muon_lr > 0, "optimizer.muon_lr", "must be positive", self.muon_lr)
-        _require(0 <= self.muon_momentum < 1, "optimizer.muon_momentum", "must be in [0, 1)", self.muon_momentum)
-        _require(self.muon_weight_decay >= 0, "optimizer.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
+        require(self.muon_lr > 0, "optimizer.muon_lr", "must be positive", self.muon_lr)
+        require(0 <= self.muon_momentum < 1, "optimizer.muon_momentum", "must be in [0, 1)", self.muon_momentum)
+        require(self.muon_weight_decay >= 0, "optimizer.muon_weight_decay", "must be >= 0", self.muon_weight_decay)
 
 
 @dataclass
@@ -142,11 +144,11 @@ class ScheduleConfig:
 
     def validate(self, lr: float) -> None:
         """Check resolved schedule settings against the peak lr; raise ConfigError naming the key."""
-        _require(0 <= self.min_lr <= lr, "schedule.min_lr", f"must be in [0, optimizer.lr = {lr:g}]", self.min_lr)
-        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
+        require(0 <= self.min_lr <= lr, "schedule.min_lr", f"must be in [0, optimizer.lr = {lr:g}]", self.min_lr)
+        require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
         if self.decay_steps is not None:
-            _require(self.decay_steps > 0, "schedule.decay_steps", "must be positive", self.decay_steps)
-        _require(0 <= self.wsd_decay_fraction <= 1, "schedule.wsd_decay_fraction",
+            require(self.decay_steps > 0, "schedule.decay_steps", "must be positive", self.decay_steps)
+        require(0 <= self.wsd_decay_fraction <= 1, "schedule.wsd_decay_fraction",
                  "must be in [0, 1] (0: no decay, a stable phase only)", self.wsd_decay_fraction)
 
 
@@ -175,8 +177,9 @@ class CheckpointConfig:
 
     def validate(self, init_from: str | None) -> None:
         """Check checkpoint settings; raise ConfigError naming the key."""
-        _require(self.interval > 0, "checkpoint.interval", "must be positive", self.interval)
-        _require(self.keep > 0, "checkpoint.keep", "must be positive", self.keep)
+        no_credentials("checkpoint.resume_from", self.resume_from)
+        require(self.interval > 0, "checkpoint.interval", "must be positive", self.interval)
+        require(self.keep > 0, "checkpoint.keep", "must be positive", self.keep)
         if self.resume_from is not None and init_from is not None:
             raise ConfigError("checkpoint.resume_from", "set checkpoint.resume_from (a whole training state) or "
                                                         "train.init_from (weights only), not both")
@@ -252,8 +255,3 @@ def upgrade_saved_config(data: dict) -> dict:
             section, key = new.split(".")
             data[section] = {**(data.get(section) or {}), key: data["train"].pop(old)}
     return data
-
-
-def _require(ok: bool, key: str, message: str, value) -> None:
-    if not ok:
-        raise ConfigError(key, f"{message} (got {value!r})")

@@ -1,7 +1,7 @@
 """Named corpora: what each one is, how big, where it comes from, and how to find it on this machine.
 
 Two kinds. A file corpus (tinyshakespeare) is one file, found in $GPTRAY_CORPORA or the cache,
-else downloaded and checked against its sha256. A Hugging Face corpus loads through `datasets`
+else downloaded; either way checked against its sha256. A Hugging Face corpus loads through `datasets`
 from the Hub (streamed where it is large), or from a local copy of its Hub repository: a
 directory `<dir>/<owner>/<name>` in $GPTRAY_CORPORA, e.g. made with
 `huggingface-cli download --repo-type dataset Salesforce/wikitext --local-dir $GPTRAY_CORPORA/Salesforce/wikitext`.
@@ -163,7 +163,22 @@ def corpus_file(name: str, key: str = "corpus") -> Path:
     corpus = lookup(name, key)
     if corpus.kind != "file":
         raise ConfigError(key, f"corpus {name!r} is a Hugging Face dataset, not a file")
-    return local_copy(corpus) or _download(corpus)
+    found = local_copy(corpus)
+    if found is None:
+        return _download(corpus)
+    # a copy on this machine is the corpus only if it is byte for byte the one the registry names
+    if (digest := _sha256(found)) != corpus.sha256:
+        raise DataError(f"{found} is not corpus {name!r}: its sha256 is {digest}, the corpus's is {corpus.sha256} "
+                        f"({corpus.url}). Remove or replace it; a file of your own is a path source, not a corpus")
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(corpus: Corpus) -> Path:

@@ -19,6 +19,7 @@ import numpy as np
 from gptray.base.errors import DataError
 from gptray.base.paths import cache_home
 from gptray.base.storage import Storage
+from gptray.data.cache_seal import Digest, is_intact, seal_path, write_seal
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
 
@@ -34,8 +35,9 @@ def open_split_tokens(dataset_dir: str | Storage, manifest: Manifest, split: str
     """A split's whole token stream as a read-only memory map.
 
     The Parquet shards are decoded (and their checksums verified) once per node into a flat
-    file keyed by the dataset fingerprint; every worker on the node then shares it through
-    the page cache, and random window reads cost nothing.
+    file keyed by the dataset fingerprint, sealed with its size and digest (cache_seal.py); every
+    worker on the node checks the seal, then shares the file through the page cache, and random
+    window reads cost nothing.
     """
     dtype = np.dtype(manifest.tokenizer["dtype"])
     return _cached_stream(dataset_dir, manifest, split, cache_dir, f"{split}.bin", dtype, shard_tokens)
@@ -59,12 +61,12 @@ def _cached_stream(dataset_dir: str | Storage, manifest: Manifest, split: str, c
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / manifest.fingerprint / name
     expected_bytes = info.tokens * dtype.itemsize
-    if not (path.is_file() and path.stat().st_size == expected_bytes):
+    if not is_intact(path, expected_bytes):  # missing, cut short, or not what its decoder sealed
         path.parent.mkdir(parents=True, exist_ok=True)
         # Workers on one node race to build the same file; one builds, the others wait.
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (path.is_file() and path.stat().st_size == expected_bytes):
+            if not is_intact(path, expected_bytes):
                 _build_cache(dataset_dir, manifest, split, path, dtype, per_shard)
     return np.memmap(path, dtype=dtype, mode="r")
 
@@ -74,13 +76,18 @@ def _build_cache(dataset_dir: str | Storage, manifest: Manifest, split: str, pat
     info = manifest.split_info(split)
     log.info("decoding %d %s shard(s) (%s tokens) into %s", len(info.shards), split, f"{info.tokens:,}", path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    digest = Digest()
     with open(tmp, "wb") as out:
         for shard in info.shards:
             values = per_shard(read_shard(dataset_dir, shard, verify=True))
             if len(values) != shard.tokens:
                 raise DataError(f"shard {shard.path} holds {len(values)} tokens, manifest says {shard.tokens}")
-            out.write(values.astype(dtype, copy=False).tobytes())
+            data = values.astype(dtype, copy=False).tobytes()
+            digest.update(data)
+            out.write(data)
+    seal_path(path).unlink(missing_ok=True)  # the old file's seal never vouches for the new one
     os.replace(tmp, path)
+    write_seal(path, digest)
 
 
 class WindowSampler:

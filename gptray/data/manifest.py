@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from gptray.base.errors import ConfigError, DataError
 from gptray.base.storage import Location, Storage
@@ -126,9 +127,31 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise DataError(f"{where} is not a {FORMAT} v{VERSION} manifest")
         try:
-            return build(cls, data)
+            manifest = build(cls, data)
         except ConfigError as exc:
             raise DataError(f"{where} is malformed: {exc}") from None
+        manifest.check(where)
+        return manifest
+
+    def check(self, where: str) -> None:
+        """Refuse a manifest whose fingerprint is not the digest of its content (the fingerprint names the
+        node's cache directory) or whose shard paths leave the dataset directory."""
+        if self.fingerprint != self.compute_fingerprint():
+            raise DataError(f"{where}: its fingerprint {self.fingerprint[:80]!r} is not the digest of its tokenizer "
+                            "and shard checksums (edited or corrupt); tokenize the dataset again")
+        for split, info in self.splits.items():
+            for shard in info.shards:
+                if not is_inside(shard.path):
+                    raise DataError(f"{where}: {split} shard path {shard.path!r} leaves the dataset directory "
+                                    "(absolute, a URI, or with '..'); shard paths are relative to it")
 
     def split_info(self, split: str) -> SplitInfo:
         return self.splits.get(split, SplitInfo())
+
+
+def is_inside(relative: str) -> bool:
+    """Whether a path from a manifest names a file inside the dataset directory: relative, no '..', no URI."""
+    if not relative or "\\" in relative or "\0" in relative or "://" in relative:
+        return False
+    path = PurePosixPath(relative)
+    return not path.is_absolute() and ".." not in path.parts

@@ -5,7 +5,9 @@ of time, of the next one. The ranks of a node are separate processes sharing one
 <cache_dir>/<fingerprint>/train-shards/:
 
   NNNNNN.tokens   a shard's decoded token stream (NNNNNN.mask beside it for prompt-masked data);
-                  complete once renamed into place, the mask first
+                  complete once renamed into place and sealed, the mask first
+  NNNNNN.tokens.seal  its size and digest, written by the process that decoded it (cache_seal.py);
+                  checked before a process maps the file, which is decoded again if they disagree
   NNNNNN.P.tmp    a shard being decoded by process P: created at its full size, so the space it
                   will take counts from the moment it is reserved
   NNNNNN.pin      every process using the shard holds a shared flock on it; evicting the shard
@@ -36,6 +38,7 @@ import numpy as np
 
 from gptray.base.errors import DataError
 from gptray.base.storage import Storage
+from gptray.data.cache_seal import Digest, is_intact, seal_path, sealed_size, write_seal
 from gptray.data.manifest import ShardInfo
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
 
@@ -94,7 +97,8 @@ class ShardCache:
         if index not in self._open:
             pin = self._pin(index)
             try:
-                if not self._complete(index):
+                if not (self._complete(index) and self._intact(index)):
+                    self._discard_unless_intact(index)
                     self._fetch(index, protected | {index}, wait=True)
                 tokens = np.memmap(self._file(index, "tokens"), dtype=self.dtype, mode="r")
                 mask = np.memmap(self._file(index, "mask"), dtype=np.uint8, mode="r") if self.with_mask else None
@@ -127,7 +131,30 @@ class ShardCache:
         return self.directory / f"{index:06d}.{kind}"
 
     def _complete(self, index: int) -> bool:
-        return self._file(index, "tokens").is_file()  # renamed into place last
+        """Its files and their seals are in place, at the sizes expected (cheap: no file is read)."""
+        tokens = self.shards[index].tokens
+        return sealed_size(self._file(index, "tokens"), tokens * self.dtype.itemsize) and (  # sealed last
+            not self.with_mask or sealed_size(self._file(index, "mask"), tokens))
+
+    def _intact(self, index: int) -> bool:
+        """Its files hold what the process that decoded them sealed (reads them: once per process and shard)."""
+        tokens = self.shards[index].tokens
+        return is_intact(self._file(index, "tokens"), tokens * self.dtype.itemsize) and (
+            not self.with_mask or is_intact(self._file(index, "mask"), tokens))
+
+    def _discard_unless_intact(self, index: int) -> None:
+        """Delete a shard's cached files unless they are intact (a decode in progress finishes first)."""
+        with _flock(self._file(index, "build")):
+            if self._complete(index) and self._intact(index):
+                return
+            with _flock(self.directory / "space.lock"):
+                for kind in ("tokens", "mask"):
+                    path = self._file(index, kind)
+                    if path.is_file():
+                        log.warning("%s does not match the seal its decoder wrote (cut short, corrupt or "
+                                    "replaced): decoding shard %s again", path, self.shards[index].path)
+                    path.unlink(missing_ok=True)
+                    seal_path(path).unlink(missing_ok=True)
 
     def _pin(self, index: int) -> int:
         fd = os.open(self._file(index, "pin"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -193,6 +220,7 @@ class ShardCache:
                     continue  # some process reads it
                 for kind in ("tokens", "mask"):
                     path = self._file(index, kind)
+                    seal_path(path).unlink(missing_ok=True)
                     if path.is_file():
                         freed += path.stat().st_size
                         path.unlink()
@@ -224,16 +252,22 @@ class ShardCache:
             arrays = {"tokens": tokens.astype(self.dtype, copy=False)}
             if self.with_mask:
                 arrays["mask"] = shard_loss_mask(table)
+            digests = {}
             for kind in ("mask", "tokens"):
                 if kind in files:
+                    data = arrays[kind].tobytes()
+                    digests[kind] = Digest()
+                    digests[kind].update(data)
                     with open(files[kind], "r+b") as f:
-                        f.write(arrays[kind].tobytes())
+                        f.write(data)
             # renamed under the space lock, so that no count lists the directory mid-rename; tokens
-            # last: its presence means the shard is complete
+            # sealed last: its seal means the shard is complete
             with _flock(self.directory / "space.lock"):
                 for kind in ("mask", "tokens"):
                     if kind in files:
+                        seal_path(self._file(index, kind)).unlink(missing_ok=True)
                         os.replace(files[kind], self._file(index, kind))
+                        write_seal(self._file(index, kind), digests[kind])
         finally:
             for path in files.values():
                 path.unlink(missing_ok=True)

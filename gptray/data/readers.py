@@ -11,6 +11,7 @@ JSON line, file) longer than `max_bytes` is skipped as "oversized" without ever 
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ PARQUET_BATCH_ROWS = 4096
 PARAGRAPH_BREAK = re.compile(rb"\n\s*\n")
 NON_SPACE = re.compile(rb"\S")
 UTF8_BOM = b"\xef\xbb\xbf"
+TOO_DEEP = "nested too deeply to parse"
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -221,6 +223,8 @@ def _json_doc(piece: bytes, loc: str, text_field: str, prompt_field: str | None 
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         return problem(loc, "malformed_json", str(exc), len(piece))
+    except RecursionError:  # json recurses per level: "[[[[…" deeper than Python's stack
+        return problem(loc, "malformed_json", TOO_DEEP, len(piece))
     return _json_row_doc(row, loc, text_field, prompt_field, status, len(piece))
 
 
@@ -295,8 +299,9 @@ def file_documents(fs: pafs.FileSystem, path: str, name: str, fmt: str, unit: st
         with open_stream(fs, path) as stream:
             if fmt == "json":
                 head = stream.read(BLOCK_BYTES)
-                if head.lstrip().removeprefix(UTF8_BOM).startswith(b"["):
-                    yield from _json_array_documents(head + stream.read(), name, text_field, max_bytes, prompt_field)
+                if head.removeprefix(UTF8_BOM).lstrip().startswith(b"["):
+                    yield from _json_array_documents(_prefixed(head, stream.read), name, text_field, max_bytes,
+                                                     prompt_field)
                     return
                 pieces = iter_pieces(_prefixed(head, stream.read), 0, None, "line", max_bytes)
                 yield from _piece_docs(pieces, name, fmt, text_field, max_bytes, prompt_field)
@@ -332,22 +337,71 @@ def _prefixed(head: bytes, read: Callable[[int], bytes]) -> Callable[[int], byte
     return read_next
 
 
-def _json_array_documents(data: bytes, name: str, text_field: str, max_bytes: int,
+def _json_array_documents(read: Callable[[int], bytes], name: str, text_field: str, max_bytes: int,
                           prompt_field: str | None = None) -> Iterator[Doc]:
-    text, status = _decode(data.removeprefix(UTF8_BOM))
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        yield problem(name, "malformed_json", str(exc), len(data))
-        return
-    for number, row in enumerate(rows if isinstance(rows, list) else [rows], start=1):
+    """The items of a JSON array file, parsed one at a time as the file streams in: no more than one item
+    (at most data.max_document_bytes) and a block are held, however large the file or its decompressed
+    stream. An item that is larger, malformed or nested too deeply is counted and ends the file (nothing
+    after it can be found again)."""
+    decoder = json.JSONDecoder()
+    # undecodable bytes become lone surrogates, which _row_doc replaces and counts
+    utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    text, position, done, number = "", 0, False, 0
+
+    def more() -> bool:
+        nonlocal text, position, done
+        if done:
+            return False
+        data = read(max(BLOCK_BYTES, len(text) - position))  # doubling: a large item is parsed a few times only
+        done = not data
+        text = text[position:] + utf8.decode(data, final=done)  # what was parsed is dropped
+        position = 0
+        return True
+
+    while "[" not in text and more():
+        pass
+    position = text.find("[") + 1  # the caller saw it first, after whitespace and a byte-order mark
+    while True:
+        position = _skip(text, position, ", \t\r\n" if number else " \t\r\n")
+        if position == len(text):
+            if more():
+                continue
+            yield problem(name, "malformed_json", f"the array ends after item {number} without a ']'")
+            return
+        if text[position] == "]":
+            return
+        loc = f"{name}:item {number + 1}"
+        try:
+            row, end = decoder.raw_decode(text, position)
+            error, complete = "", end < len(text) or done  # a number at the end of the buffer may go on
+        except json.JSONDecodeError as exc:
+            row, end, error, complete = None, position, str(exc), done
+        except RecursionError:  # json recurses per level: "[[[[…" deeper than Python's stack
+            yield problem(loc, "malformed_json", TOO_DEEP)
+            return
+        if not complete:
+            if len(text) - position > max_bytes:
+                yield problem(loc, "oversized", f"more than data.max_document_bytes={max_bytes:,} bytes "
+                              "(the rest of the array is not read)", len(text) - position)
+                return
+            more()
+            continue
+        if row is None:
+            yield problem(loc, "malformed_json", error)
+            return
+        number += 1
         value = row.get(text_field) if isinstance(row, dict) else None
-        loc = f"{name}:item {number}"
-        if isinstance(value, str) and len(value) > max_bytes // 4 and len(value.encode()) > max_bytes:
-            yield problem(loc, "oversized", f"> data.max_document_bytes={max_bytes:,}", len(value.encode()))
+        if end - position > max_bytes:
+            yield problem(loc, "oversized", f"> data.max_document_bytes={max_bytes:,}", end - position)
         else:
-            yield _json_row_doc(row, loc, text_field, prompt_field, status,
-                                len(value) if isinstance(value, str) else 0)
+            yield _json_row_doc(row, loc, text_field, prompt_field, "ok", len(value) if isinstance(value, str) else 0)
+        position = end
+
+
+def _skip(text: str, position: int, characters: str) -> int:
+    while position < len(text) and text[position] in characters:
+        position += 1
+    return position
 
 
 def parquet_documents(fs: pafs.FileSystem, path: str, name: str, row_groups: range, first_row: int,

@@ -24,6 +24,7 @@ from gptray.base.errors import ConfigError, DataError
 from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.data.block_order import BlockOrder
+from gptray.data.cache_seal import file_digest, is_intact, seal_path, write_seal
 from gptray.data.global_order import (
     IGNORE_INDEX,
     WindowSampler,
@@ -301,12 +302,15 @@ def open_val_windows(config: ExperimentConfig, dataset: Storage, manifest: Manif
     width = seq_len + 1
     directory = _cache_root(config) / manifest.fingerprint
     path = directory / f"val-windows-{len(starts)}x{width}.npz"
-    if not path.is_file():
+    if not is_intact(path, None):  # missing, or not what the process that wrote it sealed
         directory.mkdir(parents=True, exist_ok=True)
         tokens, mask = _read_windows(dataset, manifest, "val", starts, width)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp.npz")
         np.savez(tmp, tokens=tokens, mask=mask if mask is not None else np.empty(0, np.uint8))
+        digest = file_digest(tmp)
+        seal_path(path).unlink(missing_ok=True)
         tmp.replace(path)
+        write_seal(path, digest)
     saved = np.load(path)
     mask = saved["mask"] if manifest.prompt_masked else None
     return saved["tokens"], mask, np.arange(len(starts), dtype=np.int64) * width

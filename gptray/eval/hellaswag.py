@@ -11,6 +11,7 @@ file or a URL (downloaded once into the cache).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from gptray.base.errors import DataError
 from gptray.base.paths import cache_home
-from gptray.config.schema import HELLASWAG_VAL_URL  # noqa: F401  (eval.hellaswag's default)
+from gptray.config.schema import HELLASWAG_VAL_URL  # eval.hellaswag's default
 from gptray.data.global_order import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,35 @@ def cache_dir() -> Path:
     return cache_home("eval")
 
 
+# Files whose content is known, by URL: the git blob id the rowanz/hellaswag repository records for
+# data/hellaswag_val.jsonl (SHA-1 of "blob <size>\0" + content; the file has not changed since its first
+# commit). A download from these URLs, or the cached copy of one, must have it.
+KNOWN_BLOBS = {
+    HELLASWAG_VAL_URL: "0f5ee25d72216f12317d5d8a7b92deafa423d81e",
+    "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl":
+        "0f5ee25d72216f12317d5d8a7b92deafa423d81e",
+}
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives the file's content (what `git hash-object` prints)."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_known(source: str, path: Path) -> None:
+    expected = KNOWN_BLOBS.get(source)
+    if expected is not None and (found := git_blob_id(path)) != expected:
+        raise DataError(f"{path} (from {source}) is not the file that URL names: its git blob id is {found}, "
+                        f"expected {expected}. Delete it to download it again")
+
+
 def locate(source: str) -> Path:
-    """A local jsonl file as it is; a URL is downloaded once into the cache (`file://` URLs too)."""
+    """A local jsonl file as it is; a URL is downloaded once into the cache (`file://` URLs too), and a
+    file whose content is known (KNOWN_BLOBS) is checked, downloaded or cached."""
     if "://" not in source:
         path = Path(source).expanduser()
         if not path.is_file():
@@ -45,6 +73,7 @@ def locate(source: str) -> Path:
         return path
     target = cache_dir() / "hellaswag" / Path(urllib.request.urlparse(source).path).name
     if target.is_file():
+        _check_known(source, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", source, target)
@@ -58,6 +87,11 @@ def locate(source: str) -> Path:
         raise DataError(f"could not download {source} ({type(exc).__name__}: {exc}). Without internet, fetch "
                         "hellaswag_val.jsonl elsewhere and pass its path: eval.hellaswag=/path/to/hellaswag_val.jsonl"
                         ) from None
+    try:
+        _check_known(source, tmp)
+    except DataError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, target)
     return target
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
@@ -38,6 +37,26 @@ def default_output(found: Path | str) -> Path:
     return Path(name) if is_uri(str(found)) else Path(found).parent / name
 
 
+# What consolidating writes into --out; --overwrite removes these and nothing else.
+WRITES = ("model.pt", "optimizer.pt", "scaler.pt", "config.yaml", "state.json", "state.json.tmp")
+
+
+def _prepare_output(target: Path, overwrite: bool) -> None:
+    """--out new or empty, or with --overwrite rid of the files consolidating writes (only those: a mistyped
+    --out must not cost anything else, and a checkpoint directory must hold nothing else)."""
+    if target.exists() and not target.is_dir():
+        raise ConfigError("--out", f"{target} is a file")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError("--out", f"{target} already exists (pass --overwrite to replace it)")
+        others = sorted(p.name for p in target.iterdir() if p.name not in WRITES)
+        if others:
+            raise ConfigError("--out", f"{target} holds files a checkpoint does not ({', '.join(others[:5])}): "
+                                       "--overwrite replaces only a checkpoint's files; choose another --out")
+        for name in WRITES:
+            (target / name).unlink(missing_ok=True)
+
+
 def consolidate_checkpoint(checkpoint: str | Path, out: str | Path | None = None, optimizer: bool = False,
                            overwrite: bool = False) -> Consolidated:
     """Write a sharded checkpoint (or a run directory's latest) as a whole one, loadable with
@@ -51,13 +70,7 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path | None = None
     target = Path(out) if out is not None else default_output(found)
     if is_uri(str(target)):
         raise ConfigError("--out", f"must be a local directory (got {target}); copy the result to storage after")
-    if target.is_file() or (target.is_dir() and any(target.iterdir())):
-        if not overwrite:
-            raise ConfigError("--out", f"{target} already exists (pass --overwrite to replace it)")
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    _prepare_output(target, overwrite)
 
     config = read_config(directory)
     model = GPT(ModelConfig.from_saved(state.model))

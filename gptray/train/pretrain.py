@@ -35,6 +35,7 @@ from gptray.train.finetune import base_for_run
 from gptray.train.loop import final_sample_name
 from gptray.train.placement import PendingReporter, WorkerPlan, plan_workers
 from gptray.train.ray_trainer import build_trainer, checkpoints_kept, fit
+from gptray.train.run_lease import holds_run_lease
 from gptray.train.worker_inputs import WorkerInputs
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PretrainResult:
     seconds: float
 
 
+@holds_run_lease  # one live launch per run directory (run_lease.py)
 def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callbacks: list | None = None,
              ) -> PretrainResult:
     """Train `config` on Ray (resuming from the run's latest checkpoint if there is one).

@@ -113,6 +113,7 @@ def test_sbatch_starts_ray_and_runs_the_pretrain_pipeline(slurm_cluster, shakesp
     root, env = slurm_cluster
     token = root / "token"
     token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)  # the script reports a token others can read
     env = dict(env, RAY_AUTH_TOKEN_PATH=str(token), RAY_PORT=str(free_port()),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     log = root / "job.log"
@@ -125,5 +126,5 @@ def test_sbatch_starts_ray_and_runs_the_pretrain_pipeline(slurm_cluster, shakesp
     output = log.read_text() if log.exists() else ""
     assert job.returncode == 0, job.stderr + output[-5000:]
     assert "1 Ray node(s) up" in output and "step 2/2" in output
-    assert "pipelines.pretrain_job exited with 0" in output
+    assert "pipelines.pretrain_job exited with 0" in output and "can be read by other users" not in output
     assert (root / "runs" / "quickstart" / "checkpoint_00000002" / "state.json").is_file()

@@ -103,6 +103,13 @@ def test_consolidate_refuses_a_whole_checkpoint_and_an_occupied_output(trained, 
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     assert cli(["checkpoint", "consolidate", str(directory.parent), "--out", str(tmp_path / "new")]) == 0
     assert "model.pt" in capsys.readouterr().out and not (tmp_path / "new" / "optimizer.pt").exists()
+    # --overwrite replaces a checkpoint's files and nothing else: a directory holding others is refused
+    assert cli(["checkpoint", "consolidate", str(directory), "--out", str(tmp_path / "taken"), "--overwrite"]) == 2
+    assert "holds files a checkpoint does not (keep.txt)" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "taken" / "model.pt").exists()
+    (tmp_path / "new" / "optimizer.pt").write_bytes(b"stale")  # a checkpoint's own file: replaced (here: removed)
+    assert cli(["checkpoint", "consolidate", str(directory), "--out", str(tmp_path / "new"), "--overwrite"]) == 0
+    assert read_state(tmp_path / "new").files.keys() == {"model.pt", "config.yaml"} and is_complete(tmp_path / "new")
 
 
 def test_pruning_deletes_orphans_older_than_what_ray_keeps_and_nothing_ray_keeps(trained, tmp_path):

@@ -42,6 +42,45 @@ def test_launcher_yaml_keeps_the_dashboard_private_and_token_auth_on(name):
         assert commands.count("RAY_AUTH_MODE=token") == commands.count("ray start")
 
 
+SHIPPED = LAUNCHER_YAMLS + ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml"]
+OPEN_TO_ALL = ("0.0.0.0/0", "::/0")
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    else:
+        yield str(node)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_cluster_file_opens_a_port_to_everyone_or_asks_for_public_ips(name):
+    config = load(name)
+    assert not [s for s in _strings(config) if any(cidr in s for cidr in OPEN_TO_ALL)], name
+    provider = config.get("provider", {}) if name in LAUNCHER_YAMLS else {}
+    node_configs = [t.get("node_config", {}) for t in config.get("available_node_types", {}).values()]
+    if provider.get("type") in ("aws", "gcp"):
+        assert provider.get("use_internal_ips") is True, f"{name}: nodes must have private addresses only"
+    if provider.get("type") == "aws":
+        # Ray's launcher creates a security group, with 22/tcp open to 0.0.0.0/0, for any node type
+        # without SecurityGroupIds (ray/autoscaler/_private/aws/config.py), and rules from provider.security_group
+        assert "security_group" not in provider
+        for node_config in node_configs:
+            assert node_config.get("SecurityGroupIds") and node_config.get("SubnetIds"), node_config
+            for interface in node_config.get("NetworkInterfaces", []):
+                assert not interface.get("AssociatePublicIpAddress"), node_config
+    if provider.get("type") == "gcp":
+        # without networkInterfaces Ray's launcher gives each node an external address (ONE_TO_ONE_NAT)
+        for node_config in node_configs:
+            interfaces = node_config.get("networkInterfaces")
+            assert interfaces and all(not i.get("accessConfigs") for i in interfaces), node_config
+
+
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
 def test_cloud_yamls_autoscale_gpu_workers_running_this_project(name):
     config = load(name)
@@ -121,3 +160,26 @@ def test_the_image_is_the_pinned_ray_image_installed_the_way_ci_installs():
 
 
 
+
+
+def test_the_slurm_script_makes_a_ray_token_only_its_user_can_read(tmp_path):
+    """Run for real under a permissive umask: `ray get-auth-token --generate` writes with the umask it
+    inherits, and a token others can read lets them join the cluster and run code as the user."""
+    import os
+    import stat
+    import subprocess
+
+    script = (CLUSTER / "slurm" / "gptray.sbatch").read_text()
+    assert ". cluster/slurm/auth-token.sh" in script
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_AUTH_TOKEN", None), env.pop("RAY_AUTH_TOKEN_PATH", None)
+    made = subprocess.run(["bash", "-c", "umask 022 && set -euo pipefail && . cluster/slurm/auth-token.sh"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.read_text().strip() and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    token.chmod(0o644)  # one made before: reported
+    again = subprocess.run(["bash", "-c", ". cluster/slurm/auth-token.sh"], cwd=REPO, env=env,
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "can be read by other users" in again.stderr

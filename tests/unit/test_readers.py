@@ -107,3 +107,69 @@ def test_split_and_copies_follow_the_documented_hashes():
     # the mixture choice is independent of the split choice
     val = [is_validation(d, 0.5, 5) for d in docs]
     assert 0.2 < sum(v and c for v, c in zip(val, quarter)) / sum(quarter) < 0.8
+
+
+def documents_of(path, max_bytes: int = 1 << 20) -> list:
+    import pyarrow.fs as pafs
+
+    return list(readers.file_documents(pafs.LocalFileSystem(), str(path), path.name, "json", "line", max_bytes,
+                                       "text"))
+
+
+def test_a_json_array_is_read_item_by_item(tmp_path):
+    import json
+
+    path = tmp_path / "docs.json"
+    path.write_text("\ufeff \n" + json.dumps([{"text": "one"}, {"text": 2}, {"other": "x"}, {"text": "caf\u00e9 [,]"},
+                                              {"text": "last"}], indent=1))
+    assert [(d.status, d.text) for d in documents_of(path)] == [
+        ("ok", "one"), ("missing_field", ""), ("missing_field", ""), ("ok", "caf\u00e9 [,]"), ("ok", "last")]
+    path.write_bytes(b'[{"text": "kept"}, {"text": "cut \xff"}, {"text": broken}, {"text": "never read"}]')
+    docs = documents_of(path)
+    assert [d.status for d in docs] == ["ok", "undecodable", "malformed_json"]
+    assert docs[1].text == "cut \ufffd" and docs[2].loc == "docs.json:item 3"
+    path.write_text('[{"text": "a"}, {"text": "b"}')
+    assert [d.status for d in documents_of(path)] == ["ok", "ok", "malformed_json"]  # no closing bracket
+
+
+def test_a_compressed_json_array_bomb_is_capped_without_holding_it(tmp_path):
+    """64 MB of text in a 64 KB gzip file: the item is oversized, and never held whole."""
+    import gzip
+
+    path = tmp_path / "bomb.json.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(b'[{"text": "small"}, {"text": "')
+        for _ in range(64):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"}, {"text": "after"}]')
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    docs = documents_of(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [(d.status, d.text) for d in docs] == [("ok", "small"), ("oversized", "")]
+    assert docs[1].loc == "bomb.json.gz:item 2" and "the rest of the array is not read" in docs[1].error
+    assert peak < 24 << 20, f"peak {peak / 2**20:.1f} MiB: the array was read whole"
+
+
+def test_deeply_nested_json_is_bad_input_not_a_crash(tmp_path):
+    deep = "[" * 200_000 + "]" * 200_000
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(f'{{"text": "before"}}\n{{"text": {deep}}}\n{{"text": "after"}}\n')
+    docs = documents_of(lines)
+    assert [d.status for d in docs] == ["ok", "malformed_json", "ok"] and readers.TOO_DEEP in docs[1].error
+    array = tmp_path / "deep.json"
+    array.write_text(f'[{{"text": "before"}}, {deep}, {{"text": "never read"}}]')
+    docs = documents_of(array)
+    assert [d.status for d in docs] == ["ok", "malformed_json"] and readers.TOO_DEEP in docs[1].error
+
+
+def test_a_stored_file_of_another_size_is_refused_before_it_is_read(tmp_path):
+    from gptray.base.errors import StorageError
+    from gptray.base.storage import Storage
+
+    (tmp_path / "shard.parquet").write_bytes(b"x" * 100)
+    store = Storage(str(tmp_path))
+    assert store.read_ranges("shard.parquet", 100) == b"x" * 100
+    with pytest.raises(StorageError, match="is 100 bytes, not the 1,000,000,000,000 expected"):
+        store.read_ranges("shard.parquet", 10**12)  # a manifest's claim: nothing that size is allocated
