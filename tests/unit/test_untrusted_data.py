@@ -13,8 +13,8 @@ from test_node_cache import SHARD_TOKENS, cache, write_shards
 
 from gptray.base.errors import DataError
 from gptray.data.cache_seal import seal_path
-from gptray.data.manifest import Manifest, SplitInfo
 from gptray.data.global_order import open_split_tokens
+from gptray.data.manifest import Manifest, SplitInfo
 
 
 def dataset(root: Path, shards: int = 2) -> tuple[Path, list[np.ndarray]]:
