@@ -266,6 +266,7 @@ class TrainConfig(OptimizerSettings):
         if self.lr_decay_steps is not None:
             _require(self.lr_decay_steps > 0, "train.lr_decay_steps", "must be positive", self.lr_decay_steps)
         self.validate_optimizer("train")
+        model.validate_for_training()
         _require(0 <= self.wsd_decay_fraction <= 1, "train.wsd_decay_fraction",
                  "must be in [0, 1] (0: no decay, a stable phase only)", self.wsd_decay_fraction)
         _require(self.muon_lr > 0, "train.muon_lr", "must be positive", self.muon_lr)
