@@ -223,6 +223,16 @@ class GPT(nn.Module):
                                  "train with model.attention=prefix")
         return targets
 
+    def scoring_prefix(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """For scoring with a loss computed outside forward (evaluations): under prefix, the longest prefix
+        of each row that hides its counted targets (up to and including the first one's query), so
+        context tokens are read bidirectionally; None for every other pattern."""
+        if self.config.attention != "prefix":
+            return None
+        counted = targets != IGNORE_TARGET
+        first = torch.where(counted.any(dim=1), counted.float().argmax(dim=1), targets.size(1) - 1)
+        return first + 1
+
     def _pattern_kind(self) -> str:
         """The configured attention as a rule's kind: banded layers are causal with a window."""
         return "causal" if self.config.attention in ("sliding_window", "alternating") else self.config.attention

@@ -189,6 +189,7 @@ class TrainingEngine:
             logits, loss = self.model(x, y)
             return logits, loss, None
         logits, _ = self.model(x)
+        y = self.module.prediction_targets(y, x)  # as forward does: a prefix's targets are not counted
         return logits, *cross_entropy_and_z_loss(logits, y, self.train.z_loss)
 
     def global_mean(self, value: torch.Tensor) -> float:
