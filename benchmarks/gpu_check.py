@@ -30,6 +30,10 @@ JSON is rewritten after every one, so a run cut short keeps what it had measured
   mask_cost       tokens/s of document masking and of a 256-token sliding window ÷ causal, at T=1024: compiled
                   at the best micro-batch where the time left allows two more compiles, else all three eager
                   at micro-batch 16
+  mask_flex       [CUDA] a document-masked training step of the `tiny` preset at T=1024 and 2048, dense (SDPA
+                  with a T × T mask) vs FlexAttention block masks (model.attention_impl=flex): median step
+                  time with min/max and peak CUDA memory (benchmarks/attention_masks.py's measure), and the
+                  two losses of the first step equal
 
 Status: a check section is "passed", "failed" or "partial" (its time budget ran out before some checks,
 and none failed); a measurement is "ok" or "partial" (a micro-batch skipped or out of memory); "error"
@@ -931,6 +935,36 @@ def mask_cost_section(s: Settings, budget: Budget, shared: dict) -> dict:
             "summary": f"{summary or 'none ran'} of causal tok/s ({'compiled' if compiled else 'eager'})"}
 
 
+def mask_flex_section(s: Settings, budget: Budget, shared: dict) -> dict:
+    import attention_masks
+
+    runs = []
+    for seq_len in (1024, 2048):
+        for impl in ("sdpa", "flex"):
+            if budget.spent():
+                runs.append({"seq_len": seq_len, "impl": impl, "skipped": "section time budget spent"})
+                continue
+            try:
+                row = attention_masks.measure("tiny", seq_len, impl, "train", batch=8, steps=5, warmup=2,
+                                              device=s.device)
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"seq_len": seq_len, "impl": impl, "error": "out of memory", "message": str(exc)[:300]}
+            except Exception as exc:  # this run's failure: the others still go
+                row = {"seq_len": seq_len, "impl": impl, **error_info(exc)}
+            runs.append(row)
+            free_memory(s.device)
+            log(f"   T={seq_len} {impl}: " + (row.get("error") or row.get("skipped") or
+                                             f"median {row['median_s'] * 1e3:.1f} ms, peak {row['peak_mib']:.0f} MiB"))
+    done = {(r["seq_len"], r["impl"]): r for r in runs if "median_s" in r}
+    if not done:
+        raise RuntimeError("no mask_flex run finished: " + "; ".join(str(r.get("error") or r.get("skipped"))
+                                                                     for r in runs))
+    parts = [f"T={t} flex {done[(t, 'flex')]['median_s'] / done[(t, 'sdpa')]['median_s']:.2f}× time, "
+             f"{done[(t, 'flex')]['peak_mib'] / max(done[(t, 'sdpa')]['peak_mib'], 1e-9):.2f}× memory"
+             for t in (1024, 2048) if (t, "flex") in done and (t, "sdpa") in done]
+    return {"status": runs_status(runs), "runs": runs, "preset": "tiny", "summary": "; ".join(parts) + " of dense"}
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -953,6 +987,7 @@ SECTIONS = (
     Section("ray_throughput", "measure", ray_throughput_section, 150),
     Section("memory", "measure", memory_section, 90, needs_cuda=True),
     Section("mask_cost", "measure", mask_cost_section, 150),
+    Section("mask_flex", "measure", mask_flex_section, 120, needs_cuda=True),
 )
 SECTION_NAMES = tuple(section.name for section in SECTIONS)
 

@@ -101,8 +101,9 @@ class KVCache:
         if self.config.attention == "prefix" and start == 0:
             self.prefix = q_valid.sum(dim=1) if prefix is None else prefix.to(self.device)
         self.next_position += T
-        return CacheStep(prefix=self.prefix, past=start, q_positions=q_positions, q_valid=q_valid, k_positions=self.positions[:, :end],
-                         k_valid=self.valid[:, :end], q_documents=q_documents, k_documents=k_documents)
+        return CacheStep(past=start, q_positions=q_positions, q_valid=q_valid, k_positions=self.positions[:, :end],
+                         k_valid=self.valid[:, :end], q_documents=q_documents, k_documents=k_documents,
+                         prefix=self.prefix)
 
     def _extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys[layer] is None:

@@ -80,8 +80,9 @@ def flex_functions():
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:
-        raise ConfigError("model.attention_impl", "flex needs torch.nn.attention.flex_attention (torch >= 2.5); "
-                                                  f"this is torch {torch.__version__}: use attention_impl=sdpa") from None
+        raise ConfigError("model.attention_impl",
+                          "flex needs torch.nn.attention.flex_attention (torch >= 2.5); this is torch "
+                          f"{torch.__version__}: use attention_impl=sdpa") from None
     return create_block_mask, flex_attention
 
 

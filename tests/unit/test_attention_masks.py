@@ -166,6 +166,37 @@ def test_prefix_cached_generation_equals_uncached():
     assert not torch.allclose(causal[0, -1], prefixed[0, -1], atol=1e-4)
 
 
+def test_prefix_generation_cached_and_uncached_equal_the_definition():
+    """generate() reads the prompt as the prefix, with and without a cache, past block_size too (where the
+    window slides and only the prompt tokens still in it stay the prefix)."""
+    from gptray.config import GenerateConfig
+    from gptray.generation import generate
+
+    model = seeded(config_for(attention="prefix", prefix_fraction=0.5, n_layer=3, n_embd=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8)  # sharper next-token distributions than the init's, so greedy choices differ
+    prompts = [[9, 10, 11, 12, 13], [14, 15]]
+    steps = 2 * T
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            context = list(prompt)
+            for _ in range(steps):
+                window = context[-T:]
+                prefix = max(0, len(prompt) - (len(context) - len(window)))
+                logits, _ = model(torch.tensor([window]), prefix_len=prefix)
+                context.append(int(logits[0, -1].argmax()))
+            expected.append(context[len(prompt):])
+    for use_cache in (True, False):
+        done = generate(model, prompts, GenerateConfig(temperature=0.0, max_new_tokens=steps, use_cache=use_cache))
+        assert [c.tokens for c in done] == expected, f"use_cache={use_cache}"
+    causal = seeded(config_for(n_layer=3, n_embd=32))
+    causal.load_state_dict(model.state_dict())
+    plain = generate(causal, prompts, GenerateConfig(temperature=0.0, max_new_tokens=steps))
+    assert [c.tokens for c in plain] != expected  # the prefix changed what was generated
+
+
 def test_scoring_reads_the_context_as_the_prefix():
     # Evaluations compute their own losses: the prefix they pass ends at the first scored target's query.
     model = seeded(config_for(attention="prefix", prefix_fraction=0.5))
@@ -269,12 +300,26 @@ def test_block_masks_equal_the_dense_masks(name):
         # The BlockMask's own mask_mod, evaluated everywhere, is the same mask; and its block
         # layout marks every block holding an allowed entry (nothing allowed is skipped).
         blocks = flex.block_mask
-        rendered = dense_mask(lambda b, q, k: blocks.mask_mod(b, torch.zeros_like(b), q, k), B, T, T, True, "cpu")
+        rendered = dense_mask(lambda b, q, k, blocks=blocks: blocks.mask_mod(b, torch.zeros_like(b), q, k),
+                              B, T, T, True, "cpu")
         torch.testing.assert_close(rendered[:, 0], expected)
         assert blocks.to_dense().bool().all()  # one 128-token block, which every sequence attends in
     # And the models agree, forward: flex runs eagerly (forward only) on this CPU.
     with torch.no_grad():
         torch.testing.assert_close(flex_model(idx)[0], dense_model(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_block_masks_are_built_once_per_batch_not_per_layer():
+    model = seeded(config_for(attention_impl="flex", attention="alternating", attention_window=3, n_layer=4,
+                              document_mask=True, eot_token=EOT))
+    seen = []
+    hooks = [block.attn.register_forward_hook(lambda m, args, out: seen.append(args[1].block_mask))
+             for block in model.transformer.h]
+    with torch.no_grad():
+        model(token_batch())
+    for hook in hooks:
+        hook.remove()
+    assert seen[0] is seen[2] and seen[1] is seen[3] and seen[0] is not seen[1]  # one per pattern, shared
 
 
 def test_a_block_mask_skips_blocks_nothing_attends_to():
@@ -330,3 +375,22 @@ def test_flex_backward_equals_sdpa_or_is_refused_on_cpu(name):
     flex(idx, targets)[1].backward()
     for (name_, a), b in zip(dense.named_parameters(), flex.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-3, msg=name_)
+
+
+def test_the_mask_benchmark_measures_dense_and_flex_steps():
+    # benchmarks/attention_masks.py's measure, as its --smoke run and gpu_check's mask_flex section call it.
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("attention_masks", REPO / "benchmarks" / "attention_masks.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tokens = bench.document_tokens(100, 99, 2, 64)
+    assert (tokens == 99).any() and tokens.max() <= 99
+    assert bench.plan(torch.device("cpu")) == [("sdpa", "train"), ("sdpa", "forward"), ("flex", "forward")]
+    for impl, mode in [("sdpa", "train"), ("flex", "forward")]:
+        row = bench.measure("nano", 64, impl, mode, batch=2, steps=2, warmup=1, device=torch.device("cpu"),
+                            vocab=128)
+        assert row["min_s"] <= row["median_s"] <= row["max_s"] and row["tokens_per_s"] > 0
+        assert row["peak_mib"] >= 0
