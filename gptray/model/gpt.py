@@ -207,7 +207,7 @@ class GPT(nn.Module):
                            prefix: torch.Tensor | None = None) -> torch.Tensor:
         """The targets a next-token loss may count under the configured pattern: under prefix, those inside
         the prefix (visible to their queries) become -100; under bidirectional, a counted target its query
-        can see is refused (ValueError), so only targets masked out of the loss pass through."""
+        can see (judged by the pattern, before any restricting attn_mask) is refused (ValueError)."""
         config = self.config
         if config.attention == "prefix":
             if prefix is None:

@@ -97,14 +97,21 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torc
     torch 2.13 runs only the forward pass (its unfused reference, unless the whole model is compiled),
     so a CPU pass that needs gradients is refused rather than sent elsewhere."""
     _, flex_attention = flex_functions()
-    if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        require_flex_training(q.device)
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        return _compiled_flex()(q, k, v, block_mask=mask)
+    return flex_attention(q, k, v, block_mask=mask)
+
+
+def require_flex_training(device: torch.device) -> None:
+    """Raise a ConfigError where attention_impl=flex cannot train: torch has no flex backward on CPU."""
+    flex_functions()
+    if torch.device(device).type == "cpu":
         raise ConfigError("model.attention_impl",
                           f"flex cannot train on CPU: torch {torch.__version__} has no FlexAttention backward "
                           "pass for CPU tensors (it runs forward only, for evaluation and generation); train "
                           "with attention_impl=sdpa on CPU, or flex on a CUDA device")
-    if q.device.type == "cuda" and not torch.compiler.is_compiling():
-        return _compiled_flex()(q, k, v, block_mask=mask)
-    return flex_attention(q, k, v, block_mask=mask)
 
 
 def prefix_lengths(fraction: float, batch: int, length: int, device) -> torch.Tensor:

@@ -394,3 +394,38 @@ def test_the_mask_benchmark_measures_dense_and_flex_steps():
                             vocab=128)
         assert row["min_s"] <= row["median_s"] <= row["max_s"] and row["tokens_per_s"] > 0
         assert row["peak_mib"] >= 0
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+def small_engine(*overrides: str):
+    import numpy as np
+
+    from gptray.train.engine import TrainingEngine
+
+    tokens = np.random.default_rng(0).integers(0, 256, 4_000).astype(np.uint16)
+    config = load_config(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=16",
+                                "model.vocab_size=256", "model.eot_token=255", "train.batch_size=2",
+                                "train.micro_batch_size=2", "train.warmup_steps=1", "train.eval_windows=2",
+                                "ray.num_workers=1", *overrides])
+    return TrainingEngine(config, torch.device("cpu"), rank=0, world_size=1, train_data=tokens, val_tokens=tokens)
+
+
+def test_a_prefix_lm_trains_on_the_targets_after_its_prefix_with_and_without_z_loss():
+    plain, z = small_engine("model.attention=prefix", "model.prefix_fraction=0.5"), \
+        small_engine("model.attention=prefix", "model.prefix_fraction=0.5", "train.z_loss=1e-4")
+    x, y = plain.train_data.gather(plain.train_data.rank_micro_batches(0, 0, 1, 2)[0])
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    with torch.no_grad():
+        logits, loss = plain.model(x, y)
+        counted = torch.nn.functional.cross_entropy(logits[:, 7:].reshape(-1, 256), y[:, 7:].reshape(-1))
+        _, z_cross_entropy, _ = z._losses(x, y)
+    torch.testing.assert_close(loss, counted)  # prefix 8 of 16: targets from position 7 on
+    torch.testing.assert_close(z_cross_entropy, counted)  # the z-loss path drops the same targets
+    assert math.isfinite(plain.train_step(0).loss.item()) and math.isfinite(plain.evaluate().loss)
+
+
+def test_flex_training_on_cpu_is_refused_before_any_step():
+    with pytest.raises(ConfigError, match="flex cannot train on CPU") as info:
+        small_engine("model.attention_impl=flex")
+    assert info.value.key == "model.attention_impl"
