@@ -2,14 +2,17 @@
 
     python benchmarks/attention_masks.py [--seq-lens 256 1024] [--steps 7] [--warmup 2] [--threads 2]
     python benchmarks/attention_masks.py --smoke     # nano, T=64, one step each: seconds
+    python benchmarks/attention_masks.py --compile   # every model under torch.compile (Inductor)
 
 Each (T, implementation) runs in its own subprocess, one after the other in one invocation, so their
 peak memory does not mix: the `tiny` preset with model.document_mask on, batch 8, random tokens with an
 end-of-text every 64 on average. A step is a training step (forward, backward, AdamW) where the
 implementation can train on the device; on CPU, torch 2.13 has no FlexAttention backward, so there the
 flex row times a forward pass (no grad) and the dense rows time both, the forward pass being the
-like-for-like comparison. Times are medians over --steps with min and max; memory is the peak above
-what the process held before the timed steps (CUDA: max_memory_allocated; CPU: growth of peak RSS).
+like-for-like comparison. Uncompiled, flex on CPU is torch's unfused reference; --compile runs every
+row's model under torch.compile, which gives flex its generated kernel (and SDPA its fused graph),
+the warm-up steps paying for the compile. Times are medians over --steps with min and max; memory is
+the peak above what the process held before the timed steps (CUDA: max_memory_allocated; CPU: growth of peak RSS).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def document_tokens(vocab: int, eot: int, batch: int, seq_len: int, seed: int = 
 
 
 def measure(preset: str, seq_len: int, impl: str, mode: str, batch: int, steps: int, warmup: int,
-            device: torch.device, vocab: int | None = None) -> dict:
+            device: torch.device, vocab: int | None = None, compile: bool = False) -> dict:
     """Median, min and max seconds of `mode` ("train": forward, backward, AdamW; "forward": no grad) and
     the peak memory above the process's before the timed steps."""
     overrides = {"preset": preset, "document_mask": True, "attention_impl": impl, "block_size": max(seq_len, 64)}
@@ -51,18 +54,19 @@ def measure(preset: str, seq_len: int, impl: str, mode: str, batch: int, steps: 
     torch.manual_seed(0)
     model = GPT(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    run = torch.compile(model) if compile else model
     tokens = document_tokens(config.vocab_size, config.eot_token, batch, seq_len).to(device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> None:
         if mode == "train":
-            _, loss = model(x, y)
+            _, loss = run(x, y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
             with torch.no_grad():
-                model(x)
+                run(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -79,7 +83,7 @@ def measure(preset: str, seq_len: int, impl: str, mode: str, batch: int, steps: 
         step()
         seconds.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()) - before
-    return {"seq_len": seq_len, "impl": impl, "mode": mode, "batch": batch, "steps": steps,
+    return {"seq_len": seq_len, "impl": impl, "mode": mode, "compile": compile, "batch": batch, "steps": steps,
             "median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
             "tokens_per_s": batch * seq_len / statistics.median(seconds), "peak_mib": max(peak, 0) / 2**20}
 
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every row's model")
+    parser.add_argument("--modes", nargs="+", choices=["train", "forward"], help="only these rows")
     parser.add_argument("--smoke", action="store_true", help="nano, T=64, one step each (a test runs it)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # impl,mode,T: run one row in this process
     args = parser.parse_args(argv)
@@ -119,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         impl, mode, seq_len = args.one.split(",")
         print(json.dumps(measure(args.preset, int(seq_len), impl, mode, args.batch, args.steps, args.warmup,
-                                 device, vocab)))
+                                 device, vocab, args.compile)))
         return 0
     rows = []
     for seq_len in args.seq_lens:
-        for impl, mode in plan(device):
+        for impl, mode in [(i, m) for i, m in plan(device) if args.modes is None or m in args.modes]:
             passed = [a for a in sys.argv[1:] if a != "--smoke"] if argv is None else list(argv)
             command = [sys.executable, __file__, *passed, "--one", f"{impl},{mode},{seq_len}"]
             if args.smoke:
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(min {row['min_s'] * 1e3:.1f}, max {row['max_s'] * 1e3:.1f})  "
                   f"{row['tokens_per_s']:10,.0f} tok/s  peak +{row['peak_mib']:8.1f} MiB", flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)"
-    print(json.dumps({"device": device_name, "torch": torch.__version__, "preset": args.preset, "rows": rows}))
+    print(json.dumps({"device": device_name, "torch": torch.__version__, "preset": args.preset,
+                      "compile": args.compile, "rows": rows}))
     return 0
 
 
