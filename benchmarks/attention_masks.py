@@ -124,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     vocab = 2048 if args.smoke else None  # nano's time would be GPT-2's 50K embedding on CPU
     if args.one:
         impl, mode, seq_len = args.one.split(",")
-        print(json.dumps(measure(args.preset, int(seq_len), impl, mode, args.batch, args.steps, args.warmup,
-                                 device, vocab, args.compile)))
+        try:
+            row = measure(args.preset, int(seq_len), impl, mode, args.batch, args.steps, args.warmup, device,
+                          vocab, args.compile)
+        except Exception as exc:  # this row's failure (e.g. Inductor cannot lower it): the others still run
+            row = {"seq_len": int(seq_len), "impl": impl, "mode": mode, "compile": args.compile,
+                   "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
+        print(json.dumps(row))
         return 0
     rows = []
     for seq_len in args.seq_lens:
@@ -140,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
+            if "error" in row:
+                print(f"T={seq_len:5d} {impl:4s} {mode:7s}  {row['error']}", flush=True)
+                continue
             print(f"T={seq_len:5d} {impl:4s} {mode:7s}  median {row['median_s'] * 1e3:9.1f} ms "
                   f"(min {row['min_s'] * 1e3:.1f}, max {row['max_s'] * 1e3:.1f})  "
                   f"{row['tokens_per_s']:10,.0f} tok/s  peak +{row['peak_mib']:8.1f} MiB", flush=True)
