@@ -69,8 +69,11 @@ def dense_mask(rule: Rule, batch: int, tq: int, tk: int, per_sequence: bool, dev
     return rule(b, q, k).expand(len(b), tq, tk)[:, None]
 
 
+@torch.compiler.disable
 def block_mask(mask_mod: Callable, batch: int | None, heads: int | None, tq: int, tk: int, device):
-    """A FlexAttention BlockMask of a mask_mod; `batch`/`heads` None where the mask is shared by them."""
+    """A FlexAttention BlockMask of a mask_mod; `batch`/`heads` None where the mask is shared by them.
+    Built eagerly even inside a compiled model (a graph break, once per forward): Inductor on CPU cannot
+    lower flex_attention when the mask construction is traced into the same graph."""
     create_block_mask, _ = flex_functions()
     return create_block_mask(mask_mod, B=batch, H=heads, Q_LEN=tq, KV_LEN=tk, device=device)
 
