@@ -429,3 +429,22 @@ def test_flex_training_on_cpu_is_refused_before_any_step():
     with pytest.raises(ConfigError, match="flex cannot train on CPU") as info:
         small_engine("model.attention_impl=flex")
     assert info.value.key == "model.attention_impl"
+
+
+def test_perplexity_reads_a_prefix_lms_context_bidirectionally():
+    from gptray.eval.perplexity import score
+
+    model = seeded(config_for(attention="prefix", prefix_fraction=0.5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8)  # larger weights than the init's, so what attention sees moves the losses
+    tokens = token_batch()[0].tolist() + [9]  # 13 tokens: 12 inputs, the last 4 targets scored
+    (result,) = score(model, [{"tokens": tokens, "scored": 4, "source": 0, "begin": 0}], torch.device("cpu"))
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([tokens[:-1]]), prefix_len=9)  # inputs 0..8 hide targets 9..12
+    expected = torch.nn.functional.cross_entropy(logits[0, 8:], torch.tensor(tokens[9:]), reduction="sum")
+    assert result["nll"] == pytest.approx(expected.item(), rel=1e-5)
+    with torch.no_grad():
+        causal, _ = model(torch.tensor([tokens[:-1]]), prefix_len=0)
+    assert result["nll"] != pytest.approx(torch.nn.functional.cross_entropy(
+        causal[0, 8:], torch.tensor(tokens[9:]), reduction="sum").item(), rel=1e-3)
