@@ -31,6 +31,10 @@ JSON is rewritten after every one, so a run cut short keeps what it had measured
   mask_cost       tokens/s of document masking and of a 256-token sliding window ÷ causal, at T=1024: compiled
                   at the best micro-batch where the time left allows two more compiles, else all three eager
                   at micro-batch 16
+  mask_flex       [CUDA] a document-masked training step of the `tiny` preset at T=1024 and 2048, dense (SDPA
+                  with a T × T mask) vs FlexAttention block masks (model.attention_impl=flex): median step
+                  time with min/max and peak CUDA memory (benchmarks/attention_masks.py's measure), and the
+                  relative error of flex's fp32 loss and gradients against dense's at T=1024
 
 Status: a check section is "passed", "failed" or "partial" (its time budget ran out before some checks,
 and none failed); a measurement is "ok" or "partial" (a micro-batch skipped or out of memory); "error"
@@ -932,6 +936,68 @@ def mask_cost_section(s: Settings, budget: Budget, shared: dict) -> dict:
             "summary": f"{summary or 'none ran'} of causal tok/s ({'compiled' if compiled else 'eager'})"}
 
 
+def flex_matches_dense(s: Settings, seq_len: int) -> dict:
+    """One fp32 forward + backward of the document-masked `tiny` model, dense vs flex, from the same
+    weights and tokens: the relative error of the loss and of all gradients."""
+    import attention_masks
+
+    from gptray.config import ModelConfig
+    from gptray.model import GPT
+
+    passes = {}
+    for impl in ("sdpa", "flex"):
+        config = ModelConfig(preset="tiny", document_mask=True, attention_impl=impl, block_size=seq_len).resolved()
+        torch.manual_seed(0)
+        model = GPT(config).to(s.device)
+        tokens = attention_masks.document_tokens(config.vocab_size, config.eot_token, 2, seq_len).to(s.device)
+        with full_fp32():
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+        passes[impl] = (loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        del model
+    total, worst, worst_error = gradient_errors(passes["sdpa"][1], passes["flex"][1])
+    return {"loss": relative_error(passes["sdpa"][0], passes["flex"][0]), "gradients": total,
+            "worst_parameter": worst, "worst_parameter_error": worst_error}
+
+
+def mask_flex_section(s: Settings, budget: Budget, shared: dict) -> dict:
+    import attention_masks
+
+    try:
+        agreement = flex_matches_dense(s, 1024)
+    except Exception as exc:  # recorded; the timings still run
+        agreement = error_info(exc)
+    log(f"   flex vs dense at T=1024, fp32: {agreement}")
+    runs = []
+    for seq_len in (1024, 2048):
+        for impl in ("sdpa", "flex"):
+            if budget.spent():
+                runs.append({"seq_len": seq_len, "impl": impl, "skipped": "section time budget spent"})
+                continue
+            try:
+                row = attention_masks.measure("tiny", seq_len, impl, "train", batch=8, steps=5, warmup=2,
+                                              device=s.device)
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"seq_len": seq_len, "impl": impl, "error": "out of memory", "message": str(exc)[:300]}
+            except Exception as exc:  # this run's failure: the others still go
+                row = {"seq_len": seq_len, "impl": impl, **error_info(exc)}
+            runs.append(row)
+            free_memory(s.device)
+            log(f"   T={seq_len} {impl}: " + (row.get("error") or row.get("skipped") or
+                                             f"median {row['median_s'] * 1e3:.1f} ms, peak {row['peak_mib']:.0f} MiB"))
+    done = {(r["seq_len"], r["impl"]): r for r in runs if "median_s" in r}
+    if not done:
+        raise RuntimeError("no mask_flex run finished: " + "; ".join(str(r.get("error") or r.get("skipped"))
+                                                                     for r in runs))
+    parts = [f"T={t} flex {done[(t, 'flex')]['median_s'] / done[(t, 'sdpa')]['median_s']:.2f}× time, "
+             f"{done[(t, 'flex')]['peak_mib'] / max(done[(t, 'sdpa')]['peak_mib'], 1e-9):.2f}× memory"
+             for t in (1024, 2048) if (t, "flex") in done and (t, "sdpa") in done]
+    agrees = f"loss error {agreement['loss']:.1e}, gradients {agreement['gradients']:.1e}" \
+        if "loss" in agreement else f"agreement not measured ({agreement.get('error')})"
+    return {"status": runs_status(runs), "runs": runs, "preset": "tiny", "flex_vs_dense_fp32": agreement,
+            "summary": "; ".join(parts) + f" of dense; {agrees}"}
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -954,6 +1020,7 @@ SECTIONS = (
     Section("ray_throughput", "measure", ray_throughput_section, 150),
     Section("memory", "measure", memory_section, 90, needs_cuda=True),
     Section("mask_cost", "measure", mask_cost_section, 150),
+    Section("mask_flex", "measure", mask_flex_section, 120, needs_cuda=True),
 )
 SECTION_NAMES = tuple(section.name for section in SECTIONS)
 

@@ -43,15 +43,22 @@ class ModelConfig:
     position: Literal["learned", "rope", "none"] | None = None  # position information: wpe, rotary, or none
     rope_base: float | None = None  # rotary frequency base (θ)
     # Which keys a query may attend to: all earlier ones (causal), the last `attention_window`
-    # (sliding_window), or GPT-3's alternation of dense and locally banded layers (alternating:
-    # even layers dense, odd layers banded to `attention_window`).
-    attention: Literal["causal", "sliding_window", "alternating"] | None = None
+    # (sliding_window), GPT-3's alternation of dense and locally banded layers (alternating:
+    # even layers dense, odd layers banded to `attention_window`), every key of a prefix and the
+    # earlier ones after it (prefix: prefix-LM, the loss only on targets the prefix hides), or every
+    # key (bidirectional: encoder-style probes through GPT.forward; next-token training refuses it).
+    attention: Literal["causal", "sliding_window", "alternating", "prefix", "bidirectional"] | None = None
     attention_window: int | None = None  # keys a query sees, itself included, in banded layers
+    # attention=prefix: the bidirectional prefix of each training window, as a fraction of its length
+    # (rounded, at least one token). A fixed fraction, not read from the data: packed windows hold
+    # several documents or prompt/completion pairs, so no single prefix would come with a window.
+    prefix_fraction: float | None = None
     document_mask: bool | None = None  # packed documents do not attend across `eot_token`
     eot_token: int | None = None  # the token that ends a document (<|endoftext|>)
     # sdpa: F.scaled_dot_product_attention (flash / memory-efficient kernels where the device has
-    # them); matmul: the explicit masked softmax, as a reference.
-    attention_impl: Literal["sdpa", "matmul"] | None = None
+    # them); matmul: the explicit masked softmax, as a reference; flex: FlexAttention with block
+    # masks built once per batch (CUDA for training: torch 2.13 runs it forward only on CPU).
+    attention_impl: Literal["sdpa", "matmul", "flex"] | None = None
     tie_embeddings: bool | None = None  # share the token embedding with the output head, as GPT-2
 
     def resolved(self, prefix: str = "model", vocab_from_dataset: bool = False) -> ModelConfig:
@@ -104,14 +111,32 @@ class ModelConfig:
                 raise ConfigError(f"{prefix}.head_dim", f"must be even for rotary positions (got {self.head_dim})")
             if not self.rope_base > 1:
                 raise ConfigError(f"{prefix}.rope_base", f"must be greater than 1 (got {self.rope_base})")
-        if self.attention != "causal":
+        if self.attention in ("sliding_window", "alternating"):
             if self.attention_window is None:
                 raise ConfigError(f"{prefix}.attention_window",
                                   f"must be set for model.attention={self.attention} (keys each query sees)")
             _require_positive(self.attention_window, f"{prefix}.attention_window")
+        if self.attention == "prefix" and not (self.prefix_fraction is not None and 0 < self.prefix_fraction < 1):
+            raise ConfigError(f"{prefix}.prefix_fraction", "must be in (0, 1) for model.attention=prefix (the "
+                                                           f"share of each window seen bidirectionally; got "
+                                                           f"{self.prefix_fraction})")
+        if self.attention_impl == "flex" and self.dropout > 0:
+            raise ConfigError(f"{prefix}.dropout", f"must be 0 with model.attention_impl=flex (got {self.dropout}): "
+                                                   "FlexAttention has no dropout on attention weights")
         if self.document_mask and self.vocab_size is not None and not 0 <= self.eot_token < self.vocab_size:
             raise ConfigError(f"{prefix}.eot_token",
                               f"must be a token id below model.vocab_size {self.vocab_size} (got {self.eot_token})")
+
+    def validate_for_training(self, prefix: str = "model") -> None:
+        """Refuse a pattern next-token training cannot learn from (the config of a training run)."""
+        if self.attention == "bidirectional":
+            raise ConfigError(f"{prefix}.attention", "bidirectional cannot train on next-token prediction: every "
+                                                     "query attends to the whole window, so each target (the next "
+                                                     "token) is visible to the query that predicts it. Use "
+                                                     "attention=prefix (bidirectional over a prefix, the loss on "
+                                                     "what follows), or probe a bidirectional model through "
+                                                     "GPT.forward with targets masked (-100) wherever the next "
+                                                     "token is in the input")
 
     def for_dataset(self, vocab_size: int, eot_token: int, prefix: str = "model") -> ModelConfig:
         """This config with a vocabulary left to the dataset set from its tokenizer (padded to

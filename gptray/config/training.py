@@ -75,6 +75,7 @@ class TrainConfig:
     def validate(self, model: ModelConfig, num_workers: int) -> None:
         """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
         no_credentials("train.init_from", self.init_from)
+        model.validate_for_training()
         for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval"):
             require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
         require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",

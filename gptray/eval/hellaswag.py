@@ -193,7 +193,7 @@ def score(model, units: list[dict], device: torch.device) -> list[dict]:
     for r, (tokens, start) in enumerate(zip(rows, starts)):
         x[r, : len(tokens) - 1] = torch.tensor(tokens[:-1])
         y[r, start - 1 : len(tokens) - 1] = torch.tensor(tokens[start:])  # the ending's tokens only
-    logits, _ = model(x.to(device))
+    logits, _ = model(x.to(device), prefix_len=model.scoring_prefix(y))  # a prefix-LM reads the context whole
     losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
                              ignore_index=IGNORE_INDEX, reduction="none").view(len(rows), width)
     sums = losses.sum(dim=1).double().cpu().numpy()

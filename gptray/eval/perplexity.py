@@ -79,7 +79,7 @@ def score(model, units: list[dict], device: torch.device) -> list[dict]:
         n, scored = len(tokens) - 1, int(unit["scored"])
         x[r, :n] = tokens[:-1]
         y[r, n - scored : n] = tokens[n - scored + 1 :]
-    logits, _ = model(x.to(device))
+    logits, _ = model(x.to(device), prefix_len=model.scoring_prefix(y))  # a prefix-LM reads the context whole
     losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
                              ignore_index=IGNORE_INDEX, reduction="none").view(len(units), width)
     sums = losses.sum(dim=1).double().cpu().tolist()

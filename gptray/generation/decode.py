@@ -46,6 +46,7 @@ class ContextWindows:
         self.model = model
         self.block_size = model.config.block_size
         self.contexts = contexts  # prompt + generated tokens of each running sequence
+        self.prompt_lengths = [len(c) for c in contexts]  # a prefix-LM reads its prompt as the prefix
         self.use_cache = use_cache
         self.max_new_tokens = max_new_tokens
         self.cache: KVCache | None = None
@@ -70,7 +71,11 @@ class ContextWindows:
         # Room for the rest of the generation, up to block_size (after which windows slide anyway).
         capacity = min(self.block_size, width + self.max_new_tokens - steps_done)
         self.cache = KVCache(self.model.config, len(rows), capacity, self.device, padding=padding)
-        logits, _ = self.model(idx, cache=self.cache)
+        prefix = None
+        if self.model.config.attention == "prefix":  # the prompt tokens still in the window, not generated ones
+            prefix = torch.tensor([max(0, n - (len(c) - len(w))) for n, c, w in
+                                   zip(self.prompt_lengths, self.contexts, windows)], device=self.device)
+        logits, _ = self.model(idx, cache=self.cache, prefix_len=prefix)
         return logits
 
     def append(self, tokens: list[int]) -> None:
@@ -80,6 +85,7 @@ class ContextWindows:
     def keep(self, rows: list[int]) -> None:
         """Continue with these sequences only (finished ones leave the batch), in this order."""
         self.contexts = [list(self.contexts[r]) for r in rows]  # a repeated row (a beam) gets its own copy
+        self.prompt_lengths = [self.prompt_lengths[r] for r in rows]
         if self.cache is not None:
             self.cache.select(rows)
 

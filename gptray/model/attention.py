@@ -15,15 +15,18 @@ import torch.nn.functional as F
 
 from gptray.config.model import ModelConfig
 from gptray.model.kv_cache import LayerCache
+from gptray.model.masks import flex_attend
 
 
 @dataclass
 class LayerMask:
     """What one attention layer may see: `mask` broadcastable to (B, n_head, Tq, Tk), or None with
-    `is_causal`, the plain causal pattern that SDPA runs without a mask (and so with flash kernels)."""
+    `is_causal`, the plain causal pattern that SDPA runs without a mask (and so with flash kernels);
+    under attention_impl=flex, `block_mask` (a FlexAttention BlockMask) instead."""
 
     mask: torch.Tensor | None
     is_causal: bool
+    block_mask: object | None = None
 
 
 def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = None) -> torch.Tensor:
@@ -74,11 +77,15 @@ def combine_masks(pattern: torch.Tensor | None, user: torch.Tensor | None) -> to
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_mask: LayerMask, dropout_p: float,
            impl: str) -> torch.Tensor:
     """softmax(q kᵀ / √d + mask) v over (B, H, T, head_dim) tensors. A query with no key left to
-    attend to gets a zero output (what SDPA returns) rather than NaN."""
+    attend to gets a zero output (what SDPA returns) rather than NaN. Under flex, a pass without a block
+    mask (cached decoding: a BlockMask per new length would recompile the kernel each step) runs SDPA
+    over the dense mask of its few queries."""
+    if impl == "flex" and layer_mask.block_mask is not None:
+        return flex_attend(q, k, v, layer_mask.block_mask)
     mask = layer_mask.mask
     if mask is not None and mask.is_floating_point():
         mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype (bf16 under autocast)
-    if impl == "sdpa":
+    if impl in ("sdpa", "flex"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                               is_causal=layer_mask.is_causal and mask is None)
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, Tq, Tk)

@@ -122,7 +122,7 @@ def hf_config_for(config: ModelConfig) -> dict:
     if config.position != "learned":
         reasons.append(("model.position", f"{config.position} (GPT-2 has learned absolute positions only)"))
     if config.attention != "causal":
-        reasons.append(("model.attention", f"{config.attention} (GPT-2 attends densely in every layer)"))
+        reasons.append(("model.attention", f"{config.attention} (GPT-2 attends causally and densely in every layer)"))
     if config.document_mask:
         reasons.append(("model.document_mask", "true (GPT-2 attends across <|endoftext|>, so packed "
                                                "documents would see each other)"))

@@ -27,6 +27,7 @@ class CacheStep:
     k_valid: torch.Tensor  # (B, past + T)
     q_documents: torch.Tensor | None  # (B, T) document ids, with document masking
     k_documents: torch.Tensor | None  # (B, past + T)
+    prefix: torch.Tensor | None = None  # (B,) model.attention=prefix: the first chunk's tokens seen bidirectionally
 
 
 class LayerCache:
@@ -66,20 +67,25 @@ class KVCache:
         # The next token's position: pad tokens count up through negative positions to the first real one at 0.
         self.next_position = (-pad).to(self.device)
         self.eot_count = torch.zeros(batch, dtype=torch.long, device=self.device)  # ends of documents seen
+        self.prefix: torch.Tensor | None = None  # (B,) prefix lengths under model.attention=prefix
         self.layers = [LayerCache(self, i) for i in range(config.n_layer)]
 
     @property
     def remaining(self) -> int:
         return self.capacity - self.length
 
-    def begin(self, idx: torch.Tensor) -> CacheStep:
-        """Record the new tokens' positions, validity and documents; the layers then extend their keys."""
+    def begin(self, idx: torch.Tensor, prefix: torch.Tensor | None = None) -> CacheStep:
+        """Record the new tokens' positions, validity and documents; the layers then extend their keys.
+        Under model.attention=prefix the first chunk sets each sequence's prefix: `prefix` (B,) real
+        tokens, by default all of them (the prompt); it cannot change later."""
         B, T = idx.shape
         if B != self.batch:
             raise ValueError(f"the cache holds {self.batch} sequence(s), not {B}")
         if T > self.remaining:
             raise ValueError(f"{T} new token(s) do not fit the cache: {self.length} of {self.capacity} slots used")
         start, end = self.length, self.length + T
+        if prefix is not None and start > 0:
+            raise ValueError("a prefix is set by the first chunk a cache sees, not a later one")
         q_positions = self.next_position[:, None] + torch.arange(T, device=self.device)
         q_valid = q_positions >= 0
         self.positions[:, start:end] = q_positions
@@ -92,9 +98,12 @@ class KVCache:
             self.documents[:, start:end] = q_documents
             self.eot_count += is_eot.sum(dim=1)
             k_documents = self.documents[:, :end]
+        if self.config.attention == "prefix" and start == 0:
+            self.prefix = q_valid.sum(dim=1) if prefix is None else prefix.to(self.device)
         self.next_position += T
         return CacheStep(past=start, q_positions=q_positions, q_valid=q_valid, k_positions=self.positions[:, :end],
-                         k_valid=self.valid[:, :end], q_documents=q_documents, k_documents=k_documents)
+                         k_valid=self.valid[:, :end], q_documents=q_documents, k_documents=k_documents,
+                         prefix=self.prefix)
 
     def _extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys[layer] is None:
@@ -123,4 +132,6 @@ class KVCache:
         self.documents = self.documents.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
         self.eot_count = self.eot_count.index_select(0, rows)
+        if self.prefix is not None:
+            self.prefix = self.prefix.index_select(0, rows)
         self.batch = len(rows)

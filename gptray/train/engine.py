@@ -26,6 +26,7 @@ from gptray.data.train_windows import TrainWindows, WholeSplitWindows
 from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.model.gpt import cross_entropy_and_z_loss
+from gptray.model.masks import require_flex_training
 from gptray.train.flops import device_peak_flops, flops_per_token
 from gptray.train.optim import LrSchedule, build_optimizers, set_learning_rates
 
@@ -77,6 +78,8 @@ class TrainingEngine:
         self.val_starts = val_starts if val_starts is not None else \
             eval_starts(len(val_tokens), self.seq_len, self.train_config.eval_windows)
 
+        if config.model.attention_impl == "flex":
+            require_flex_training(device)  # before any work: the first backward pass would fail
         torch.manual_seed(self.train_config.seed)  # identical initial weights on every rank
         self.module = GPT(config.model).to(device)  # the unwrapped model (FSDP shards it in place)
         self.token_bytes = None  # (vocab_size,) int64 on the device: a lookup by target id
@@ -192,6 +195,7 @@ class TrainingEngine:
             logits, loss = self.training_model(x, y)
             return logits, loss, None
         logits, _ = self.training_model(x)
+        y = self.module.prediction_targets(y, x)  # as forward does: a prefix's targets are not counted
         return logits, *cross_entropy_and_z_loss(logits, y, self.train_config.z_loss)
 
     def global_mean(self, value: torch.Tensor) -> float:

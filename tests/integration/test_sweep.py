@@ -114,6 +114,7 @@ def test_a_shipped_sweep_runs_as_shipped_and_ctrl_c_then_the_same_command_finish
 
 
 SHIPPED_AXES = {"attention.yaml": {"model.attention": ["causal", "sliding_window", "alternating"]},
+                "masks.yaml": {"model.attention": ["causal", "prefix", "sliding_window"]},
                 "mlp.yaml": {"model.mlp": ["gelu", "swiglu"]},
                 "positions.yaml": {"model.position": ["learned", "rope", "none"]},
                 "recipe.yaml": {"optimizer.name": ["adamw", "muon"], "schedule.name": ["cosine", "wsd"]}}

@@ -14,9 +14,9 @@ from helpers import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 SECTIONS = ["environment", "matmul_peak", "precision", "flash", "fused_adamw", "checkpoint", "fsdp", "compile",
-            "throughput", "ray_throughput", "memory", "mask_cost"]
+            "throughput", "ray_throughput", "memory", "mask_cost", "mask_flex"]
 CPU_CHECKS = ["precision", "fused_adamw", "checkpoint", "fsdp", "compile"]
-CUDA_ONLY = ["flash", "memory"]
+CUDA_ONLY = ["flash", "memory", "mask_flex"]
 VARIANTS = ["default", "rmsnorm", "swiglu", "rope", "sliding_window", "alternating", "document_mask"]
 
 # Runs the script as the GPU machine is: no Ray or MLflow (its image has PyYAML, pyarrow, tiktoken).

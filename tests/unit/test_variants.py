@@ -31,6 +31,7 @@ VARIANTS = {
     "sliding_window": dict(attention="sliding_window", attention_window=5),
     "alternating": dict(attention="alternating", attention_window=5),
     "document_mask": dict(document_mask=True, eot_token=3),
+    "prefix": dict(attention="prefix", prefix_fraction=0.5, document_mask=True, eot_token=3),
     "llama_like": dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, tie_embeddings=False),
     "everything": dict(norm="rmsnorm", mlp="swiglu", position="rope", attention="alternating", attention_window=4,
                        document_mask=True, eot_token=3, head_dim=8, tie_embeddings=False, dropout=0.1),
