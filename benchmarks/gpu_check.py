@@ -322,7 +322,7 @@ def token_batch(model_config, batch: int, seq_len: int, device: torch.device, se
 def forward_backward(model: torch.nn.Module, x, y, device: torch.device, precision: str,
                      forward: Callable | None = None) -> Pass:
     """`forward` (default: the model itself, e.g. a compiled wrapper) under gptray's autocast; gradients of `model`."""
-    from gptray.base.devices import autocast
+    from gptray.core.devices import autocast
 
     scale = FP16_LOSS_SCALE if precision == "fp16" else 1.0
     model.zero_grad(set_to_none=True)
@@ -540,7 +540,7 @@ def attention_ops(fn: Callable[[], object]) -> list[str]:
 def flash_section(s: Settings, budget: Budget, shared: dict) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from gptray.base.devices import autocast
+    from gptray.core.devices import autocast
 
     model = build_model(s, "default")
     x, y = token_batch(model.config, s.batch, s.seq_len, s.device)
@@ -1144,7 +1144,7 @@ def results_table(data: dict) -> str:
              _clip(r.get("summary") or r.get("error", ""), 100)) for name, r in data["sections"].items()]
     header = ("section", "status", "s", "result")
     try:
-        from gptray.base.tables import text_table
+        from gptray.core.tables import text_table
 
         return text_table(header, rows, align="llr")
     except Exception:  # the table must print even where gptray does not import

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from gptray.base.storage import Storage  # noqa: E402
 from gptray.config import load_config  # noqa: E402
+from gptray.core.storage import Storage  # noqa: E402
 from gptray.data.block_order import BlockOrder  # noqa: E402
 from gptray.data.global_order import WindowSampler  # noqa: E402
 from gptray.data.manifest import Manifest, ShardInfo, SplitInfo  # noqa: E402

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from gptray.base.runtime import configure_logging
+    from gptray.core.runtime import configure_logging
 
     configure_logging(logging.WARNING)
     work = Path(args.workdir)

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptray.base.runtime import ray_train_environment  # noqa: E402
 from gptray.config import load_config  # noqa: E402
+from gptray.core.runtime import ray_train_environment  # noqa: E402
 from gptray.train.engine import TrainingEngine  # noqa: E402
 
 CPU_DEFAULTS = ["model.preset=tiny", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from gptray.base.errors import CheckpointError
-from gptray.base.paths import cache_home, is_uri
-from gptray.base.storage import Location, Storage
 from gptray.checkpoint.sharded import SHARDED, WHOLE, load_sharded_model
 from gptray.config import ExperimentConfig
 from gptray.config.model import ModelConfig
+from gptray.core.errors import CheckpointError
+from gptray.core.paths import cache_home, is_uri
+from gptray.core.storage import Location, Storage
 
 log = logging.getLogger(__name__)
 

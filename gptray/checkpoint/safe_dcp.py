@@ -15,7 +15,7 @@ import pickle
 
 import torch
 
-from gptray.base.errors import CheckpointRefused
+from gptray.core.errors import CheckpointRefused
 
 _DCP = "torch.distributed.checkpoint"
 # Every class DCP 2.13 pickles into `.metadata` (metadata.py, filesystem.py, planner.py), and torch's

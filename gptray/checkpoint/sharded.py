@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from gptray.base.errors import CheckpointError, CheckpointRefused
-from gptray.base.storage import Location, Storage, join
 from gptray.checkpoint.safe_dcp import safe_planner, safe_reader
+from gptray.core.errors import CheckpointError, CheckpointRefused
+from gptray.core.storage import Location, Storage, join
 
 WHOLE = "whole"  # model.pt and optimizer.pt, written by rank 0: loadable with torch.load(weights_only=True)
 SHARDED = "sharded"  # DCP files, one per rank

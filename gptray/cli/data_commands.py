@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from gptray.base.errors import ConfigError
-from gptray.base.tables import text_table
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_OK, add_command, load_experiment
+from gptray.core.errors import ConfigError
+from gptray.core.tables import text_table
 
 BAR_WIDTH = 40
 

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-from gptray.base.errors import GptrayError, Interrupted
 from gptray.cli import (
     checkpoint_commands,
     data_commands,
@@ -17,6 +16,7 @@ from gptray.cli import (
     tokenizer_commands,
 )
 from gptray.cli.common import EXIT_CODES_HELP, EXIT_INTERRUPTED, add_verbose
+from gptray.core.errors import GptrayError, Interrupted
 
 # Each module adds its subcommands with `register(commands)`.
 COMMAND_GROUPS = [run_commands, data_commands, tokenizer_commands, model_commands, checkpoint_commands, sweep_commands,
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gptray.base.runtime import VERBOSE_ENV, configure_logging
+    from gptray.core.runtime import VERBOSE_ENV, configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gptray.base.tables import text_table
 from gptray.cli.common import EXIT_OK, add_command, log
+from gptray.core.tables import text_table
 
 
 def register(commands) -> None:

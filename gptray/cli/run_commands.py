@@ -8,8 +8,8 @@ import time
 
 import yaml
 
-from gptray.base.errors import ConfigError
 from gptray.cli.common import EXIT_OK, add_command, load_experiment, log, print_mlflow_address
+from gptray.core.errors import ConfigError
 
 
 def register(commands) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gptray.base.errors import ConfigError
 from gptray.cli.common import EXIT_INTERRUPTED, EXIT_OK, add_command, log, print_mlflow_address
+from gptray.core.errors import ConfigError
 
 EXIT_TRIALS_FAILED = 5  # some trials failed: the sweep finished, the rest are compared
 

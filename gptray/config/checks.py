@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gptray.base.errors import ConfigError
-from gptray.base.paths import credentials_in
+from gptray.core.errors import ConfigError
+from gptray.core.paths import credentials_in
 
 
 def require(ok: bool, key: str, message: str, value) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from gptray.base.errors import ConfigError
+from gptray.core.errors import ConfigError
 
 T = TypeVar("T")
 

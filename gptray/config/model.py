@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from gptray.base.errors import CheckpointError, ConfigError
 from gptray.config.presets import PRESET_ALIASES, PRESET_DEFAULTS, PRESETS, canonical_preset
+from gptray.core.errors import CheckpointError, ConfigError
 
 # LLaMA sizes its SwiGLU hidden layer at 2/3 of 4 × width (three matrices instead of two keep the
 # parameter count), rounded up to a multiple of 256.

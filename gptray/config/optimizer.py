@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gptray.base.errors import ConfigError
+from gptray.core.errors import ConfigError
 
 
 @dataclass

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gptray.base.errors import ConfigError
-from gptray.base.paths import absolute_path, is_uri, join_path
 from gptray.config.checks import no_credentials, require
 from gptray.config.loader import apply_overrides, apply_settings, build, deep_merge, read_yaml, to_dict
 from gptray.config.model import ModelConfig, finetune_model, padded_vocabulary
@@ -28,6 +26,8 @@ from gptray.config.training import (
     resolve_training,
     upgrade_saved_config,
 )
+from gptray.core.errors import ConfigError
+from gptray.core.paths import absolute_path, is_uri, join_path
 
 
 @dataclass
@@ -202,7 +202,7 @@ class RayConfig:
     num_workers: int = 2
     use_gpu: bool = False  # one GPU per worker, NCCL; else CPU workers with gloo
     # CPUs each worker asks for. auto: one each where that fits (and on a cluster that can grow), else an
-    # equal share of a fixed cluster's CPUs beside a sweep's trial drivers (gptray/base/cluster.py).
+    # equal share of a fixed cluster's CPUs beside a sweep's trial drivers (gptray/core/cluster.py).
     cpus_per_worker: float | Literal["auto"] = "auto"
     accelerator_type: str | None = None  # GPU workers only on nodes with this GPU (H100, A100, …): no mixed DDP group
     max_failures: int = 0  # worker-group restarts from the latest checkpoint before giving up

@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from gptray.base.errors import ConfigError
 from gptray.config.checks import no_credentials, require
 from gptray.config.model import ModelConfig
 from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
+from gptray.core.errors import ConfigError
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 
 _KEPT_PERMUTATIONS = 8  # block permutations kept per source: the blocks in use and the next, with room
 

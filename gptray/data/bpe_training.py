@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.paths import is_uri
 from gptray.config import ExperimentConfig
 from gptray.config.schema import tokenizer_kind
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.paths import is_uri
 from gptray.data.blocks import piece_documents
 from gptray.data.hf_tokenizer import END_OF_TEXT, HuggingFaceTokenizer
 from gptray.data.manifest import ProblemCounts

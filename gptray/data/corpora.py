@@ -17,8 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.paths import cache_home
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.paths import cache_home
 
 CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) searched before downloading
 

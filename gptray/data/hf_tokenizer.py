@@ -8,8 +8,8 @@ import json
 import numpy as np
 from tokenizers import Tokenizer
 
-from gptray.base.errors import ConfigError, DataError, StorageError
-from gptray.base.storage import read_bytes, resolve
+from gptray.core.errors import ConfigError, DataError, StorageError
+from gptray.core.storage import read_bytes, resolve
 from gptray.data.tiktoken_tokenizer import token_dtype
 
 END_OF_TEXT = "<|endoftext|>"

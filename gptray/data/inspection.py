@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.manifest import SPLITS, Manifest
 from gptray.data.shards import read_shard
 from gptray.data.tokenizer_loading import dataset_tokenizer

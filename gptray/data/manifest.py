@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.storage import Location, Storage
 from gptray.config.loader import build
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.storage import Location, Storage
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "gptray.token-shards"

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Storage
+from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.cache_seal import Digest, is_intact, seal_path, sealed_size, write_seal
 from gptray.data.manifest import ShardInfo
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gptray.base.storage import FileEntry, compression_of
+from gptray.core.storage import FileEntry, compression_of
 from gptray.data.read_tasks import ReadPiece, ReadTask
 from gptray.data.readers import UTF8_BOM, file_format, is_splittable
 from gptray.data.sources import ResolvedSource, document_start_rows

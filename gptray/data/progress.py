@@ -12,9 +12,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.storage import Storage
 from gptray.config.loader import build
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.storage import Storage
 from gptray.data.manifest import SPLITS, ProblemCounts, ShardInfo
 
 PROGRESS_NAME = "progress.json"

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from gptray.base.storage import compression_of, open_stream, strip_compression
+from gptray.core.storage import compression_of, open_stream, strip_compression
 
 STATUSES = ("ok", "undecodable", "empty", "malformed_json", "missing_field", "oversized", "unreadable")
 KEPT_STATUSES = ("ok", "undecodable")

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Storage
+from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockBuilder, BlockSettings, SourceReader, piece_documents
 from gptray.data.manifest import SPLITS
 from gptray.data.progress import TaskRecord, TaskStats

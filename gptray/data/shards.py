@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Location, Storage
+from gptray.core.errors import DataError
+from gptray.core.storage import Location, Storage
 from gptray.data.manifest import ShardInfo
 
 ROW_GROUP_DOCUMENTS = 8192

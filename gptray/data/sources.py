@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from gptray.base import storage
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.paths import is_uri
-from gptray.base.storage import FileEntry
 from gptray.config import SourceConfig
+from gptray.core import storage
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.paths import is_uri
+from gptray.core.storage import FileEntry
 from gptray.data import corpora
 from gptray.data.readers import article_starts, file_format
 

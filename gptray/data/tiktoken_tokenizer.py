@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tiktoken
 
-from gptray.base.errors import ConfigError, DataError
+from gptray.core.errors import ConfigError, DataError
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

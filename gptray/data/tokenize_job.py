@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from gptray.base.errors import DataError, GptrayError
-from gptray.base.progress_bar import progress_bar
-from gptray.base.runtime import init_ray
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.errors import DataError, GptrayError
+from gptray.core.progress_bar import progress_bar
+from gptray.core.runtime import init_ray
+from gptray.core.storage import Storage
 from gptray.data.blocks import BlockSettings, SourceReader
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
 from gptray.data.plan import plan_digest, plan_tasks

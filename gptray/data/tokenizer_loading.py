@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from gptray.base.errors import DataError
-from gptray.base.paths import is_uri
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
 from gptray.config.schema import tokenizer_kind
+from gptray.core.errors import DataError
+from gptray.core.paths import is_uri
+from gptray.core.storage import Storage
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.storage import Storage
 from gptray.data.block_order import BlockOrder
 from gptray.data.cache_seal import file_digest, is_intact, seal_path, write_seal
 from gptray.data.global_order import (

@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.base.errors import CheckpointError, ConfigError
-from gptray.base.runtime import init_ray
 from gptray.checkpoint.files import find_checkpoint, has_weights, local_checkpoint, read_config, read_state
 from gptray.config import ExperimentConfig, ModelConfig
+from gptray.core.errors import CheckpointError, ConfigError
+from gptray.core.runtime import init_ray
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
 from gptray.generation.loading import checkpoint_tokenizer, load_model, resolve_device

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptray.base.errors import DataError
-from gptray.base.paths import cache_home
 from gptray.config.schema import HELLASWAG_VAL_URL  # eval.hellaswag's default
+from gptray.core.errors import DataError
+from gptray.core.paths import cache_home
 from gptray.data.global_order import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 from gptray.data.global_order import IGNORE_INDEX
 from gptray.data.token_bytes import bits_per_byte
 

@@ -8,10 +8,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.base.errors import ConfigError, StorageError
-from gptray.base.paths import parent
-from gptray.base.tables import text_table
 from gptray.config import ExperimentConfig, flatten
+from gptray.core.errors import ConfigError, StorageError
+from gptray.core.paths import parent
+from gptray.core.tables import text_table
 from gptray.eval.evaluate import EvalReport, format_metric
 from gptray.tracking import MlflowTracker
 from gptray.tracking.mlflow_tracker import RUN_RECORD, experiment_for, read_run_record, run_exists

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptray.base.cluster import Cluster, Demand, check_fits, live_cluster
-from gptray.base.devices import autocast
-from gptray.base.errors import ConfigError
 from gptray.config import EvalConfig
+from gptray.core.cluster import Cluster, Demand, check_fits, live_cluster
+from gptray.core.devices import autocast
+from gptray.core.errors import ConfigError
 from gptray.eval.tasks import TASKS, PreparedTask, batches
 from gptray.generation.loading import load_model, resolve_device
 

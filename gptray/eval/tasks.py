@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptray.base.errors import ConfigError, DataError
 from gptray.config import EvalConfig, ModelConfig
+from gptray.core.errors import ConfigError, DataError
 from gptray.data.global_order import open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table, dataset_mismatch

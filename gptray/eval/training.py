@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from gptray.base.devices import all_reduce_sum
 from gptray.config import ExperimentConfig
+from gptray.core.devices import all_reduce_sum
 from gptray.data.tokenizer_loading import load_tokenizer
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError, DataError
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import load_model_state, read_config, read_state, resolve_checkpoint
 from gptray.config import ModelConfig
 from gptray.config.schema import tokenizer_kind
+from gptray.core.errors import CheckpointError, ConfigError, DataError
+from gptray.core.storage import Storage
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer, stored_tokenizer
 from gptray.model import GPT
 

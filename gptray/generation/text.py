@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from gptray.base.errors import ConfigError
 from gptray.config import GenerateConfig
+from gptray.core.errors import ConfigError
 from gptray.generation.beam import beam_search
 from gptray.generation.decode import Completion, generate
 from gptray.generation.stopping import END_OF_TEXT, StopCondition

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError, GptrayError
 from gptray.checkpoint.files import TrainingState, read_config, read_state, resolve_checkpoint, save_checkpoint
 from gptray.config import DataConfig, ExperimentConfig, ModelConfig
 from gptray.config.presets import PRESET_DEFAULTS
 from gptray.config.schema import tokenizer_kind
+from gptray.core.errors import CheckpointError, ConfigError, GptrayError
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.generation import checkpoint_tokenizer, load_model
 from gptray.model.gpt import GPT

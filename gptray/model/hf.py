@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError
 from gptray.config import ModelConfig
 from gptray.config.presets import PRESET_DEFAULTS, PRESETS
+from gptray.core.errors import CheckpointError, ConfigError
 from gptray.model.gpt import GPT
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from gptray.base.errors import ConfigError
+from gptray.core.errors import ConfigError
 
 IGNORE_TARGET = -100  # F.cross_entropy's ignore_index (gptray.data.global_order.IGNORE_INDEX, a layer above)
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.tables import text_table
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.tables import text_table
 
 # name → (MLflow metric key, how to reduce its history). val/bpb is bits per byte (gptray/data/token_bytes.py):
 # unlike the loss per token, it compares runs with different tokenizers.

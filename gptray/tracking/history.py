@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from gptray.base.storage import Storage
+from gptray.core.storage import Storage
 
 HISTORY_DIR = "metrics"
 PART = re.compile(r"^(\d{8})-(\d{8})\.jsonl$")

@@ -17,10 +17,10 @@ import time
 import weakref
 from pathlib import Path
 
-from gptray.base.errors import GptrayError
-from gptray.base.paths import is_uri
-from gptray.base.storage import Location, Storage
 from gptray.config import ExperimentConfig, flatten
+from gptray.core.errors import GptrayError
+from gptray.core.paths import is_uri
+from gptray.core.storage import Location, Storage
 from gptray.data.manifest import Manifest
 from gptray.tracking.dataset_input import log_dataset_input
 

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptray.base.errors import ConfigError, DataError
-from gptray.base.paths import is_uri
+from gptray.core.errors import ConfigError, DataError
+from gptray.core.paths import is_uri
 from gptray.tracking.compare import METRICS, format_summary, load_runs, summarize, write_export
 from gptray.tracking.mlflow_tracker import RUN_RECORD, read_run_record
 from gptray.tracking.plots import bar_chart, loss_curves, run_report

@@ -6,10 +6,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from gptray.base.cluster import Cluster
-from gptray.base.errors import ConfigError
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.cluster import Cluster
+from gptray.core.errors import ConfigError
+from gptray.core.storage import Storage
 from gptray.tracking.history import read_history
 from gptray.tracking.mlflow_tracker import MlflowTracker
 from gptray.tracking.plots import run_report

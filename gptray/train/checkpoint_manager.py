@@ -15,7 +15,6 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
@@ -30,6 +29,7 @@ from gptray.checkpoint.files import (
 )
 from gptray.checkpoint.sharded import SHARDED
 from gptray.config import ExperimentConfig
+from gptray.core.storage import Storage
 from gptray.data.train_windows import DataOrder
 from gptray.train.checkpoint_writer import CheckpointWriter, Written
 from gptray.train.engine import TrainingEngine

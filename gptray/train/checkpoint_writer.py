@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gptray.base.devices import PeakMemory
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import (
     TrainingState,
     checkpoint_dir_name,
@@ -33,6 +31,8 @@ from gptray.checkpoint.files import (
 )
 from gptray.checkpoint.sharded import SHARDED, save_sharded, start_sharded_save
 from gptray.config import ExperimentConfig
+from gptray.core.devices import PeakMemory
+from gptray.core.storage import Storage
 from gptray.train.engine import TrainingEngine
 
 

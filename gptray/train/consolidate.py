@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError
-from gptray.base.paths import is_uri
 from gptray.checkpoint.files import (
     find_checkpoint,
     local_checkpoint,
@@ -19,6 +17,8 @@ from gptray.checkpoint.files import (
 )
 from gptray.checkpoint.sharded import SHARDED, load_sharded
 from gptray.config import ModelConfig
+from gptray.core.errors import CheckpointError, ConfigError
+from gptray.core.paths import is_uri
 from gptray.model import GPT
 from gptray.train.optim import build_optimizers
 

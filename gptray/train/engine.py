@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gptray.base.devices import all_reduce_sum, autocast, distributed
-from gptray.base.errors import ConfigError
 from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
+from gptray.core.devices import all_reduce_sum, autocast, distributed
+from gptray.core.errors import ConfigError
 from gptray.data.global_order import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.data.token_bytes import bits_per_byte
 from gptray.data.train_windows import TrainWindows, WholeSplitWindows

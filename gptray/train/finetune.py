@@ -16,12 +16,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptray.base.errors import CheckpointError, ConfigError, DataError
-from gptray.base.paths import is_uri, join_path, within
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, find_checkpoint, is_complete, read_state
 from gptray.config import ExperimentConfig, ModelConfig, load_config, parse_override, read_yaml
 from gptray.config.schema import HF_PREFIX, BaseModelReader
+from gptray.core.errors import CheckpointError, ConfigError, DataError
+from gptray.core.paths import is_uri, join_path, within
+from gptray.core.storage import Storage
 from gptray.data.tokenizer_loading import TOKENIZER_FILE
 from gptray.generation.loading import checkpoint_tokenizer
 from gptray.interop.huggingface import hf_model_config, import_hf_checkpoint

@@ -8,12 +8,12 @@ import time
 
 import torch
 
-from gptray.base.devices import PeakMemory
-from gptray.base.errors import TrainingError
-from gptray.base.runtime import configure_logging
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import TrainingState
 from gptray.config import ExperimentConfig
+from gptray.core.devices import PeakMemory
+from gptray.core.errors import TrainingError
+from gptray.core.runtime import configure_logging
+from gptray.core.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.train_windows import DataOrder, open_train_windows, open_val_windows
 from gptray.eval.training import TrainingEvaluator

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, OptimizerConfig
+from gptray.core.errors import ConfigError
 from gptray.train.muon import GatheredMuon
 
 

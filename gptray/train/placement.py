@@ -6,8 +6,8 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from gptray.base.cluster import Cluster, Demand, check_fits, cpus_per_worker
 from gptray.config import RayConfig
+from gptray.core.cluster import Cluster, Demand, check_fits, cpus_per_worker
 
 log = logging.getLogger(__name__)
 

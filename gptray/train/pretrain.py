@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import yaml
 
-from gptray.base.cluster import Cluster, live_cluster
-from gptray.base.errors import Interrupted
-from gptray.base.runtime import init_ray
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import read_state
 from gptray.config import ExperimentConfig
+from gptray.core.cluster import Cluster, live_cluster
+from gptray.core.errors import Interrupted
+from gptray.core.runtime import init_ray
+from gptray.core.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, tokenizer_for_run

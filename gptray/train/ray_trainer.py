@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from gptray.base.errors import CheckpointError, ConfigError, DataError, TrainingError
-from gptray.base.paths import is_uri
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.errors import CheckpointError, ConfigError, DataError, TrainingError
+from gptray.core.paths import is_uri
+from gptray.core.storage import Storage
 from gptray.train.loop import train_loop_per_worker
 from gptray.train.placement import WorkerPlan, controller_retries
 from gptray.train.worker_inputs import WorkerInputs

@@ -22,8 +22,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from gptray.base.errors import RunInUse
-from gptray.base.storage import Storage
+from gptray.core.errors import RunInUse
+from gptray.core.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gptray.base.storage import Storage
 from gptray.config import ExperimentConfig
+from gptray.core.storage import Storage
 from gptray.data.train_windows import DataOrder
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from gptray.base.storage import Storage
+from gptray.core.storage import Storage
 from gptray.data.bpe_training import learn_missing_tokenizer
 from gptray.data.manifest import MANIFEST_NAME, Manifest
 from gptray.data.tokenize_job import tokenize_corpus

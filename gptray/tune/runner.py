@@ -17,12 +17,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptray.base.cluster import DRIVER_RESOURCE, DRIVER_SHARE, Cluster, live_cluster
-from gptray.base.errors import ConfigError
-from gptray.base.paths import is_uri
-from gptray.base.runtime import configure_logging, init_ray
 from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.config import ExperimentConfig
+from gptray.core.cluster import DRIVER_RESOURCE, DRIVER_SHARE, Cluster, live_cluster
+from gptray.core.errors import ConfigError
+from gptray.core.paths import is_uri
+from gptray.core.runtime import configure_logging, init_ray
 from gptray.tracking import MlflowTracker
 from gptray.tracking.run_tracking import check_tracking_store
 from gptray.train.placement import plan_workers

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, apply_overrides, read_yaml
 from gptray.config.loader import build, deep_merge, parse_override
 from gptray.config.model import ModelConfig
+from gptray.core.errors import ConfigError
 from gptray.model.gpt import count_parameters
 from gptray.tracking.compare import METRICS
 from gptray.train.finetune import base_model_reader, load_run_config

@@ -23,7 +23,7 @@ import tokenizers
 import zstandard
 from test_tokenize import ENC, check_manifest_counts, corpus_stream, expected_stream, write_jsonl
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 from gptray.data.bpe_training import train_tokenizer
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard

@@ -23,23 +23,10 @@ def close(a: dict[int, float], b: dict[int, float], steps, tolerance: float) -> 
     assert worst <= tolerance, f"largest difference {worst:.2e} over steps {steps}"
 
 
-def test_one_worker_sees_the_same_global_batches_as_two(reference_run, shakespeare_dataset, tmp_path):
-    _, reference = reference_run
-    # 1 worker × 4 micro-batches of 2 = 2 workers × 2 micro-batches of 2: the same 8 windows per step
-    result = pretrain(small_run_config(tmp_path, shakespeare_dataset, "name=one", "train.max_steps=12",
-                                       "ray.num_workers=1"), sample=False)
-    assert read_state(result.checkpoint).world_size == 1
-    ours, theirs = metric_history(result, "train/loss"), metric_history(reference, "train/loss")
-    assert ours[1] == pytest.approx(theirs[1], abs=1e-6)
-    close(ours, theirs, range(1, 13), tolerance=2e-3)
-    # 15 validation windows: 8 + 7 on two ranks (one padded pass), 15 on one
-    close(metric_history(result, "val/loss"), metric_history(reference, "val/loss"), [12], tolerance=2e-3)
-
-
 def test_local_mode_trains_in_this_process_as_one_worker_would(reference_run, shakespeare_dataset, tmp_path):
     """ray.num_workers=0: the loop runs in this process, without Ray Train workers (a breakpoint in it stops
-    there). It reads the same global batches as two workers, stores its checkpoints itself, keeping
-    checkpoint.keep of them, and a relaunch resumes from them."""
+    there). One process, 4 micro-batches of 2, reads the same 8 windows per step as 2 workers × 2 micro-batches
+    of 2; it stores its checkpoints itself, keeping checkpoint.keep of them, and a relaunch resumes from them."""
     _, reference = reference_run
     config = small_run_config(tmp_path, shakespeare_dataset, "name=local", "train.max_steps=12", "ray.num_workers=0",
                               "checkpoint.interval=6", "checkpoint.keep=1")
@@ -50,6 +37,8 @@ def test_local_mode_trains_in_this_process_as_one_worker_would(reference_run, sh
     ours, theirs = metric_history(first, "train/loss"), metric_history(reference, "train/loss")
     assert ours[1] == pytest.approx(theirs[1], abs=1e-6)
     close(ours, theirs, range(1, 13), tolerance=2e-3)
+    # 15 validation windows: 8 + 7 on two ranks (one padded pass), 15 in one process
+    close(metric_history(first, "val/loss"), metric_history(reference, "val/loss"), [12], tolerance=2e-3)
 
     resumed = pretrain(dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=24)))
     assert (resumed.start_step, resumed.final_step) == (12, 24) and resumed.sample

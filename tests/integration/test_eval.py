@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptray.base.errors import CheckpointError, ConfigError, DataError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, ModelConfig
+from gptray.core.errors import CheckpointError, ConfigError, DataError
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.eval import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
@@ -303,7 +303,7 @@ def test_evaluation_during_training_logs_to_the_run_and_matches_evaluating_the_c
 
 
 def test_the_run_directory_of_a_checkpoint_keeps_a_uris_settings():
-    from gptray.base.paths import parent
+    from gptray.core.paths import parent
 
     assert parent("/a/run/checkpoint_00000004") == "/a/run"
     assert parent("s3://bucket/runs/x/checkpoint_00000004/") == "s3://bucket/runs/x"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from gptray.base.cluster import live_cluster
 from gptray.cli.main import main as cli
 from gptray.config import RayConfig
+from gptray.core.cluster import live_cluster
 from gptray.train import placement
 from gptray.train.placement import PendingReporter, plan_workers
 from helpers import REPO

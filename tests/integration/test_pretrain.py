@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from gptray.base.errors import CheckpointError
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import STATE_FILE, latest_checkpoint, read_state
 from gptray.cli.main import main as cli
+from gptray.core.errors import CheckpointError
+from gptray.core.storage import Storage
 from gptray.tracking.history import read_history
 from gptray.train.finetune import load_run_config
 from gptray.train.pretrain import pretrain
@@ -158,7 +158,8 @@ def test_resume_refuses_a_different_dataset(reference_run, shakespeare_dataset, 
 def test_training_goes_on_when_the_tracking_server_is_unreachable(shakespeare_dataset, root, caplog):
     config = small_run_config(root, shakespeare_dataset, "name=offline", "train.max_steps=2",
                               "tracking.uri=http://127.0.0.1:9",  # nothing listens on port 9
-                              "train.z_loss=1e-4")  # (and the run's own history has z-loss beside the loss)
+                              "train.z_loss=1e-4",  # (and the run's own history has z-loss beside the loss)
+                              "ray.num_workers=0")  # local mode: nothing here depends on workers, ~4× cheaper
     result = pretrain(config, sample=False)
     assert result.final_step == 2 and result.mlflow_run_id is None
     assert "MLflow tracking unavailable" in caplog.text

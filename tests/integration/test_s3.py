@@ -14,8 +14,8 @@ import pytest
 from test_data_pipeline import SPEECHES, one_line
 from test_tokenize import expected_stream
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Storage
+from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.global_order import eval_starts, open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens
@@ -115,7 +115,7 @@ def test_tokenize_s3_sources_into_s3_shards_and_train_from_them(ray_session, s3_
 
 
 def test_s3_errors_name_the_key(s3_endpoint, s3_bucket, tmp_path):
-    from gptray.base.errors import ConfigError
+    from gptray.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         tokenize_corpus(make_config(tmp_path, f"data.sources=[{{path: 's3://{s3_bucket}/nothing-here/*.jsonl'}}]"))

@@ -10,9 +10,9 @@ import boto3
 import pytest
 import yaml
 
-from gptray.base.errors import CheckpointError, ConfigError, StorageError
 from gptray.checkpoint.files import latest_checkpoint, read_state
 from gptray.cli.main import main as cli
+from gptray.core.errors import CheckpointError, ConfigError, StorageError
 from gptray.train.pretrain import pretrain
 from helpers import metric_history, small_run_config
 
@@ -127,7 +127,7 @@ def test_a_run_on_s3_checkpoints_there_and_resumes_from_it(ray_session, referenc
 
 
 def test_metrics_the_server_never_got_wait_in_the_bucket(s3_endpoint, s3_bucket):
-    from gptray.base.storage import Storage
+    from gptray.core.storage import Storage
     from gptray.tracking.mlflow_tracker import MlflowTracker, tracking_settled
 
     run_dir = f"s3://{s3_bucket}/runs/offline"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 from gptray.data.global_order import open_split_tokens
 from gptray.data.manifest import Manifest
 from gptray.data.shards import read_shard, shard_tokens

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from gptray.base.errors import ConfigError, DataError
+from gptray.core.errors import ConfigError, DataError
 from gptray.data.manifest import Manifest
 from gptray.data.shards import file_sha256, read_shard, shard_tokens
 from gptray.data.tokenize_job import tokenize_corpus

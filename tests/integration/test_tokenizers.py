@@ -11,8 +11,8 @@ import tokenizers
 from test_data_pipeline import make_bad_corpus, sources_override
 from test_tokenize import corpus_stream
 
-from gptray.base.errors import DataError
 from gptray.cli.main import main as cli
+from gptray.core.errors import DataError
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.inspection import sample_documents
 from gptray.data.manifest import Manifest

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from gptray.base.errors import ConfigError
 from gptray.config import ModelConfig, load_config
+from gptray.core.errors import ConfigError
 from gptray.model import GPT, KVCache
 from gptray.model.attention import document_ids
 from gptray.model.masks import block_mask, dense_mask, pattern_rule, with_user_mask
@@ -417,7 +417,7 @@ def test_a_prefix_lm_trains_on_the_targets_after_its_prefix_with_and_without_z_l
     x, y = plain.train_data.gather(plain.train_data.rank_micro_batches(0, 0, 1, 2)[0])
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     with torch.no_grad():
-        logits, loss = plain.model(x, y)
+        logits, loss = plain.training_model(x, y)
         counted = torch.nn.functional.cross_entropy(logits[:, 7:].reshape(-1, 256), y[:, 7:].reshape(-1))
         _, z_cross_entropy, _ = z._losses(x, y)
     torch.testing.assert_close(loss, counted)  # prefix 8 of 16: targets from position 7 on

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptray.base.errors import ConfigError, DataError
 from gptray.config import load_config
 from gptray.config.schema import parse_size
+from gptray.core.errors import ConfigError, DataError
 from gptray.data.block_order import BlockOrder, apportion
 from gptray.data.manifest import Manifest, ShardInfo, SplitInfo
 from gptray.data.train_windows import DataOrder, block_order, check_cache_limit

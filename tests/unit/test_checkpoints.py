@@ -113,7 +113,7 @@ def test_consolidate_refuses_a_whole_checkpoint_and_an_occupied_output(trained, 
 
 
 def test_pruning_deletes_orphans_older_than_what_ray_keeps_and_nothing_ray_keeps(trained, tmp_path):
-    from gptray.base.storage import Storage
+    from gptray.core.storage import Storage
 
     e, _ = trained
     model_state, optimizer_state, _ = e.full_state()
@@ -130,7 +130,7 @@ def test_pruning_deletes_orphans_older_than_what_ray_keeps_and_nothing_ray_keeps
 
 
 def test_peak_memory_sees_what_a_block_held_and_let_go():
-    from gptray.base.devices import PeakMemory
+    from gptray.core.devices import PeakMemory
 
     with PeakMemory(torch.device("cpu")) as memory:
         held = torch.ones(50_000_000)  # 200 MB, written, so resident
@@ -139,9 +139,9 @@ def test_peak_memory_sees_what_a_block_held_and_let_go():
 
 
 def test_a_checkpoint_resumes_only_in_the_order_of_training_windows_it_was_trained_in():
-    from gptray.base.errors import CheckpointError
     from gptray.checkpoint.files import TrainingState, check_compatible
     from gptray.config import load_config
+    from gptray.core.errors import CheckpointError
 
     config = load_config(None, ["data.tokenizer=gpt2"])  # the 50,257 tokens the old state records
     block = {"shuffle": "block", "block_shards": 16, "global_batch": 8}

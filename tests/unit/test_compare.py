@@ -50,7 +50,7 @@ def test_bits_per_byte_metrics_rank_groups_from_real_mlflow_runs(tmp_path):
     experiment, which takes every run but a sweep's parent, tagged or not.)"""
     from mlflow.tracking import MlflowClient
 
-    from gptray.base.errors import ConfigError
+    from gptray.core.errors import ConfigError
     from gptray.tracking.report import compare
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from gptray.base.errors import ConfigError
 from gptray.config import ExperimentConfig, load_config
 from gptray.config.loader import read_yaml
+from gptray.core.errors import ConfigError
 from helpers import REPO
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 from gptray.data.global_order import WindowSampler, eval_starts, gather_windows
 from gptray.train.optim import LrSchedule, learning_rate
 

@@ -13,10 +13,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gptray.base.errors import ConfigError
 from gptray.checkpoint.files import TrainingState, save_checkpoint
 from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, GenerateConfig, ModelConfig
+from gptray.core.errors import ConfigError
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.generation import StopCondition, beam_search, generate, generate_texts
 from gptray.generation.sampling import apply_repetition_penalty, top_k_filter, top_p_filter

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptray.base.errors import CheckpointError, ConfigError
 from gptray.cli.main import main
 from gptray.config import ModelConfig
+from gptray.core.errors import CheckpointError, ConfigError
 from gptray.generation import load_model
 from gptray.interop.huggingface import export_checkpoint, export_hf, import_hf_checkpoint, load_hf_gpt2
 from gptray.model import GPT

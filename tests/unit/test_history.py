@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptray.base.storage import Storage
+from gptray.core.storage import Storage
 from gptray.tracking.history import MetricHistory, read_history
 
 

@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "gptray"
 
 # Lowest first. A package may import its own modules and any package listed before it, nothing after.
-LAYERS = ["base", "config", "checkpoint", "model", "data", "tracking", "generation", "eval", "interop", "train",
+LAYERS = ["core", "config", "checkpoint", "model", "data", "tracking", "generation", "eval", "interop", "train",
           "tune", "cli"]
 # Entry points above everything: `python -m gptray` and the package's own docstring module.
 TOP = {"__main__": len(LAYERS), "__init__": -1}
@@ -91,7 +91,7 @@ def test_every_package_is_placed():
     assert packages == set(LAYERS)
 
 
-@pytest.mark.parametrize("module", ["gptray.config", "gptray.base.paths", "gptray.base.errors"])
+@pytest.mark.parametrize("module", ["gptray.config", "gptray.core.paths", "gptray.core.errors"])
 def test_pure_layers_do_not_import_torch(module):
     """The config layer is pure: reading a config never pays for torch (or Ray, or MLflow)."""
     import subprocess

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptray.base.errors import DataError
-from gptray.base.storage import Storage
+from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.block_order import BlockOrder
 from gptray.data.node_cache import ShardCache
 from gptray.data.shards import TokenShardWriter

@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from test_checkpoints import scrambled, write_sharded
 from test_engine import through_a_file
 
-from gptray.base.errors import CheckpointError, ConfigError
-from gptray.base.storage import Storage
 from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
@@ -26,6 +24,8 @@ from gptray.checkpoint.files import (
     save_checkpoint,
 )
 from gptray.config import load_config
+from gptray.core.errors import CheckpointError, ConfigError
+from gptray.core.storage import Storage
 from gptray.data.train_windows import DataOrder
 from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.train.checkpoint_manager import CheckpointManager, check_schedule

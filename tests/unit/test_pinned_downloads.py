@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from gptray.base.errors import DataError
 from gptray.config.schema import HELLASWAG_VAL_URL, EvalConfig
+from gptray.core.errors import DataError
 from gptray.data.corpora import CORPORA_PATH_ENV, REGISTRY, corpus_file
 from gptray.eval.hellaswag import KNOWN_BLOBS, cache_dir, git_blob_id, locate
 

@@ -11,10 +11,10 @@ import dataclasses
 import pytest
 import yaml
 
-from gptray.base.cluster import DRIVER_RESOURCE, Cluster, Demand, check_fits, cpus_per_worker
-from gptray.base.errors import ConfigError
 from gptray.config import RayConfig
 from gptray.config.loader import build
+from gptray.core.cluster import DRIVER_RESOURCE, Cluster, Demand, check_fits, cpus_per_worker
+from gptray.core.errors import ConfigError
 from gptray.train.placement import controller_retries, plan_workers
 from gptray.tune.runner import concurrency, trial_driver
 from gptray.tune.spec import load_sweep

@@ -72,7 +72,7 @@ def test_recipes_become_config_values():
 
 
 def test_unknown_preset_lists_the_choices():
-    from gptray.base.errors import ConfigError
+    from gptray.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="davinci") as info:
         load_config(None, ["model.preset=gpt4"])

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gptray.base.progress_bar import on_terminal, progress_bar
+from gptray.core.progress_bar import on_terminal, progress_bar
 from gptray.data.progress import TaskRecord
 from gptray.data.tokenize_job import _Meter
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from gptray.base import runtime
 from gptray.cli.main import build_parser
+from gptray.core import runtime
 
 REPORT = "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'step': 10}) from rank 1"
 

@@ -9,7 +9,7 @@ import tracemalloc
 import pyarrow as pa
 import pytest
 
-from gptray.base.storage import glob_regex
+from gptray.core.storage import glob_regex
 from gptray.data import readers
 from gptray.data.readers import PARAGRAPH_BREAK, aligned_offset, iter_pieces, range_documents
 from gptray.data.split import copies, is_validation
@@ -165,8 +165,8 @@ def test_deeply_nested_json_is_bad_input_not_a_crash(tmp_path):
 
 
 def test_a_stored_file_of_another_size_is_refused_before_it_is_read(tmp_path):
-    from gptray.base.errors import StorageError
-    from gptray.base.storage import Storage
+    from gptray.core.errors import StorageError
+    from gptray.core.storage import Storage
 
     (tmp_path / "shard.parquet").write_bytes(b"x" * 100)
     store = Storage(str(tmp_path))

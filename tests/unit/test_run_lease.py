@@ -13,17 +13,17 @@ import time
 
 import pytest
 
-from gptray.base.errors import RunInUse
-from gptray.base.storage import Storage
 from gptray.cli.main import main as cli
 from gptray.config import load_config
+from gptray.core.errors import RunInUse
+from gptray.core.storage import Storage
 from gptray.train import run_lease
 from gptray.train.pretrain import pretrain
 from gptray.train.run_lease import LEASE_FILE, RunLease
 
 HOLD = """
 import sys, time
-from gptray.base.storage import Storage
+from gptray.core.storage import Storage
 from gptray.train.run_lease import RunLease
 with RunLease(Storage(sys.argv[1]), "other"):
     print("held", flush=True)

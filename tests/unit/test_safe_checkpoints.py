@@ -15,8 +15,8 @@ import torch
 from test_checkpoints import BATCH, scrambled, write_sharded
 from test_engine import engine, losses
 
-from gptray.base.errors import CheckpointRefused
 from gptray.checkpoint.sharded import load_sharded
+from gptray.core.errors import CheckpointRefused
 from gptray.generation.loading import load_model
 from gptray.train.consolidate import consolidate_checkpoint
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptray.base.errors import ConfigError
+from gptray.core.errors import ConfigError
 from gptray.tune.spec import load_sweep
 from helpers import write_sweep
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_node_cache import SHARD_TOKENS, cache, write_shards
 
-from gptray.base.errors import DataError
+from gptray.core.errors import DataError
 from gptray.data.cache_seal import seal_path
 from gptray.data.global_order import open_split_tokens
 from gptray.data.manifest import Manifest, SplitInfo

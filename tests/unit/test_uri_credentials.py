@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from gptray.base.errors import ConfigError, StorageError
-from gptray.base.paths import credentials_in
-from gptray.base.storage import Storage
 from gptray.config import load_config
+from gptray.core.errors import ConfigError, StorageError
+from gptray.core.paths import credentials_in
+from gptray.core.storage import Storage
 
 SECRET = "wJalrXUtnFEMIK7MDENG"
 

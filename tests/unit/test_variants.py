@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from gptray.base.errors import CheckpointError, ConfigError
 from gptray.config import ModelConfig, load_config
+from gptray.core.errors import CheckpointError, ConfigError
 from gptray.model import GPT, count_parameters
 from gptray.model.attention import apply_rope, rope_tables
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from gptray.base.errors import StorageError
-from gptray.base.paths import credentials_in, is_uri, join_path
+from gptray.core.errors import StorageError
+from gptray.core.paths import credentials_in, is_uri, join_path
 
 # Compression suffixes read transparently, and the codec pyarrow streams them with.
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from gptray.base.errors import ConfigError
+from gptray.core.errors import ConfigError
 
 # A custom resource of the nodes where sweep trials' drivers and Ray Train controllers belong (the head
 # in cluster/*.yaml): a trial asks for a sliver of it where the cluster has it, so drivers stay off
