@@ -20,7 +20,7 @@ from helpers import REPO
 
 BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
 TESTED_ELSEWHERE = {"gpu_check": "tests/unit/test_gpu_check.py runs its --cpu-smoke"}
-USES_RAY = {"train_throughput", "tokenize_throughput", "checkpoint_blocking", "first_five_minutes"}
+USES_RAY = {"train_throughput", "tokenize_throughput", "checkpoint_blocking", "first_five_minutes", "local_mode"}
 
 
 def documented_arguments(name: str) -> list[str]:
@@ -66,6 +66,8 @@ CASES = [
     ("tracking_overhead", "async: 2 of 2 train/loss points on the server"),
     ("checkpoint_blocking", "fsdp-sharded-async"),
     ("first_five_minutes", "| bpe-512 | 4 |"),
+    ("local_mode", "local mode / 1 worker:"),
+    ("attention_masks", "flex forward  median"),
 ]
 
 
