@@ -29,9 +29,12 @@ class SpikeConfig:
     window: int = 128
     sigmas: float = 6.0
     min_history: int | None = None  # null: window // 2 (OLMo-core's)
-    # Automatic rewind (restart from the previous checkpoint with the spike's steps in train.skip_steps) is
-    # not built yet: true is refused. Rewind by hand: resume and add the steps to train.skip_steps.
+    # On a spike, rewind instead of skipping the one step (PaLM's remedy): reload the latest checkpoint before
+    # it and skip every step from there through the spike and `rewind_after` steps after it (added to the
+    # run's skip ranges, recorded in state.json). A run stops after max_rewinds rewinds.
     rewind: bool = False
+    rewind_after: int = 0
+    max_rewinds: int = 3
 
     def effective_min_history(self) -> int:
         return self.min_history if self.min_history is not None else self.window // 2
@@ -42,8 +45,9 @@ class SpikeConfig:
         if self.min_history is not None:
             require(2 <= self.min_history <= self.window, "train.spike.min_history",
                     f"must be in [2, train.spike.window = {self.window}]", self.min_history)
-        require(not self.rewind, "train.spike.rewind", "automatic rewind is not supported yet; add the spike's "
-                                                       "steps to train.skip_steps and relaunch", self.rewind)
+        require(self.rewind_after >= 0, "train.spike.rewind_after", "must be >= 0", self.rewind_after)
+        require(self.max_rewinds > 0, "train.spike.max_rewinds", "must be positive", self.max_rewinds)
+        require(self.enabled or not self.rewind, "train.spike.rewind", "needs train.spike.enabled=true", self.rewind)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from gptray.train.checkpoint_manager import CheckpointManager
 from gptray.train.checkpoint_writer import Written
 from gptray.train.engine import StepResult, TrainingEngine
 from gptray.train.numerics import StepGuard, describe_skip, global_batch_windows
+from gptray.train.rewind import rewind
 from gptray.train.worker_inputs import WorkerInputs
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,15 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         largest.add(result)
         if not result.verdict.apply and engine.rank == 0:
             _log_skip(state.step, result, config.train.batch_size, tracker)
+        if result.verdict.rewind:  # every rank has the same verdict
+            _log_written(checkpoints.finish(), tracker)  # the checkpoint in flight is the one to rewind to
+            rewound = rewind(checkpoints, guard, state)  # the checkpoint's state into `state`, in place
+            if rewound is not None:
+                guard = rewound
+                if history is not None:
+                    history.discard_after(state.step)
+                throughput.restart()
+                continue
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
         if not due.anything:

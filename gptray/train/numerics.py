@@ -65,6 +65,7 @@ class Verdict:
 
     apply: bool
     reason: str | None = None
+    rewind: bool = False  # a spike under train.spike.rewind: the loop reloads the latest checkpoint
 
 
 @dataclass
@@ -84,7 +85,9 @@ class StepGuard:
 
     def __init__(self, train: TrainConfig, recorded: dict | None = None):
         recorded = recorded or {}
+        self.train = train
         self.max_consecutive = train.max_skipped_steps
+        self.rewinds: list[list[int]] = list(recorded.get("rewinds", []))  # [spike step, first, last skipped]
         # The ranges in force: the config's and those a checkpoint recorded (exact across resume).
         self.skip_steps = normalize_ranges([*train.skip_steps, *recorded.get("skip_steps", [])])
         self.detector = SpikeDetector.of(train.spike, recorded.get("loss_history", ())) \
@@ -103,14 +106,14 @@ class StepGuard:
         if nonfinite:
             verdict = Verdict(False, NONFINITE)
         elif self.detector is not None and self.detector.is_spike(loss):
-            verdict = Verdict(False, SPIKE)
+            verdict = Verdict(False, SPIKE, rewind=self.train.spike.rewind)
         else:
             self.consecutive = 0
             return Verdict(True)
         self.consecutive += 1
         setattr(self.counts, verdict.reason, getattr(self.counts, verdict.reason) + 1)
         self.counts.skipped.append([step, verdict.reason])
-        if self.consecutive >= self.max_consecutive:
+        if self.consecutive >= self.max_consecutive and not verdict.rewind:
             raise TrainingError(
                 f"{self.consecutive} consecutive optimizer steps skipped (the last, step {step}: "
                 f"{_why(verdict, loss)}; "
@@ -123,9 +126,24 @@ class StepGuard:
         self.counts.configured += 1
         return Verdict(False, CONFIGURED)
 
+    def after_rewind(self, recorded: dict, spike: int, first: int) -> tuple[StepGuard, list[int]]:
+        """The guard of a run rewound to a checkpoint (`recorded`: its state.json's skips, `first`: the step
+        after it) for a spike at step `spike`: the checkpoint's spike history, with steps first … spike +
+        train.spike.rewind_after added to the ranges this run skips. Returns it and the range."""
+        skipped = [first, spike + self.train.spike.rewind_after]
+        rewinds = [*self.rewinds, [spike, *skipped]]
+        if len(rewinds) > self.train.spike.max_rewinds:
+            raise TrainingError(f"a loss spike at step {spike} after {len(self.rewinds)} rewind(s) "
+                                f"(train.spike.max_rewinds={self.train.spike.max_rewinds}): training stopped. "
+                                f"The rewinds so far: {self.rewinds} ([spike step, first and last step skipped])")
+        guard = StepGuard(self.train, {**recorded, "rewinds": rewinds,
+                                       "skip_steps": [*self.skip_steps, *recorded.get("skip_steps", []), skipped]})
+        guard.counts = self.counts  # what this run skipped, the abandoned steps' spikes included
+        return guard, skipped
+
     def record(self) -> dict:
         """What state.json keeps so that a resumed run judges its steps as an uninterrupted one would."""
-        return {"skip_steps": self.skip_steps,
+        return {"skip_steps": self.skip_steps, "rewinds": self.rewinds,
                 "loss_history": list(self.detector.losses) if self.detector is not None else [],
                 "counts": {"configured": self.counts.configured, "nonfinite": self.counts.nonfinite,
                            "spike": self.counts.spike, "skipped": self.counts.skipped}}
@@ -133,7 +151,8 @@ class StepGuard:
     def metrics(self) -> dict[str, float]:
         """The counts as MLflow metrics."""
         return {"train/skipped_steps": self.counts.configured + self.counts.nonfinite + self.counts.spike,
-                "train/nonfinite_steps": self.counts.nonfinite, "train/spike_steps": self.counts.spike}
+                "train/nonfinite_steps": self.counts.nonfinite, "train/spike_steps": self.counts.spike,
+                "train/rewinds": len(self.rewinds)}
 
 
 def _why(verdict: Verdict, loss: float) -> str:

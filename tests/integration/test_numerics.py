@@ -64,3 +64,29 @@ def test_too_many_skips_in_a_row_stop_the_run_with_the_last_good_checkpoint_as_i
     latest = latest_checkpoint(config.run_dir)
     assert read_state(latest).step == 2
     assert all(torch.isfinite(v).all() for v in load_tensors(latest, "model.pt").values())
+
+
+def test_a_spike_rewinds_to_the_checkpoint_before_it_and_trains_as_a_run_that_skipped_those_steps(
+        shakespeare_dataset, tmp_path):
+    """train.spike.rewind: rank 0's loss × 1000 at step 7 is a spike; the run reloads its checkpoint at step 4,
+    skips steps 5…7, and trains to step 10 exactly as a run configured with train.skip_steps=[[5, 7]] (local
+    mode: the verdict is the same on every rank by construction, tested above on two)."""
+    spike = ["train.max_steps=10", "ray.num_workers=0", "checkpoint.interval=4", "checkpoint.keep=3",
+             "train.spike.enabled=true", "train.spike.window=8", "train.spike.min_history=3"]
+    rewinding = small_run_config(tmp_path, shakespeare_dataset, "name=rewinding", *spike,
+                                 "train.spike.rewind=true", "train.test_scale_loss=[7, 0, 1000]")
+    first = pretrain(rewinding, sample=False)
+    configured = small_run_config(tmp_path, shakespeare_dataset, "name=configured", *spike,
+                                  "train.skip_steps=[[5, 7]]")
+    second = pretrain(configured, sample=False)
+    assert first.final_step == second.final_step == 10
+    assert metric_history(first, "train/skip_spike") == {7: 1.0}
+    assert metric_history(first, "train/rewinds")[10] == 1
+    ours, theirs = metric_history(first, "train/loss"), metric_history(second, "train/loss")
+    assert [ours[s] for s in (8, 9, 10)] == [theirs[s] for s in (8, 9, 10)]
+    a, b = load_tensors(first.checkpoint, "model.pt"), load_tensors(second.checkpoint, "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    skips = read_state(first.checkpoint).skips
+    assert skips["skip_steps"] == [[5, 7]] and skips["rewinds"] == [[7, 5, 7]]
+    assert [p.name for p in sorted(Path(first.run_dir).glob("checkpoint_*"))] == \
+        ["checkpoint_00000004", "checkpoint_00000008", "checkpoint_00000010"]

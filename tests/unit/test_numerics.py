@@ -76,7 +76,8 @@ def test_the_guard_skips_non_finite_steps_and_stops_after_max_skipped_steps_in_a
     with pytest.raises(TrainingError, match=r"3 consecutive optimizer steps skipped \(the last, step 6.*"
                                             r"train.max_skipped_steps=3.*latest checkpoint is good"):
         guard.judge(6, math.nan, nonfinite=True)
-    assert guard.metrics() == {"train/skipped_steps": 4, "train/nonfinite_steps": 4, "train/spike_steps": 0}
+    assert guard.metrics() == {"train/skipped_steps": 4, "train/nonfinite_steps": 4, "train/spike_steps": 0,
+                               "train/rewinds": 0}
 
 
 def test_the_guard_skips_spikes_when_train_spike_is_on_and_its_record_resumes_it_exactly():
@@ -93,6 +94,26 @@ def test_the_guard_skips_spikes_when_train_spike_is_on_and_its_record_resumes_it
     assert resumed.skip_steps == [[20, 21], [40, 40]]
     assert [s for s in range(1, 50) if resumed.configured(s)] == [20, 21, 40]
     assert not StepGuard(config().train).detector  # off by default
+
+
+def test_a_rewind_skips_from_the_checkpoint_through_the_spike_keeps_earlier_rewinds_and_is_bounded():
+    train = config("train.spike.enabled=true", "train.spike.rewind=true", "train.spike.rewind_after=2",
+                   "train.spike.max_rewinds=2", "train.spike.window=8", "train.spike.min_history=3",
+                   "train.skip_steps=[3]").train
+    guard = StepGuard(train)
+    for step in range(1, 6):
+        assert guard.judge(step, 3.0 + 0.01 * (step % 2), nonfinite=False).apply
+    at_checkpoint = guard.record()  # say the run checkpoints at step 5
+    verdict = guard.judge(6, 50.0, nonfinite=False)
+    assert (verdict.apply, verdict.reason, verdict.rewind) == (False, SPIKE, True)
+    rewound, skipped = guard.after_rewind(at_checkpoint, 6, first=6)
+    assert skipped == [6, 8] and rewound.skip_steps == [[3, 3], [6, 8]] and rewound.rewinds == [[6, 6, 8]]
+    assert list(rewound.detector.losses) == at_checkpoint["loss_history"]  # as a run that skipped 6…8 from the start
+    assert rewound.metrics()["train/spike_steps"] == 1 and rewound.metrics()["train/rewinds"] == 1
+    again, _ = rewound.after_rewind(at_checkpoint, 10, first=6)  # no checkpoint since: the earlier range stays
+    assert again.skip_steps == [[3, 3], [6, 12]] and len(again.rewinds) == 2
+    with pytest.raises(TrainingError, match=r"train.spike.max_rewinds=2"):
+        again.after_rewind(at_checkpoint, 14, first=6)
 
 
 def test_skip_ranges_merge_and_config_checks_them():
