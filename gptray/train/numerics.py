@@ -115,11 +115,10 @@ class StepGuard:
         self.counts.skipped.append([step, verdict.reason])
         if self.consecutive >= self.max_consecutive and not verdict.rewind:
             raise TrainingError(
-                f"{self.consecutive} consecutive optimizer steps skipped (the last, step {step}: "
-                f"{_why(verdict, loss)}; "
-                f"train.max_skipped_steps={self.max_consecutive}): training stopped. No skipped step was applied, "
-                "so the latest checkpoint is good: lower optimizer.lr, raise schedule.warmup_steps, or skip the "
-                "offending batches with train.skip_steps and relaunch")
+                f"{self.consecutive} consecutive optimizer steps skipped (the last, step {step}: {_why(verdict, loss)};"
+                f" train.max_skipped_steps={self.max_consecutive}): training diverged and stopped. No skipped step "
+                "was applied, so the latest checkpoint is good: lower optimizer.lr, raise schedule.warmup_steps, or "
+                "skip the offending batches with train.skip_steps and relaunch")
         return verdict
 
     def skipped_configured(self) -> Verdict:
