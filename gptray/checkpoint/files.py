@@ -53,6 +53,9 @@ class TrainingState:
     # The order of training windows (train_windows.data_order); empty in checkpoints from before the block order
     data_order: dict = field(default_factory=dict)
     optimizer: str = "adamw"  # optimizer.name, whose state the checkpoint holds (checkpoints before it: adamw)
+    # Which steps the run did not apply (gptray.train.numerics.StepGuard.record): the train.skip_steps
+    # ranges in force, the spike detector's loss history, the skips by reason; empty before it
+    skips: dict = field(default_factory=dict)
 
 
 def checkpoint_dir_name(step: int) -> str:

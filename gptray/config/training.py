@@ -9,7 +9,7 @@ nano and tiny), the optimizer's other settings from `train.recipe` (recipes.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from gptray.config.checks import no_credentials, require
@@ -18,6 +18,36 @@ from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
 from gptray.core.errors import ConfigError
+
+
+@dataclass
+class SpikeConfig:
+    """Loss spikes (train.spike): a step whose loss is more than `sigmas` standard deviations above the mean
+    of the last `window` steps' losses is not applied (OLMo-core's rule), once `min_history` are known."""
+
+    enabled: bool = False
+    window: int = 128
+    sigmas: float = 6.0
+    min_history: int | None = None  # null: window // 2 (OLMo-core's)
+    # On a spike, rewind instead of skipping the one step (PaLM's remedy): reload the latest checkpoint before
+    # it and skip every step from there through the spike and `rewind_after` steps after it (added to the
+    # run's skip ranges, recorded in state.json). A run stops after max_rewinds rewinds.
+    rewind: bool = False
+    rewind_after: int = 0
+    max_rewinds: int = 3
+
+    def effective_min_history(self) -> int:
+        return self.min_history if self.min_history is not None else self.window // 2
+
+    def validate(self) -> None:
+        require(self.window >= 2, "train.spike.window", "must be >= 2", self.window)
+        require(math.isfinite(self.sigmas) and self.sigmas > 0, "train.spike.sigmas", "must be positive", self.sigmas)
+        if self.min_history is not None:
+            require(2 <= self.min_history <= self.window, "train.spike.min_history",
+                    f"must be in [2, train.spike.window = {self.window}]", self.min_history)
+        require(self.rewind_after >= 0, "train.spike.rewind_after", "must be >= 0", self.rewind_after)
+        require(self.max_rewinds > 0, "train.spike.max_rewinds", "must be positive", self.max_rewinds)
+        require(self.enabled or not self.rewind, "train.spike.rewind", "needs train.spike.enabled=true", self.rewind)
 
 
 @dataclass
@@ -50,6 +80,18 @@ class TrainConfig:
     eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
     sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
     peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU
+    # Steps whose update is never applied: a non-finite loss or gradient norm on any rank, a loss spike
+    # (train.spike), or a step listed in skip_steps. The run stops (TrainingError) after this many
+    # consecutive non-finite or spiking steps.
+    max_skipped_steps: int = 3
+    # [[first, last], …]: steps (numbered as logged: step n trains global batch n − 1) whose global batches
+    # are not trained on; every other step reads the batch it would have read, at the learning rate it
+    # would have had. For rewinding past a spike: resume from a checkpoint before it with its steps here.
+    skip_steps: list[list[int] | int] = field(default_factory=list)  # a bare n is [n, n]
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    # FOR TESTS ONLY: [step, rank, factor] multiplies that rank's loss at that step (numbered as logged) by
+    # factor (.nan: a non-finite step; 1000: a spike). Empty, the default, in every real run.
+    test_scale_loss: list[float] = field(default_factory=list)
 
     # Keys that lived in `train` before it was split into sections: a config using one is refused with
     # the new key (configs saved with checkpoints are read with them moved: upgrade_saved_config).
@@ -89,12 +131,25 @@ class TrainConfig:
             require(self.seq_len > 0, "train.seq_len", "must be positive", self.seq_len)
             if model.block_size is not None and self.seq_len > model.block_size:
                 raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
+        self._validate_skips()
         per_step = self.micro_batch_size * max(num_workers, 1)
         if self.batch_size % per_step != 0:
             raise ConfigError(
                 "train.batch_size",
                 f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
             )
+
+
+    def _validate_skips(self) -> None:
+        require(self.max_skipped_steps > 0, "train.max_skipped_steps", "must be positive", self.max_skipped_steps)
+        for i, pair in enumerate(self.skip_steps):
+            pair = [pair, pair] if isinstance(pair, int) else pair
+            require(len(pair) == 2 and 1 <= pair[0] <= pair[1], f"train.skip_steps[{i}]",
+                    "must be a step or [first, last] with 1 <= first <= last", pair)
+        self.spike.validate()
+        if self.test_scale_loss:
+            require(len(self.test_scale_loss) == 3 and self.test_scale_loss[0] >= 1 and self.test_scale_loss[1] >= 0,
+                    "train.test_scale_loss", "must be [step, rank, factor] (for tests only)", self.test_scale_loss)
 
 
 @dataclass

@@ -7,6 +7,7 @@ one in a plain process. Collectives go through torch.distributed when a process 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from gptray.model import GPT
 from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.model.masks import require_flex_training
 from gptray.train.flops import device_peak_flops, flops_per_token
+from gptray.train.numerics import StepGuard, Verdict
 from gptray.train.optim import LrSchedule, build_optimizers, set_learning_rates
 
 
@@ -51,6 +53,10 @@ class StepResult:
     lr: float
     data_seconds: float  # spent gathering windows and copying them to the device
     z_loss: torch.Tensor | None = None  # the mean z-loss term added to the objective (train.z_loss > 0)
+    verdict: Verdict = dataclasses.field(default_factory=lambda: Verdict(True))  # whether the update was applied
+    global_loss: float | None = None  # `loss` averaged over ranks (None where the step was not computed)
+    grad_norm_value: float | None = None  # the global gradient norm before clipping, as a number
+    overflowed: bool = False  # fp16: the GradScaler skipped the update (overflowed gradients) and lowered its scale
 
 
 class TrainingEngine:
@@ -142,10 +148,16 @@ class TrainingEngine:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def train_step(self, step: int) -> StepResult:
-        """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update."""
+    def train_step(self, step: int, guard: StepGuard | None = None) -> StepResult:
+        """Optimizer step `step` (0-based): this rank's micro-batches, one gradient sync, one update. With a
+        `guard` (numerics.py), a step in train.skip_steps is not computed, and one whose loss or gradient norm
+        is not finite on any rank, or that spikes, is computed but not applied, on every rank alike."""
         torch.manual_seed(step_seed(self.train_config.seed, step, self.rank))
         lr = set_learning_rates(self.optimizers, step, self.lr_schedule)
+        if guard is not None and guard.configured(step + 1):
+            nothing = torch.full((), math.nan, device=self.device)
+            return StepResult(nothing, nothing, lr, 0.0, verdict=guard.skipped_configured())
+        scale_loss = self._test_loss_factor(step)
         loss_sum = torch.zeros((), device=self.device)
         z_sum = torch.zeros((), device=self.device)
         data_seconds = 0.0
@@ -163,6 +175,8 @@ class TrainingEngine:
             with self._gradient_sync(i == len(micro_batches) - 1):
                 with self.autocast():
                     logits, loss, z_loss = self._losses(x, y)
+                if scale_loss is not None:
+                    loss = loss * scale_loss
                 if not counted:  # all prompt: no loss to learn from (the mean over no tokens is NaN),
                     loss = logits.sum() * 0.0  # but DDP still needs this rank's (zero) gradients
                     z_loss = loss if z_loss is not None else None
@@ -177,17 +191,41 @@ class TrainingEngine:
                 self.scaler.unscale_(optimizer)
         clip = self.config.optimizer.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
-        for optimizer in self.optimizers:
+        loss_mean = loss_sum / len(micro_batches)
+        global_loss, nonfinite, norm = self._step_numbers(loss_mean, grad_norm)
+        verdict = guard.judge(step + 1, global_loss, nonfinite) if guard is not None else Verdict(True)
+        overflowed = self.scaler is not None and not math.isfinite(norm) and verdict.apply
+        for optimizer in self.optimizers if verdict.apply else []:
             if self.scaler is not None:
                 self.scaler.step(optimizer)  # skipped, for every optimizer, where the gradients overflowed
             else:
                 optimizer.step()
         if self.scaler is not None:
-            self.scaler.update()
+            self.scaler.update()  # unscale_ recorded the overflow check it needs, applied or not
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_sum / len(micro_batches), grad_norm, lr, data_seconds,
-                          z_sum / len(micro_batches) if self.train_config.z_loss else None)
+        return StepResult(loss_mean, grad_norm, lr, data_seconds,
+                          z_sum / len(micro_batches) if self.train_config.z_loss else None,
+                          verdict=verdict, global_loss=global_loss, grad_norm_value=norm, overflowed=overflowed)
+
+    def _step_numbers(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, bool, float]:
+        """(loss averaged over ranks, whether any rank's loss or gradient norm is not finite, the gradient
+        norm), from one all-reduce: every rank gets the same answer, so all apply a step or none does. Under
+        fp16 a non-finite gradient norm is the GradScaler's overflow, which skips the update itself."""
+        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        bad = ~torch.isfinite(loss)
+        if self.scaler is None:
+            bad = bad | ~torch.isfinite(norm)
+        summed = all_reduce_sum(torch.stack([loss.detach().float(), bad.float(), norm.detach().float()]))
+        total, flags, norms = summed.tolist()  # the one host sync a step makes for this
+        return total / self.world_size, flags > 0, norms / self.world_size
+
+    def _test_loss_factor(self, step: int) -> float | None:
+        """train.test_scale_loss (for tests only): the factor this rank's loss takes at this step, if any."""
+        fault = self.train_config.test_scale_loss
+        if fault and int(fault[0]) == step + 1 and int(fault[1]) == self.rank:
+            return float(fault[2])
+        return None
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Logits, mean cross-entropy, and the z-loss term where train.z_loss is on (else None)."""

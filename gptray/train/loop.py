@@ -11,7 +11,6 @@ import torch
 from gptray.checkpoint.files import TrainingState
 from gptray.config import ExperimentConfig
 from gptray.core.devices import PeakMemory
-from gptray.core.errors import TrainingError
 from gptray.core.runtime import configure_logging
 from gptray.core.storage import Storage
 from gptray.data.manifest import Manifest
@@ -23,7 +22,9 @@ from gptray.tracking.system_metrics import SystemMetrics, start_system_metrics
 from gptray.train.cadence import Cadence
 from gptray.train.checkpoint_manager import CheckpointManager
 from gptray.train.checkpoint_writer import Written
-from gptray.train.engine import TrainingEngine
+from gptray.train.engine import StepResult, TrainingEngine
+from gptray.train.numerics import StepGuard, describe_skip, global_batch_windows
+from gptray.train.rewind import rewind
 from gptray.train.worker_inputs import WorkerInputs
 
 log = logging.getLogger(__name__)
@@ -126,28 +127,44 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
            history: MetricHistory | None, tokenizer) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
+    guard = StepGuard(config.train, state.skips)  # which steps are applied (numerics.py)
+    largest = _LargestGradNorm()
     while state.step < config.train.max_steps:
-        result = engine.train_step(state.step)
+        result = engine.train_step(state.step, guard)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
         throughput.add(result.data_seconds)
+        largest.add(result)
+        if not result.verdict.apply and engine.rank == 0:
+            _log_skip(state.step, result, config.train.batch_size, tracker)
+        if result.verdict.rewind:  # every rank has the same verdict
+            _log_written(checkpoints.finish(), tracker)  # the checkpoint in flight is the one to rewind to
+            rewound = rewind(checkpoints, guard, state)  # the checkpoint's state into `state`, in place
+            if rewound is not None:
+                guard = rewound
+                if history is not None:
+                    history.discard_after(state.step)
+                throughput.restart()
+                continue
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
         if not due.anything:
             continue
         # Every rank reaches here at the same steps, so the collectives below pair up.
-        metrics = {"train/loss": engine.global_mean(result.loss), "train/lr": result.lr}
+        metrics = {"train/lr": result.lr, **guard.metrics()}
+        if result.global_loss is not None and math.isfinite(result.global_loss):  # a skipped step may have none
+            metrics["train/loss"] = result.global_loss
         if result.z_loss is not None:  # the term train.z_loss adds to the objective; train/loss is the cross-entropy
             metrics["train/z_loss"] = engine.global_mean(result.z_loss)
-        if not math.isfinite(metrics["train/loss"]):  # every rank sees the same mean, so all stop together
-            raise TrainingError(f"the loss is {metrics['train/loss']} at step {state.step}: training diverged "
-                                f"(lower optimizer.lr, or raise schedule.warmup_steps)")
         if due.log:
             metrics.update(throughput.metrics(engine))
-            metrics["train/grad_norm"] = float(_full(result.grad_norm))
+            if result.grad_norm_value is not None and math.isfinite(result.grad_norm_value):
+                metrics["train/grad_norm"] = result.grad_norm_value
+            metrics.update(largest.take())
             metrics["train/epoch"] = engine.train_data.epoch_of(state.step)
             if engine.scaler is not None:
                 metrics["train/loss_scale"] = engine.scaler.get_scale()
+                metrics["train/overflow_steps"] = largest.overflows
             throughput.restart()
         if due.eval:
             validation = engine.evaluate()
@@ -170,12 +187,39 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             if tracker is not None and text is not None:
                 tracker.log_text(config.generate.prompt + text, f"samples/step_{state.step:08d}.txt")
         if due.checkpoint:
+            state.skips = guard.record()
             if history is not None:
                 history.write()  # before the checkpoint: see gptray.tracking.history
             _log_written(checkpoints.save(state, metrics), tracker)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
     _log_written(checkpoints.finish(), tracker)  # the last one, if its write is still in flight
+
+
+class _LargestGradNorm:
+    """The largest finite gradient norm since the last log, and fp16's overflowed steps since the launch."""
+
+    def __init__(self):
+        self.largest, self.overflows = None, 0
+
+    def add(self, result: StepResult) -> None:
+        self.overflows += result.overflowed
+        norm = result.grad_norm_value
+        if norm is not None and math.isfinite(norm) and (self.largest is None or norm > self.largest):
+            self.largest = norm
+
+    def take(self) -> dict[str, float]:
+        largest, self.largest = self.largest, None
+        return {"train/grad_norm_max": largest} if largest is not None else {}
+
+
+def _log_skip(step: int, result: StepResult, batch_size: int, tracker: MlflowTracker | None) -> None:
+    """A step whose update was not applied: a warning naming its global batch's windows, and an MLflow
+    metric at its step (train/skip_nonfinite, train/skip_spike or train/skip_configured)."""
+    loss = result.global_loss if result.global_loss is not None else math.nan
+    log.warning(describe_skip(step, result.verdict, loss, global_batch_windows(step, batch_size)))
+    if tracker is not None:
+        tracker.log_metrics({f"train/skip_{result.verdict.reason}": 1.0}, step=step)
 
 
 def _log_written(written: list[Written], tracker: MlflowTracker | None) -> None:
@@ -203,11 +247,6 @@ def _final_sample(engine: TrainingEngine, state: TrainingState, config: Experime
         run.write_bytes(final_sample_name(state.step), text.encode())
 
 
-def _full(value: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from what FSDP may hand back as a DTensor."""
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
-
-
 def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: TrainingState) -> None:
     train = config.train
     log.info(
@@ -224,7 +263,8 @@ def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: Training
 
 
 def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
-    parts = [f"step {step}/{max_steps}", f"loss {metrics['train/loss']:.4f}"]
+    parts = [f"step {step}/{max_steps}",
+             f"loss {metrics['train/loss']:.4f}" if "train/loss" in metrics else "loss -"]
     if "val/loss" in metrics:
         parts.append(f"val {metrics['val/loss']:.4f}")
     if "val/bpb" in metrics:
@@ -236,5 +276,11 @@ def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
         parts.append(f"{metrics['train/tokens_per_s']:,.0f} tok/s")
         if "train/mfu" in metrics:
             parts.append(f"MFU {metrics['train/mfu']:.1%}")
-        parts.append(f"grad norm {metrics['train/grad_norm']:.2f}")
+        if "train/grad_norm" in metrics:
+            parts.append(f"grad norm {metrics['train/grad_norm']:.2f}")
+        if "train/grad_norm_max" in metrics:
+            parts.append(f"max {metrics['train/grad_norm_max']:.2f}")
+    if metrics.get("train/skipped_steps"):
+        parts.append(f"skipped {metrics['train/skipped_steps']:.0f} (non-finite {metrics['train/nonfinite_steps']:.0f}"
+                     f", spikes {metrics['train/spike_steps']:.0f})")
     log.info(" | ".join(parts))

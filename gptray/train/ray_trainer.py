@@ -50,7 +50,7 @@ def fit(trainer, config: ExperimentConfig):
         raise
     except Exception as exc:
         cause = _root_cause(exc)
-        if isinstance(cause, (CheckpointError, DataError)):
+        if isinstance(cause, (CheckpointError, DataError, TrainingError)):  # a worker's own, said as it is
             raise cause from exc
         if type(cause).__name__ == "WorkerGroupStartupTimeoutError":  # only with ray.wait_timeout_s
             raise ConfigError("ray.wait_timeout_s", f"run {config.name}: no worker group after waiting "
