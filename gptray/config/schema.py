@@ -411,7 +411,7 @@ class ExperimentConfig:
             config.data.tokenizer = absolute_path(config.data.tokenizer)
         if not is_uri(config.eval.hellaswag):
             config.eval.hellaswag = absolute_path(config.eval.hellaswag)
-        for source in config.data.sources:
+        for source in config.data.sources + config.data.val_sources:
             if source.path is not None:
                 source.path = absolute_path(source.path)
         config.validate()
