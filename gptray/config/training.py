@@ -46,9 +46,11 @@ class TrainConfig:
     # each predicted token, which keeps the logits from drifting. train/loss stays the cross-entropy alone;
     # train/z_loss is the added term. 1e-4 is PaLM's value; 0 is off.
     z_loss: float = 0.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
+    # bf16/fp16: autocast; fp16 adds a GradScaler. auto: bf16 on a GPU that has it, else fp32 (resolved
+    # on each worker's device and logged as resolved: gptray/train/device_defaults.py).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on CUDA, off on a CPU
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     seed: int = 1337  # model init and data order
     log_interval: int = 10

@@ -209,7 +209,7 @@ def _full(value: torch.Tensor) -> torch.Tensor:
 
 
 def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: TrainingState) -> None:
-    train = config.train
+    train = engine.train_config  # precision and compile as resolved on this device
     log.info(
         "training %s (%s parameters, %.2f GFLOP/token) on %s train tokens (%s windows of %d): global batch %d × %d"
         " = %s tokens/step, %d worker(s) × %d micro-batch(es) of %d, %s, %s%s, %s order, to step %d",
