@@ -63,7 +63,7 @@ def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], to
     return {
         "sources": [_source_request(s) for s in sources],
         "tokenizer": dict(tokenizer.describe(), digest=tokenizer.digest),
-        "val_fraction": data.val_fraction,
+        "val_fraction": 0.0 if data.val_sources else data.val_fraction,  # unused beside val_sources
         "split_seed": data.split_seed,
         "shard_tokens": data.shard_tokens,
         "max_document_bytes": data.max_document_bytes,
