@@ -48,3 +48,18 @@ def test_epochs_resolve_to_steps_of_the_orders_windows_and_the_schedule_follows(
     assert resolve_epochs(block, blocks, DataOrder.of("block", block)).train.max_steps == 19  # ceil(150 / 8)
     stepped = load_config(None, [*NANO, "train.max_steps=7"])
     assert resolve_epochs(stepped, data) is stepped
+
+
+def test_a_sweeps_budget_sets_steps_in_place_of_the_bases_epochs(tmp_path):
+    from gptray.tune.spec import load_sweep
+    from helpers import write_sweep
+
+    train = {"max_steps": None, "epochs": 3, "batch_size": 4, "micro_batch_size": 4}
+    budget = write_sweep(tmp_path / "budget.yaml", str(tmp_path / "data"),
+                         {"axes": {"train.seq_len": [32, 64]}, "seeds": [0], "budget_tokens": 2048}, train=train)
+    steps = {t.config.train.seq_len: (t.config.train.max_steps, t.config.train.epochs)
+             for t in load_sweep(budget).trials}
+    assert steps == {32: (16, None), 64: (8, None)}
+    plain = write_sweep(tmp_path / "plain.yaml", str(tmp_path / "data"),
+                        {"axes": {"train.seq_len": [32, 64]}, "seeds": [0]}, train=train)
+    assert {t.config.train.epochs for t in load_sweep(plain).trials} == {3}  # resolved when each trial launches
