@@ -7,7 +7,8 @@
 Sections, in the order they run. Each has its own try/except and time budget, prints as it goes, and the
 JSON is rewritten after every one, so a run cut short keeps what it had measured:
 
-  environment     torch, CUDA, the GPU, which optional packages are installed (Ray, PyYAML, pyarrow)
+  environment     torch, CUDA, the GPU, which optional packages are installed (Ray, PyYAML, pyarrow), and what
+                  train.precision=auto and train.compile=auto resolve to on this device
   matmul_peak     bf16 matmul TFLOP/s measured here: the MFU denominator beside the 989 TF datasheet figure
   precision       one forward + backward in bf16 and in fp16 autocast against fp32, of the default GPT-2 and of
                   each variant (rmsnorm, swiglu, rope, sliding_window, alternating, document_mask): logits,
@@ -426,6 +427,8 @@ class Budget:
 # --- sections ----------------------------------------------------------------------------------------
 
 def environment_section(s: Settings, budget: Budget, shared: dict) -> dict:
+    from gptray.train.device_defaults import auto_compile, auto_precision
+
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
             "numpy": np.__version__, "cuda_runtime": torch.version.cuda, "cpu_count": os.cpu_count(),
             "device": str(s.device), "packages": {d: _version(d) for d in
@@ -439,6 +442,9 @@ def environment_section(s: Settings, budget: Budget, shared: dict) -> dict:
         with contextlib.suppress(Exception):  # a tuple in recent torch, an int in older ones
             nccl = torch.cuda.nccl.version()
             info["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
+    # What train.precision=auto and train.compile=auto (the defaults) resolve to here: the throughput section's
+    # bf16 + torch.compile are the defaults on a GPU with bf16.
+    info["auto_defaults"] = {"train.precision": auto_precision(s.device), "train.compile": auto_compile(s.device)}
     where = f"{info['gpu']} ({info['memory_gib']} GiB)" if "gpu" in info else f"CPU ({info['cpu_count']} cores)"
     ray = info["packages"]["ray"]
     info["summary"] = f"torch {torch.__version__} on {where}; Ray {ray or 'absent'}"

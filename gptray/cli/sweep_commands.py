@@ -78,7 +78,8 @@ def cmd_sweep(args) -> int:
         for trial in sweep.trials:
             train = trial.config.train
             steps = "steps set by budget_flops once its dataset exists" if sweep.spec.budget_flops is not None \
-                and trial.config.model.vocab_size is None else f"{train.max_steps} steps"
+                and trial.config.model.vocab_size is None else f"{train.max_steps} steps" if train.epochs is None \
+                else f"{train.epochs:g} epochs"
             print(f"  {trial.name:32} {trial.label:24} seed {trial.seed:<4} {steps} × "
                   f"{train.batch_size * train.effective_seq_len(trial.config.model):,} tokens")
         return EXIT_OK

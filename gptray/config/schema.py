@@ -64,6 +64,11 @@ class SourceConfig:
     # Mixture weight: how many times each document is written. 1 writes every document once, 3 three
     # times, 0.25 a deterministic quarter of them (chosen by a seeded hash of the document).
     weight: float = 1.0
+    # Token files instead of text (path sources): "nanogpt" (raw uint16 ids, uint32 when data.tokenizer's
+    # vocabulary needs it: nanoGPT's train.bin/val.bin) or "llmc" (llm.c / modded-nanogpt shards: a
+    # 256 × int32 header, then uint16 ids). Read as they are, split into documents at data.tokenizer's
+    # <|endoftext|> id: data.tokenizer must be the one that made them.
+    format: Literal["nanogpt", "llmc"] | None = None
 
     def kind(self) -> str:
         return "path" if self.path else "hf" if self.hf else "corpus"
@@ -75,31 +80,37 @@ class SourceConfig:
             return f"hf:{self.hf}" + (f"/{self.hf_config}" if self.hf_config else "") + f"[{self.hf_split}]"
         return f"corpus:{self.corpus}" + (f"/{self.hf_config}" if self.hf_config else "")
 
-    def validate(self, i: int) -> None:
-        """Check this source, the `i`-th of data.sources; raise ConfigError naming the key."""
+    def validate(self, i: int, key: str = "data.sources") -> None:
+        """Check this source, the `i`-th of `key` (data.sources or data.val_sources); raise ConfigError naming it."""
         chosen = [k for k in ("path", "hf", "corpus") if getattr(self, k)]
         if len(chosen) != 1:
-            raise ConfigError(f"data.sources[{i}]", f"set exactly one of path, hf, corpus (got {chosen or 'none'})")
+            raise ConfigError(f"{key}[{i}]", f"set exactly one of path, hf, corpus (got {chosen or 'none'})")
         if self.data_files is not None and not self.hf:
-            raise ConfigError(f"data.sources[{i}].data_files", "only applies to hf sources")
+            raise ConfigError(f"{key}[{i}].data_files", "only applies to hf sources")
         if not self.text_field:
-            raise ConfigError(f"data.sources[{i}].text_field", "must not be empty")
+            raise ConfigError(f"{key}[{i}].text_field", "must not be empty")
         if self.prompt_field is not None:
             if not self.path:
-                raise ConfigError(f"data.sources[{i}].prompt_field",
+                raise ConfigError(f"{key}[{i}].prompt_field",
                                   "only applies to path sources (.jsonl/.json files)")
             if self.prompt_field == self.text_field:
-                raise ConfigError(f"data.sources[{i}].prompt_field",
+                raise ConfigError(f"{key}[{i}].prompt_field",
                                   f"must differ from text_field (both are {self.text_field!r})")
         if self.hf_config is not None and self.path:
-            raise ConfigError(f"data.sources[{i}].hf_config", "only applies to hf sources and named corpora")
+            raise ConfigError(f"{key}[{i}].hf_config", "only applies to hf sources and named corpora")
         if self.hf_revision is not None and not self.hf:
-            raise ConfigError(f"data.sources[{i}].hf_revision", "only applies to hf sources")
+            raise ConfigError(f"{key}[{i}].hf_revision", "only applies to hf sources")
         if self.streaming is not None and self.path:
-            raise ConfigError(f"data.sources[{i}].streaming", "only applies to hf sources and named corpora")
-        require(math.isfinite(self.weight) and self.weight > 0, f"data.sources[{i}].weight",
+            raise ConfigError(f"{key}[{i}].streaming", "only applies to hf sources and named corpora")
+        require(math.isfinite(self.weight) and self.weight > 0, f"{key}[{i}].weight",
                  "must be a positive number", self.weight)
-        no_credentials(f"data.sources[{i}].path", self.path)
+        no_credentials(f"{key}[{i}].path", self.path)
+        if self.format is not None:
+            if not self.path:
+                raise ConfigError(f"{key}[{i}].format", f"token files are read from a path: set {key}[{i}].path")
+            for name in ("prompt_field", "text_unit"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{key}[{i}].{name}", f"does not apply to token files (format: {self.format})")
 
 
 # tiktoken's published encodings: (vocabulary size, <|endoftext|> id). A model trained on one of these
@@ -143,6 +154,9 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
+    # A validation set of its own (any source kind, token files too). When given, every document of
+    # data.sources goes to train and validation holds only these (data.val_fraction is not used).
+    val_sources: list[SourceConfig] = field(default_factory=list)
     dataset_dir: str = "data/tinyshakespeare-bpe8k"  # where shards + manifest.json go: a local path or s3://, gs:// URI
     # A tiktoken encoding name (gpt2), a tokenizer.json by path or URI (or a directory holding one, as
     # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer. The
@@ -177,6 +191,8 @@ class DataConfig:
         """Check every data setting; raise ConfigError naming the key."""
         for i, source in enumerate(self.sources):
             source.validate(i)
+        for i, source in enumerate(self.val_sources):
+            source.validate(i, "data.val_sources")
         require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", self.val_fraction)
         require(self.shard_tokens > 0, "data.shard_tokens", "must be positive", self.shard_tokens)
         require(self.batch_documents > 0, "data.batch_documents", "must be positive", self.batch_documents)
@@ -395,7 +411,7 @@ class ExperimentConfig:
             config.data.tokenizer = absolute_path(config.data.tokenizer)
         if not is_uri(config.eval.hellaswag):
             config.eval.hellaswag = absolute_path(config.eval.hellaswag)
-        for source in config.data.sources:
+        for source in config.data.sources + config.data.val_sources:
             if source.path is not None:
                 source.path = absolute_path(source.path)
         config.validate()

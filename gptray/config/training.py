@@ -19,6 +19,8 @@ from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
 from gptray.core.errors import ConfigError
 
+DEFAULT_MAX_STEPS = 1800  # train.max_steps when neither it nor train.epochs is set
+
 
 @dataclass
 class SpikeConfig:
@@ -55,7 +57,11 @@ class TrainConfig:
     """What a run trains and for how long: steps, batches, the recipe and base it starts from, the numbers
     it computes in, and how often it logs, evaluates and samples."""
 
-    max_steps: int = 1800
+    # How long it trains: optimizer steps, or passes over the train split (epochs, fractions too: 0.5),
+    # resolved to steps from the dataset's manifest when the run launches (gptray/train/epochs.py). Set
+    # one of the two; with neither, max_steps is DEFAULT_MAX_STEPS.
+    max_steps: int | None = None
+    epochs: float | None = None
     batch_size: int | None = None  # global batch in sequences per optimizer step (all workers together)
     tokens_per_step: int | None = None  # when set, batch_size = tokens_per_step / seq_len (e.g. 524288)
     micro_batch_size: int = 4  # sequences per forward/backward on one worker
@@ -70,9 +76,11 @@ class TrainConfig:
     # each predicted token, which keeps the logits from drifting. train/loss stays the cross-entropy alone;
     # train/z_loss is the added term. 1e-4 is PaLM's value; 0 is off.
     z_loss: float = 0.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
+    # bf16/fp16: autocast; fp16 adds a GradScaler. auto: bf16 on a GPU that has it, else fp32 (resolved
+    # on each worker's device and logged as resolved: gptray/train/device_defaults.py).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: PyTorch FSDP2 (fully_shard), for models DDP cannot fit
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on CUDA, off on a CPU
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     seed: int = 1337  # model init and data order
     log_interval: int = 10
@@ -118,7 +126,14 @@ class TrainConfig:
         """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
         no_credentials("train.init_from", self.init_from)
         model.validate_for_training()
-        for key in ("max_steps", "batch_size", "micro_batch_size", "log_interval", "eval_interval"):
+        if self.epochs is not None:
+            require(self.max_steps is None, "train.epochs", "set train.max_steps or train.epochs, not both "
+                    f"(train.max_steps={self.max_steps}: write train.max_steps=null)", self.epochs)
+            require(math.isfinite(self.epochs) and self.epochs > 0, "train.epochs", "must be positive", self.epochs)
+        else:
+            require(self.max_steps is not None and self.max_steps > 0, "train.max_steps", "must be positive",
+                    self.max_steps)
+        for key in ("batch_size", "micro_batch_size", "log_interval", "eval_interval"):
             require(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
         require(math.isfinite(self.z_loss) and self.z_loss >= 0, "train.z_loss", "must be >= 0 (0 is off)",
                  self.z_loss)
@@ -201,7 +216,9 @@ class ScheduleConfig:
     def validate(self, lr: float) -> None:
         """Check resolved schedule settings against the peak lr; raise ConfigError naming the key."""
         require(0 <= self.min_lr <= lr, "schedule.min_lr", f"must be in [0, optimizer.lr = {lr:g}]", self.min_lr)
-        require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
+        # null only while train.epochs waits for the dataset to give the steps a warmup fraction is of
+        if self.warmup_steps is not None:
+            require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
         if self.decay_steps is not None:
             require(self.decay_steps > 0, "schedule.decay_steps", "must be positive", self.decay_steps)
         require(0 <= self.wsd_decay_fraction <= 1, "schedule.wsd_decay_fraction",
@@ -246,6 +263,8 @@ def resolve_training(train: TrainConfig, optimizer: OptimizerConfig, schedule: S
     """Fill null settings from the model preset's recipe and train.recipe (in place; the model resolved)."""
     recipe = RECIPES[train.recipe]
     preset = training_recipe(model.preset)
+    if train.max_steps is None and train.epochs is None:
+        train.max_steps = DEFAULT_MAX_STEPS
     seq_len = train.effective_seq_len(model)
     if seq_len <= 0:
         raise ConfigError("train.seq_len", f"must be positive (got {seq_len})")
@@ -266,9 +285,9 @@ def resolve_training(train: TrainConfig, optimizer: OptimizerConfig, schedule: S
     optimizer.fill_from(recipe.optimizer)
     if schedule.min_lr is None:
         schedule.min_lr = optimizer.lr * recipe.min_lr_ratio
-    if schedule.warmup_steps is None:
+    if schedule.warmup_steps is None and not (train.max_steps is None and _warmup_follows_steps(recipe, preset)):
         schedule.warmup_steps, source = _warmup(train, recipe, preset, model, seq_len)
-        if schedule.warmup_steps >= train.max_steps:
+        if train.max_steps is not None and schedule.warmup_steps >= train.max_steps:
             raise ConfigError("schedule.warmup_steps", f"{source} warmup is {schedule.warmup_steps:,} steps at "
                                                        f"{train.batch_size * seq_len:,} tokens/step, not shorter "
                                                        f"than train.max_steps={train.max_steps:,}; set "
@@ -280,6 +299,11 @@ def _first_given(recipes, value_of, key: str, missing: str):
         if recipe is not None and (value := value_of(recipe)) is not None:
             return value
     raise ConfigError(key, f"must be set: {missing}")
+
+
+def _warmup_follows_steps(recipe, preset) -> bool:
+    """Whether the default warmup is a share of train.max_steps (so train.epochs must resolve first)."""
+    return recipe.warmup_fraction is not None or (preset is not None and preset.warmup_fraction is not None)
 
 
 def _warmup(train: TrainConfig, recipe, preset, model: ModelConfig, seq_len: int) -> tuple[int, str]:

@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from gptray.data import readers
+from gptray.data import readers, token_files
 from gptray.data.read_tasks import ReadPiece
 from gptray.data.readers import KEPT_STATUSES, STATUSES, Doc, problem
 from gptray.data.split import copies, is_validation
+from gptray.data.token_files import TokenLayout
 
 STATUS_CODES = {status: code for code, status in enumerate(STATUSES)}
 KEPT_CODES = np.array([STATUS_CODES[s] for s in KEPT_STATUSES], dtype=np.int8)
@@ -42,6 +43,11 @@ class SourceReader:
     join_rows: str | None = None
     stream: Any = None  # stream: the datasets.IterableDataset
     prompt_field: str | None = None  # JSON prompt/completion sources: the prompt's field
+    split: str | None = None  # every document to this split ("train", "val"); None: by content hash
+    token_format: str | None = None  # token files: "nanogpt" or "llmc"
+    token_layouts: dict[str, TokenLayout] | None = None  # token files: each file's checked layout, by path
+    eot_token: int = 0  # token files: where documents end
+    vocab_size: int = 0  # token files: larger ids are refused
 
 
 @dataclass
@@ -73,6 +79,11 @@ def piece_documents(piece: ReadPiece, reader: SourceReader, max_bytes: int, tabl
             yield from readers.table_documents(table, reader.text_field, piece.name, piece.start, max_bytes)
     elif piece.kind == "stream":
         yield from _stream_documents(piece, reader, max_bytes)
+    elif piece.kind == "tokens":
+        layout = reader.token_layouts[piece.path]
+        for ids in token_files.token_documents(reader.fs, piece.path, piece.name, layout, piece.start, piece.end,
+                                               reader.eot_token, reader.vocab_size):
+            yield Doc("", None, "ok", "", "", len(ids) * layout.itemsize, tokens=ids)
     else:
         yield problem(piece.name, "unreadable", piece.error)
 
@@ -92,9 +103,10 @@ def _stream_documents(piece: ReadPiece, reader: SourceReader, max_bytes: int) ->
 class BlockBuilder:
     """Collects document records of one source and turns them into a tokenized Arrow block."""
 
-    def __init__(self, weight: float, settings: BlockSettings, reads_prompts: bool = False):
+    def __init__(self, weight: float, settings: BlockSettings, reads_prompts: bool = False, split: str | None = None):
         self.weight, self.settings = weight, settings
         self.reads_prompts = reads_prompts
+        self.split = split
         self._reset()
 
     def _reset(self) -> None:
@@ -107,6 +119,7 @@ class BlockBuilder:
         self.is_val: list[bool] = []
         self.copies: list[int] = []
         self.texts: list[str] = []
+        self.token_docs: list[np.ndarray] = []  # token files' documents (a source's are all text or all ids)
         self.prompts: list[str] = []
 
     def add(self, doc: Doc) -> None:
@@ -115,19 +128,28 @@ class BlockBuilder:
         self.locs.append(doc.loc)
         self.errors.append(doc.error)
         self.nbytes.append(doc.nbytes)
-        if doc.status in KEPT_STATUSES:
+        if doc.tokens is not None:  # split and copies by the ids, whatever width the file stored them in
+            data = np.asarray(doc.tokens, dtype="<u4").tobytes()
+            self._keep(data)
+            self.token_docs.append(doc.tokens)
+        elif doc.status in KEPT_STATUSES:
             data = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
             if self.reads_prompts:  # the split and the copies follow the whole record
                 self.prompts.append(doc.prompt or "")
                 data = self.prompts[-1].encode("utf-8") + b"\0" + data
-            s = self.settings
-            self.is_val.append(is_validation(data, s.val_fraction, s.split_seed))
-            self.copies.append(copies(data, self.weight, s.split_seed))
+            self._keep(data)
             self.texts.append(doc.text)
-            self.text_bytes += len(data)
         else:
             self.is_val.append(False)
             self.copies.append(0)
+
+    def _keep(self, data: bytes) -> None:
+        """A kept document's split (fixed by its source, else by its content) and copies."""
+        s = self.settings
+        split = self.split or ("val" if is_validation(data, s.val_fraction, s.split_seed) else "train")
+        self.is_val.append(split == "val")
+        self.copies.append(copies(data, self.weight, s.split_seed))
+        self.text_bytes += len(data)
 
     def full(self) -> bool:
         return self.rows >= self.settings.batch_documents or self.text_bytes >= BLOCK_TEXT_BYTES
@@ -136,7 +158,10 @@ class BlockBuilder:
         tokenizer = self.settings.tokenizer
         codes = np.array(self.codes, dtype=np.int8)
         kept = np.isin(codes, KEPT_CODES)
-        values, doc_offsets = tokenizer.encode_concatenated(self.texts)
+        if self.token_docs:
+            values, doc_offsets = _concatenate_ids(self.token_docs, tokenizer)
+        else:
+            values, doc_offsets = tokenizer.encode_concatenated(self.texts)
         prompt_lengths = np.zeros(len(self.texts), dtype=np.int32)
         if self.reads_prompts:
             values, doc_offsets, prompt_lengths = _prepend_prompts(tokenizer, self.prompts, values, doc_offsets)
@@ -159,6 +184,17 @@ class BlockBuilder:
             table = table.append_column("prompt_tokens", pa.array(column))
         self._reset()
         return table
+
+
+def _concatenate_ids(docs: list[np.ndarray], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token files' documents as `encode_concatenated` gives text's: each one's ids, then <|endoftext|>."""
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(d) + 1 for d in docs], out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=tokenizer.dtype)
+    for doc, start in zip(docs, offsets[:-1]):
+        values[start:start + len(doc)] = doc
+    values[offsets[1:] - 1] = tokenizer.eot_token
+    return values, offsets
 
 
 def _prepend_prompts(tokenizer, prompts: list[str], values: np.ndarray, offsets: np.ndarray

@@ -115,6 +115,10 @@ class _Sample:
 
     def texts(self) -> Iterator[str]:
         data, settings = self.config.data, self.config.tokenizer
+        for i, source in enumerate(data.sources):
+            if source.format:
+                raise ConfigError(f"data.sources[{i}].format", "a tokenizer learns from text, and token files are "
+                                  "tokenized already: set data.tokenizer to the one that made them")
         sources = resolve_sources(data.sources)
         readers = source_readers(sources)
         tasks = plan_tasks(sources, data.read_chunk_bytes, data.shard_tokens)

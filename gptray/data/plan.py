@@ -41,7 +41,9 @@ def plan_tasks(sources: list[ResolvedSource], read_chunk_bytes: int, shard_token
                                                                        start=shard)])
                       for i, shard in enumerate(range(source.stream.num_shards))]
             continue
-        if source.kind == "files":
+        if source.token_format:
+            sized = _token_pieces(source, chunk)
+        elif source.kind == "files":
             with ThreadPoolExecutor(PLANNING_THREADS) as pool:
                 sized = [p for file_pieces in pool.map(_file_pieces, [source] * len(source.files), source.files,
                                                        [chunk] * len(source.files)) for p in file_pieces]
@@ -98,6 +100,20 @@ def _file_pieces(source: ResolvedSource, entry: FileEntry, chunk: int) -> list[t
     cuts = [entry.size * i // count for i in range(count + 1)]
     return [(ReadPiece(source.index, "range", name, entry.path, fmt, base.unit, start, end), float(end - start))
             for start, end in zip(cuts, cuts[1:])]
+
+
+def _token_pieces(source: ResolvedSource, chunk: int) -> list[tuple[ReadPiece, float]]:
+    """Equal id ranges of each token file, sized as the text that `chunk` bytes would be (so that a read
+    task of token files holds about `data.shard_tokens` tokens, as one of text does)."""
+    pieces = []
+    for entry, layout in zip(source.files, source.token_layouts):
+        per_piece = max(1, int(chunk / BYTES_PER_TOKEN))
+        count = max(1, math.ceil(layout.count / per_piece))
+        cuts = [layout.count * i // count for i in range(count + 1)]
+        pieces += [(ReadPiece(source.index, "tokens", source.name(entry), entry.path, source.token_format,
+                              "tokens", start, end), float(end - start) * BYTES_PER_TOKEN)
+                   for start, end in zip(cuts, cuts[1:])]
+    return pieces
 
 
 def _is_json_array(source: ResolvedSource, entry: FileEntry) -> bool:

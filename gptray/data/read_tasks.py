@@ -9,6 +9,8 @@ shard files. Piece kinds:
 - "parquet": row groups [start, end) of a Parquet file;
 - "table": rows [start, end) of a prepared Hugging Face dataset (an Arrow table);
 - "stream": shard `start` of a streamed Hugging Face dataset;
+- "tokens": ids [start, end) of a token file (fmt "nanogpt" or "llmc"; token_files.py), cut, like
+  ranges, where neighbouring pieces agree on the document boundary;
 - "problem": a file that could not even be planned (it is reported as unreadable).
 
 This module imports nothing heavy: every Ray task of the job imports it.
@@ -27,7 +29,7 @@ class ReadPiece:
     kind: str
     name: str = ""  # what locations in bad-input reports start with
     path: str = ""  # inside the source's filesystem
-    fmt: str = ""  # "text" or "json" (range and file pieces)
+    fmt: str = ""  # "text" or "json" (range and file pieces), "nanogpt" or "llmc" (tokens pieces)
     unit: str = "file"  # "file", "line" or "paragraph"
     start: int = 0
     end: int = 0

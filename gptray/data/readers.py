@@ -54,6 +54,7 @@ class Doc(NamedTuple):
     error: str
     nbytes: int  # size of the input it came from, for throughput
     prompt: str | None = None  # prompt/completion records: the prompt (`text` is the completion)
+    tokens: np.ndarray | None = None  # token files: the document's ids, written as they are (no text)
 
 
 def problem(loc: str, status: str, error: str, nbytes: int = 0) -> Doc:

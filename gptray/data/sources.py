@@ -7,6 +7,7 @@ dataset without the text column) is found here and reported as a ConfigError nam
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,10 @@ from gptray.core.paths import is_uri
 from gptray.core.storage import FileEntry
 from gptray.data import corpora
 from gptray.data.readers import article_starts, file_format
+from gptray.data.token_files import TokenLayout, read_layout
 
+TOKEN_FILE_SUFFIX = ".bin"  # what a directory of token files holds (a glob or a file path takes any name)
+LAYOUT_THREADS = 16
 SUPPORTED_HELP = ".txt/.text/.md, .jsonl/.ndjson/.json, .parquet, text and JSON also as .gz/.zst/.bz2"
 
 
@@ -45,6 +49,9 @@ class ResolvedSource:
     join_rows: str | None = None  # rows are lines of documents ("wikitext")
     stream: Any = None  # hf_stream: a datasets.IterableDataset of the text column
     identity: dict = field(default_factory=dict)  # what decides the source's content (for rerun checks)
+    token_format: str | None = None  # token files ("nanogpt", "llmc"): ids read as they are, never tokenized
+    token_layouts: list[TokenLayout] = field(default_factory=list)  # token files: each file's ids, checked
+    split: str | None = None  # "val" for data.val_sources, "train" for data.sources beside them; None: hashed
 
     def name(self, entry: FileEntry) -> str:
         return self.name_prefix + entry.path
@@ -54,17 +61,29 @@ class ResolvedSource:
         return [self.name(f) for f in self.files]
 
 
-def resolve_sources(sources: list[SourceConfig]) -> list[ResolvedSource]:
-    """Find every input before any Ray work starts; a missing path is a ConfigError naming its key."""
+def resolve_sources(sources: list[SourceConfig], vocab_size: int | None = None,
+                    val_sources: list[SourceConfig] = ()) -> list[ResolvedSource]:
+    """Find every input before any Ray work starts; a missing path is a ConfigError naming its key.
+
+    `vocab_size` (data.tokenizer's) decides nanoGPT token files' dtype; `val_sources` follow the train
+    sources, and with them every source's split is fixed instead of hashed.
+    """
     if not sources:
         raise ConfigError("data.sources", "no sources: give at least one path, hf dataset or corpus")
-    return [_resolve(i, source) for i, source in enumerate(sources)]
+    resolved = [_resolve(i, source, f"data.sources[{i}]", vocab_size) for i, source in enumerate(sources)]
+    resolved += [_resolve(len(sources) + i, source, f"data.val_sources[{i}]", vocab_size)
+                 for i, source in enumerate(val_sources)]
+    if val_sources:
+        for source in resolved:
+            source.split = "train" if source.index < len(sources) else "val"
+    return resolved
 
 
-def _resolve(index: int, source: SourceConfig) -> ResolvedSource:
-    key = f"data.sources[{index}]"
+def _resolve(index: int, source: SourceConfig, key: str, vocab_size: int | None) -> ResolvedSource:
     common = dict(index=index, config=source, description=source.describe(), text_field=source.text_field,
                   prompt_field=source.prompt_field, weight=source.weight)
+    if source.path and source.format:
+        return _resolve_token_files(source.path, f"{key}.path", source.format, vocab_size, **common)
     if source.path:
         return _resolve_files(source.path, f"{key}.path", text_unit=source.text_unit or "file", **common)
     if source.hf:
@@ -89,6 +108,37 @@ def _resolve(index: int, source: SourceConfig) -> ResolvedSource:
 # --- files ---------------------------------------------------------------------------------------
 
 def _resolve_files(location: str, key: str, **common) -> ResolvedSource:
+    fs, prefix, found = _find_files(location, key)
+    supported = [f for f in found if file_format(f.path) is not None]
+    if not supported:
+        raise ConfigError(key, f"{location}: none of its {len(found)} file(s) is {SUPPORTED_HELP}")
+    if common.get("prompt_field"):
+        not_json = [f.path for f in supported if file_format(f.path) != "json"]
+        if not_json:
+            raise ConfigError(key.rsplit(".", 1)[0] + ".prompt_field",
+                              f"prompt/completion fields need JSON files, but {not_json[0]} is not .jsonl/.json")
+    source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=supported, **common)
+    source.skipped_files = [prefix + f.path for f in found if file_format(f.path) is None]
+    source.identity = {"files": [[source.name(f), f.size, f.mtime_ns] for f in supported]}
+    return source
+
+
+def _resolve_token_files(location: str, key: str, fmt: str, vocab_size: int | None, **common) -> ResolvedSource:
+    """Token files: every file a glob or a path names (in a directory, its .bin files), each header checked."""
+    if vocab_size is None:
+        raise ConfigError(key.rsplit(".", 1)[0] + ".format", "token files need data.tokenizer's vocabulary")
+    fs, prefix, found = _find_files(location, key, token_files=True)
+    source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=found, token_format=fmt,
+                            text_unit="tokens", **common)
+    with ThreadPoolExecutor(LAYOUT_THREADS) as pool:  # a header each: object stores have latency
+        source.token_layouts = list(pool.map(lambda f: read_layout(fs, f.path, source.name(f), fmt, vocab_size),
+                                             found))
+    source.identity = {"files": [[source.name(f), f.size, f.mtime_ns] for f in found], "format": fmt}
+    return source
+
+
+def _find_files(location: str, key: str, token_files: bool = False) -> tuple[pafs.FileSystem, str, list[FileEntry]]:
+    """The files a path, directory or glob names, with the prefix that turns their paths back into names."""
     try:
         fs, path = storage.resolve(location)
     except DataError as exc:
@@ -105,28 +155,19 @@ def _resolve_files(location: str, key: str, **common) -> ResolvedSource:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.Directory:
                 found = storage.list_tree(fs, path)
+                if token_files:
+                    found = [f for f in found if f.path.endswith(TOKEN_FILE_SUFFIX)]
                 if not found:
                     raise ConfigError(key, f"directory {location} holds no files")
             elif info.type == pafs.FileType.File:
-                if file_format(path) is None:
+                if file_format(path) is None and not token_files:
                     raise ConfigError(key, f"{location}: unsupported file type (use {SUPPORTED_HELP})")
                 found = [storage.file_entry(fs, path)]
             else:
                 raise ConfigError(key, f"no such file or directory: {location}")
     except (OSError, DataError) as exc:
         raise ConfigError(key, f"cannot list {location}: {exc}") from None
-    supported = [f for f in found if file_format(f.path) is not None]
-    if not supported:
-        raise ConfigError(key, f"{location}: none of its {len(found)} file(s) is {SUPPORTED_HELP}")
-    if common.get("prompt_field"):
-        not_json = [f.path for f in supported if file_format(f.path) != "json"]
-        if not_json:
-            raise ConfigError(key.rsplit(".", 1)[0] + ".prompt_field",
-                              f"prompt/completion fields need JSON files, but {not_json[0]} is not .jsonl/.json")
-    source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=supported, **common)
-    source.skipped_files = [prefix + f.path for f in found if file_format(f.path) is None]
-    source.identity = {"files": [[source.name(f), f.size, f.mtime_ns] for f in supported]}
-    return source
+    return fs, prefix, found
 
 
 # --- Hugging Face datasets -----------------------------------------------------------------------

@@ -42,6 +42,8 @@ PROGRESS_SECONDS = 5.0
 # Shards named by read task (shards.py). Part of the request, so a dataset written by an earlier
 # layout is a different dataset, not one to resume into.
 SHARD_LAYOUT = "per-task"
+LATER_KEYS = ("format",)  # source settings newer than datasets already made
+VAL_SOURCES_METHOD = "data.val_sources: all their documents are val, all of data.sources' train"
 
 
 @dataclass
@@ -59,15 +61,24 @@ def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], to
     """Everything that decides a dataset's content; an equal request reuses the existing shards."""
     data = config.data
     return {
-        "sources": [dict(dataclasses.asdict(s.config), text_unit=s.text_unit, text_field=s.text_field,
-                         identity=s.identity) for s in sources],
+        "sources": [_source_request(s) for s in sources],
         "tokenizer": dict(tokenizer.describe(), digest=tokenizer.digest),
-        "val_fraction": data.val_fraction,
+        "val_fraction": 0.0 if data.val_sources else data.val_fraction,  # unused beside val_sources
         "split_seed": data.split_seed,
         "shard_tokens": data.shard_tokens,
         "max_document_bytes": data.max_document_bytes,
         "layout": SHARD_LAYOUT,
     }
+
+
+def _source_request(source: ResolvedSource) -> dict:
+    """A source's part of the request. Settings added later count only when set, so that a dataset made
+    before them is still the same request."""
+    settings = {k: v for k, v in dataclasses.asdict(source.config).items() if v is not None or k not in LATER_KEYS}
+    request = dict(settings, text_unit=source.text_unit, text_field=source.text_field, identity=source.identity)
+    if source.split is not None:
+        request["split"] = source.split
+    return request
 
 
 def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: bool | None = None) -> TokenizeResult:
@@ -78,7 +89,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     started = time.monotonic()
     data = config.data
     tokenizer = load_tokenizer(data.tokenizer)
-    sources = resolve_sources(data.sources)
+    sources = resolve_sources(data.sources, tokenizer.vocab_size, data.val_sources)
     store = Storage(data.dataset_dir)
     request = tokenize_request(config, sources, tokenizer)
     digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
@@ -89,7 +100,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     with_prompts = any(source.prompt_field for source in sources)
     settings = BlockSettings(tokenizer, data.val_fraction, data.split_seed, data.max_document_bytes,
                              data.batch_documents, prompt_column=with_prompts)
-    inputs = TaskInputs(source_readers(sources), settings, store, data.shard_tokens, digest,
+    inputs = TaskInputs(source_readers(sources, tokenizer), settings, store, data.shard_tokens, digest,
                         strict if strict is not None else data.strict)
     records = _run(tasks, sources, inputs)
     kept = sum(r.kept for r in records)
@@ -151,10 +162,13 @@ def _remove_outputs(store: Storage) -> None:
                 store.delete(f"{split}/{name}")
 
 
-def source_readers(sources: list[ResolvedSource]) -> list[SourceReader]:
-    """What each read task needs to read its source (pickled to every task)."""
+def source_readers(sources: list[ResolvedSource], tokenizer=None) -> list[SourceReader]:
+    """What each read task needs to read its source (pickled to every task); token files need `tokenizer`."""
     return [SourceReader(s.kind, s.description, s.fs, s.text_field, s.weight, s.join_rows, stream=s.stream,
-                         prompt_field=s.prompt_field) for s in sources]
+                         prompt_field=s.prompt_field, split=s.split, token_format=s.token_format,
+                         token_layouts={f.path: layout for f, layout in zip(s.files, s.token_layouts)},
+                         eot_token=tokenizer.eot_token if tokenizer else 0,
+                         vocab_size=tokenizer.vocab_size if tokenizer else 0) for s in sources]
 
 
 def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInputs) -> list[TaskRecord]:
@@ -248,8 +262,7 @@ def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[Res
     data = config.data
     manifest = Manifest(
         tokenizer=tokenizer.describe(),
-        split={"val_fraction": data.val_fraction, "seed": data.split_seed, "method": SPLIT_METHOD,
-               "request_digest": digest},
+        split=_split_record(data, sources, digest),
         sources=source_infos,
         splits=splits,
         documents=sum(s.documents for s in splits.values()),
@@ -274,6 +287,15 @@ def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[Res
     if problems.total():
         log.warning("skipped or repaired input: %s (first locations are in the manifest)", problems.counts)
     return manifest
+
+
+def _split_record(data, sources: list[ResolvedSource], digest: str) -> dict:
+    """How the manifest's documents were split: by content hash, or by the source they came from."""
+    if data.val_sources:
+        return {"val_fraction": 0.0, "seed": data.split_seed, "method": VAL_SOURCES_METHOD,
+                "val_sources": [s.description for s in sources if s.split == "val"], "request_digest": digest}
+    return {"val_fraction": data.val_fraction, "seed": data.split_seed, "method": SPLIT_METHOD,
+            "request_digest": digest}
 
 
 def _source_infos(sources: list[ResolvedSource], records: list[TaskRecord]) -> list[SourceInfo]:

@@ -108,6 +108,13 @@ class DataOrder:
                      f"{decoded_bytes(manifest):,} bytes decoded", config.data.cache_limit)
         return order
 
+    def windows_per_epoch(self, config: ExperimentConfig, manifest: Manifest) -> int:
+        """Training windows in one pass over the train split, as this order counts them (an epoch)."""
+        if self.kind == "block":
+            return block_order(config, manifest).num_windows
+        seq_len = config.train.effective_seq_len(config.model)
+        return WindowSampler(manifest.split_info("train").tokens, seq_len, config.train.seed).num_windows
+
     def record(self) -> dict:
         """The order as checkpoints record it (state.json's data_order)."""
         if self.kind == "global":

@@ -28,6 +28,7 @@ from gptray.generation import generate_text
 from gptray.model import GPT
 from gptray.model.gpt import cross_entropy_and_z_loss
 from gptray.model.masks import require_flex_training
+from gptray.train.device_defaults import for_device
 from gptray.train.flops import device_peak_flops, flops_per_token
 from gptray.train.numerics import StepGuard, Verdict
 from gptray.train.optim import LrSchedule, build_optimizers, set_learning_rates
@@ -70,7 +71,7 @@ class TrainingEngine:
         (default: train.eval_windows spread over it). `token_bytes`: the UTF-8 bytes of each token id
         (token_bytes.byte_table), for validation's bits per byte; without it evaluate() gives none."""
         self.config = config
-        self.train_config = config.train
+        self.train_config = for_device(config.train, device)  # precision and compile: auto resolved here
         self.device = device
         self.rank = rank
         self.world_size = world_size

@@ -248,7 +248,7 @@ def _final_sample(engine: TrainingEngine, state: TrainingState, config: Experime
 
 
 def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: TrainingState) -> None:
-    train = config.train
+    train = engine.train_config  # precision and compile as resolved on this device
     log.info(
         "training %s (%s parameters, %.2f GFLOP/token) on %s train tokens (%s windows of %d): global batch %d × %d"
         " = %s tokens/step, %d worker(s) × %d micro-batch(es) of %d, %s, %s%s, %s order, to step %d",

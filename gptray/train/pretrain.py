@@ -31,6 +31,7 @@ from gptray.eval.training import training_payload
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.run_tracking import check_tracking_store, finish_run_tracking, start_run_tracking
 from gptray.train.checkpoint_manager import CheckpointManager, ResumePoint
+from gptray.train.epochs import resolve_epochs
 from gptray.train.finetune import base_for_run
 from gptray.train.loop import final_sample_name
 from gptray.train.placement import PendingReporter, WorkerPlan, plan_workers
@@ -70,6 +71,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
     config = dataclasses.replace(config, model=config.model.for_dataset(tokenizer.vocab_size, tokenizer.eot_token))
     check_dataset_fits(config, manifest)
     order = DataOrder.for_run(config, manifest)
+    config = resolve_epochs(config, manifest, order)  # train.epochs as steps: everything below follows them
     run = Storage(config.run_dir)  # local, or on an object store (s3://…) shared by every node
     checkpoints = CheckpointManager(config, run, manifest.fingerprint, order)
     resume = checkpoints.resume_point()

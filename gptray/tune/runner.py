@@ -25,6 +25,7 @@ from gptray.core.paths import is_uri
 from gptray.core.runtime import configure_logging, init_ray
 from gptray.tracking import MlflowTracker
 from gptray.tracking.run_tracking import check_tracking_store
+from gptray.train.epochs import resolve_epochs
 from gptray.train.placement import plan_workers
 from gptray.train.pretrain import pretrain
 from gptray.tune.prepare import prepare_sweep_data
@@ -213,7 +214,7 @@ def _outcomes(sweep: Sweep, grid) -> list[TrialOutcome]:
         latest = latest_checkpoint(trial.config.run_dir)
         if result is not None and result.error:
             status = "failed"
-        elif latest is not None and read_state(latest).step >= trial.config.train.max_steps:
+        elif latest is not None and read_state(latest).step >= resolve_epochs(trial.config).train.max_steps:
             status = "finished"
         elif result is not None and sweep.spec.scheduler == "asha" and states.get(trial.name) == "TERMINATED":
             status = "finished"  # stopped early by ASHA: told apart by its MLflow run, which is still open

@@ -204,7 +204,7 @@ def _expand(data: dict, base: ExperimentConfig, spec: SweepConfig) -> list[Trial
             config = _trial_config(data, overrides, values, spec)
             steps = budget_steps(config.model, config, spec)
             if steps is not None:
-                overrides = [*overrides, f"train.max_steps={steps}"]
+                overrides = [*overrides, *steps_overrides(steps)]
                 config = _trial_config(data, overrides, values, spec)
             trials.append(Trial(name, label, values, seed, config, overrides))
     return trials
@@ -223,9 +223,14 @@ def budget_steps(model: ModelConfig, config: ExperimentConfig, spec: SweepConfig
     return max(1, math.ceil(spec.budget_flops / per_step))
 
 
+def steps_overrides(steps: int) -> list[str]:
+    """A trial's length as steps, whether its base config gives steps or epochs (a budget decides it)."""
+    return [f"train.max_steps={steps}", "train.epochs=null"]
+
+
 def with_steps(sweep: Sweep, trial: Trial, steps: int) -> Trial:
     """The trial trained to `steps` (its config rebuilt, so everything that follows max_steps does)."""
-    overrides = [*trial.overrides, f"train.max_steps={steps}"]
+    overrides = [*trial.overrides, *steps_overrides(steps)]
     config = _trial_config(sweep.data, overrides, trial.values, sweep.spec)
     return dataclasses.replace(trial, config=config, overrides=overrides)
 
