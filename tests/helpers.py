@@ -36,16 +36,20 @@ def interruptible_command(args: list[str], log_path: Path, **popen_args):
     """A `gptray` command in its own session that Ctrl-C (SIGINT) reaches as it reaches a user's: SIGINT is
     set back to its default in the child, because a shell that runs the suite as a background job starts
     it with SIGINT ignored and Python keeps an inherited SIG_IGN (the command then trained on, ignoring the
-    test's signal, for 20 minutes of the suite). Whatever still runs when the block ends is killed."""
+    test's signal, for 20 minutes of the suite). Whatever still runs in its session when the block ends is
+    killed."""
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_default_sigint, **popen_args)
         try:
             yield process
         finally:
-            if process.poll() is None:
+            # The whole session, even after the command exited: a local Ray it started (its GCS, raylet,
+            # workers) can outlive it there, and a second Ray instance on the machine stalls the Ray Train
+            # runs of the tests after this one (the PlacementGroupCleaner's state API calls).
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
 
 
 def wait_for_dashboard(url: str, process, log_path: Path, timeout: float = 90) -> None:
