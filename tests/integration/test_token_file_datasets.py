@@ -9,7 +9,10 @@ import pytest
 import tiktoken
 
 from gptray.core.errors import DataError
+from gptray.core.storage import Storage
 from gptray.data.tokenize_job import tokenize_corpus
+from gptray.tracking.history import read_history
+from gptray.train.pretrain import pretrain
 from helpers import SHAKESPEARE, make_config
 
 ENC = tiktoken.get_encoding("gpt2")
@@ -68,6 +71,17 @@ def test_nanogpt_and_llmc_files_equal_the_text_built_dataset_token_for_token(ray
         assert manifest.documents == len(docs), name
         assert len(manifest.split_info("train").shards) > 1, name  # several tasks: cuts inside the files
         assert manifest.tokenizer["name"] == "gpt2"
+
+    # The same tokens train to the same losses (local mode: a few steps of a tiny model in this process).
+    losses = {}
+    for name in ("text", "nanogpt"):
+        run = make_config(tmp_path / name, f"data.dataset_dir={built[name].dataset_dir}", "ray.num_workers=0",
+                          "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+                          "train.max_steps=3", "train.batch_size=4", "train.micro_batch_size=4",
+                          "schedule.warmup_steps=1", "train.log_interval=1", "train.eval_windows=0",
+                          "tracking.enabled=false")
+        losses[name] = read_history(Storage(pretrain(run, sample=False).run_dir))["train/loss"]
+    assert sorted(losses["text"]) == [1, 2, 3] and losses["nanogpt"] == losses["text"]
 
     # A damaged header is refused before any work, naming the file.
     shard = tmp_path / "fineweb_train_000002.bin"
