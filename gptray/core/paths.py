@@ -66,3 +66,11 @@ def credentials_in(location: str) -> str | None:
         return "user:password@ before the host"
     secrets = sorted(k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _SECRET_SETTINGS)
     return f"?{'&'.join(f'{k}=…' for k in secrets)}" if secrets else None
+
+
+def hash_file(path: str | Path, digest, chunk_bytes: int = 4 << 20):
+    """`digest` (a hashlib object, or anything with update()) fed a local file's bytes in pieces; returned."""
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest

@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from gptray.core.paths import hash_file
+
 SUFFIX = ".seal"
 _CHUNK = 16 << 20
 
@@ -40,11 +42,7 @@ def seal_path(path: Path) -> Path:
 
 
 def file_digest(path: Path) -> Digest:
-    digest = Digest()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest
+    return hash_file(path, Digest(), _CHUNK)
 
 
 def write_seal(path: Path, digest: Digest) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptray.core.errors import ConfigError, DataError
-from gptray.core.paths import cache_home
+from gptray.core.paths import cache_home, hash_file
 
 CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) searched before downloading
 
@@ -174,11 +174,7 @@ def corpus_file(name: str, key: str = "corpus") -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(path, hashlib.sha256()).hexdigest()
 
 
 def _download(corpus: Corpus) -> Path:

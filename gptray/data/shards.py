@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gptray.core.errors import DataError
+from gptray.core.paths import hash_file
 from gptray.core.storage import Location, Storage
 from gptray.data.manifest import ShardInfo
 
@@ -126,11 +127,7 @@ class TokenShardWriter:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(path, hashlib.sha256()).hexdigest()
 
 
 def shard_is_intact(dataset_dir: Location, shard: ShardInfo) -> bool:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from gptray.config.schema import HELLASWAG_VAL_URL  # eval.hellaswag's default
 from gptray.core.errors import DataError
-from gptray.core.paths import cache_home
+from gptray.core.paths import cache_home, hash_file
 from gptray.data.global_order import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,8 @@ KNOWN_BLOBS = {
 
 def git_blob_id(path: Path) -> str:
     """The id git gives the file's content (what `git hash-object` prints)."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    header = f"blob {path.stat().st_size}\0".encode()
+    return hash_file(path, hashlib.sha1(header, usedforsecurity=False)).hexdigest()
 
 
 def _check_known(source: str, path: Path) -> None:
