@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
+    from gptray.core.runtime import local_ray_options
     from gptray.data.tokenize_job import tokenize_corpus
     from gptray.train.pretrain import pretrain
 
     root = Path(tempfile.mkdtemp(prefix="gptray-local-mode-"))
     if not ray.is_initialized():  # a Ray started by the caller (a test session) is used as it is
-        ray.init(address="local", num_cpus=4, include_dashboard=False)
+        ray.init(**local_ray_options(4))
     dataset = tokenize_corpus(make_config(root))
     seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     for round_ in range(args.rounds):

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptray.config import load_config  # noqa: E402
-from gptray.core.runtime import ray_train_environment  # noqa: E402
+from gptray.core.runtime import local_ray_options, ray_train_environment  # noqa: E402
 from gptray.train.engine import TrainingEngine  # noqa: E402
 
 CPU_DEFAULTS = ["model.preset=tiny", "train.batch_size=8", "train.micro_batch_size=8", "ray.num_workers=1",
@@ -91,8 +91,8 @@ def measure_in_ray(config_dict: dict, steps: int, warmup: int, threads: int) -> 
         os.environ.setdefault(name, value)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="gptray-bench-", dir="/tmp"))
+        ray.init(**local_ray_options(max(threads, os.cpu_count() or 1),
+                                     _temp_dir=tempfile.mkdtemp(prefix="gptray-bench-", dir="/tmp")))
     try:
         trainer = TorchTrainer(
             worker,

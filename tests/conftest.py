@@ -52,8 +52,12 @@ def ray_session():
     """
     import ray
 
+    from gptray.core.runtime import local_ray_options
+
     temp_dir = tempfile.mkdtemp(prefix="gptray-ray-", dir="/tmp")  # short: Ray's socket paths are limited
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
+    # gptray's own options for a local instance: its processes ask their own dashboard for cluster state, so
+    # the `ray start` heads other tests run cannot make Ray Train think a live run's controller is gone
+    ray.init(**local_ray_options(4, _temp_dir=temp_dir))
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
@@ -79,8 +80,36 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
-    kwargs: dict = {"address": address}
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if num_cpus is not None or address == "local" or canonicalize_bootstrap_address(address) is None:
+        ray.init(**local_ray_options(num_cpus))  # no cluster to join: this process starts one
+    else:
+        ray.init(address=address)
+
+
+def local_ray_options(num_cpus: int | None = None, **more) -> dict:
+    """ray.init() arguments for a fresh local Ray instance whose processes ask their own dashboard for cluster state.
+
+    Ray Train's PlacementGroupCleaner (an actor per run) asks the state API every second whether the run's
+    controller is alive, and removes the run's placement group when told it is not. With no address given, the
+    state API finds "the" dashboard through /tmp/ray/ray_current_cluster or a default port (8265): on a machine
+    where another Ray instance runs (a `ray start` head, a second job, another user's tests) it asks that one,
+    which does not know the controller, and the live run's workers lose their placement group (a run hangs or
+    dies). So a local instance gets its dashboard on a port of its own, and every one of its processes is told
+    that address (RAY_API_SERVER_ADDRESS, which the state API reads before anything else).
+    """
+    port = _free_port()
+    runtime_env = more.pop("runtime_env", None) or {}
+    env_vars = {**runtime_env.get("env_vars", {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    options = {"address": "local", "include_dashboard": True, "dashboard_port": port,
+               "runtime_env": {**runtime_env, "env_vars": env_vars}, **more}
     if num_cpus is not None:
-        kwargs["address"] = "local"
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+        options["num_cpus"] = num_cpus
+    return options
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

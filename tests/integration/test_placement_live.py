@@ -57,3 +57,29 @@ def test_a_worker_group_waiting_for_the_autoscaler_is_reported(monkeypatch, capl
     finally:
         logger.removeHandler(caplog.handler)
         remove_placement_group(group)
+
+
+def test_a_runs_processes_ask_their_own_cluster_whether_its_controller_lives():
+    """Ray Train's PlacementGroupCleaner removes a run's placement group when the state API says the run's
+    controller is gone. In a local instance started with gptray's options (as this session's is) the state API
+    answers from this cluster's own dashboard, never from whichever one holds the default port or
+    /tmp/ray/ray_current_cluster names (another `ray start` head on the machine)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def actor_id(self) -> str:
+            return ray.get_runtime_context().get_actor_id()
+
+    @ray.remote(num_cpus=0)
+    def seen_alive(actor_id: str) -> bool:
+        from ray.util.state import get_actor
+
+        state = get_actor(actor_id, timeout=20)
+        return state is not None and state.state == "ALIVE"
+
+    controller = Controller.remote()
+    try:
+        assert ray.get(seen_alive.remote(ray.get(controller.actor_id.remote())))
+    finally:
+        ray.kill(controller)
