@@ -47,7 +47,8 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, default=1, metavar="N", help="optimizer steps to show (default 1)")
     parser.add_argument("--rank", type=int, action="append", metavar="R",
                         help="show only this rank (repeatable; default: every rank)")
-    parser.add_argument("--world-size", type=int, metavar="W", help="ranks (default ray.num_workers; an elastic run's maximum)")
+    parser.add_argument("--world-size", type=int, metavar="W",
+                        help="ranks (default ray.num_workers; an elastic run's maximum)")
     parser.add_argument("--max-chars", type=int, default=200, metavar="N",
                         help="characters of each window shown (default 200; 0 shows all)")
     parser.add_argument("--tokens", action="store_true", help="print the token ids too")

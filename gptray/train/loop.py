@@ -151,7 +151,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
                 continue
         if history is not None:  # which windows this step read, at this world size: the same in every run
             history.add(state.step, {"data/batch_digest": engine.train_data.batch_digest(state.step - 1),
-                                     "train/world_size": engine.world_size})
+                                     "train/world_size": engine.world_size, "train/time": time.time()})
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
         if due.log and not due.checkpoint and preemption is not None and preemption.checkpoint_now(state.step):

@@ -1,0 +1,173 @@
+"""An elastic run (ray.num_workers: [1, 2]) on a local multi-node Ray cluster, grown and shrunk under it.
+
+    python benchmarks/elastic_resize.py [--rounds 1] [--steps 30] [--smoke] [key=value ...]
+
+In a fresh process (its own `ray.cluster_utils.Cluster`: a 1-CPU head, 1-CPU worker nodes), the tests'
+SMALL_RUN model trains on tinyshakespeare with ray.num_workers=[1, 2], ray.cpus_per_worker=1,
+ray.resize_interval_s=1 and checkpoint.interval=2. It starts on one worker; once it has trained a few steps
+a node joins (the group grows to two), a few steps later that node is killed (it shrinks back to one),
+and the run trains to the end; then its final checkpoint is resumed by a fixed 2-worker run for 2 more steps.
+Measured, per round: seconds from the node's arrival to the 2-worker group's first step, from the kill to
+the 1-worker group's first step, and the steps trained twice per resize (counted from rank 0's progress
+lines: a step the old group trained after its last checkpoint is trained again). Every step's global-batch
+digest is checked against the data order's own (a pure function of dataset, seed and step).
+--smoke checks that it runs: one round of 12 steps.
+
+`run_scenario` is what tests/integration/test_elastic.py runs against the fixed 2-worker reference run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the tests' small run, which this trains
+
+ELASTIC = ["ray.num_workers=[1, 2]", "ray.cpus_per_worker=1", "ray.autoscaling=false", "ray.resize_interval_s=1",
+           "ray.max_failures=3", "checkpoint.interval=2", "tracking.enabled=false"]
+PROGRESS = re.compile(r"step (\d+)/(\d+) \|")
+
+
+def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], timeout: float = 600) -> dict:
+    """The grow-and-shrink run in a fresh process (a Ray cluster of its own); its record as a dict."""
+    out = Path(root) / "scenario.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", dataset_dir, root, "--steps", str(steps),
+               *overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"the elastic scenario failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
+                           f"{done.stderr[-6000:]}")
+    record = json.loads(out.read_text())
+    record["trained_steps"] = [int(m.group(1)) for m in PROGRESS.finditer(done.stdout + done.stderr)]
+    return record
+
+
+def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> None:
+    """The scenario itself: a local cluster, the elastic run in a thread, a node added and killed under it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from gptray.data.manifest import Manifest
+    from gptray.data.train_windows import DataOrder, open_train_windows
+    from gptray.core.storage import Storage
+    from gptray.tracking.history import read_history
+    from helpers import PretrainInThread, make_config, small_run_config
+
+    temp = tempfile.mkdtemp(prefix="gptray-el-", dir="/tmp")  # short: Ray's socket paths are limited
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp,
+                                                            "include_dashboard": False})
+    ray.init(address=cluster.address)
+    if dataset_dir == "-":  # tokenize tinyshakespeare here, once
+        from gptray.data.tokenize_job import tokenize_corpus
+
+        dataset_dir = tokenize_corpus(make_config(Path(root))).dataset_dir
+    dataset = type("Dataset", (), {"dataset_dir": dataset_dir})
+    config = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, f"train.max_steps={steps}", *overrides)
+    run_dir = Path(config.run_dir)
+
+    def rows() -> dict[int, dict]:
+        history = read_history(Storage(str(run_dir))) if (run_dir / "metrics").exists() else {}
+        by_step: dict[int, dict] = {}
+        for key, values in history.items():
+            for step, value in values.items():
+                by_step.setdefault(step, {})[key] = value
+        return by_step
+
+    def wait_for(what: str, ok, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok(rows()):
+            assert run.is_alive(), f"the run ended before {what}: {run.error!r}"
+            assert time.monotonic() < deadline, f"not {what} within {timeout:g} s"
+            time.sleep(0.2)
+
+    events = {}
+    run = PretrainInThread(config, sample=False)
+    wait_for("trained 2 steps on 1 worker", lambda r: any(v.get("train/world_size") == 1 for v in r.values()))
+    events["node_added"] = time.time()
+    node = cluster.add_node(num_cpus=1)
+    wait_for("2 workers", lambda r: any(v.get("train/world_size") == 2 for v in r.values()))
+    grown = max(s for s, v in rows().items() if v.get("train/world_size") == 2)
+    wait_for("2 more steps on 2 workers", lambda r: max(r) >= grown + 2)
+    events["node_killed"] = time.time()
+    cluster.remove_node(node, allow_graceful=False)
+    wait_for("1 worker again", lambda r: any(v.get("train/world_size") == 1 and s > grown + 2 for s, v in r.items()),
+             timeout=300)
+    result = run.join(timeout=600)
+    final = rows()
+    # the final checkpoint, resumed by a fixed 2-worker group (a node joins again for it)
+    cluster.add_node(num_cpus=1)
+    resumed = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, "ray.num_workers=2",
+                               f"train.max_steps={steps + 2}", *overrides)
+    after = PretrainInThread(resumed, sample=False).join(timeout=600)
+    manifest = Manifest.load(dataset_dir)
+    windows = open_train_windows(config, Storage(dataset_dir), manifest, DataOrder.for_run(config, manifest))
+    expected = {step: windows.batch_digest(step - 1) for step in range(1, steps + 3)}
+    record = {"events": events, "rows": {str(s): v for s, v in sorted(rows().items())},
+              "first_run_rows": {str(s): v for s, v in sorted(final.items())},
+              "expected_digests": {str(s): d for s, d in expected.items()},
+              "first_run_final_step": result.final_step,
+              "resumed": {"start_step": after.start_step, "final_step": after.final_step}}
+    (Path(root) / "scenario.json").write_text(json.dumps(record))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def summarize(record: dict) -> dict[str, float]:
+    """Seconds from the node's arrival to the 2-worker group's first step and from the kill to the 1-worker
+    group's, and the steps trained twice (per resize) from the progress lines."""
+    rows = {int(s): v for s, v in record["rows"].items()}
+    events = record["events"]
+    first_two = min(s for s, v in rows.items() if v.get("train/world_size") == 2)
+    back_to_one = min(s for s, v in rows.items() if v.get("train/world_size") == 1 and s > first_two)
+    trained = record["trained_steps"]
+    redone = len(trained) - len(set(trained))
+    return {"grow_s": rows[first_two]["train/time"] - events["node_added"],
+            "shrink_s": rows[back_to_one]["train/time"] - events["node_killed"],
+            "steps_redone_per_resize": redone / 2}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true", help="check that it runs: one round of 12 steps")
+    parser.add_argument("--child", nargs=2, metavar=("DATASET", "ROOT"), help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child, args.steps, args.overrides)
+        return
+    if args.smoke:
+        args.rounds, args.steps = 1, 12
+    results = []
+    for round_ in range(args.rounds):
+        root = tempfile.mkdtemp(prefix=f"gptray-elastic-{round_}-")
+        record = run_scenario("-", root, args.steps, args.overrides)
+        mismatched = [s for s, d in record["expected_digests"].items()
+                      if s in record["rows"] and record["rows"][s]["data/batch_digest"] != d]
+        assert not mismatched, f"global batches differ from the data order's at steps {mismatched}"
+        results.append(summarize(record))
+    print(f"{args.steps}-step elastic run on a local cluster, {args.rounds} round(s), checkpoint.interval=2:")
+    for key, label in (("grow_s", "node arrival → first 2-worker step"), ("shrink_s", "node killed → first "
+                                                                                      "1-worker step")):
+        values = [r[key] for r in results]
+        print(f"  {label:38s} median {statistics.median(values):6.1f} s (min {min(values):.1f}, "
+              f"max {max(values):.1f})")
+    redone = [r["steps_redone_per_resize"] for r in results]
+    print(f"  steps trained twice per resize         median {statistics.median(redone):.1f}")
+    print("global-batch digests equal the data order's at every step: yes")
+
+
+if __name__ == "__main__":
+    main()
