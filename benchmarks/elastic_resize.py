@@ -1,19 +1,21 @@
 """An elastic run (ray.num_workers: [1, 2]) on a local multi-node Ray cluster, grown and shrunk under it.
 
-    python benchmarks/elastic_resize.py [--rounds 1] [--steps 30] [--smoke] [key=value ...]
+    python benchmarks/elastic_resize.py [--rounds 3] [--steps 12] [--smoke] [key=value ...]
 
 In a fresh process (its own `ray.cluster_utils.Cluster`: a 1-CPU head, 1-CPU worker nodes), the tests'
 SMALL_RUN model trains on tinyshakespeare with ray.num_workers=[1, 2], ray.cpus_per_worker=1,
-ray.resize_interval_s=1 and checkpoint.interval=2. It starts on one worker; once it has trained a few steps
-a node joins (the group grows to two), a few steps later that node is killed (it shrinks back to one),
-and the run trains to the end; then its final checkpoint is resumed by a fixed 2-worker run for 2 more steps.
-Measured, per round: seconds from the node's arrival to the 2-worker group's first step, from the kill to
-the 1-worker group's first step, and the steps trained twice per resize (counted from rank 0's progress
-lines: a step the old group trained after its last checkpoint is trained again). Every step's global-batch
-digest is checked against the data order's own (a pure function of dataset, seed and step).
+ray.resize_interval_s=1 and checkpoint.interval=2. It starts on one worker and is held after its checkpoint
+at step 2 (train.test_hold_file, so that what happens does not depend on this host's speed) while a node
+joins and the group grows to two; the 2-worker group trains steps 3-4 and is held while that node is killed
+and the group shrinks back to one, which trains to the end; then a fixed 2-worker group resumes the final
+checkpoint for 2 more steps. Measured, per round: seconds from the node's arrival to the 2-worker group's
+first step and from the kill to the 1-worker group's first step (both include starting the group and
+loading the checkpoint), and the steps trained twice (from rank 0's progress lines; 0 where the resize
+comes right after a checkpoint, as here). Every step's global-batch digest is checked against the data
+order's own (a pure function of dataset, seed and step).
 --smoke checks that it runs: one round of 12 steps.
 
-`run_scenario` is what tests/integration/test_elastic.py runs against the fixed 2-worker reference run.
+tests/integration/test_elastic.py runs it (--smoke) and compares the run with the fixed 2-worker reference run.
 """
 
 from __future__ import annotations
@@ -54,16 +56,25 @@ def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], 
 
 
 def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> None:
-    """The scenario itself: a local cluster, the elastic run in a thread, a node added and killed under it."""
+    """The scenario itself: a local cluster, the elastic run in a thread, a node added and killed under it.
+
+    The run is held (train.test_hold_file) at checkpoint steps while the cluster changes, so that the
+    scenario's steps do not depend on how fast this host trains: it waits at step 2 on one worker until a
+    new 2-worker group is up, at step 4 on two until a new 1-worker group is up, then trains to the end."""
     import ray
     from ray.cluster_utils import Cluster
 
+    from gptray.core.storage import Storage
     from gptray.data.manifest import Manifest
     from gptray.data.train_windows import DataOrder, open_train_windows
-    from gptray.core.storage import Storage
     from gptray.tracking.history import read_history
     from helpers import PretrainInThread, make_config, small_run_config
 
+    os.environ["GPTRAY_ELASTIC_SCENARIO"] = root  # marks this cluster's processes (each node inherits it)
+    # After a node dies, Ray's autoscaling coordinator counts its CPUs until its next tick (20 s), so the
+    # controller first tries the old size and waits this long for workers that cannot start (Ray's default:
+    # 60 s); a bare local cluster starts a worker group well within 20 s.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     temp = tempfile.mkdtemp(prefix="gptray-el-", dir="/tmp")  # short: Ray's socket paths are limited
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp,
                                                             "include_dashboard": False})
@@ -73,8 +84,14 @@ def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> Non
 
         dataset_dir = tokenize_corpus(make_config(Path(root))).dataset_dir
     dataset = type("Dataset", (), {"dataset_dir": dataset_dir})
-    config = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, f"train.max_steps={steps}", *overrides)
+    hold = Path(root) / "hold"
+    config = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, f"train.max_steps={steps}",
+                              f"train.test_hold_file={hold}", *overrides)
     run_dir = Path(config.run_dir)
+
+    def hold_at(step: int) -> None:
+        (Path(root) / "hold.tmp").write_text(str(step))
+        (Path(root) / "hold.tmp").replace(hold)
 
     def rows() -> dict[int, dict]:
         history = read_history(Storage(str(run_dir))) if (run_dir / "metrics").exists() else {}
@@ -84,25 +101,28 @@ def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> Non
                 by_step.setdefault(step, {})[key] = value
         return by_step
 
-    def wait_for(what: str, ok, timeout: float = 240) -> None:
+    def wait_for(what: str, ok, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
-        while not ok(rows()):
+        while not ok():
             assert run.is_alive(), f"the run ended before {what}: {run.error!r}"
             assert time.monotonic() < deadline, f"not {what} within {timeout:g} s"
             time.sleep(0.2)
 
     events = {}
+    hold_at(2)
     run = PretrainInThread(config, sample=False)
-    wait_for("trained 2 steps on 1 worker", lambda r: any(v.get("train/world_size") == 1 for v in r.values()))
+    wait_for("step 2 on 1 worker", lambda: 2 in rows())
+    before = set(_workers(root))
     events["node_added"] = time.time()
     node = cluster.add_node(num_cpus=1)
-    wait_for("2 workers", lambda r: any(v.get("train/world_size") == 2 for v in r.values()))
-    grown = max(s for s, v in rows().items() if v.get("train/world_size") == 2)
-    wait_for("2 more steps on 2 workers", lambda r: max(r) >= grown + 2)
+    wait_for("a 2-worker group", lambda: len(set(_workers(root)) - before) == 2)
+    hold_at(4)
+    wait_for("step 4 on 2 workers", lambda: rows().get(4, {}).get("train/world_size") == 2)
+    before = set(_workers(root))
     events["node_killed"] = time.time()
     cluster.remove_node(node, allow_graceful=False)
-    wait_for("1 worker again", lambda r: any(v.get("train/world_size") == 1 and s > grown + 2 for s, v in r.items()),
-             timeout=300)
+    wait_for("a 1-worker group", lambda: len(set(_workers(root)) - before) == 1 and len(_workers(root)) == 1)
+    hold_at(10**9)
     result = run.join(timeout=600)
     final = rows()
     # the final checkpoint, resumed by a fixed 2-worker group (a node joins again for it)
@@ -123,6 +143,20 @@ def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> Non
     cluster.shutdown()
 
 
+def _workers(root: str) -> list[int]:
+    """PIDs of the scenario's live Ray Train workers (other Ray users on the machine are left alone)."""
+    marker = f"GPTRAY_ELASTIC_SCENARIO={root}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
+                    and marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
 def summarize(record: dict) -> dict[str, float]:
     """Seconds from the node's arrival to the 2-worker group's first step and from the kill to the 1-worker
     group's, and the steps trained twice (per resize) from the progress lines."""
@@ -139,9 +173,12 @@ def summarize(record: dict) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--smoke", action="store_true", help="check that it runs: one round of 12 steps")
+    parser.add_argument("--dataset", default="-", help="a tokenized dataset directory (default: tokenize "
+                                                       "tinyshakespeare first)")
+    parser.add_argument("--root", help="where the rounds' runs go (default: a new temporary directory)")
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "ROOT"), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -151,9 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.rounds, args.steps = 1, 12
     results = []
+    base = Path(args.root or tempfile.mkdtemp(prefix="gptray-elastic-"))
     for round_ in range(args.rounds):
-        root = tempfile.mkdtemp(prefix=f"gptray-elastic-{round_}-")
-        record = run_scenario("-", root, args.steps, args.overrides)
+        root = base / f"round{round_}"
+        root.mkdir(parents=True, exist_ok=True)
+        record = run_scenario(args.dataset, str(root), args.steps, args.overrides)
         mismatched = [s for s, d in record["expected_digests"].items()
                       if s in record["rows"] and record["rows"][s]["data/batch_digest"] != d]
         assert not mismatched, f"global batches differ from the data order's at steps {mismatched}"

@@ -100,6 +100,10 @@ class TrainConfig:
     # FOR TESTS ONLY: [step, rank, factor] multiplies that rank's loss at that step (numbered as logged) by
     # factor (.nan: a non-finite step; 1000: a spike). Empty, the default, in every real run.
     test_scale_loss: list[float] = field(default_factory=list)
+    # FOR TESTS ONLY: a file holding a step number N; every rank waits before a step past N until the file
+    # names a later one (tests and benchmarks that resize a run at known steps). Null, the default, in every
+    # real run.
+    test_hold_file: str | None = None
 
     # Keys that lived in `train` before it was split into sections: a config using one is refused with
     # the new key (configs saved with checkpoints are read with them moved: upgrade_saved_config).

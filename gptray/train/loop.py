@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -133,6 +134,10 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
     guard = StepGuard(config.train, state.skips)  # which steps are applied (numerics.py)
     largest = _LargestGradNorm()
     while state.step < config.train.max_steps:
+        if _held(config.train.test_hold_file, state.step):  # tests only
+            _log_written(checkpoints.finish(), tracker)  # reported to Ray: what a restarted group resumes from
+            while _held(config.train.test_hold_file, state.step):
+                time.sleep(0.05)
         result = engine.train_step(state.step, guard)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
@@ -202,6 +207,16 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
     _log_written(checkpoints.finish(), tracker)  # the last one, if its write is still in flight
+
+
+def _held(path: str | None, step: int) -> bool:
+    """train.test_hold_file (tests only): whether the file names a step at or before `step`."""
+    if not path:
+        return False
+    try:
+        return step >= int(Path(path).read_text().strip() or step)
+    except OSError:  # no file: no hold
+        return False
 
 
 class _LargestGradNorm:
