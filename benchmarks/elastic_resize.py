@@ -45,7 +45,8 @@ def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], 
     out = Path(root) / "scenario.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", dataset_dir, root, "--steps", str(steps),
                *overrides]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    env = {"RAY_raylet_start_wait_time_s": "120",  # a busy host starts a node's raylet slowly
+           **os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"the elastic scenario failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
@@ -206,6 +207,41 @@ def main(argv: list[str] | None = None) -> None:
     redone = [r["steps_redone_per_resize"] for r in results]
     print(f"  steps trained twice per resize         median {statistics.median(redone):.1f}")
     print("global-batch digests equal the data order's at every step: yes")
+    save, load, size = checkpoint_io("nano" if args.smoke else "tiny", 1 if args.smoke else 3)
+    print(f"whole checkpoint of {size / 1e6:.0f} MB (model + AdamW): save {save:.2f} s ({size / save / 1e9:.2f} GB/s), "
+          f"load {load:.2f} s ({size / load / 1e9:.2f} GB/s), medians")
+    print(f"GPT-2 124M (1.49 GB of state) at these rates: save {1.49e9 * save / size:.1f} s, "
+          f"load {1.49e9 * load / size:.1f} s")
+
+
+def checkpoint_io(preset: str, rounds: int) -> tuple[float, float, int]:
+    """Median seconds to torch.save and torch.load a preset's model and AdamW state (one step taken, so the
+    moments exist) on local disk, and its bytes: what a resize's checkpoint costs, for the projection."""
+    import torch
+
+    from gptray.config import load_config
+    from gptray.model import GPT
+
+    model = GPT(load_config(None, [f"model.preset={preset}"]).model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    saves, loads = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "state.pt"
+        for _ in range(rounds):
+            start = time.perf_counter()
+            with open(path, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())  # on the disk, not only in the page cache
+            saves.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            torch.load(path, weights_only=True)
+            loads.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    return statistics.median(saves), statistics.median(loads), size
 
 
 if __name__ == "__main__":
