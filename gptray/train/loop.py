@@ -159,7 +159,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
                                      "train/world_size": engine.world_size, "train/time": time.time()})
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
-        if due.log and not due.checkpoint and preemption is not None and preemption.checkpoint_now(state.step):
+        if not due.checkpoint and preemption is not None and preemption.checkpoint_now(state.step):
             due = dataclasses.replace(due, checkpoint=True)  # a node is about to go: the restart resumes here
         if not due.anything:
             continue

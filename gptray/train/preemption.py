@@ -6,6 +6,8 @@ import logging
 
 log = logging.getLogger(__name__)
 
+CHECK_EVERY_STEPS = 10  # Ray's answer is a collective (a round trip through Ray): not every step
+
 
 class PreemptionNotice:
     """Asks Ray Train (`ray.train.get_preemption_info`) whether a node of this worker group is about to be
@@ -13,17 +15,18 @@ class PreemptionNotice:
     without that node resumes there instead of at the last scheduled checkpoint.
 
     Ray's call broadcasts rank 0's view to every rank (a collective): every rank must ask at the same steps,
-    so the loop asks only where its cadence is the same on all ranks (the log steps). Outside Ray Train
-    (local mode) there is never a notice.
+    so it asks every CHECK_EVERY_STEPS steps, a pure function of the step. Outside Ray Train (local mode)
+    there is never a notice.
     """
 
-    def __init__(self, enabled: bool = True):
-        self._ask = _preemption_info if enabled else None
+    def __init__(self, ask=None):
+        self._ask = ask or _preemption_info  # () -> ray.train.PreemptionInfo | None
         self._answered: set[tuple] = set()
 
     def checkpoint_now(self, step: int) -> bool:
-        """Whether a notice arrived that this run has not yet checkpointed for (a collective)."""
-        if self._ask is None:
+        """Whether a notice arrived that this run has not yet checkpointed for (a collective at every
+        CHECK_EVERY_STEPS-th step)."""
+        if step % CHECK_EVERY_STEPS:
             return False
         info = self._ask()
         if info is None:

@@ -111,3 +111,24 @@ def test_batch_digest_is_the_global_batchs_not_the_ranks():
     assert digests == [_engine(1, 3, None).train_data.batch_digest(step) for step in range(4)]
     starts = e.train_data.sampler.starts(np.arange(8, 16))
     assert digests[1] == batch_digest(starts)
+
+
+def test_a_preemption_notice_asks_for_one_checkpoint_at_a_check_step():
+    from ray.train import PreemptionInfo
+
+    from gptray.train.preemption import CHECK_EVERY_STEPS, PreemptionNotice
+
+    notices = iter([PreemptionInfo(deadline_ms=5, preempted_node_to_ranks={"n1": [1]})] * 2
+                   + [PreemptionInfo(deadline_ms=9, preempted_node_to_ranks={"n2": [0]})])
+    asked = []
+
+    def ask():
+        asked.append(True)
+        return next(notices)
+
+    notice = PreemptionNotice(ask)
+    assert not notice.checkpoint_now(CHECK_EVERY_STEPS - 1) and not asked  # not a check step: Ray is not asked
+    assert notice.checkpoint_now(CHECK_EVERY_STEPS)  # a notice: checkpoint now
+    assert not notice.checkpoint_now(2 * CHECK_EVERY_STEPS)  # the same notice again: already saved for it
+    assert notice.checkpoint_now(3 * CHECK_EVERY_STEPS)  # another node's: once more
+    assert PreemptionNotice(lambda: None).checkpoint_now(CHECK_EVERY_STEPS) is False
