@@ -48,6 +48,7 @@ def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], 
     env = {"RAY_raylet_start_wait_time_s": "120",  # a busy host starts a node's raylet slowly
            **os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    (Path(root) / "scenario.log").write_text(done.stdout + done.stderr)  # the cluster's and workers' lines
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"the elastic scenario failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
                            f"{done.stderr[-6000:]}")
@@ -161,14 +162,14 @@ def _workers(root: str) -> list[int]:
 def summarize(record: dict) -> dict[str, float]:
     """Seconds from the node's arrival to the 2-worker group's first step and from the kill to the 1-worker
     group's, and the steps trained twice (per resize) from the progress lines."""
-    rows = {int(s): v for s, v in record["rows"].items()}
+    rows = {int(s): v for s, v in record["first_run_rows"].items()}
     events = record["events"]
-    first_two = min(s for s, v in rows.items() if v.get("train/world_size") == 2)
-    back_to_one = min(s for s, v in rows.items() if v.get("train/world_size") == 1 and s > first_two)
+    sizes = [rows[s]["train/world_size"] for s in sorted(rows)]
+    assert sizes[:4] == [1, 1, 2, 2] and set(sizes[4:]) == {1}, f"world sizes by step: {sizes}"
     trained = record["trained_steps"]
     redone = len(trained) - len(set(trained))
-    return {"grow_s": rows[first_two]["train/time"] - events["node_added"],
-            "shrink_s": rows[back_to_one]["train/time"] - events["node_killed"],
+    return {"grow_s": rows[3]["train/time"] - events["node_added"],
+            "shrink_s": rows[5]["train/time"] - events["node_killed"],
             "steps_redone_per_resize": redone / 2}
 
 
