@@ -47,7 +47,8 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, default=1, metavar="N", help="optimizer steps to show (default 1)")
     parser.add_argument("--rank", type=int, action="append", metavar="R",
                         help="show only this rank (repeatable; default: every rank)")
-    parser.add_argument("--world-size", type=int, metavar="W", help="ranks (default ray.num_workers)")
+    parser.add_argument("--world-size", type=int, metavar="W",
+                        help="ranks (default ray.num_workers; an elastic run's maximum)")
     parser.add_argument("--max-chars", type=int, default=200, metavar="N",
                         help="characters of each window shown (default 200; 0 shows all)")
     parser.add_argument("--tokens", action="store_true", help="print the token ids too")
@@ -139,7 +140,7 @@ def cmd_preview(args) -> int:
     from gptray.data.train_windows import DataOrder
 
     config = load_experiment(args)
-    world_size = args.world_size or config.ray.num_workers
+    world_size = args.world_size or config.ray.max_workers
     if args.steps < 1:
         raise ConfigError("--steps", f"must be at least 1 (got {args.steps})")
     if world_size < 1:

@@ -214,8 +214,13 @@ class RayConfig:
     num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
     # Ray Train workers (DDP ranks). 0 is local mode: the training loop runs in the launching process, on one
     # device, without starting Ray, so a debugger's breakpoint in it stops there; checkpoints, resume,
-    # tracking and samples work as with workers.
-    num_workers: int = 2
+    # tracking and samples work as with workers. [min, max]: an elastic run (Ray Train's elastic scaling):
+    # it starts once `min` workers fit, grows toward `max` as nodes arrive and shrinks when they go, each
+    # resize restarting the group from the latest checkpoint; every world size trains the same global batches.
+    num_workers: int | list[int] = 2
+    # An elastic run's check for more (or fewer) workers while it trains, in seconds (Ray Train's
+    # elastic_resize_monitor_interval_s); each resize costs the steps since the last checkpoint.
+    resize_interval_s: float = 60.0
     use_gpu: bool = False  # one GPU per worker, NCCL; else CPU workers with gloo
     # CPUs each worker asks for. auto: one each where that fits (and on a cluster that can grow), else an
     # equal share of a fixed cluster's CPUs beside a sweep's trial drivers (gptray/core/cluster.py).
@@ -232,11 +237,31 @@ class RayConfig:
         """Whether a run trains in the launching process (ray.num_workers=0), not on Ray Train workers."""
         return self.num_workers == 0
 
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count may change while the run trains (ray.num_workers: [min, max])."""
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers a run trains with: what must fit before it starts."""
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers a run trains with."""
+        return self.num_workers[-1] if self.elastic else self.num_workers
+
     def validate(self) -> None:
         """Check every ray setting; raise ConfigError naming the key."""
         no_credentials("ray.address", self.address)
-        require(self.num_workers >= 0, "ray.num_workers", "must be >= 0 (0: local mode, in this process)",
-                 self.num_workers)
+        if self.elastic:
+            require(len(self.num_workers) == 2 and 1 <= self.num_workers[0] <= self.num_workers[1],
+                    "ray.num_workers", "must be a worker count or [min, max] with 1 <= min <= max", self.num_workers)
+        else:
+            require(self.num_workers >= 0, "ray.num_workers", "must be >= 0 (0: local mode, in this process)",
+                    self.num_workers)
+        require(self.resize_interval_s > 0, "ray.resize_interval_s", "must be positive", self.resize_interval_s)
         require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
                  "must be positive or auto", self.cpus_per_worker)
         require(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: retry forever)", self.max_failures)
@@ -423,11 +448,11 @@ class ExperimentConfig:
             raise ConfigError("name", f"must be a plain directory name (got {self.name!r})")
         self._validate_out_dir()
         self.data.validate()
-        self.train.validate(self.model, self.ray.num_workers)
+        self.ray.validate()  # before train: the batch must be shared by every worker count the run may have
+        self.train.validate(self.model, self.ray.max_workers)
         self.optimizer.validate()
         self.schedule.validate(self.optimizer.lr)
         self.checkpoint.validate(self.train.init_from)
-        self.ray.validate()
         self.tracking.validate()
         self.generate.validate()
         self.eval.validate()

@@ -100,6 +100,10 @@ class TrainConfig:
     # FOR TESTS ONLY: [step, rank, factor] multiplies that rank's loss at that step (numbered as logged) by
     # factor (.nan: a non-finite step; 1000: a spike). Empty, the default, in every real run.
     test_scale_loss: list[float] = field(default_factory=list)
+    # FOR TESTS ONLY: a file holding a step number N; every rank waits before a step past N until the file
+    # names a later one (tests and benchmarks that resize a run at known steps). Null, the default, in every
+    # real run.
+    test_hold_file: str | None = None
 
     # Keys that lived in `train` before it was split into sections: a config using one is refused with
     # the new key (configs saved with checkpoints are read with them moved: upgrade_saved_config).
@@ -120,10 +124,15 @@ class TrainConfig:
         return self.seq_len if self.seq_len is not None else model.block_size
 
     def grad_accum_steps(self, num_workers: int) -> int:
-        return self.batch_size // (self.micro_batch_size * num_workers)
+        """Micro-batches each rank runs a step at this world size: those of the largest share of the global
+        batch (shares differ by at most one window where the world size does not divide it:
+        gptray/data/rank_shares.py); a rank with a smaller share runs as many, the last counting nothing."""
+        largest_share = -(-self.batch_size // max(num_workers, 1))
+        return -(-largest_share // self.micro_batch_size)
 
     def validate(self, model: ModelConfig, num_workers: int) -> None:
-        """Check resolved train settings against the model and the worker count; raise ConfigError naming the key."""
+        """Check resolved train settings against the model and the largest worker count a run may have
+        (ray.num_workers, or its maximum); raise ConfigError naming the key."""
         no_credentials("train.init_from", self.init_from)
         model.validate_for_training()
         if self.epochs is not None:
@@ -147,11 +156,14 @@ class TrainConfig:
             if model.block_size is not None and self.seq_len > model.block_size:
                 raise ConfigError("train.seq_len", f"must be <= model.block_size ({self.seq_len} > {model.block_size})")
         self._validate_skips()
-        per_step = self.micro_batch_size * max(num_workers, 1)
-        if self.batch_size % per_step != 0:
+        # Any world size up to the batch trains the same run (uneven shares, each rank's loss weighted by its
+        # share of the batch's targets); more ranks than windows would leave a rank with nothing to read.
+        if num_workers > self.batch_size:
             raise ConfigError(
                 "train.batch_size",
-                f"must be a multiple of train.micro_batch_size × ray.num_workers = {per_step} (got {self.batch_size})",
+                f"{self.batch_size} windows cannot be shared by {num_workers} workers (ray.num_workers): every rank "
+                f"needs at least one window a step, at micro-batches of {self.micro_batch_size} "
+                f"(train.micro_batch_size). Raise train.batch_size to {num_workers} or more, or lower ray.num_workers",
             )
 
 

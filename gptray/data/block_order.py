@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from gptray.core.errors import DataError
+from gptray.data.rank_shares import rank_sample_batches
 
 _KEPT_PERMUTATIONS = 8  # block permutations kept per source: the blocks in use and the next, with room
 
@@ -161,9 +162,7 @@ class BlockOrder:
 
     def rank_samples(self, step: int, rank: int, world_size: int, micro_batch: int) -> list[np.ndarray]:
         """Global sample indices of each micro-batch this rank runs at optimizer step `step`."""
-        per_rank = self.global_batch // world_size
-        first = step * self.global_batch + rank * per_rank
-        return np.split(np.arange(first, first + per_rank, dtype=np.int64), per_rank // micro_batch)
+        return rank_sample_batches(step, rank, world_size, self.global_batch, micro_batch)
 
     def blocks_in_use(self, first_step: int, last_step: int) -> list[tuple[int, int, int]]:
         """(stream, epoch, block) of every block global batches first_step … last_step read from."""

@@ -3,8 +3,9 @@
 The train split's token stream is cut into fixed windows of `seq_len + 1` tokens starting
 at multiples of `seq_len`. Epoch e visits them in a permutation seeded by (seed, e). Step s
 of a global batch of G sequences takes global samples s·G … s·G+G−1, and rank r of W takes
-the r-th contiguous 1/W of them. So the global batch at a step is the same for any world
-size, and a resumed run reads exactly the windows the uninterrupted run would have.
+the r-th contiguous share of them (rank_shares.py: shares differ by at most one where W does not
+divide G). So the global batch at a step is the same for any world size, and a resumed run reads
+exactly the windows the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gptray.core.paths import cache_home
 from gptray.core.storage import Storage
 from gptray.data.cache_seal import Digest, is_intact, seal_path, write_seal
 from gptray.data.manifest import Manifest
+from gptray.data.rank_shares import rank_sample_batches
 from gptray.data.shards import read_shard, shard_loss_mask, shard_tokens
 
 log = logging.getLogger(__name__)
@@ -120,11 +122,9 @@ class WindowSampler:
     def rank_micro_batches(
         self, step: int, rank: int, world_size: int, global_batch: int, micro_batch: int
     ) -> list[np.ndarray]:
-        """Window starts for each micro-batch this rank runs at optimizer step `step`."""
-        per_rank = global_batch // world_size
-        first = step * global_batch + rank * per_rank
-        starts = self.starts(np.arange(first, first + per_rank, dtype=np.int64))
-        return np.split(starts, per_rank // micro_batch)
+        """Window starts for each micro-batch this rank runs at optimizer step `step` (rank_shares.py)."""
+        return [self.starts(samples)
+                for samples in rank_sample_batches(step, rank, world_size, global_batch, micro_batch)]
 
     def epoch_of(self, step: int, global_batch: int) -> float:
         return step * global_batch / self.num_windows
@@ -147,7 +147,7 @@ def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int,
     """Inputs (B, T) and next-token targets (B, T) as int64 arrays; targets inside prompts (where
     `loss_mask` is 0) become IGNORE_INDEX."""
     rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
-    targets = np.ascontiguousarray(rows[:, 1:])
+    targets = rows[:, 1:].copy()  # a copy even where the slice is contiguous (one row): masking must not touch rows
     if loss_mask is not None:
         keep = np.stack([loss_mask[s + 1 : s + seq_len + 1] for s in starts]).astype(bool)
         targets[~keep] = IGNORE_INDEX

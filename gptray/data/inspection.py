@@ -95,10 +95,10 @@ def preview_batches(config: ExperimentConfig, steps: int = 1, world_size: int | 
     order (data.shuffle, resolved as the driver does), its rank_micro_batches and gather calls, on the
     node-local cache."""
     train = config.train
-    world_size = world_size or config.ray.num_workers
-    if train.batch_size % (train.micro_batch_size * world_size):
-        raise DataError(f"train.batch_size {train.batch_size} is not a multiple of train.micro_batch_size "
-                        f"{train.micro_batch_size} × world size {world_size}")
+    world_size = world_size or config.ray.max_workers
+    if world_size > train.batch_size:
+        raise DataError(f"train.batch_size {train.batch_size} cannot be shared by world size {world_size}: "
+                        "every rank needs at least one window a step")
     manifest = Manifest.load(config.data.dataset_dir)
     windows = open_train_windows(config, Storage(config.data.dataset_dir), manifest,
                                  DataOrder.for_run(config, manifest))

@@ -36,6 +36,7 @@ from gptray.data.global_order import (
 )
 from gptray.data.manifest import Manifest
 from gptray.data.node_cache import ShardCache
+from gptray.data.rank_shares import batch_digest
 from gptray.data.shards import shard_loss_mask
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,16 @@ class WholeSplitWindows:
     def rank_micro_batches(self, step: int, rank: int, world_size: int, micro_batch: int) -> list[np.ndarray]:
         return self.sampler.rank_micro_batches(step, rank, world_size, self.global_batch, micro_batch)
 
+    @property
+    def masked(self) -> bool:
+        """Whether some targets are left out of the loss (a prompt's)."""
+        return self.loss_mask is not None
+
+    def batch_digest(self, step: int) -> str:
+        """Digest of step `step`'s global batch: its windows' token offsets in batch order (rank_shares.py)."""
+        first = step * self.global_batch
+        return batch_digest(self.sampler.starts(np.arange(first, first + self.global_batch, dtype=np.int64)))
+
     def gather(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return gather_windows(self.tokens, batch, self.seq_len, self.loss_mask)
 
@@ -218,6 +229,17 @@ class BlockWindows:
     def rank_micro_batches(self, step: int, rank: int, world_size: int, micro_batch: int) -> list[np.ndarray]:
         return self.order.rank_samples(step, rank, world_size, micro_batch)
 
+    @property
+    def masked(self) -> bool:
+        """Whether some targets are left out of the loss (a prompt's)."""
+        return self.cache.with_mask
+
+    def batch_digest(self, step: int) -> str:
+        """Digest of step `step`'s global batch: its windows' (shard, offset) pairs in batch order."""
+        first = step * self.global_batch
+        shards, offsets = self.order.locate(np.arange(first, first + self.global_batch, dtype=np.int64))
+        return batch_digest(np.stack([shards, offsets], axis=1).ravel())
+
     def gather(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shards, offsets = self.order.locate(samples)
         protected = self._wanted[1] | self._in_use
@@ -232,7 +254,7 @@ class BlockWindows:
                 if mask is not None:
                     keep[i] = mask[start + 1:start + self.seq_len + 1].astype(bool)
                     masked = True
-        targets = np.ascontiguousarray(rows[:, 1:])
+        targets = rows[:, 1:].copy()  # a copy even where the slice is contiguous (one row): masking must not touch rows
         if masked:
             targets[~keep] = IGNORE_INDEX
         return np.ascontiguousarray(rows[:, :-1]), targets

@@ -49,11 +49,13 @@ class Validation:
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor  # this rank's mean cross-entropy over its micro-batches (not yet averaged over ranks)
+    # this rank's part of the global batch's mean cross-entropy, times the world size: averaged over ranks, the
+    # mean over the global batch's counted targets (engine._weighted_micro_batches)
+    loss: torch.Tensor
     grad_norm: torch.Tensor
     lr: float
     data_seconds: float  # spent gathering windows and copying them to the device
-    z_loss: torch.Tensor | None = None  # the mean z-loss term added to the objective (train.z_loss > 0)
+    z_loss: torch.Tensor | None = None  # the z-loss term added to the objective, as `loss` (train.z_loss > 0)
     verdict: Verdict = dataclasses.field(default_factory=lambda: Verdict(True))  # whether the update was applied
     global_loss: float | None = None  # `loss` averaged over ranks (None where the step was not computed)
     grad_norm_value: float | None = None  # the global gradient norm before clipping, as a number
@@ -103,7 +105,7 @@ class TrainingEngine:
         self.optimizers = build_optimizers(self.module, config.optimizer, device)  # AdamW (and Muon: optimizer.name)
         self.lr_schedule = LrSchedule.of(config)
         self.scaler = torch.amp.GradScaler(device.type) if self.train_config.precision == "fp16" else None
-        self.micro_steps = self.train_config.grad_accum_steps(world_size)
+        self.micro_steps = self.train_config.grad_accum_steps(world_size)  # the largest share's (rank_shares.py)
         self.tokens_per_step = self.train_config.batch_size * self.seq_len
         self.flops_per_token = flops_per_token(config.model, self.num_parameters, self.seq_len)
         self.peak_flops = device_peak_flops(device, self.train_config.precision, self.train_config.peak_tflops)
@@ -158,42 +160,13 @@ class TrainingEngine:
         if guard is not None and guard.configured(step + 1):
             nothing = torch.full((), math.nan, device=self.device)
             return StepResult(nothing, nothing, lr, 0.0, verdict=guard.skipped_configured())
-        scale_loss = self._test_loss_factor(step)
-        loss_sum = torch.zeros((), device=self.device)
-        z_sum = torch.zeros((), device=self.device)
-        data_seconds = 0.0
-        data_start = time.perf_counter()
-        self.train_data.begin_step(step)
-        micro_batches = self.train_data.rank_micro_batches(step, self.rank, self.world_size,
-                                                           self.train_config.micro_batch_size)
-        data_seconds += time.perf_counter() - data_start
-        for i, batch in enumerate(micro_batches):
-            data_start = time.perf_counter()
-            x, y = self.train_data.gather(batch)
-            counted = bool((y != IGNORE_INDEX).any())
-            x, y = self._to_device(x), self._to_device(y)
-            data_seconds += time.perf_counter() - data_start
-            with self._gradient_sync(i == len(micro_batches) - 1):
-                with self.autocast():
-                    logits, loss, z_loss = self._losses(x, y)
-                if scale_loss is not None:
-                    loss = loss * scale_loss
-                if not counted:  # all prompt: no loss to learn from (the mean over no tokens is NaN),
-                    loss = logits.sum() * 0.0  # but DDP still needs this rank's (zero) gradients
-                    z_loss = loss if z_loss is not None else None
-                loss_sum += loss.detach()
-                if z_loss is not None:
-                    z_sum += z_loss.detach()
-                    loss = loss + z_loss  # the objective; train/loss stays the cross-entropy
-                scaled = loss / len(micro_batches)
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        loss_sum, z_sum, data_seconds = self.accumulate_gradients(step)
         if self.scaler is not None:
             for optimizer in self.optimizers:
                 self.scaler.unscale_(optimizer)
         clip = self.config.optimizer.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
-        loss_mean = loss_sum / len(micro_batches)
-        global_loss, nonfinite, norm = self._step_numbers(loss_mean, grad_norm)
+        global_loss, nonfinite, norm = self._step_numbers(loss_sum, grad_norm)
         verdict = guard.judge(step + 1, global_loss, nonfinite) if guard is not None else Verdict(True)
         overflowed = self.scaler is not None and not math.isfinite(norm) and verdict.apply
         for optimizer in self.optimizers if verdict.apply else []:
@@ -205,9 +178,75 @@ class TrainingEngine:
             self.scaler.update()  # unscale_ recorded the overflow check it needs, applied or not
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_mean, grad_norm, lr, data_seconds,
-                          z_sum / len(micro_batches) if self.train_config.z_loss else None,
+        return StepResult(loss_sum, grad_norm, lr, data_seconds,
+                          z_sum if self.train_config.z_loss else None,
                           verdict=verdict, global_loss=global_loss, grad_norm_value=norm, overflowed=overflowed)
+
+    def accumulate_gradients(self, step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Forward and backward passes over this rank's micro-batches at `step`, the gradients reduced over
+        the ranks on the last: (this rank's part of the loss, of the z-loss term, seconds spent on data),
+        each part times the world size (StepResult.loss)."""
+        scale_loss = self._test_loss_factor(step)
+        loss_sum = torch.zeros((), device=self.device)
+        z_sum = torch.zeros((), device=self.device)
+        data_start = time.perf_counter()
+        self.train_data.begin_step(step)
+        batches = self._weighted_micro_batches(step)
+        data_seconds = time.perf_counter() - data_start
+        for i, (x, y, weight) in enumerate(batches):
+            data_start = time.perf_counter()
+            x, y = self._to_device(x), self._to_device(y)
+            data_seconds += time.perf_counter() - data_start
+            with self._gradient_sync(i == len(batches) - 1):
+                with self.autocast():
+                    logits, loss, z_loss = self._losses(x, y)
+                if scale_loss is not None:
+                    loss = loss * scale_loss
+                if not weight:  # nothing counted (all prompt, or a pad): the mean over no tokens is NaN,
+                    loss = logits.sum() * 0.0  # but DDP still needs this rank's (zero) gradients
+                    z_loss = loss if z_loss is not None else None
+                loss_sum += loss.detach() * weight
+                if z_loss is not None:
+                    z_sum += z_loss.detach() * weight
+                    loss = loss + z_loss  # the objective; train/loss stays the cross-entropy
+                scaled = loss * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss_sum, z_sum, data_seconds
+
+    def _weighted_micro_batches(self, step: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """(inputs, targets, weight) of each micro-batch this rank runs at `step`. A micro-batch's mean loss
+        times its weight, summed over micro-batches and averaged over ranks (as DDP and FSDP average
+        gradients), is the mean over the whole global batch's counted targets at any world size, whatever
+        each rank's share (rank_shares.py): the weight is the micro-batch's counted targets × world size /
+        the global batch's. Every rank runs self.micro_steps of them; a short share's last ones are a single
+        window counting nothing."""
+        batches = []
+        for windows in self.train_data.rank_micro_batches(step, self.rank, self.world_size,
+                                                          self.train_config.micro_batch_size):
+            x, y = self.train_data.gather(windows)
+            batches.append((x, y, self._counted_targets(x, y)))
+        while len(batches) < self.micro_steps:  # FSDP's per-forward all-gathers and DDP's buffer syncs pair up
+            x, y, _ = batches[0]
+            batches.append((x[:1], np.full_like(y[:1], IGNORE_INDEX), 0))
+        total = self._global_counted_targets(step)
+        return [(x, y, count * self.world_size / total if total else 0.0) for x, y, count in batches]
+
+    def _global_counted_targets(self, step: int) -> int:
+        """Targets the loss counts in the whole global batch at `step`, known to every rank without a
+        collective: the batch is a pure function of the step. Unmasked windows count all their targets;
+        masked ones (or a prefix pattern's) are gathered and counted, all ranks' (from the same blocks of
+        the node's cache that this step reads anyway)."""
+        if not self.train_data.masked and self.config.model.attention != "prefix":
+            return self.train_config.batch_size * self.seq_len
+        windows = np.concatenate(self.train_data.rank_micro_batches(step, 0, 1, self.train_config.batch_size))
+        return self._counted_targets(*self.train_data.gather(windows))
+
+    def _counted_targets(self, x: np.ndarray, y: np.ndarray) -> int:
+        """Targets the loss counts in a micro-batch: not masked (prompt), and not dropped by the attention
+        pattern (a prefix's)."""
+        if self.config.model.attention == "prefix":
+            y = self.module.prediction_targets(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+        return int((y != IGNORE_INDEX).sum())
 
     def _step_numbers(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, bool, float]:
         """(loss averaged over ranks, whether any rank's loss or gradient norm is not finite, the gradient

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +26,7 @@ from gptray.train.checkpoint_manager import CheckpointManager
 from gptray.train.checkpoint_writer import Written
 from gptray.train.engine import StepResult, TrainingEngine
 from gptray.train.numerics import StepGuard, describe_skip, global_batch_windows
+from gptray.train.preemption import PreemptionNotice
 from gptray.train.rewind import rewind
 from gptray.train.worker_inputs import WorkerInputs
 
@@ -65,7 +68,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cadence = Cadence.of(config, engine.has_validation(), evaluator.interval if evaluator else None)
     system = _system_metrics(inputs, context)
     try:
-        _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer)
+        _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer,
+               PreemptionNotice())
         if inputs.final_sample and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, inputs.tokenizer, inputs.run)
     finally:
@@ -124,12 +128,16 @@ class _Throughput:
 
 def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
            checkpoints: CheckpointManager, evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None,
-           history: MetricHistory | None, tokenizer) -> None:
+           history: MetricHistory | None, tokenizer, preemption: PreemptionNotice | None = None) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
     throughput = _Throughput()
     guard = StepGuard(config.train, state.skips)  # which steps are applied (numerics.py)
     largest = _LargestGradNorm()
     while state.step < config.train.max_steps:
+        if _held(config.train.test_hold_file, state.step):  # tests only
+            _log_written(checkpoints.finish(), tracker)  # reported to Ray: what a restarted group resumes from
+            while _held(config.train.test_hold_file, state.step):
+                time.sleep(0.05)
         result = engine.train_step(state.step, guard)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
@@ -146,8 +154,13 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
                     history.discard_after(state.step)
                 throughput.restart()
                 continue
+        if history is not None:  # which windows this step read, at this world size: the same in every run
+            history.add(state.step, {"data/batch_digest": engine.train_data.batch_digest(state.step - 1),
+                                     "train/world_size": engine.world_size, "train/time": time.time()})
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
+        if not due.checkpoint and preemption is not None and preemption.checkpoint_now(state.step):
+            due = dataclasses.replace(due, checkpoint=True)  # a node is about to go: the restart resumes here
         if not due.anything:
             continue
         # Every rank reaches here at the same steps, so the collectives below pair up.
@@ -194,6 +207,16 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
     _log_written(checkpoints.finish(), tracker)  # the last one, if its write is still in flight
+
+
+def _held(path: str | None, step: int) -> bool:
+    """train.test_hold_file (tests only): whether the file names a step at or before `step`."""
+    if not path:
+        return False
+    try:
+        return step >= int(Path(path).read_text().strip() or step)
+    except OSError:  # no file: no hold
+        return False
 
 
 class _LargestGradNorm:

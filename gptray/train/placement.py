@@ -33,16 +33,18 @@ def plan_workers(ray: RayConfig, cluster: Cluster, what: str, driver: dict[str, 
     where a cluster that cannot grow will never hold them."""
     driver = driver or {}
     cpus = ray.cpus_per_worker
+    # An elastic run (ray.num_workers: [min, max]) starts once `min` fit: that is what must fit, and what an
+    # auto share is cut for; more workers join as the cluster has room for them.
     if cpus == "auto":
-        cpus = cpus_per_worker(ray.num_workers, cluster, driver.get("CPU", 0.0), concurrent)
+        cpus = cpus_per_worker(ray.min_workers, cluster, driver.get("CPU", 0.0), concurrent)
     bundle = {"CPU": float(cpus)}
     if ray.use_gpu:
         bundle["GPU"] = 1.0
     if ray.accelerator_type:
         bundle[f"accelerator_type:{ray.accelerator_type}"] = ACCELERATOR_SHARE
-    settings = f"ray.num_workers={ray.num_workers} × ray.cpus_per_worker={cpus:g}" + \
-        (" and a GPU each (ray.use_gpu)" if ray.use_gpu else "")
-    demand = Demand(what, ray.num_workers, bundle, driver, settings)
+    workers = f"ray.num_workers={ray.num_workers}" + (f" (at least {ray.min_workers})" if ray.elastic else "")
+    settings = f"{workers} × ray.cpus_per_worker={cpus:g}" + (" and a GPU each (ray.use_gpu)" if ray.use_gpu else "")
+    demand = Demand(what, ray.min_workers, bundle, driver, settings)
     check_fits(demand, cluster, concurrent)
     return WorkerPlan(float(cpus), demand)
 
@@ -87,7 +89,7 @@ class PendingReporter:
         bundle = self.plan.demand.bundle
         for group in placement_group_table().values():
             bundles = list((group.get("bundles") or {}).values())
-            if group.get("state") == "PENDING" and len(bundles) == self.plan.demand.count and \
+            if group.get("state") == "PENDING" and len(bundles) >= self.plan.demand.count and \
                     all(_same(b, bundle) for b in bundles):
                 return True
         return False

@@ -20,9 +20,12 @@ def build_trainer(config: ExperimentConfig, plan: WorkerPlan | None, inputs: Wor
     mode), where checkpoints go."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # heavy
 
+    ray_config = config.ray
+    # [min, max] is Ray Train's elastic group: it starts at what fits (at least min) and resizes toward max
+    workers = (ray_config.min_workers, ray_config.max_workers) if ray_config.elastic else ray_config.num_workers
     scaling = ScalingConfig(num_workers=0) if plan is None else ScalingConfig(
-        num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu, resources_per_worker=plan.resources,
-        accelerator_type=config.ray.accelerator_type)
+        num_workers=workers, use_gpu=ray_config.use_gpu, resources_per_worker=plan.resources,
+        accelerator_type=ray_config.accelerator_type, elastic_resize_monitor_interval_s=ray_config.resize_interval_s)
     return _torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config=inputs.as_loop_config(),

@@ -19,7 +19,9 @@ import torch
 from helpers import REPO
 
 BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
-TESTED_ELSEWHERE = {"gpu_check": "tests/unit/test_gpu_check.py runs its --cpu-smoke"}
+TESTED_ELSEWHERE = {"gpu_check": "tests/unit/test_gpu_check.py runs its --cpu-smoke",
+                    # its scenario needs a multi-node cluster of its own (a process apart), once a session
+                    "elastic_resize": "tests/integration/test_elastic.py runs its documented command with --smoke"}
 USES_RAY = {"train_throughput", "tokenize_throughput", "checkpoint_blocking", "first_five_minutes", "local_mode"}
 
 

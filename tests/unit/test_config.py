@@ -26,7 +26,7 @@ def error_for(*overrides: str) -> ConfigError:
         ("model.n_embd=130", "model.n_embd", "divisible by model.n_head"),
         ("optimizer.lr=-1", "optimizer.lr", "positive"),
         ("optimizer.lr=fast", "optimizer.lr", "number"),
-        ("train.batch_size=12", "train.batch_size", "multiple of"),
+        ("train.batch_size=1", "train.batch_size", "cannot be shared by 2 workers"),
         ("train.precision=fp8", "train.precision", "one of"),
         ("model.preset=gpt5", "model.preset", "unknown preset"),
         ("data.val_fraction=1.5", "data.val_fraction", "[0, 1)"),

@@ -1,0 +1,249 @@
+"""An elastic run (ray.num_workers: [1, 2]) on a local multi-node Ray cluster, grown and shrunk under it.
+
+    python benchmarks/elastic_resize.py [--rounds 3] [--steps 12] [--smoke] [key=value ...]
+
+In a fresh process (its own `ray.cluster_utils.Cluster`: a 1-CPU head, 1-CPU worker nodes), the tests'
+SMALL_RUN model trains on tinyshakespeare with ray.num_workers=[1, 2], ray.cpus_per_worker=1,
+ray.resize_interval_s=1 and checkpoint.interval=2. It starts on one worker and is held after its checkpoint
+at step 2 (train.test_hold_file, so that what happens does not depend on this host's speed) while a node
+joins and the group grows to two; the 2-worker group trains steps 3-4 and is held while that node is killed
+and the group shrinks back to one, which trains to the end; then a fixed 2-worker group resumes the final
+checkpoint for 2 more steps. Measured, per round: seconds from the node's arrival to the 2-worker group's
+first step and from the kill to the 1-worker group's first step (both include starting the group and
+loading the checkpoint), and the steps trained twice (from rank 0's progress lines; 0 where the resize
+comes right after a checkpoint, as here). Every step's global-batch digest is checked against the data
+order's own (a pure function of dataset, seed and step).
+--smoke checks that it runs: one round of 12 steps.
+
+tests/integration/test_elastic.py runs it (--smoke) and compares the run with the fixed 2-worker reference run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the tests' small run, which this trains
+
+ELASTIC = ["ray.num_workers=[1, 2]", "ray.cpus_per_worker=1", "ray.autoscaling=false", "ray.resize_interval_s=1",
+           "ray.max_failures=3", "checkpoint.interval=2", "tracking.enabled=false"]
+PROGRESS = re.compile(r"step (\d+)/(\d+) \|")
+
+
+def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], timeout: float = 600) -> dict:
+    """The grow-and-shrink run in a fresh process (a Ray cluster of its own); its record as a dict."""
+    out = Path(root) / "scenario.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", dataset_dir, root, "--steps", str(steps),
+               *overrides]
+    env = {"RAY_raylet_start_wait_time_s": "120",  # a busy host starts a node's raylet slowly
+           **os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    (Path(root) / "scenario.log").write_text(done.stdout + done.stderr)  # the cluster's and workers' lines
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"the elastic scenario failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
+                           f"{done.stderr[-6000:]}")
+    record = json.loads(out.read_text())
+    record["trained_steps"] = [int(m.group(1)) for m in PROGRESS.finditer(done.stdout + done.stderr)]
+    return record
+
+
+def _child(dataset_dir: str, root: str, steps: int, overrides: list[str]) -> None:
+    """The scenario itself: a local cluster, the elastic run in a thread, a node added and killed under it.
+
+    The run is held (train.test_hold_file) at checkpoint steps while the cluster changes, so that the
+    scenario's steps do not depend on how fast this host trains: it waits at step 2 on one worker until a
+    new 2-worker group is up, at step 4 on two until a new 1-worker group is up, then trains to the end."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from gptray.core.storage import Storage
+    from gptray.data.manifest import Manifest
+    from gptray.data.train_windows import DataOrder, open_train_windows
+    from gptray.tracking.history import read_history
+    from helpers import PretrainInThread, make_config, small_run_config
+
+    os.environ["GPTRAY_ELASTIC_SCENARIO"] = root  # marks this cluster's processes (each node inherits it)
+    # After a node dies, Ray's autoscaling coordinator counts its CPUs until its next tick (20 s), so the
+    # controller first tries the old size and waits this long for workers that cannot start (Ray's default:
+    # 60 s); a bare local cluster starts a worker group well within 20 s.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
+    temp = tempfile.mkdtemp(prefix="gptray-el-", dir="/tmp")  # short: Ray's socket paths are limited
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp,
+                                                            "include_dashboard": False})
+    ray.init(address=cluster.address)
+    if dataset_dir == "-":  # tokenize tinyshakespeare here, once
+        from gptray.data.tokenize_job import tokenize_corpus
+
+        dataset_dir = tokenize_corpus(make_config(Path(root))).dataset_dir
+    dataset = type("Dataset", (), {"dataset_dir": dataset_dir})
+    hold = Path(root) / "hold"
+    config = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, f"train.max_steps={steps}",
+                              f"train.test_hold_file={hold}", *overrides)
+    run_dir = Path(config.run_dir)
+
+    def hold_at(step: int) -> None:
+        (Path(root) / "hold.tmp").write_text(str(step))
+        (Path(root) / "hold.tmp").replace(hold)
+
+    def rows() -> dict[int, dict]:
+        history = read_history(Storage(str(run_dir))) if (run_dir / "metrics").exists() else {}
+        by_step: dict[int, dict] = {}
+        for key, values in history.items():
+            for step, value in values.items():
+                by_step.setdefault(step, {})[key] = value
+        return by_step
+
+    def wait_for(what: str, ok, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok():
+            assert run.is_alive(), f"the run ended before {what}: {run.error!r}"
+            assert time.monotonic() < deadline, f"not {what} within {timeout:g} s"
+            time.sleep(0.2)
+
+    events = {}
+    hold_at(2)
+    run = PretrainInThread(config, sample=False)
+    wait_for("step 2 on 1 worker", lambda: 2 in rows())
+    before = set(_workers(root))
+    events["node_added"] = time.time()
+    node = cluster.add_node(num_cpus=1)
+    wait_for("a 2-worker group", lambda: len(set(_workers(root)) - before) == 2)
+    hold_at(4)
+    wait_for("step 4 on 2 workers", lambda: rows().get(4, {}).get("train/world_size") == 2)
+    before = set(_workers(root))
+    events["node_killed"] = time.time()
+    cluster.remove_node(node, allow_graceful=False)
+    wait_for("a 1-worker group", lambda: len(set(_workers(root)) - before) == 1 and len(_workers(root)) == 1)
+    hold_at(10**9)
+    result = run.join(timeout=600)
+    final = rows()
+    # the final checkpoint, resumed by a fixed 2-worker group (a node joins again for it)
+    cluster.add_node(num_cpus=1)
+    resumed = small_run_config(Path(root), dataset, "name=elastic", *ELASTIC, "ray.num_workers=2",
+                               f"train.max_steps={steps + 2}", *overrides)
+    after = PretrainInThread(resumed, sample=False).join(timeout=600)
+    manifest = Manifest.load(dataset_dir)
+    windows = open_train_windows(config, Storage(dataset_dir), manifest, DataOrder.for_run(config, manifest))
+    expected = {step: windows.batch_digest(step - 1) for step in range(1, steps + 3)}
+    record = {"events": events, "rows": {str(s): v for s, v in sorted(rows().items())},
+              "first_run_rows": {str(s): v for s, v in sorted(final.items())},
+              "expected_digests": {str(s): d for s, d in expected.items()},
+              "first_run_final_step": result.final_step,
+              "resumed": {"start_step": after.start_step, "final_step": after.final_step}}
+    (Path(root) / "scenario.json").write_text(json.dumps(record))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _workers(root: str) -> list[int]:
+    """PIDs of the scenario's live Ray Train workers (other Ray users on the machine are left alone)."""
+    marker = f"GPTRAY_ELASTIC_SCENARIO={root}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
+                    and marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def summarize(record: dict) -> dict[str, float]:
+    """Seconds from the node's arrival to the 2-worker group's first step and from the kill to the 1-worker
+    group's, and the steps trained twice (per resize) from the progress lines."""
+    rows = {int(s): v for s, v in record["first_run_rows"].items()}
+    events = record["events"]
+    sizes = [rows[s]["train/world_size"] for s in sorted(rows)]
+    assert sizes[:4] == [1, 1, 2, 2] and set(sizes[4:]) == {1}, f"world sizes by step: {sizes}"
+    trained = record["trained_steps"]
+    redone = len(trained) - len(set(trained))
+    return {"grow_s": rows[3]["train/time"] - events["node_added"],
+            "shrink_s": rows[5]["train/time"] - events["node_killed"],
+            "steps_redone_per_resize": redone / 2}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--smoke", action="store_true", help="check that it runs: one round of 12 steps")
+    parser.add_argument("--dataset", default="-", help="a tokenized dataset directory (default: tokenize "
+                                                       "tinyshakespeare first)")
+    parser.add_argument("--root", help="where the rounds' runs go (default: a new temporary directory)")
+    parser.add_argument("--child", nargs=2, metavar=("DATASET", "ROOT"), help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child, args.steps, args.overrides)
+        return
+    if args.smoke:
+        args.rounds, args.steps = 1, 12
+    results = []
+    base = Path(args.root or tempfile.mkdtemp(prefix="gptray-elastic-"))
+    for round_ in range(args.rounds):
+        root = base / f"round{round_}"
+        root.mkdir(parents=True, exist_ok=True)
+        record = run_scenario(args.dataset, str(root), args.steps, args.overrides)
+        mismatched = [s for s, d in record["expected_digests"].items()
+                      if s in record["rows"] and record["rows"][s]["data/batch_digest"] != d]
+        assert not mismatched, f"global batches differ from the data order's at steps {mismatched}"
+        results.append(summarize(record))
+    print(f"{args.steps}-step elastic run on a local cluster, {args.rounds} round(s), checkpoint.interval=2:")
+    for key, label in (("grow_s", "node arrival → first 2-worker step"), ("shrink_s", "node killed → first "
+                                                                                      "1-worker step")):
+        values = [r[key] for r in results]
+        print(f"  {label:38s} median {statistics.median(values):6.1f} s (min {min(values):.1f}, "
+              f"max {max(values):.1f})")
+    redone = [r["steps_redone_per_resize"] for r in results]
+    print(f"  steps trained twice per resize         median {statistics.median(redone):.1f}")
+    print("global-batch digests equal the data order's at every step: yes")
+    save, load, size = checkpoint_io("nano" if args.smoke else "tiny", 1 if args.smoke else 3)
+    print(f"whole checkpoint of {size / 1e6:.0f} MB (model + AdamW): save {save:.2f} s ({size / save / 1e9:.2f} GB/s), "
+          f"load {load:.2f} s ({size / load / 1e9:.2f} GB/s), medians")
+    print(f"GPT-2 124M (1.49 GB of state) at these rates: save {1.49e9 * save / size:.1f} s, "
+          f"load {1.49e9 * load / size:.1f} s")
+
+
+def checkpoint_io(preset: str, rounds: int) -> tuple[float, float, int]:
+    """Median seconds to torch.save and torch.load a preset's model and AdamW state (one step taken, so the
+    moments exist) on local disk, and its bytes: what a resize's checkpoint costs, for the projection."""
+    import torch
+
+    from gptray.config import load_config
+    from gptray.model import GPT
+
+    model = GPT(load_config(None, [f"model.preset={preset}"]).model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    saves, loads = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "state.pt"
+        for _ in range(rounds):
+            start = time.perf_counter()
+            with open(path, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())  # on the disk, not only in the page cache
+            saves.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            torch.load(path, weights_only=True)
+            loads.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    return statistics.median(saves), statistics.median(loads), size
+
+
+if __name__ == "__main__":
+    main()
