@@ -2,6 +2,7 @@
 #   make quickstart   create .venv if missing, then tokenize → train → track → sample on local Ray
 #   make test         create .venv if missing, then lint (ruff) and run the test suite
 #   make test-unit    the fast loop while working: lint and the unit tests (no Ray; about a minute and a half)
+#   make test-multinode  the elastic tests on a local multi-node Ray cluster (about 5 minutes; not in make test)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart lint test test-unit clean
+.PHONY: setup quickstart lint test test-unit test-multinode clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -36,6 +37,9 @@ test: lint
 
 test-unit: lint
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-multinode: setup
+	$(BIN)/python -m pytest -m multinode tests/integration $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data .pytest_cache

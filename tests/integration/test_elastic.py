@@ -20,6 +20,7 @@ STEPS = 12  # the benchmark's --smoke
 
 
 @pytest.mark.slow
+@pytest.mark.multinode  # about 5 minutes on 2 cores: `make test-multinode`, not in the default suite
 def test_an_elastic_run_grows_and_shrinks_along_the_fixed_runs_batches(shakespeare_dataset, reference_run, tmp_path,
                                                                        capsys):
     reference_config, _ = reference_run
