@@ -7,6 +7,7 @@ import logging
 import sys
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 def on_terminal(stream=None) -> bool:
@@ -43,6 +44,4 @@ def logs_above(bar: tqdm | None):
     through it; with no bar, nothing changes."""
     if bar is None:
         return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     return logging_redirect_tqdm(loggers=[logging.getLogger("gptray")], tqdm_class=type(bar))

@@ -15,6 +15,10 @@ VERBOSE_ENV = "GPTRAY_VERBOSE"
 # core_worker.cc ERROR line about its constructor arguments at every fit. An elastic run that checkpoints on
 # preemption needs it: set this True then (the environment variable, if a user sets it, still wins).
 RAY_TRAIN_PREEMPTION_WATCHER = False
+# Ray Train turns a worker's print() into a log record of its root logger. gptray's workers never print (they
+# log), but Ray's worker-side progress bars (progress_bar.ray_worker_bar: rank 0's bar of steps) are printed
+# state lines that the driver draws as a bar: logged, they arrive as empty lines and no bar is drawn.
+RAY_TRAIN_PRINT_PATCH = False
 # Ray Train logs every rank's every ray.train.report at INFO, the whole TrainingReport(...) with its metrics,
 # through a logger named by the path of this module (not under "ray.train", so LoggingConfig does not reach it).
 RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
@@ -27,7 +31,8 @@ def verbose() -> bool:
 
 def ray_train_environment() -> dict[str, str]:
     """The environment variables through which gptray sets Ray Train (its driver passes them to every worker)."""
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0"}
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0",
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "1" if RAY_TRAIN_PRINT_PATCH else "0"}
 
 
 def configure_logging(level: int = logging.INFO) -> None:

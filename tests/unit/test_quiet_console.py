@@ -14,10 +14,16 @@ REPORT = "Reporting training result 1: TrainingReport(checkpoint=None, metrics={
 
 
 def test_the_preemption_watcher_is_off_through_a_variable_ray_train_passes_to_its_controller():
-    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR, ENV_VARS_TO_PROPAGATE
+    from ray.train.v2._internal.constants import (
+        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+        ENABLE_PRINT_PATCH_ENV_VAR,
+        ENV_VARS_TO_PROPAGATE,
+    )
 
-    assert runtime.ray_train_environment() == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0"}
-    assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ENV_VARS_TO_PROPAGATE  # set in the driver, seen by the controller
+    # and print() left as print in the workers: rank 0's progress bar travels as printed lines
+    assert runtime.ray_train_environment() == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0", ENABLE_PRINT_PATCH_ENV_VAR: "0"}
+    for name in runtime.ray_train_environment():  # set in the driver, seen by the controller and its workers
+        assert name in ENV_VARS_TO_PROPAGATE
 
 
 @pytest.fixture
