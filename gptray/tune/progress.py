@@ -5,11 +5,17 @@ from __future__ import annotations
 from gptray.core.progress_bar import on_terminal, progress_bar
 
 
-def trial_bar_callbacks(total: int, stream=None) -> list:
-    """Tune callbacks for the sweep's RunConfig: a bar on a terminal; none elsewhere (a log file, CI, a
-    `ray job submit` job), where the sweep's log lines and Tune's status tables stay as they are."""
+def sweep_console(total: int, stream=None) -> dict:
+    """Tune RunConfig settings for the console: on a terminal, a bar of the sweep's `total` trials instead of
+    Tune's status tables (printed as they are, they would break the bar's line); elsewhere (a log file, CI, a
+    `ray job submit` job) nothing, so the sweep's log lines and Tune's tables stay as they are."""
     if not on_terminal(stream):
-        return []
+        return {}
+    return {"callbacks": trial_bar_callbacks(total, stream), "verbose": 0}
+
+
+def trial_bar_callbacks(total: int, stream=None) -> list:
+    """The Tune callback that draws the bar on the driver."""
     from ray.tune import Callback  # heavy
 
     class TrialBar(Callback):

@@ -29,7 +29,7 @@ from gptray.train.epochs import resolve_epochs
 from gptray.train.placement import plan_workers
 from gptray.train.pretrain import pretrain
 from gptray.tune.prepare import prepare_sweep_data
-from gptray.tune.progress import trial_bar_callbacks
+from gptray.tune.progress import sweep_console
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
             # Ray Train restarts a lost worker group: ray.max_failures.
             run_config=tune.RunConfig(name="tune", storage_path=sweep.directory,
                                       failure_config=tune.FailureConfig(max_failures=base.ray.max_failures),
-                                      callbacks=trial_bar_callbacks(len(sweep.trials))),
+                                      **sweep_console(len(sweep.trials))),
         )
     log.info("sweep %s: %d trial(s) (%s × %d seed(s)), up to %d at a time", base.name, len(sweep.trials),
              " × ".join(f"{k}[{len(v)}]" for k, v in spec.axes.items()), len(spec.seeds), concurrent)

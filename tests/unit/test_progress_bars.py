@@ -129,10 +129,12 @@ def test_log_lines_print_above_a_bar(monkeypatch):
 def test_sweep_shows_a_bar_of_trials_on_a_terminal():
     from ray import cloudpickle  # what Tune saves its state with
 
-    from gptray.tune.progress import trial_bar_callbacks
+    from gptray.tune.progress import sweep_console
 
     terminal = Terminal()
-    [callback] = trial_bar_callbacks(3, stream=terminal)
+    settings = sweep_console(3, stream=terminal)
+    assert settings["verbose"] == 0  # Tune's status tables would print through the bar
+    [callback] = settings["callbacks"]
     cloudpickle.dumps(callback)  # Tune saves its RunConfig before the sweep starts
     callback.setup(stop=None, num_samples=1, total_num_samples=3)
     callback.on_trial_complete(iteration=1, trials=[], trial=None)
@@ -144,9 +146,9 @@ def test_sweep_shows_a_bar_of_trials_on_a_terminal():
 
 
 def test_sweep_adds_nothing_elsewhere():
-    from gptray.tune.progress import trial_bar_callbacks
+    from gptray.tune.progress import sweep_console
 
-    assert trial_bar_callbacks(3, stream=io.StringIO()) == []
+    assert sweep_console(3, stream=io.StringIO()) == {}  # Tune's tables and callbacks as they were
 
 
 # Eval: a bar of batches for each task scored in this process (gptray/eval/runner.py).
