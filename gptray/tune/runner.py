@@ -22,7 +22,7 @@ from gptray.config import ExperimentConfig
 from gptray.core.cluster import DRIVER_RESOURCE, DRIVER_SHARE, Cluster, live_cluster
 from gptray.core.errors import ConfigError
 from gptray.core.paths import is_uri
-from gptray.core.runtime import configure_logging, init_ray
+from gptray.core.runtime import configure_logging, init_ray, use_ray_tune_settings
 from gptray.tracking import MlflowTracker
 from gptray.tracking.run_tracking import check_tracking_store
 from gptray.train.epochs import resolve_epochs
@@ -115,6 +115,7 @@ def concurrency(sweep: Sweep, cluster: Cluster, driver: dict[str, float]) -> tup
 
 
 def run_sweep(sweep: Sweep) -> SweepOutcome:
+    use_ray_tune_settings()
     from ray import tune
 
     base, spec = sweep.base, sweep.spec

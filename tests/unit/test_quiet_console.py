@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import pytest
 
@@ -68,3 +69,14 @@ def test_verbose_is_taken_before_or_after_the_command():
     assert parser.parse_args(["--verbose", "config"]).verbose
     assert parser.parse_args(["config", "--verbose"]).verbose
     assert not parser.parse_args(["config"]).verbose
+
+
+def test_ray_tune_warns_of_a_slow_controller_step_only_past_seconds(monkeypatch):
+    """Ray Tune's "may be a performance bottleneck" at 0.5 s fires on a busy small machine; a user's own
+    threshold still wins."""
+    monkeypatch.delenv("TUNE_WARN_THRESHOLD_S", raising=False)
+    runtime.use_ray_tune_settings()
+    assert float(os.environ["TUNE_WARN_THRESHOLD_S"]) == runtime.RAY_TUNE_SLOW_STEP_WARNING_S >= 5
+    monkeypatch.setenv("TUNE_WARN_THRESHOLD_S", "1")
+    runtime.use_ray_tune_settings()
+    assert os.environ["TUNE_WARN_THRESHOLD_S"] == "1"
