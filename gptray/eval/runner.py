@@ -58,15 +58,17 @@ def evaluate_in_process(model, prepared: PreparedTask, settings: EvalConfig, dev
     results: list[dict] = []
     report_every = max(len(chunks) // 10, 1)
     bar = progress_bar(len(chunks), prepared.label, "batch")  # on a terminal; else the lines below
-    with logs_above(bar):
-        for i, chunk in enumerate(chunks):
-            results += score_units(model, prepared.task.name, chunk, device, settings.precision)
-            if bar is not None:
-                bar.update(1)
-            elif (i + 1) % report_every == 0 or i + 1 == len(chunks):
-                log.info("%s: %d/%d batches", prepared.label, i + 1, len(chunks))
-    if bar is not None:
-        bar.close()
+    try:
+        with logs_above(bar):
+            for i, chunk in enumerate(chunks):
+                results += score_units(model, prepared.task.name, chunk, device, settings.precision)
+                if bar is not None:
+                    bar.update(1)
+                elif (i + 1) % report_every == 0 or i + 1 == len(chunks):
+                    log.info("%s: %d/%d batches", prepared.label, i + 1, len(chunks))
+    finally:
+        if bar is not None:
+            bar.close()
     return finish(prepared, results, started, f"this process ({device.type})")
 
 

@@ -69,7 +69,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        in_ray_worker=not config.ray.local_mode)
     try:
         _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer, bar)
-        bar.close()
+        bar.close()  # done before the final sample's generation
         if inputs.final_sample and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, inputs.tokenizer, inputs.run)
     finally:
