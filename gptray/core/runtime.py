@@ -16,6 +16,14 @@ VERBOSE_ENV = "GPTRAY_VERBOSE"
 # core_worker.cc ERROR line about its constructor arguments at every fit. An elastic run that checkpoints on
 # preemption needs it: set this True then (the environment variable, if a user sets it, still wins).
 RAY_TRAIN_PREEMPTION_WATCHER = False
+# Ray Train turns a worker's print() into a log record of its root logger. gptray's workers never print (they
+# log), but Ray's worker-side progress bars (progress_bar.ray_worker_bar: rank 0's bar of steps) are printed
+# state lines that the driver draws as a bar: logged, they arrive as empty lines and no bar is drawn.
+RAY_TRAIN_PRINT_PATCH = False
+# Ray Tune warns "The `on_step_begin` operation took 0.8 s, which may be a performance bottleneck" when a step of
+# its controller loop passes 0.5 s, which on a busy small machine happens in a sweep whose trials run minutes:
+# nothing a user can act on. Five seconds still flags a controller that really stalls.
+RAY_TUNE_SLOW_STEP_WARNING_S = 5.0
 # Ray Train logs every rank's every ray.train.report at INFO, the whole TrainingReport(...) with its metrics,
 # through a logger named by the path of this module (not under "ray.train", so LoggingConfig does not reach it).
 RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
@@ -28,7 +36,14 @@ def verbose() -> bool:
 
 def ray_train_environment() -> dict[str, str]:
     """The environment variables through which gptray sets Ray Train (its driver passes them to every worker)."""
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0"}
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0",
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "1" if RAY_TRAIN_PRINT_PATCH else "0"}
+
+
+def use_ray_tune_settings() -> None:
+    """Ray Tune's settings gptray runs with, as environment variables (a user's own still win); before Ray
+    Tune is first imported, which reads them then."""
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", str(RAY_TUNE_SLOW_STEP_WARNING_S))
 
 
 def configure_logging(level: int = logging.INFO) -> None:

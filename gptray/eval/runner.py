@@ -20,6 +20,7 @@ from gptray.config import EvalConfig
 from gptray.core.cluster import Cluster, Demand, check_fits, live_cluster
 from gptray.core.devices import autocast
 from gptray.core.errors import ConfigError
+from gptray.core.progress_bar import logs_above, progress_bar
 from gptray.eval.tasks import TASKS, PreparedTask, batches
 from gptray.generation.loading import load_model, resolve_device
 
@@ -56,10 +57,18 @@ def evaluate_in_process(model, prepared: PreparedTask, settings: EvalConfig, dev
     chunks = batches(prepared.units, settings.batch_size)
     results: list[dict] = []
     report_every = max(len(chunks) // 10, 1)
-    for i, chunk in enumerate(chunks):
-        results += score_units(model, prepared.task.name, chunk, device, settings.precision)
-        if (i + 1) % report_every == 0 or i + 1 == len(chunks):
-            log.info("%s: %d/%d batches", prepared.label, i + 1, len(chunks))
+    bar = progress_bar(len(chunks), prepared.label, "batch")  # on a terminal; else the lines below
+    try:
+        with logs_above(bar):
+            for i, chunk in enumerate(chunks):
+                results += score_units(model, prepared.task.name, chunk, device, settings.precision)
+                if bar is not None:
+                    bar.update(1)
+                elif (i + 1) % report_every == 0 or i + 1 == len(chunks):
+                    log.info("%s: %d/%d batches", prepared.label, i + 1, len(chunks))
+    finally:
+        if bar is not None:
+            bar.close()
     return finish(prepared, results, started, f"this process ({device.type})")
 
 

@@ -27,6 +27,7 @@ from gptray.train.checkpoint_writer import Written
 from gptray.train.engine import StepResult, TrainingEngine
 from gptray.train.numerics import StepGuard, describe_skip, global_batch_windows
 from gptray.train.preemption import PreemptionNotice
+from gptray.train.progress import StepBar
 from gptray.train.rewind import rewind
 from gptray.train.worker_inputs import WorkerInputs
 
@@ -67,12 +68,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tracker.log_metrics({"train/resume_peak_extra_mb": loading.extra_bytes / 1e6}, step=state.step)
     cadence = Cadence.of(config, engine.has_validation(), evaluator.interval if evaluator else None)
     system = _system_metrics(inputs, context)
+    bar = StepBar.open(inputs.progress_bar and rank == 0, state.step, config.train.max_steps,
+                       in_ray_worker=not config.ray.local_mode)
     try:
         _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer,
-               PreemptionNotice())
+               PreemptionNotice(), bar)
+        bar.close()  # done before the final sample's generation
         if inputs.final_sample and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, inputs.tokenizer, inputs.run)
     finally:
+        bar.close()
         system.stop()
         engine.train_data.close()
     if tracker is not None:
@@ -128,8 +133,10 @@ class _Throughput:
 
 def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfig, cadence: Cadence,
            checkpoints: CheckpointManager, evaluator: TrainingEvaluator | None, tracker: MlflowTracker | None,
-           history: MetricHistory | None, tokenizer, preemption: PreemptionNotice | None = None) -> None:
+           history: MetricHistory | None, tokenizer, preemption: PreemptionNotice | None = None,
+           bar: StepBar | None = None) -> None:
     """Optimizer steps to train.max_steps, with whatever each step makes due."""
+    bar = bar or StepBar()
     throughput = _Throughput()
     guard = StepGuard(config.train, state.skips)  # which steps are applied (numerics.py)
     largest = _LargestGradNorm()
@@ -141,6 +148,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         result = engine.train_step(state.step, guard)
         state.step += 1
         state.tokens_seen += engine.tokens_per_step
+        bar.at(state.step)
         throughput.add(result.data_seconds)
         largest.add(result)
         if not result.verdict.apply and engine.rank == 0:

@@ -21,6 +21,7 @@ from gptray.checkpoint.files import read_state
 from gptray.config import ExperimentConfig
 from gptray.core.cluster import Cluster, live_cluster
 from gptray.core.errors import Interrupted
+from gptray.core.progress_bar import on_terminal
 from gptray.core.runtime import init_ray
 from gptray.core.storage import Storage
 from gptray.data.manifest import Manifest
@@ -86,6 +87,7 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         tokenizer=tokenizer if config.train.sample_interval or sample else None, final_sample=sample,
         eval_tasks=training_payload(config, tokenizer),  # before the workers start: a missing file stops here
         init_checkpoint=base_for_run(config, tokenizer) if resume.checkpoint is None else None,
+        progress_bar=on_terminal(),
     )
     tracker = tracker if tracker is not None else start_run_tracking(config)
     if tracker is not None:

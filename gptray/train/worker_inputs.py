@@ -30,6 +30,7 @@ class WorkerInputs:
     init_checkpoint: Storage | None = None  # fine-tuning's base, on the run's first launch
     mlflow_run_id: str | None = None  # the MLflow run rank 0 logs to; None: no tracking
     tracking_uri: str | None = None
+    progress_bar: bool = False  # the driver is on a terminal: rank 0 shows a bar of steps there (train/progress.py)
 
     def as_loop_config(self) -> dict:
         """Ray Train's train_loop_config: one key, this value."""

@@ -22,13 +22,14 @@ from gptray.config import ExperimentConfig
 from gptray.core.cluster import DRIVER_RESOURCE, DRIVER_SHARE, Cluster, live_cluster
 from gptray.core.errors import ConfigError
 from gptray.core.paths import is_uri
-from gptray.core.runtime import configure_logging, init_ray
+from gptray.core.runtime import configure_logging, init_ray, use_ray_tune_settings
 from gptray.tracking import MlflowTracker
 from gptray.tracking.run_tracking import check_tracking_store
 from gptray.train.epochs import resolve_epochs
 from gptray.train.placement import plan_workers
 from gptray.train.pretrain import pretrain
 from gptray.tune.prepare import prepare_sweep_data
+from gptray.tune.progress import sweep_console
 from gptray.tune.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def concurrency(sweep: Sweep, cluster: Cluster, driver: dict[str, float]) -> tup
 
 
 def run_sweep(sweep: Sweep) -> SweepOutcome:
+    use_ray_tune_settings()
     from ray import tune
 
     base, spec = sweep.base, sweep.spec
@@ -176,7 +178,8 @@ def run_sweep(sweep: Sweep) -> SweepOutcome:
             # A trial whose driver's node is lost is tried again (from its checkpoints), as often as
             # Ray Train restarts a lost worker group: ray.max_failures.
             run_config=tune.RunConfig(name="tune", storage_path=sweep.directory,
-                                      failure_config=tune.FailureConfig(max_failures=base.ray.max_failures)),
+                                      failure_config=tune.FailureConfig(max_failures=base.ray.max_failures),
+                                      **sweep_console(len(sweep.trials))),
         )
     log.info("sweep %s: %d trial(s) (%s × %d seed(s)), up to %d at a time", base.name, len(sweep.trials),
              " × ".join(f"{k}[{len(v)}]" for k, v in spec.axes.items()), len(spec.seeds), concurrent)

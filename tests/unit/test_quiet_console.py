@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import pytest
 
@@ -14,10 +15,16 @@ REPORT = "Reporting training result 1: TrainingReport(checkpoint=None, metrics={
 
 
 def test_the_preemption_watcher_is_off_through_a_variable_ray_train_passes_to_its_controller():
-    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR, ENV_VARS_TO_PROPAGATE
+    from ray.train.v2._internal.constants import (
+        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+        ENABLE_PRINT_PATCH_ENV_VAR,
+        ENV_VARS_TO_PROPAGATE,
+    )
 
-    assert runtime.ray_train_environment() == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0"}
-    assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ENV_VARS_TO_PROPAGATE  # set in the driver, seen by the controller
+    # and print() left as print in the workers: rank 0's progress bar travels as printed lines
+    assert runtime.ray_train_environment() == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0", ENABLE_PRINT_PATCH_ENV_VAR: "0"}
+    for name in runtime.ray_train_environment():  # set in the driver, seen by the controller and its workers
+        assert name in ENV_VARS_TO_PROPAGATE
 
 
 @pytest.fixture
@@ -62,3 +69,14 @@ def test_verbose_is_taken_before_or_after_the_command():
     assert parser.parse_args(["--verbose", "config"]).verbose
     assert parser.parse_args(["config", "--verbose"]).verbose
     assert not parser.parse_args(["config"]).verbose
+
+
+def test_ray_tune_warns_of_a_slow_controller_step_only_past_seconds(monkeypatch):
+    """Ray Tune's "may be a performance bottleneck" at 0.5 s fires on a busy small machine; a user's own
+    threshold still wins."""
+    monkeypatch.delenv("TUNE_WARN_THRESHOLD_S", raising=False)
+    runtime.use_ray_tune_settings()
+    assert float(os.environ["TUNE_WARN_THRESHOLD_S"]) == runtime.RAY_TUNE_SLOW_STEP_WARNING_S >= 5
+    monkeypatch.setenv("TUNE_WARN_THRESHOLD_S", "1")
+    runtime.use_ray_tune_settings()
+    assert os.environ["TUNE_WARN_THRESHOLD_S"] == "1"
