@@ -12,9 +12,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
 # to the job: `ray job submit --runtime-env-json '{"env_vars": {"GPTRAY_VERBOSE": "1"}}'`).
 VERBOSE_ENV = "GPTRAY_VERBOSE"
 # Ray Train's preemption watcher: an actor per run that tells workers their node is being drained (a spot
-# reclaim) through ray.train.get_preemption_info(). gptray reads nothing from it yet, and starting it logs a
-# core_worker.cc ERROR line about its constructor arguments at every fit. An elastic run that checkpoints on
-# preemption needs it: set this True then (the environment variable, if a user sets it, still wins).
+# reclaim) through ray.train.get_preemption_info(). Starting it logs a core_worker.cc ERROR line about its
+# constructor arguments at every fit, so only an elastic run (ray.num_workers: [min, max]), which checkpoints on
+# its notice, starts it; True starts it for every run (the environment variable, if a user sets it, still wins).
 RAY_TRAIN_PREEMPTION_WATCHER = False
 # Ray Train turns a worker's print() into a log record of its root logger. gptray's workers never print (they
 # log), but Ray's worker-side progress bars (progress_bar.ray_worker_bar: rank 0's bar of steps) are printed
@@ -34,9 +34,12 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-def ray_train_environment() -> dict[str, str]:
-    """The environment variables through which gptray sets Ray Train (its driver passes them to every worker)."""
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if RAY_TRAIN_PREEMPTION_WATCHER else "0",
+def ray_train_environment(elastic: bool = False) -> dict[str, str]:
+    """The environment variables through which gptray sets Ray Train (its driver passes them to every worker).
+    An elastic run (ray.num_workers: [min, max], typically on spot nodes) gets the preemption watcher: its
+    notice is when the loop checkpoints before a node goes (gptray/train/preemption.py)."""
+    watcher = RAY_TRAIN_PREEMPTION_WATCHER or elastic
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if watcher else "0",
             "RAY_TRAIN_ENABLE_PRINT_PATCH": "1" if RAY_TRAIN_PRINT_PATCH else "0"}
 
 
@@ -82,7 +85,7 @@ def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None, elastic: bool = False) -> None:
     """Connect to Ray as `ray.address` and `ray.num_cpus` say, unless this process already is.
 
     address null: join the cluster this process belongs to (`ray job submit`, RAY_ADDRESS, or a
@@ -91,7 +94,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """
     import ray
 
-    for name, value in ray_train_environment().items():  # before any TorchTrainer: Ray Train reads them from here
+    for name, value in ray_train_environment(elastic).items():  # before any TorchTrainer: Ray Train reads them here
         os.environ.setdefault(name, value)
     if ray.is_initialized():
         return

@@ -113,7 +113,7 @@ def _plan(config: ExperimentConfig) -> tuple[WorkerPlan | None, Cluster | None]:
     local mode (ray.num_workers=0), which trains in this process."""
     if config.ray.local_mode:
         return None, None
-    init_ray(config.ray.address, config.ray.num_cpus)
+    init_ray(config.ray.address, config.ray.num_cpus, elastic=config.ray.elastic)
     cluster = live_cluster(config.ray.autoscaling)
     plan = plan_workers(config.ray, cluster, f"run {config.name}")  # refuses what can never fit, before any work
     check_tracking_store(config, cluster)

@@ -25,6 +25,8 @@ def test_the_preemption_watcher_is_off_through_a_variable_ray_train_passes_to_it
     assert runtime.ray_train_environment() == {ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0", ENABLE_PRINT_PATCH_ENV_VAR: "0"}
     for name in runtime.ray_train_environment():  # set in the driver, seen by the controller and its workers
         assert name in ENV_VARS_TO_PROPAGATE
+    # an elastic run checkpoints on the watcher's notice of a node about to go: it starts the watcher
+    assert runtime.ray_train_environment(elastic=True)[ENABLE_PREEMPTION_WATCHER_ENV_VAR] == "1"
 
 
 @pytest.fixture
