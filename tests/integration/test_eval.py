@@ -325,20 +325,29 @@ def harness_hellaswag_yaml(root: Path, data: Path) -> Path:
 
 
 def test_gptrays_hellaswag_and_the_harness_hellaswag_on_the_same_examples(memorizer, tmp_path):
-    """Same acc and acc_norm on these examples, although the harness reads each context as "<activity
-    label>: <ctx_a> <Ctx_b>" and normalizes by an ending's bytes where gptray reads ctx and normalizes by
-    its tokens (README, "lm-evaluation-harness tasks")."""
+    """The harness reads an example's context as "<activity_label>: <ctx_a> <Ctx_b>", gptray reads `ctx`;
+    the harness's acc_norm divides an ending's log-likelihood by its characters, gptray's by its tokens
+    (README, "lm-evaluation-harness tasks"). Given the context the harness reads, gptray's losses give the
+    harness's acc, and its acc_norm once divided by characters."""
     _, checkpoint = memorizer
     write_hellaswag(tmp_path / "hs.jsonl")
+    examples = [json.loads(line) for line in (tmp_path / "hs.jsonl").read_text().splitlines()]
+    with open(tmp_path / "as_read.jsonl", "w") as out:  # the same examples, ctx as the harness reads it
+        for example in examples:
+            out.write(json.dumps({**example, "ctx": f"{example['activity_label']}: {example['ctx_a']}"}) + "\n")
     tasks = harness_hellaswag_yaml(tmp_path / "tasks", tmp_path / "hs.jsonl")
-    config = eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hs.jsonl", "eval.tasks=[hellaswag, hellaswag_local]",
-                         f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0")
-    report = evaluate_checkpoint(checkpoint, config)
+    harness = [f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0"]
+    report = evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.hellaswag={tmp_path}/as_read.jsonl",
+                                                         "eval.tasks=[hellaswag, hellaswag_local]", *harness))
     ours, theirs = report.tasks
     assert theirs.label == "lm_eval/hellaswag_local" and theirs.metrics["examples"] == 6
-    assert ours.metrics["acc_norm"] == pytest.approx(4 / 6)
-    assert theirs.metrics["acc_norm"] == pytest.approx(ours.metrics["acc_norm"])
     assert theirs.metrics["acc"] == pytest.approx(ours.metrics["acc"])
+    by_characters = [int(np.argmin(np.array(r["losses"]) / [len(e) for e in example["endings"]])) == r["label"]
+                     for r, example in zip(ours.results, examples)]
+    assert theirs.metrics["acc_norm"] == pytest.approx(np.mean(by_characters))
+    own = evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hs.jsonl",
+                                                      "eval.tasks=[hellaswag]"))
+    assert own.tasks[0].metrics["acc_norm"] == pytest.approx(4 / 6)  # on its own reading: the sentences it knows
 
 
 @pytest.mark.slow
