@@ -55,7 +55,8 @@ def register(commands) -> None:
 
 
 def cmd_eval(args) -> int:
-    from gptray.eval import evaluate_checkpoint, format_table, log_report
+    from gptray.eval.evaluate import evaluate_checkpoint
+    from gptray.eval.report import format_table, log_report
 
     # The options are shorthands for eval.* settings; key=value overrides beat them.
     options = {"eval.tasks": args.task or (["perplexity"] if args.text else None), "eval.text_files": args.text,

@@ -10,6 +10,8 @@ from gptray.checkpoint.files import find_checkpoint, has_weights, local_checkpoi
 from gptray.config import ExperimentConfig, ModelConfig
 from gptray.core.errors import CheckpointError, ConfigError
 from gptray.core.runtime import init_ray
+from gptray.eval.harness_model import GptrayLM
+from gptray.eval.harness_pool import RayScorer
 from gptray.eval.harness_tasks import check_tasks, evaluate_harness, harness_task_name, task_manager
 from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
 from gptray.eval.tasks import PreparedTask, prepare
@@ -107,13 +109,9 @@ def evaluate_checkpoint(checkpoint: str | Path, config: ExperimentConfig) -> Eva
 def harness_model(directory: Path, config: ExperimentConfig, model=None, device=None):
     """The checkpoint as a harness model: scoring over the Ray Data actor pool with eval.distributed, else
     with the model already loaded in this process."""
-    from gptray.eval.harness_model import GptrayLM
-
     tokenizer = checkpoint_tokenizer(directory, config.data.tokenizer)
     block_size = ModelConfig.from_saved(read_state(directory).model).block_size
     if config.eval.distributed:
-        from gptray.eval.harness_pool import RayScorer
-
         scorer = RayScorer(directory, config.eval, config.ray.autoscaling, seed=config.eval.seed)
         return GptrayLM(scorer=scorer, tokenizer=tokenizer, block_size=block_size)
     return GptrayLM.from_model(model, tokenizer, device, config.eval.batch_size, config.eval.precision,

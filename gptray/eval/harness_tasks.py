@@ -9,6 +9,9 @@ import math
 import time
 from pathlib import Path
 
+from lm_eval import evaluator
+from lm_eval.tasks import TaskManager
+
 from gptray.config import EvalConfig
 from gptray.config.schema import EVAL_TASKS, HARNESS_PREFIX
 from gptray.core.errors import ConfigError
@@ -39,8 +42,6 @@ def task_manager(settings: EvalConfig, names: list[str] | None = None):
 @functools.lru_cache(maxsize=8)
 def _index(include: tuple[str, ...], defaults: bool):
     """One index per set of directories in a process (a task YAML edited meanwhile is not seen again)."""
-    from lm_eval.tasks import TaskManager
-
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
@@ -55,8 +56,6 @@ def check_tasks(names: list[str], manager) -> None:
 
 def run_tasks(lm, names: list[str], settings: EvalConfig, manager=None) -> dict:
     """The harness's results (its JSON-able dict, without per-sample logs) of `names` on the model `lm`."""
-    from lm_eval import evaluator
-
     manager = manager or task_manager(settings, names)
     check_tasks(names, manager)
     results = evaluator.simple_evaluate(model=lm, tasks=list(names), num_fewshot=settings.num_fewshot,

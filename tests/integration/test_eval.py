@@ -18,7 +18,7 @@ from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, ModelConfig
 from gptray.core.errors import CheckpointError, ConfigError, DataError
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
-from gptray.eval import evaluate_checkpoint
+from gptray.eval.evaluate import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
 from gptray.model import GPT

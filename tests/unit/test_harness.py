@@ -155,3 +155,20 @@ def test_rolling_log_likelihood_is_the_sum_over_disjoint_windows():
             targets = torch.tensor(window[-n:])
             expected += float(logprobs[-n:].gather(1, targets[:, None]).sum())
     assert math.isclose(total, expected, abs_tol=1e-4)
+
+
+def test_runs_are_compared_by_any_evaluation_metric():
+    from gptray.tracking.compare import RunRecord, check_metric, summarize
+
+    check_metric("eval/lm_eval/arc_easy/acc", "sweep.metric")
+    check_metric("best_val_loss", "sweep.metric")
+    with pytest.raises(ConfigError, match="eval/<task>/<measure>") as caught:
+        check_metric("eval/acc", "sweep.metric")
+    assert caught.value.key == "sweep.metric"
+    key = "eval/lm_eval/arc_easy/acc"
+    records = [RunRecord("a", "a", "rmsnorm", 0, "FINISHED", metrics={key: 0.40}),
+               RunRecord("b", "b", "rmsnorm", 1, "FINISHED", metrics={key: 0.42}),
+               RunRecord("c", "c", "layernorm", 0, "FINISHED", metrics={key: 0.35}),
+               RunRecord("d", "d", "layernorm", 1, "FINISHED", metrics={})]  # never evaluated: left out
+    rms, layer = summarize(records, key, baseline="layernorm")
+    assert rms.mean == pytest.approx(0.41) and layer.n == 1 and rms.diff == pytest.approx(0.06)
