@@ -196,7 +196,7 @@ def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
     with pytest.raises(ConfigError, match="block_size"):
         evaluate_checkpoint(checkpoint, eval_config(tmp_path, "eval.max_length=65", f"eval.text_files=[{tmp_path}/x]"))
     with pytest.raises(ConfigError) as info:
-        eval_config(tmp_path, "eval.tasks=[lambada]")
+        eval_config(tmp_path, "eval.tasks=['lambada openai']")  # not a task name (a harness name is checked later)
     assert info.value.key == "eval.tasks[0]"
     with pytest.raises(DataError, match="missing manifest.json"):  # perplexity on a dataset that is not there
         evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.dataset_dir={tmp_path}/nothing"))
