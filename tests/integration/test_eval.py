@@ -5,6 +5,7 @@ during training."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -358,7 +359,9 @@ def test_harness_tasks_over_two_actors_equal_one_process_and_go_to_mlflow(memori
     from gptray.tracking.compare import load_runs, summarize
     from harness_fixtures import TASKS, write_tasks
 
-    _, checkpoint = memorizer
+    # a copy with no training run beside it (another test records one beside the memorizer's): a new run
+    checkpoint = tmp_path / "runs" / "copy" / memorizer[1].name
+    shutil.copytree(memorizer[1], checkpoint)
     tasks = write_tasks(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     settings = [f"out_dir={tmp_path}", f"tracking.uri={uri}", "tracking.experiment=evals", "eval.bootstrap_iters=0",
