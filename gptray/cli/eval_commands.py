@@ -9,7 +9,8 @@ from gptray.cli.common import EXIT_OK, add_command, load_experiment, log, print_
 
 
 def register(commands) -> None:
-    sub = add_command(commands, "eval", "evaluate a checkpoint: HellaSwag, perplexity (Ray Data actor pool)", """\
+    sub = add_command(commands, "eval", "evaluate a checkpoint: HellaSwag, perplexity, lm-evaluation-harness tasks",
+                      """\
         Evaluate a checkpoint (a checkpoint directory, a run directory's latest, or by default out_dir/name's)
         on eval.tasks, with the tokenizer its run used:
           hellaswag   completion style: acc (lowest total loss of an ending) and acc_norm (lowest loss per
@@ -18,6 +19,10 @@ def register(commands) -> None:
           perplexity  loss, perplexity and bits per byte (bpb: compares across tokenizers) over the token
                       dataset's eval.split (the checkpoint's run's dataset unless eval.dataset_dir), or
                       over --text files: sliding windows of eval.max_length tokens every eval.stride
+          any other   an lm-evaluation-harness task, group or tag (arc_easy, piqa, lambada_openai, …;
+                      lm_eval/hellaswag for the harness's HellaSwag), run on gptray's own model with
+                      eval.num_fewshot and eval.limit; local task YAMLs from eval.harness_include. Its
+                      metrics are eval/lm_eval/<task>/<measure>; its results JSON goes to MLflow too
 
         Examples are scored by a Ray Data actor pool (map_batches with one model per actor: one per GPU,
         else one per CPU but one); --local scores them in this process instead. Results print as a
@@ -28,13 +33,20 @@ def register(commands) -> None:
           gptray eval --checkpoint runs/quickstart --task perplexity
           gptray model import --hf openai-community/gpt2 --out checkpoints/gpt2
           gptray eval --checkpoint checkpoints/gpt2 --task hellaswag     # acc_norm 0.2955 for GPT-2 124M
-          gptray eval --checkpoint checkpoints/gpt2 --text book.txt eval.max_length=1024 eval.stride=512""")
+          gptray eval --checkpoint checkpoints/gpt2 --text book.txt eval.max_length=1024 eval.stride=512
+          gptray eval --checkpoint checkpoints/gpt2 --task lm_eval/hellaswag --task lambada_openai""")
     sub.add_argument("--checkpoint", metavar="PATH", help="checkpoint or run directory (default: out_dir/name)")
-    sub.add_argument("--task", action="append", choices=["hellaswag", "perplexity"],
-                     help="task to run; repeat for several (default: eval.tasks, or perplexity with --text)")
+    sub.add_argument("--task", action="append", metavar="TASK",
+                     help="hellaswag, perplexity or an lm-evaluation-harness task; repeat for several (default: "
+                          "eval.tasks, or perplexity with --text)")
     sub.add_argument("--text", action="append", metavar="FILE", help="perplexity over this text file (repeatable)")
     sub.add_argument("--hellaswag", metavar="PATH_OR_URL", help="hellaswag_val.jsonl (default: eval.hellaswag)")
     sub.add_argument("--limit", type=int, metavar="N", help="at most N examples or windows per task")
+    sub.add_argument("--num-fewshot", type=int, metavar="K",
+                     help="harness tasks: K examples before each question (default: eval.num_fewshot, else the "
+                          "task's own)")
+    sub.add_argument("--include", action="append", metavar="DIR",
+                     help="a directory of local harness task YAMLs (repeatable; default: eval.harness_include)")
     sub.add_argument("--local", action="store_true", help="score in this process, without Ray")
     sub.add_argument("--run", metavar="RUN_ID", help="MLflow run to log to (default: the checkpoint's training run)")
     sub.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -43,11 +55,13 @@ def register(commands) -> None:
 
 
 def cmd_eval(args) -> int:
-    from gptray.eval import evaluate_checkpoint, format_table, log_report
+    from gptray.eval.evaluate import evaluate_checkpoint
+    from gptray.eval.report import format_table, log_report
 
     # The options are shorthands for eval.* settings; key=value overrides beat them.
     options = {"eval.tasks": args.task or (["perplexity"] if args.text else None), "eval.text_files": args.text,
-               "eval.hellaswag": args.hellaswag, "eval.limit": args.limit,
+               "eval.hellaswag": args.hellaswag, "eval.limit": args.limit, "eval.num_fewshot": args.num_fewshot,
+               "eval.harness_include": args.include,
                "eval.distributed": False if args.local else None}
     config = load_experiment(args, settings={key: value for key, value in options.items() if value is not None})
     report = evaluate_checkpoint(args.checkpoint or config.run_dir, config)

@@ -34,7 +34,8 @@ def register(commands) -> None:
     sub.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: the config's)")
     sub.add_argument("--metric", help="best_val_loss (default), final_val_loss, best_val_bpb, final_val_bpb "
                                       "(bits per byte: compares runs with different tokenizers), final_train_loss, "
-                                      "best_train_loss")
+                                      "best_train_loss, or an evaluation's eval/<task>/<measure> (its latest value: "
+                                      "eval/hellaswag/acc_norm, eval/lm_eval/arc_easy/acc)")
     sub.add_argument("--baseline", metavar="GROUP", help="the group others are compared with (default: the sweep's)")
     sub.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     sub.add_argument("--plot", metavar="DIR", help="write summaries, PNG plots and results.{jsonl,csv} to DIR "

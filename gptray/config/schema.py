@@ -329,29 +329,42 @@ HELLASWAG_VAL_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/a29ff8e
 class EvalConfig:
     """`gptray eval` on a checkpoint, and the tasks evaluated during training."""
 
-    tasks: list[str] = field(default_factory=lambda: ["perplexity"])  # hellaswag, perplexity
+    # gptray's own (hellaswag, perplexity), or lm-evaluation-harness tasks by name (arc_easy, lambada_openai, …;
+    # lm_eval/NAME for a harness task gptray has one of its own by the same name: lm_eval/hellaswag)
+    tasks: list[str] = field(default_factory=lambda: ["perplexity"])
     hellaswag: str = HELLASWAG_VAL_URL  # hellaswag_val.jsonl: a local path, or a URL downloaded once to the cache
     text_files: list[str] = field(default_factory=list)  # perplexity over these files instead of the token dataset
     dataset_dir: str | None = None  # token dataset for perplexity; null: the checkpoint's run's data.dataset_dir
     split: str = "val"  # its split
     max_length: int | None = None  # perplexity window (input tokens); null: the model's block_size
     stride: int | None = None  # perplexity window step; null: max_length / 2
-    limit: int | None = None  # at most this many examples (HellaSwag) or windows (perplexity) per task
+    limit: int | None = None  # at most this many examples (HellaSwag, harness tasks) or windows (perplexity) per task
     batch_size: int = 4  # examples (all their endings) or windows per forward pass
     distributed: bool = True  # a Ray Data actor pool; false: in this process
     num_actors: int | None = None  # null: one per GPU, else one per CPU but one (at least 1), at most the batches
     cpus_per_actor: float = 1.0  # also the torch threads of each CPU actor
     device: str = "auto"  # auto: a GPU where there is one; cpu; cuda
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the forward passes
-    train_tasks: list[str] = field(default_factory=list)  # evaluated during training, logged to the run
+    num_fewshot: int | None = None  # harness tasks: examples shown before each question; null: each task's default
+    harness_include: list[str] = field(default_factory=list)  # directories of local harness task YAMLs (offline)
+    bootstrap_iters: int = 100000  # harness tasks: bootstrap resamples for stderrs of non-mean metrics; 0: none
+    seed: int = 1234  # harness tasks: few-shot sampling and other randomness (the harness's default)
+    train_tasks: list[str] = field(default_factory=list)  # gptray's own, evaluated during training, logged to the run
     train_interval: int | None = None  # every N steps (and at the last); null: train.eval_interval
     train_limit: int | None = None  # examples or windows per task during training; null: eval.limit
 
     def validate(self) -> None:
         """Check every eval setting; raise ConfigError naming the key."""
-        for key in ("tasks", "train_tasks"):
-            for i, task in enumerate(getattr(self, key)):
-                require(task in EVAL_TASKS, f"eval.{key}[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+        for i, task in enumerate(self.tasks):
+            require(task in EVAL_TASKS or bool(HARNESS_TASK.fullmatch(task)), f"eval.tasks[{i}]",
+                    f"must be one of {', '.join(EVAL_TASKS)} or an lm-evaluation-harness task name", task)
+        for i, task in enumerate(self.train_tasks):
+            require(task in EVAL_TASKS, f"eval.train_tasks[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+        require(self.num_fewshot is None or self.num_fewshot >= 0, "eval.num_fewshot", "must be >= 0 or null",
+                self.num_fewshot)
+        require(self.bootstrap_iters >= 0, "eval.bootstrap_iters", "must be >= 0", self.bootstrap_iters)
+        for i, path in enumerate(self.harness_include):
+            require(bool(path), f"eval.harness_include[{i}]", "must be a directory", path)
         require(bool(self.tasks), "eval.tasks", "must name at least one task", self.tasks)
         require(bool(self.hellaswag), "eval.hellaswag", "must be a path or URL", self.hellaswag)
         for key in ("max_length", "stride", "limit", "num_actors", "train_interval", "train_limit"):
@@ -364,7 +377,8 @@ class EvalConfig:
         require(self.cpus_per_actor > 0, "eval.cpus_per_actor", "must be positive", self.cpus_per_actor)
         require(bool(self.split), "eval.split", "must name a split", self.split)
         for key, value in [("hellaswag", self.hellaswag), ("dataset_dir", self.dataset_dir),
-                           *((f"text_files[{i}]", path) for i, path in enumerate(self.text_files))]:
+                           *((f"text_files[{i}]", path) for i, path in enumerate(self.text_files)),
+                           *((f"harness_include[{i}]", path) for i, path in enumerate(self.harness_include))]:
             no_credentials(f"eval.{key}", value)
 
 
@@ -487,7 +501,9 @@ BaseModelReader = Callable[[ExperimentConfig], ModelConfig]
 HF_PREFIX = "hf:"  # train.init_from=hf:NAME: a model on the Hugging Face Hub
 
 
-EVAL_TASKS = ("hellaswag", "perplexity")
+EVAL_TASKS = ("hellaswag", "perplexity")  # gptray's own; any other name in eval.tasks is a harness task
+HARNESS_PREFIX = "lm_eval/"  # eval.tasks=[lm_eval/hellaswag]: the harness's task, not gptray's own
+HARNESS_TASK = re.compile(rf"({re.escape(HARNESS_PREFIX)})?[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

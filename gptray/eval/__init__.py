@@ -1,7 +1,6 @@
-"""Evaluating checkpoints: HellaSwag and perplexity, in process, over a Ray Data actor pool, or during training."""
+"""Evaluating checkpoints: HellaSwag, perplexity and lm-evaluation-harness tasks, in process, over a Ray Data actor
+pool, or during training.
 
-from gptray.eval.evaluate import EvalReport, evaluate_checkpoint
-from gptray.eval.report import format_table, log_report
-from gptray.eval.tasks import TASKS, prepare
-
-__all__ = ["TASKS", "EvalReport", "evaluate_checkpoint", "format_table", "log_report", "prepare"]
+Import from the modules (`gptray.eval.evaluate`, `gptray.eval.report`): this package imports nothing, so that
+training, which imports `gptray.eval.training`, does not import the harness (lm_eval, seconds to import).
+"""

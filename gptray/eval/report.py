@@ -82,6 +82,10 @@ def log_report(report: EvalReport, config: ExperimentConfig, run_id: str | None 
         path = Path(tmp) / f"eval_step_{report.step:08d}.json"
         path.write_text(json.dumps(report.to_dict(details=True), indent=1))
         tracker.log_artifact(str(path))
+        if report.harness is not None:  # the harness's own results file, as `lm-eval --output_path` writes it
+            harness = Path(tmp) / f"lm_eval_results_step_{report.step:08d}.json"
+            harness.write_text(json.dumps(report.harness, indent=1, default=str))
+            tracker.log_artifact(str(harness))
     if target.created:
         tracker.finish("FINISHED")
     else:

@@ -28,7 +28,19 @@ METRICS = {
     "final_train_loss": ("train/loss", "last"),
     "best_train_loss": ("train/loss", "min"),
 }
+EVALUATION_PREFIX = "eval/"  # any evaluation metric (eval/<task>/<measure>, its last value) is also comparable
 CONFIDENCE = 0.95
+
+
+def is_metric(name: str) -> bool:
+    """A metric runs can be compared by: one of METRICS, or an evaluation's eval/<task>/<measure>."""
+    return name in METRICS or (name.startswith(EVALUATION_PREFIX) and name.count("/") >= 2)
+
+
+def check_metric(name: str, key: str) -> None:
+    if not is_metric(name):
+        raise ConfigError(key, f"unknown metric {name!r}; choose from {', '.join(METRICS)}, or an evaluation's "
+                               f"eval/<task>/<measure> (eval/lm_eval/arc_easy/acc)")
 
 
 @dataclass
@@ -144,6 +156,8 @@ def _record(client, run) -> RunRecord:
         if key not in histories:
             histories[key] = client.get_metric_history(run.info.run_id, key) if key in run.data.metrics else []
         metrics[name] = metric_value(histories[key], reduce)
+    # evaluations (gptray eval, harness tasks): the latest value MLflow keeps of each
+    metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith(EVALUATION_PREFIX)})
     if histories.get("train/loss"):
         steps = max(m.step for m in histories["train/loss"])
     seed = tags.get("gptray.sweep.seed")
@@ -161,8 +175,7 @@ def summarize(records: list[RunRecord], metric: str, baseline: str | None = None
     and `seeds`: a sweep's groups and its seeds per group, so that trials that never ran are counted."""
     from scipy import stats
 
-    if metric not in METRICS:
-        raise ConfigError("--metric", f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    check_metric(metric, "--metric")
     groups: dict[str, list[RunRecord]] = {label: [] for label in labels or [] if label}
     for record in records:
         groups.setdefault(record.label, []).append(record)
@@ -172,7 +185,8 @@ def summarize(records: list[RunRecord], metric: str, baseline: str | None = None
         raise ConfigError("--baseline", f"{baseline!r} is none of the groups: {', '.join(groups)}")
 
     def values_of(label: str) -> list[float]:
-        return [r.metrics[metric] for r in groups[label] if r.status == "FINISHED" and r.metrics[metric] is not None]
+        return [r.metrics[metric] for r in groups[label]
+                if r.status == "FINISHED" and r.metrics.get(metric) is not None]
 
     base_values = values_of(baseline)
     summaries = []

@@ -38,7 +38,7 @@ from gptray.config.loader import build, deep_merge, parse_override
 from gptray.config.model import ModelConfig
 from gptray.core.errors import ConfigError
 from gptray.model.gpt import count_parameters
-from gptray.tracking.compare import METRICS
+from gptray.tracking.compare import check_metric
 from gptray.train.finetune import base_model_reader, load_run_config
 from gptray.train.flops import flops_per_token
 
@@ -52,7 +52,8 @@ class SweepConfig:
     # every trial trains this many FLOPs (its max_steps follows, once its dataset sets its vocabulary)
     budget_flops: float | None = None
     baseline: str | None = None  # the group other groups are compared with; default: the first
-    metric: str = "best_val_loss"  # what `gptray compare` ranks by (see gptray/tracking/compare.py)
+    # what `gptray compare` ranks by (gptray/tracking/compare.py), or eval/<task>/<measure> of `gptray eval`
+    metric: str = "best_val_loss"
     scheduler: Literal["none", "asha"] = "none"  # asha: stop poor trials early (searches, not ablations)
     asha_metric: str = "train_loss"  # a metric reported with each checkpoint
     asha_grace_reports: int = 2  # checkpoint reports every trial gets before ASHA may stop it
@@ -176,8 +177,7 @@ def _validate(spec: SweepConfig) -> None:
                                                 "compute), not both")
     if spec.max_concurrent_trials is not None and spec.max_concurrent_trials < 1:
         raise ConfigError("sweep.max_concurrent_trials", f"must be >= 1 (got {spec.max_concurrent_trials})")
-    if spec.metric not in METRICS:
-        raise ConfigError("sweep.metric", f"unknown metric {spec.metric!r}; choose from {', '.join(METRICS)}")
+    check_metric(spec.metric, "sweep.metric")
     if spec.asha_grace_reports < 1:
         raise ConfigError("sweep.asha_grace_reports", f"must be >= 1 (got {spec.asha_grace_reports})")
 

@@ -5,6 +5,7 @@ during training."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from gptray.cli.main import main
 from gptray.config import DataConfig, ExperimentConfig, ModelConfig
 from gptray.core.errors import CheckpointError, ConfigError, DataError
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
-from gptray.eval import evaluate_checkpoint
+from gptray.eval.evaluate import evaluate_checkpoint
 from gptray.eval.hellaswag import read_examples
 from gptray.eval.perplexity import sliding_windows
 from gptray.model import GPT
@@ -196,7 +197,7 @@ def test_bad_evaluation_input_names_the_problem(memorizer, tmp_path):
     with pytest.raises(ConfigError, match="block_size"):
         evaluate_checkpoint(checkpoint, eval_config(tmp_path, "eval.max_length=65", f"eval.text_files=[{tmp_path}/x]"))
     with pytest.raises(ConfigError) as info:
-        eval_config(tmp_path, "eval.tasks=[lambada]")
+        eval_config(tmp_path, "eval.tasks=['lambada openai']")  # not a task name (a harness name is checked later)
     assert info.value.key == "eval.tasks[0]"
     with pytest.raises(DataError, match="missing manifest.json"):  # perplexity on a dataset that is not there
         evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.dataset_dir={tmp_path}/nothing"))
@@ -309,3 +310,80 @@ def test_the_run_directory_of_a_checkpoint_keeps_a_uris_settings():
     assert parent("s3://bucket/runs/x/checkpoint_00000004/") == "s3://bucket/runs/x"
     assert parent("s3://bucket/runs/x/checkpoint_00000004?endpoint_override=http://127.0.0.1:9000") \
         == "s3://bucket/runs/x?endpoint_override=http://127.0.0.1:9000"
+
+
+def harness_hellaswag_yaml(root: Path, data: Path) -> Path:
+    """The harness's own hellaswag task (its preprocessing, its metrics) reading a local jsonl file."""
+    import lm_eval
+
+    official = Path(lm_eval.__file__).parent / "tasks" / "hellaswag" / "hellaswag.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "hellaswag_local.yaml").write_text(
+        f"include: {official}\ntask: hellaswag_local\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    validation: {data}\ntraining_split: null\n"
+        "validation_split: validation\n")
+    return root
+
+
+def test_gptrays_hellaswag_and_the_harness_hellaswag_on_the_same_examples(memorizer, tmp_path):
+    """The harness reads an example's context as "<activity_label>: <ctx_a> <Ctx_b>", gptray reads `ctx`;
+    the harness's acc_norm divides an ending's log-likelihood by its characters, gptray's by its tokens
+    (README, "lm-evaluation-harness tasks"). Given the context the harness reads, gptray's losses give the
+    harness's acc, and its acc_norm once divided by characters."""
+    _, checkpoint = memorizer
+    write_hellaswag(tmp_path / "hs.jsonl")
+    examples = [json.loads(line) for line in (tmp_path / "hs.jsonl").read_text().splitlines()]
+    with open(tmp_path / "as_read.jsonl", "w") as out:  # the same examples, ctx as the harness reads it
+        for example in examples:
+            out.write(json.dumps({**example, "ctx": f"{example['activity_label']}: {example['ctx_a']}"}) + "\n")
+    tasks = harness_hellaswag_yaml(tmp_path / "tasks", tmp_path / "hs.jsonl")
+    harness = [f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0"]
+    report = evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.hellaswag={tmp_path}/as_read.jsonl",
+                                                         "eval.tasks=[hellaswag, hellaswag_local]", *harness))
+    ours, theirs = report.tasks
+    assert theirs.label == "lm_eval/hellaswag_local" and theirs.metrics["examples"] == 6
+    assert theirs.metrics["acc"] == pytest.approx(ours.metrics["acc"])
+    by_characters = [int(np.argmin(np.array(r["losses"]) / [len(e) for e in example["endings"]])) == r["label"]
+                     for r, example in zip(ours.results, examples)]
+    assert theirs.metrics["acc_norm"] == pytest.approx(np.mean(by_characters))
+    own = evaluate_checkpoint(checkpoint, eval_config(tmp_path, f"eval.hellaswag={tmp_path}/hs.jsonl",
+                                                      "eval.tasks=[hellaswag]"))
+    assert own.tasks[0].metrics["acc_norm"] == pytest.approx(4 / 6)  # on its own reading: the sentences it knows
+
+
+@pytest.mark.slow
+def test_harness_tasks_over_two_actors_equal_one_process_and_go_to_mlflow(memorizer, ray_session, tmp_path,
+                                                                         capsys):
+    from mlflow.tracking import MlflowClient
+
+    from gptray.tracking.compare import load_runs, summarize
+    from harness_fixtures import TASKS, write_tasks
+
+    # a copy with no training run beside it (another test records one beside the memorizer's): a new run
+    checkpoint = tmp_path / "runs" / "copy" / memorizer[1].name
+    shutil.copytree(memorizer[1], checkpoint)
+    tasks = write_tasks(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = [f"out_dir={tmp_path}", f"tracking.uri={uri}", "tracking.experiment=evals", "eval.bootstrap_iters=0",
+                "eval.batch_size=2"]
+    names = [arg for task in TASKS for arg in ("--task", task)]
+    local = evaluate_checkpoint(checkpoint, make_config(tmp_path, *settings, f"eval.tasks=[{', '.join(TASKS)}]",
+                                                        f"eval.harness_include=[{tasks}]", "eval.distributed=false"))
+    assert main(["eval", "--checkpoint", str(checkpoint), *names, "--include", str(tasks),
+                 "--output", str(tmp_path / "out.json"), *settings, "eval.num_actors=2"]) == 0
+    out = capsys.readouterr().out
+    run_id = out.split("MLflow     new run ")[1].split()[0]
+    pooled = json.loads((tmp_path / "out.json").read_text())["tasks"]
+    assert [t["task"] for t in pooled] == [f"lm_eval/{t}" for t in TASKS]
+    assert "2 Ray Data actor(s)" in pooled[0]["workers"]
+    for ours, theirs in zip(local.tasks, pooled):
+        assert ours.metrics == pytest.approx(theirs["metrics"], rel=1e-6)
+    client = MlflowClient(uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["eval/lm_eval/gptray_mc/acc"] == pytest.approx(local.tasks[0].metrics["acc"])
+    assert "eval/lm_eval/gptray_rolling/word_perplexity" in metrics
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert "lm_eval_results_step_00000080.json" in artifacts
+    records, _ = load_runs(client, run_ids=[run_id])
+    [summary] = summarize(records, "eval/lm_eval/gptray_mc/acc")
+    assert summary.mean == pytest.approx(local.tasks[0].metrics["acc"])
