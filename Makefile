@@ -2,6 +2,8 @@
 #   make quickstart   create .venv if missing, then tokenize → train → track → sample on local Ray
 #   make test         create .venv if missing, then lint (ruff) and run the test suite
 #   make test-unit    the fast loop while working: lint and the unit tests (no Ray; about a minute and a half)
+#   make docs         build the docs site into site/ (mkdocs --strict); `make docs-reference` rewrites
+#                     docs/reference/ from the code (config keys, commands), which a unit test keeps current
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +18,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart lint test test-unit clean
+.PHONY: setup quickstart lint test test-unit docs docs-reference clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -37,5 +39,11 @@ test: lint
 test-unit: lint
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+docs-reference: setup
+	$(BIN)/python scripts/reference_pages.py
+
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs data .pytest_cache
+	rm -rf runs data site .pytest_cache

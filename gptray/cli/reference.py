@@ -150,7 +150,8 @@ def _declared_docs(cls: type) -> dict[str, tuple[str, str | None]]:
         while row in comments and comments[row][1]:
             above.insert(0, comments[row][0])
             row -= 1
-        beside = [comments[r][0] for r in range(node.lineno, node.end_lineno + 1) if r in comments and not comments[r][1]]
+        beside = [comments[r][0] for r in range(node.lineno, node.end_lineno + 1)
+                  if r in comments and not comments[r][1]]
         text = _joined(" ".join(above), " ".join(beside))
         if text:
             docs[name] = (text, None)
