@@ -376,3 +376,33 @@ def test_the_checker_reads_yaml_configs_and_sweep_axes(checker):
     checker.check_yaml("x.yaml:1", "train:\n  max_step: 5\nsweep:\n  axes:\n    model.nrm: [a]\n"
                                    "    arch:\n      small: {model.preset: nano, train.recpe: gpt2}\n")
     assert [e.split(": ", 1)[0] for e in checker.errors] == ["x.yaml:2", "x.yaml:5", "x.yaml:7"], checker.errors
+
+
+# Commands that take a second and touch nothing: the docs' examples of them are run as they are written.
+RUNNABLE = (["config"], ["model", "list"], ["data", "list"])
+
+
+def runnable_examples() -> list[tuple[str, list[str]]]:
+    """The docs' `gptray config …`, `gptray model list` and `gptray data list` commands, each once."""
+    found: dict[tuple[str, ...], str] = {}
+    for path in MARKDOWN:
+        if path in GENERATED:
+            continue
+        for code in markdown_code(path):
+            for offset, words in shell_commands(code):
+                if "gptray" in words:
+                    args = words[words.index("gptray") + 1:]
+                    if any(args[:len(r)] == r for r in RUNNABLE) and not any(map(is_placeholder, args)):
+                        found.setdefault(tuple(args), code.where(offset))
+    return [(where, list(args)) for args, where in found.items()]
+
+
+@pytest.mark.parametrize("where, args", runnable_examples(), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_the_docs_quick_examples_run_as_written(where, args, tmp_path, monkeypatch, capsys):
+    from gptray.cli.main import main
+
+    monkeypatch.chdir(tmp_path)  # relative paths in the examples resolve here: nothing is written into the checkout
+    expected = 2 if any(arg.split("=")[0] in NOT_KEYS_ON_PURPOSE for arg in args) else 0  # README shows its error
+    code = main(args)
+    out = capsys.readouterr()
+    assert code == expected, f"{where}: `gptray {' '.join(args)}` exited {code}:\n{out.err[-2000:]}"
