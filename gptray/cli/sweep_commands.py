@@ -36,7 +36,8 @@ def register(commands) -> None:
                                       "(bits per byte: compares runs with different tokenizers), final_train_loss, "
                                       "best_train_loss")
     sub.add_argument("--baseline", metavar="GROUP", help="the group others are compared with (default: the sweep's)")
-    sub.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    sub.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table",
+                     help="how the comparison is printed (default: table)")
     sub.add_argument("--plot", metavar="DIR", help="write summaries, PNG plots and results.{jsonl,csv} to DIR "
                                                      "(and attach them to the sweep run)")
     sub.add_argument("--export", metavar="FILE", help="write one row per run to FILE (.jsonl or .csv)")

@@ -13,9 +13,10 @@ from typing import Literal, get_args, get_origin
 import pytest
 import yaml
 
+from gptray.cli.common import EXIT_CODES_HELP
 from gptray.cli.reference import PAGES, REGENERATE, CliCommand, cli_commands, config_keys, config_sections, moved_keys
 from gptray.config.loader import coerce
-from gptray.core.errors import ConfigError
+from gptray.core.errors import ConfigError, GptrayError
 
 REPO = Path(__file__).resolve().parents[2]
 MARKDOWN = sorted({REPO / "README.md", REPO / "ARCHITECTURE.md", REPO / "BENCHMARKS.md", REPO / "cluster" / "README.md",
@@ -333,6 +334,23 @@ def test_reference_pages_are_what_the_code_generates(name):
 def test_every_config_key_is_documented_where_it_is_declared():
     undocumented = [key.key for key in config_keys().values() if not (key.doc or key.see)]
     assert not undocumented, f"add a comment above or beside each field of {undocumented}, then `{REGENERATE}`"
+
+
+def test_every_command_and_option_has_help(checker):
+    missing = [f"{command.name} {option.invocation}".strip() for command in checker.root.walk()
+               for option in command.options if not option.help]
+    missing += [command.name for command in checker.root.walk() if command.path and not command.help]
+    assert not missing, f"give these help= text (it is their line in --help and in docs/reference/cli.md): {missing}"
+
+
+def test_every_exit_code_is_in_the_help():
+    codes = {cls.exit_code for cls in _subclasses(GptrayError)}
+    listed = {int(code) for code in re.findall(r"^\s+(\d+)\s", EXIT_CODES_HELP, re.MULTILINE)}
+    assert codes <= listed, f"gptray/cli/common.py EXIT_CODES_HELP lacks exit codes {sorted(codes - listed)}"
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls} | {sub for direct in cls.__subclasses__() for sub in _subclasses(direct)}
 
 
 def test_docs_show_only_commands_options_and_keys_that_exist(checker):
