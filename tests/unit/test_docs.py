@@ -354,6 +354,7 @@ def _subclasses(cls: type) -> set[type]:
 
 
 def test_docs_show_only_commands_options_and_keys_that_exist(checker):
+    checker.errors, checker.commands_checked = [], 0
     for path in MARKDOWN:
         for code in markdown_code(path):
             checker.check_code(code)
