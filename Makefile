@@ -3,6 +3,8 @@
 #   make test         create .venv if missing, then lint (ruff) and run the test suite
 #   make test-unit    the fast loop while working: lint and the unit tests (no Ray; about a minute and a half)
 #   make test-multinode  the elastic tests on a local multi-node Ray cluster (about 5 minutes; not in make test)
+#   make docs         build the docs site into site/ (mkdocs --strict); `make docs-reference` rewrites
+#                     docs/reference/ from the code (config keys, commands), which a unit test keeps current
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +19,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart lint test test-unit test-multinode clean
+.PHONY: setup quickstart lint test test-unit test-multinode docs docs-reference clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -41,5 +43,11 @@ test-unit: lint
 test-multinode: setup
 	$(BIN)/python -m pytest -m multinode tests/integration $(PYTEST_ARGS)
 
+docs-reference: setup
+	$(BIN)/python scripts/reference_pages.py
+
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs data .pytest_cache
+	rm -rf runs data site .pytest_cache

@@ -19,6 +19,7 @@ exit codes:
        storage (a directory or object store) unreachable, unreadable or unwritable
   4    checkpoint error: missing, incomplete, or not matching this run
   5    training failed on the Ray cluster
+  6    the run directory is in use by another live launch (its lease says which)
   130  interrupted
 """
 

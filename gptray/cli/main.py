@@ -1,4 +1,5 @@
-"""The `gptray` command line: every command takes --config FILE.yaml and trailing key=value overrides."""
+"""The `gptray` command line: the commands that read a run's config take --config FILE.yaml and trailing
+key=value overrides (docs/reference/cli.md lists every command and option)."""
 
 from __future__ import annotations
 

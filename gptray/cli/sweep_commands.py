@@ -37,7 +37,8 @@ def register(commands) -> None:
                                       "best_train_loss, or an evaluation's eval/<task>/<measure> (its latest value: "
                                       "eval/hellaswag/acc_norm, eval/lm_eval/arc_easy/acc)")
     sub.add_argument("--baseline", metavar="GROUP", help="the group others are compared with (default: the sweep's)")
-    sub.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    sub.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table",
+                     help="how the comparison is printed (default: table)")
     sub.add_argument("--plot", metavar="DIR", help="write summaries, PNG plots and results.{jsonl,csv} to DIR "
                                                      "(and attach them to the sweep run)")
     sub.add_argument("--export", metavar="FILE", help="write one row per run to FILE (.jsonl or .csv)")

@@ -24,10 +24,10 @@ SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias
 class ModelConfig:
     """A GPT shape and its variants. Fields left null take their value from `preset` (else GPT-2's)."""
 
-    preset: str | None = "nano"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
+    preset: str | None = "nano"  # a shape from `gptray model list` (nano, tiny, gpt2, gpt3-small, …); null: none
+    n_layer: int | None = None  # transformer blocks
+    n_head: int | None = None  # attention heads per block
+    n_embd: int | None = None  # width of the residual stream (the embedding size)
     block_size: int | None = None  # longest context the model can attend over
     # null: the tokenizer's (a tiktoken encoding's from the config, any other from the token dataset),
     # rounded up to a multiple of vocab_multiple; ids past the tokenizer's are never targets
@@ -36,8 +36,8 @@ class ModelConfig:
     dropout: float | None = None  # on embeddings, attention weights and residual branches; 0 is off
     bias: bool | None = None  # biases in Linear layers and LayerNorms, as GPT-2 (RMSNorm never has one)
     head_dim: int | None = None  # width of one attention head; default n_embd // n_head
-    norm: Literal["layernorm", "rmsnorm"] | None = None
-    norm_eps: float | None = None
+    norm: Literal["layernorm", "rmsnorm"] | None = None  # LayerNorm as GPT-2, or RMSNorm as LLaMA
+    norm_eps: float | None = None  # added to the variance in every norm
     mlp: Literal["gelu", "swiglu"] | None = None  # GELU (tanh) as GPT-2, or SwiGLU as LLaMA
     mlp_hidden: int | None = None  # MLP hidden width; default 4 × n_embd (gelu) or LLaMA's rule (swiglu)
     position: Literal["learned", "rope", "none"] | None = None  # position information: wpe, rotary, or none

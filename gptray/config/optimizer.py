@@ -14,9 +14,9 @@ class OptimizerSettings:
     (a run's null settings are filled from its recipe when the config resolves)."""
 
     weight_decay: float | None = None  # on matrices and embeddings; never on biases or norm gains
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
+    beta1: float | None = None  # AdamW's β1: the decay of the gradient's running mean
+    beta2: float | None = None  # AdamW's β2: the decay of the squared gradient's running mean
+    eps: float | None = None  # added to AdamW's denominator
     grad_clip: float | None = None  # max global grad norm; 0 disables clipping
 
     def given(self) -> dict:

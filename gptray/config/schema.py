@@ -46,7 +46,7 @@ class SourceConfig:
     # The dataset's config name ("wikitext-2-raw-v1"); for a named corpus, another of its configs
     # than the registry's (Wikipedia's language and dump date: "20231101.de").
     hf_config: str | None = None
-    hf_split: str = "train"
+    hf_split: str = "train"  # the split of the Hugging Face dataset to read
     hf_revision: str | None = None  # pin a dataset version (git revision on the Hub)
     data_files: list[str] | None = None  # for hf: json/text/parquet builders reading local files
     # Stream the dataset (nothing downloaded up front; shards read in parallel) instead of
@@ -153,6 +153,9 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
+    """What `gptray tokenize` reads and writes, and how training reads the token dataset."""
+
+    # The corpora to tokenize, each a section (the data.sources[i] keys): their documents are mixed by weight
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(corpus="tinyshakespeare")])
     # A validation set of its own (any source kind, token files too). When given, every document of
     # data.sources goes to train and validation holds only these (data.val_fraction is not used).
@@ -164,7 +167,7 @@ class DataConfig:
     # on tinyshakespeare it reaches a lower val bpb than gpt2 in the same time (BENCHMARKS.md).
     tokenizer: str = "data/tokenizers/tinyshakespeare-8k"
     val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
-    split_seed: int = 0
+    split_seed: int = 0  # seeds the content hash that splits train and validation
     shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
     batch_documents: int = 4096  # at most this many documents per tokenized block a read task sends on
     # A larger document (line, paragraph, JSON line, file, row) is skipped and counted as "oversized";
@@ -210,6 +213,8 @@ class DataConfig:
 
 @dataclass
 class RayConfig:
+    """Where a run finds Ray and what its Ray Train workers ask for."""
+
     address: str | None = None  # null: join the cluster this process belongs to, else start a local one
     num_cpus: int | None = None  # start a fresh local Ray instance with this many CPUs (implies address=local)
     # Ray Train workers (DDP ranks). 0 is local mode: the training loop runs in the launching process, on one
@@ -278,9 +283,11 @@ class RayConfig:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
+    """MLflow: where a run logs its parameters, metrics, samples and dataset."""
+
+    enabled: bool = True  # false: no MLflow run (metrics still go to the run directory's history)
     uri: str | None = None  # MLflow tracking URI; default sqlite:///<out_dir>/mlflow.db (local out_dir)
-    experiment: str = "gptray"
+    experiment: str = "gptray"  # the MLflow experiment runs are logged under
     retry_seconds: float = 30.0  # after the server fails, wait this long before trying it again
 
     def validate(self) -> None:
@@ -292,8 +299,10 @@ class TrackingConfig:
 
 @dataclass
 class GenerateConfig:
-    prompt: str = "\n"
-    max_new_tokens: int = 200
+    """Decoding, for `gptray generate` and the samples a training run logs."""
+
+    prompt: str = "\n"  # the text to continue when a command is given none
+    max_new_tokens: int = 200  # tokens generated after the prompt
     temperature: float = 0.8  # 0 means greedy
     top_k: int | None = 200  # sample among the k most likely tokens; null: all
     top_p: float | None = None  # nucleus: among the most likely tokens holding this much probability; null: all
@@ -384,6 +393,8 @@ class EvalConfig:
 
 @dataclass
 class ExperimentConfig:
+    """A whole run's config: its name and output directory, then a section per concern."""
+
     name: str = "quickstart"  # the run's name: its directory under out_dir and its MLflow run name
     out_dir: str = "runs"  # checkpoints, resolved configs and the default MLflow database live here
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -27,9 +27,9 @@ class SpikeConfig:
     """Loss spikes (train.spike): a step whose loss is more than `sigmas` standard deviations above the mean
     of the last `window` steps' losses is not applied (OLMo-core's rule), once `min_history` are known."""
 
-    enabled: bool = False
-    window: int = 128
-    sigmas: float = 6.0
+    enabled: bool = False  # skip (or rewind past) spiking steps
+    window: int = 128  # the recent steps whose losses make the mean and deviation
+    sigmas: float = 6.0  # how many standard deviations above the mean a spike is
     min_history: int | None = None  # null: window // 2 (OLMo-core's)
     # On a spike, rewind instead of skipping the one step (PaLM's remedy): reload the latest checkpoint before
     # it and skip every step from there through the spike and `rewind_after` steps after it (added to the
@@ -83,8 +83,8 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on CUDA, off on a CPU
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
     seed: int = 1337  # model init and data order
-    log_interval: int = 10
-    eval_interval: int = 300
+    log_interval: int = 10  # log training metrics every N steps
+    eval_interval: int = 300  # evaluate on the val split every N steps (and at the last)
     eval_windows: int = 64  # validation sequences per evaluation (spread over the val split)
     sample_interval: int = 0  # log a generated sample to MLflow every N steps (0: only at the end)
     peak_tflops: float | None = None  # per-device peak for MFU; null: known GPUs by name, none on CPU

@@ -45,8 +45,10 @@ from gptray.train.flops import flops_per_token
 
 @dataclass
 class SweepConfig:
+    """A sweep file's `sweep:` section: the axes, the seeds, the budget every trial trains, and how Tune runs them."""
+
     axes: dict[str, list | dict] = field(default_factory=dict)  # key → values, or name → {label: overrides}
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every axis value trains once per seed
     seed_key: str = "train.seed"  # the config key each seed goes to (init and data order)
     budget_tokens: int | None = None  # every trial trains this many tokens (its max_steps follows)
     # every trial trains this many FLOPs (its max_steps follows, once its dataset sets its vocabulary)
