@@ -185,22 +185,30 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
     tables = {index: refs for index, refs in tables.items() if refs}
     slots = _task_slots(len(tasks))
     log.info("running %d read task(s) from %d source(s) on Ray Data, %d at a time", len(tasks), len(sources), slots)
-    # Read, tokenize and write ask for the same resources and no batch size, so Ray Data fuses them into one Ray
-    # task per read task: token data never crosses the object store, and the sink gets every task's rows whole.
+    # Read, tokenize and write ask for the same resources, no batch size and no concurrency of their own, so Ray
+    # Data fuses them into one Ray task per read task: token data never crosses the object store, and the sink gets
+    # every task's rows whole. (A per-operator `concurrency` stops Ray 2.60 from fusing the read; the job's CPU
+    # limit is set on the dataset's own context instead, so it never waits on CPUs it does not have.)
+    from ray.data import ExecutionResources
+
     dataset = ray.data.read_datasource(plan_datasource(tasks, shared, tables), override_num_blocks=len(tasks),
-                                       num_cpus=1, concurrency=slots)
+                                       num_cpus=1)
     dataset = dataset.map_batches(tokenize_batch, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                                  fn_kwargs={"settings": inputs.settings}, num_cpus=1, concurrency=slots)
+                                  fn_kwargs={"settings": inputs.settings}, num_cpus=1)
+    dataset.context.execution_options.resource_limits = ExecutionResources(cpu=slots)
     sink = shard_datasink(tasks, shared)
     started = time.monotonic()
     try:
-        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 1}, concurrency=slots)
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 1})
     except KeyboardInterrupt:
         log.warning("interrupted: the read tasks that finished keep their shards, and running the same job again "
                     "does only the rest")
         raise
     except Exception as exc:
-        raise _gptray_cause(exc) or exc
+        cause = _gptray_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
     records = sink.records
     failed = [r for r in records if r.strict_failure]
     if failed:
