@@ -106,8 +106,18 @@ def cmd_tokenize(args) -> int:
     config = load_experiment(args)
     _learn_missing_tokenizer(config)
     result = tokenize_corpus(config, overwrite=args.overwrite, strict=True if args.strict else None)
+    _track_tokenize(config, result)
     _print_dataset(result)
     return EXIT_OK
+
+
+def _track_tokenize(config, result) -> None:
+    """The job's MLflow run (tracking.enabled), for a dataset written now; a reused one has its run already."""
+    if config.tracking.enabled and not result.reused:
+        from gptray.tracking.tokenize_run import log_tokenize_run
+
+        log_tokenize_run(config, result.request, result.manifest, result.dataset_dir, result.seconds,
+                         result.tasks, result.kept_tasks)
 
 
 def cmd_pretrain(args) -> int:
@@ -222,6 +232,7 @@ def cmd_quickstart(args) -> int:
     log.info("quickstart 1/2: tokenize %s", ", ".join(s.describe() for s in config.data.sources))
     _learn_missing_tokenizer(config)
     dataset = tokenize_corpus(config)
+    _track_tokenize(config, dataset)
     log.info("quickstart 2/2: pretrain %s on %d Ray Train worker(s)", config.model.preset or "custom model",
              config.ray.num_workers)
     result = pretrain(config)

@@ -57,6 +57,7 @@ class TokenizeResult:
     resumed_from_task: int | None = None  # some tasks' shards were kept: the first read task that was redone
     tasks: int = 0  # read tasks in the plan
     kept_tasks: int = 0  # read tasks whose shards from an earlier run verified and were kept
+    request: dict = dataclasses.field(default_factory=dict)  # tokenize_request's: what decided the content
 
 
 def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], tokenizer) -> dict:
@@ -110,10 +111,11 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     if existing is not None and kept == len(records) and _same_shards(existing, records):
         log.info("%s already holds this exact dataset (%s tokens, shards verified); nothing to do",
                  store.uri(), f"{existing.tokens:,}")
-        return TokenizeResult(existing, store.uri(), True, seconds, tasks=len(tasks), kept_tasks=kept)
+        return TokenizeResult(existing, store.uri(), True, seconds, tasks=len(tasks), kept_tasks=kept, request=request)
     manifest = _write_manifest(store, records, sources, tokenizer, config, digest)
     resumed = next((r.task for r in records if not r.kept), None) if kept else None
-    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started, resumed, len(tasks), kept)
+    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started, resumed, len(tasks), kept,
+                          request)
 
 
 def _claim(store: Storage, digest: str, plan_id: str, task_count: int, overwrite: bool) -> Manifest | None:
