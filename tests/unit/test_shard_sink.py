@@ -85,3 +85,32 @@ def test_a_rerun_keeps_a_finished_task_as_its_record(job, tmp_path):
     assert all(b.num_rows == 1 for b in kept_blocks)  # each task: a start and an end marker, nothing read
     kept = write_task_blocks(kept_blocks, job[0], inputs)
     assert [r.shards for r in kept] == [r.shards for r in first] and all(r.kept for r in kept)
+
+
+def test_blocks_merged_across_sources_tokenize_as_each_alone():
+    """Ray Data may put several read tasks' rows in one block: token-file ids, prompt/completion pairs and plain
+    text then share it, and each row must come out as its own source's block would give it."""
+    import numpy as np
+
+    from gptray.data.blocks import BlockBuilder, tokenize_documents
+    from gptray.data.readers import Doc, problem
+
+    settings = BlockSettings(load_tokenizer("gpt2"), 0.2, 0, 1 << 20, 64, prompt_column=True)
+
+    def collected() -> tuple[pa.Table, pa.Table, pa.Table]:
+        ids, pairs, text = (BlockBuilder(1.0, settings), BlockBuilder(1.0, settings, reads_prompts=True),
+                            BlockBuilder(2.0, settings))
+        for n in (3, 0, 5):
+            ids.add(Doc("", None, "ok", "", "", 4 * n, tokens=np.arange(100, 100 + n, dtype=np.uint16)))
+        pairs.add(Doc(" an answer", None, "ok", "", "", 10, prompt="A question?"))
+        pairs.add(problem("p.jsonl:2", "malformed_json", "bad"))
+        text.add(Doc("plain text here", None, "ok", "", "", 15))
+        return ids.collect(), pairs.collect(), text.collect()
+
+    ids, pairs, text = (tokenize_documents(block, settings) for block in collected())
+    ids_docs, pairs_docs, text_docs = collected()
+    merged = tokenize_documents(pa.concat_tables([text_docs, ids_docs, pairs_docs]), settings)
+    assert merged.equals(pa.concat_tables([text, ids, pairs]))
+    eot = settings.tokenizer.eot_token
+    assert merged.column("tokens").to_pylist()[1:4] == [[100, 101, 102, eot], [eot], [100, 101, 102, 103, 104, eot]]
+    assert merged.column("prompt_tokens").to_pylist()[4] == len(settings.tokenizer.encode("A question?"))
