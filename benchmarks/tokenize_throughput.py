@@ -1,7 +1,14 @@
-"""Benchmark: tokens/s of the tokenize job on Ray against plain single-process tiktoken, on the same corpus.
+"""Benchmark: tokens/s of the tokenize job (Ray Data) against an earlier commit's job and plain tiktoken.
 
-    python benchmarks/tokenize_throughput.py [--mb 200] [--rounds 4] [--cpus N] [--shard-tokens 2000000]
-                                             [--worker-niceness 0] [--workdir DIR] [--smoke]
+    python benchmarks/tokenize_throughput.py [--mb 60 200] [--rounds 4] [--cpus N] [--shard-tokens 2000000]
+                                             [--before REV] [--worker-niceness 0] [--workdir DIR] [--smoke]
+
+With --before REV (a git revision of this repository, e.g. the commit before the job moved to Ray
+Data), each round runs, interleaved, at each --mb size: plain tiktoken, this tree's job and REV's
+job. Each job runs in a fresh process with its own local Ray instance (ray.init is not timed; worker
+start-up is, the same for both), which reports its tokens/s, driver CPU seconds per 1B tokens, the
+driver's peak resident memory and the largest peak of any Ray worker process (VmHWM). The summary
+gives medians of the rounds with their min–max spread.
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -20,8 +27,8 @@ work also loads, wall-clock rates move from round to round, CPU time per token m
 
 Both sides tokenize with GPT-2's tiktoken (the job's data.tokenizer is pinned to gpt2, whatever gptray's
 default tokenizer is), so their token counts must be equal; a round where they differ stops the benchmark.
---smoke checks that it runs, in seconds: a 1 MB corpus, one round, and an already started Ray (a test's)
-used as it is.
+--smoke checks that it runs, in seconds: a 1 MB corpus, one round, this tree's job only, and an already
+started Ray (a test's) used as it is.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 GPT2 = "data.tokenizer=gpt2"  # the plain side's tokenizer: the job must tokenize with the same one
 
@@ -120,9 +131,124 @@ def ray_cpu_seconds(ray_dir: str) -> float:
         ours |= more
 
 
+def worker_peak_mb(ray_dir: str) -> float:
+    """The largest peak resident memory (VmHWM) of a Ray worker process of our instance (the processes under the
+    ones whose command line names its temp dir), among those still alive."""
+    parents, roots = {}, set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ray_dir.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                roots.add(pid)
+        except OSError:
+            continue
+    ours = set(roots)
+    while more := {pid for pid, parent in parents.items() if parent in ours} - ours:
+        ours |= more
+    peak = 0
+    for pid in ours:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+                peak = max(peak, int(match.group(1)) if match else 0)
+        except OSError:
+            continue
+    return peak / 1024
+
+
+def job_only(corpus: str, out: str, cpus: int, shard_tokens: int) -> int:
+    """Child process: one job on a fresh local Ray instance; prints its measurements as one JSON line."""
+    import logging
+
+    import ray
+
+    from gptray.core.runtime import configure_logging
+
+    configure_logging(logging.WARNING)
+    ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+    try:
+        tokens, seconds, cpu, driver, tasks = ray_job(Path(corpus), Path(out), ray_tmp, shard_tokens)
+        workers = worker_peak_mb(ray_tmp)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("JOB " + json.dumps({"tokens": tokens, "seconds": seconds, "cpu": cpu, "driver_cpu": driver,
+                               "tasks": tasks, "driver_peak_mb": driver_peak, "worker_peak_mb": workers}))
+    return 0
+
+
+def run_job(tree: Path, corpus: Path, out: Path, args) -> dict:
+    """One job of the gptray in `tree`, in a fresh process (its own Ray), measured by job_only."""
+    env = dict(os.environ, PYTHONPATH=str(tree), RAY_worker_niceness=str(args.worker_niceness))
+    done = subprocess.run([sys.executable, __file__, "--job-only", str(corpus), str(out), "--cpus", str(args.cpus),
+                           "--shard-tokens", str(args.shard_tokens)], env=env, cwd=tree, capture_output=True,
+                          text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("JOB ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the job of {tree} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][4:])
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """Median and min–max of a list of values, scaled."""
+    v = [x / scale for x in values]
+    return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}–{max(v):.{digits}f})"
+
+
+def compare(args) -> int:
+    """Interleaved rounds at each size: plain tiktoken, this tree's job, --before's job."""
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    before = Path(tempfile.mkdtemp(prefix="gptray-before-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start; jobs on {args.cpus} "
+          f"CPU(s), workers at nice {args.worker_niceness}; before = {args.before}")
+    try:
+        for mb in args.mb:
+            corpus = work / f"corpus-{mb}mb.jsonl"
+            if not corpus.exists():
+                make_corpus(corpus, mb)
+            rows: dict[str, list[dict]] = {"plain": [], "ray data": [], "before": []}
+            for round_number in range(1, args.rounds + 1):
+                tokens, seconds, cpu = min(plain_tiktoken(corpus).values(), key=lambda r: r[1])
+                rows["plain"].append({"tokens": tokens, "seconds": seconds, "cpu": cpu})
+                rows["ray data"].append(run_job(REPO, corpus, work / "shards-new", args))
+                rows["before"].append(run_job(before, corpus, work / "shards-before", args))
+                line = ", ".join(f"{name} {r[-1]['tokens'] / r[-1]['seconds'] / 1e6:.2f} M tokens/s"
+                                 for name, r in rows.items())
+                print(f"{mb} MB round {round_number}: {line}; load average {os.getloadavg()[0]:.2f}", flush=True)
+                if len({r[-1]["tokens"] for r in rows.values()}) != 1:
+                    print(f"token counts differ: {[r[-1]['tokens'] for r in rows.values()]}", file=sys.stderr)
+                    return 1
+            _summary(mb, rows, args.cpus)
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
+    return 0
+
+
+def _summary(mb: int, rows: dict[str, list[dict]], cpus: int) -> None:
+    rate = {name: [r["tokens"] / r["seconds"] for r in runs] for name, runs in rows.items()}
+    print(f"## {mb} MB, {rows['plain'][0]['tokens']:,} tokens, {len(rate['plain'])} rounds: median (min–max)")
+    print(f"  {cpus} × plain tiktoken   {spread([cpus * r for r in rate['plain']], 1e6)} M tokens/s")
+    for name in ("ray data", "before"):
+        runs = rows[name]
+        print(f"  job, {name:<9}      {spread(rate[name], 1e6)} M tokens/s; driver "
+              f"{spread([r['driver_cpu'] / r['tokens'] * 1e9 for r in runs], 1, 1)} CPU s per 1B tokens; peak memory "
+              f"driver {spread([r['driver_peak_mb'] for r in runs], 1, 0)} MB, a worker "
+              f"{spread([r['worker_peak_mb'] for r in runs], 1, 0)} MB; {runs[0]['tasks']} read tasks")
+    ratios = [a / b for a, b in zip(rate["ray data"], rate["before"])]
+    print(f"  ray data / before      {spread(ratios)} (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"  ray data / {cpus} × plain  {spread([a / (cpus * p) for a, p in zip(rate['ray data'], rate['plain'])])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (at least 50)")
+    parser.add_argument("--mb", type=int, nargs="+", default=[200], help="corpus sizes in MB (each at least 50)")
+    parser.add_argument("--before", help="a git revision whose job to measure against, interleaved (not with --smoke)")
+    parser.add_argument("--job-only", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4, help="measure both this many times, interleaved")
     parser.add_argument("--shard-tokens", type=int, default=2_000_000,
                         help="data.shard_tokens: the plan sizes read tasks to about one shard each")
@@ -133,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the corpus is kept and shards are written")
     parser.add_argument("--smoke", action="store_true", help="check that it runs: a 1 MB corpus, one round, seconds")
     args = parser.parse_args(argv)
+    if args.job_only:
+        return job_only(*args.job_only, args.cpus, args.shard_tokens)
     if args.smoke:
-        args.mb, args.rounds = 1, 1
-    elif args.mb < 50:
+        args.mb, args.rounds, args.before = [1], 1, None
+    elif min(args.mb) < 50:
         parser.error("--mb must be at least 50")
+    if args.before:
+        return compare(args)
+    args.mb = args.mb[0]
     import logging
 
     import ray

@@ -1,4 +1,7 @@
-"""`ray job submit` entrypoint: tokenize corpora into Parquet token shards + manifest.json (Ray Data).
+"""`ray job submit` entrypoint: tokenize corpora into Parquet token shards + manifest.json on Ray Data.
+
+The job reads, tokenizes and writes shards as one fused Ray Data operator (one Ray task per read
+task of the plan); the driver, here, plans and writes only manifest.json.
 
     ray job submit --working-dir . -- python -m pipelines.tokenize_job --config configs/quickstart.yaml [key=value ...]
 

@@ -13,13 +13,15 @@ from gptray.core.errors import ConfigError
 
 
 def register(commands) -> None:
-    sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray tasks)", """\
+    sub = add_command(commands, "tokenize", "tokenize corpora into Parquet token shards (Ray Data)", """\
         Read data.sources (local or s3:// / gs:// txt/jsonl/json/parquet files, also .gz/.zst compressed,
         directories, globs, Hugging Face datasets, named corpora from `gptray data list`), tokenize them
-        with data.tokenizer in parallel Ray read tasks, append <|endoftext|> after every document, split
-        documents into train/val by a seeded content hash, write each source's documents as often as its
-        weight says, each task its own Parquet token shards, and write manifest.json to data.dataset_dir
-        (a local path or a URI). Bad input is skipped and counted in the manifest (--strict stops at the first).
+        with data.tokenizer in a Ray Data job (the plan's read tasks as a Datasource, a map_batches tokenize
+        operator and a shard-writing Datasink, fused into one Ray task per read task), append <|endoftext|>
+        after every document, split documents into train/val by a seeded content hash, write each source's
+        documents as often as its weight says, each read task its own Parquet token shards, and write
+        manifest.json to data.dataset_dir (a local path or a URI). Bad input is skipped and counted in the
+        manifest (--strict stops at the first).
         Rerunning reuses a finished identical dataset after verifying its shards, and resumes an
         interrupted one: read tasks whose shards verify are kept, only the rest run again.
         A data.tokenizer directory (or tokenizer.json) that does not exist yet is learned from
@@ -104,8 +106,18 @@ def cmd_tokenize(args) -> int:
     config = load_experiment(args)
     _learn_missing_tokenizer(config)
     result = tokenize_corpus(config, overwrite=args.overwrite, strict=True if args.strict else None)
+    _track_tokenize(config, result)
     _print_dataset(result)
     return EXIT_OK
+
+
+def _track_tokenize(config, result) -> None:
+    """The job's MLflow run (tracking.enabled), for a dataset written now; a reused one has its run already."""
+    if config.tracking.enabled and not result.reused:
+        from gptray.tracking.tokenize_run import log_tokenize_run
+
+        log_tokenize_run(config, result.request, result.manifest, result.dataset_dir, result.seconds,
+                         result.tasks, result.kept_tasks)
 
 
 def cmd_pretrain(args) -> int:
@@ -220,6 +232,7 @@ def cmd_quickstart(args) -> int:
     log.info("quickstart 1/2: tokenize %s", ", ".join(s.describe() for s in config.data.sources))
     _learn_missing_tokenizer(config)
     dataset = tokenize_corpus(config)
+    _track_tokenize(config, dataset)
     log.info("quickstart 2/2: pretrain %s on %d Ray Train worker(s)", config.model.preset or "custom model",
              config.ray.num_workers)
     result = pretrain(config)

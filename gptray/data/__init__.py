@@ -1,2 +1,2 @@
-"""Corpora → tokens: readers, the tokenize job (Ray tasks that write their own shards), Parquet shards, manifest,
-training windows."""
+"""Corpora → tokens: readers, the tokenize job (on Ray Data: read tasks that write their own shards), Parquet shards,
+manifest, training windows."""

@@ -129,19 +129,28 @@ class BlockBuilder:
         self.errors.append(doc.error)
         self.nbytes.append(doc.nbytes)
         if doc.tokens is not None:  # split and copies by the ids, whatever width the file stored them in
-            data = np.asarray(doc.tokens, dtype="<u4").tobytes()
-            self._keep(data)
-            self.token_docs.append(doc.tokens)
+            ids = np.asarray(doc.tokens, dtype="<u4")
+            self._keep(ids.tobytes())
+            self.token_docs.append(ids)
+            self.texts.append(None)
+            self.prompts.append(None)
         elif doc.status in KEPT_STATUSES:
-            data = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
+            text = doc.raw if doc.raw is not None else doc.text.encode("utf-8", "surrogatepass")
+            data = text
+            prompt = None
             if self.reads_prompts:  # the split and the copies follow the whole record
-                self.prompts.append(doc.prompt or "")
-                data = self.prompts[-1].encode("utf-8") + b"\0" + data
+                prompt = (doc.prompt or "").encode("utf-8", "surrogatepass")
+                data = prompt + b"\0" + text
             self._keep(data)
-            self.texts.append(doc.text)
+            self.texts.append(text)
+            self.prompts.append(prompt)
+            self.token_docs.append(None)
         else:
             self.is_val.append(False)
             self.copies.append(0)
+            self.texts.append(None)
+            self.prompts.append(None)
+            self.token_docs.append(None)
 
     def _keep(self, data: bytes) -> None:
         """A kept document's split (fixed by its source, else by its content) and copies."""
@@ -154,36 +163,81 @@ class BlockBuilder:
     def full(self) -> bool:
         return self.rows >= self.settings.batch_documents or self.text_bytes >= BLOCK_TEXT_BYTES
 
-    def build(self) -> pa.Table:
-        tokenizer = self.settings.tokenizer
-        codes = np.array(self.codes, dtype=np.int8)
-        kept = np.isin(codes, KEPT_CODES)
-        if self.token_docs:
-            values, doc_offsets = _concatenate_ids(self.token_docs, tokenizer)
-        else:
-            values, doc_offsets = tokenizer.encode_concatenated(self.texts)
-        prompt_lengths = np.zeros(len(self.texts), dtype=np.int32)
-        if self.reads_prompts:
-            values, doc_offsets, prompt_lengths = _prepend_prompts(tokenizer, self.prompts, values, doc_offsets)
-        lengths = np.zeros(self.rows, dtype=np.int64)
-        lengths[kept] = np.diff(doc_offsets)
-        offsets = np.zeros(self.rows + 1, dtype=np.int32)
+    def collect(self) -> pa.Table:
+        """The collected records as a documents block (DOCUMENT_COLUMNS; nothing tokenized yet), and start anew."""
+        ids = [d for d in self.token_docs if d is not None]
+        lengths = np.array([0 if d is None else len(d) for d in self.token_docs], dtype=np.int64)
+        offsets = np.zeros(self.rows + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(ids) if ids else np.zeros(0, dtype="<u4")
         table = pa.table({
-            "status": pa.array(codes),
+            "status": pa.array(np.array(self.codes, dtype=np.int8)),
             "loc": pa.array(self.locs, pa.string()),
             "error": pa.array(self.errors, pa.string()),
             "is_val": pa.array(self.is_val, pa.bool_()),
             "copies": pa.array(np.array(self.copies, dtype=np.int32)),
             "bytes": pa.array(np.array(self.nbytes, dtype=np.int64)),
-            "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+            "text": pa.array(self.texts, pa.large_binary()),
+            "prompt": pa.array(self.prompts, pa.large_binary()),
+            "ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.uint32())),
         })
-        if self.settings.prompt_column:  # uniform blocks: a mixture's other sources have prompts of 0 tokens
-            column = np.zeros(self.rows, dtype=np.int32)
-            column[kept] = prompt_lengths
-            table = table.append_column("prompt_tokens", pa.array(column))
         self._reset()
         return table
+
+    def build(self) -> pa.Table:
+        """The collected records tokenized (see the module docstring), and start anew."""
+        return tokenize_documents(self.collect(), self.settings)
+
+
+def tokenize_documents(docs: pa.Table, settings: BlockSettings) -> pa.Table:
+    """A documents block (BlockBuilder.collect's) as a tokenized block: `text`, `prompt` and `ids` become
+    `tokens` (and `prompt_tokens` when settings.prompt_column). Other columns pass through unchanged."""
+    tokenizer = settings.tokenizer
+    rows = docs.num_rows
+    kept = np.isin(docs.column("status").to_numpy(), KEPT_CODES)
+    kept_rows = np.nonzero(kept)[0]
+    texts = docs.column("text").to_pylist()
+    prompts = docs.column("prompt").to_pylist()
+    is_text = np.array([texts[r] is not None for r in kept_rows], dtype=bool)
+    values, doc_offsets = tokenizer.encode_concatenated(
+        [texts[r].decode("utf-8", "surrogatepass") for r in kept_rows[is_text]])
+    if not is_text.all():  # token files' documents (Ray Data may put several read tasks' rows in one block)
+        id_lists = docs.column("ids").combine_chunks()
+        flat, bounds = id_lists.values.to_numpy(zero_copy_only=False), id_lists.offsets.to_numpy()
+        ids, id_offsets = _concatenate_ids([flat[bounds[r]:bounds[r + 1]] for r in kept_rows[~is_text]], tokenizer)
+        values, doc_offsets = _interleave(is_text, (values, doc_offsets), (ids, id_offsets))
+    prompt_lengths = np.zeros(len(kept_rows), dtype=np.int32)
+    with_prompt = np.array([prompts[r] is not None for r in kept_rows], dtype=bool)
+    if with_prompt.any():  # only prompt/completion sources' rows carry a prompt
+        values, doc_offsets, prompt_lengths = _prepend_prompts(
+            tokenizer, [(prompts[r] or b"").decode("utf-8", "surrogatepass") for r in kept_rows], values,
+            doc_offsets)
+    lengths = np.zeros(rows, dtype=np.int64)
+    lengths[kept] = np.diff(doc_offsets)
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    table = docs.drop_columns(["text", "prompt", "ids"])
+    table = table.append_column("tokens", pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+    if settings.prompt_column:  # uniform blocks: a mixture's other sources have prompts of 0 tokens
+        column = np.zeros(rows, dtype=np.int32)
+        column[kept] = prompt_lengths
+        table = table.append_column("prompt_tokens", pa.array(column))
+    return table
+
+
+def _interleave(first: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Two concatenated token lists merged back into document order (`first`: the documents `a` holds)."""
+    parts, ia, ib = [], 0, 0
+    for from_a in first:
+        values, offsets = a if from_a else b
+        i = ia if from_a else ib
+        parts.append(values[offsets[i]:offsets[i + 1]])
+        ia, ib = (ia + 1, ib) if from_a else (ia, ib + 1)
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return (np.concatenate(parts) if parts else a[0][:0]), offsets
 
 
 def _concatenate_ids(docs: list[np.ndarray], tokenizer) -> tuple[np.ndarray, np.ndarray]:

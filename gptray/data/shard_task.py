@@ -1,8 +1,9 @@
-"""One read task, run as its own Ray task: read its pieces, tokenize, split, write its own shards, return their record.
+"""One read task's output: its shards written from its tokenized blocks, and the record the driver gets back.
 
-Token data never leaves the task: the driver gets back only a TaskRecord (paths, counts,
-checksums, bad-input counts and examples). A task whose record from an earlier run still matches
-its shards returns that record instead of doing the work again.
+The shard sink (shard_sink.py) runs a TaskWriter per read task, in the Ray task that read and
+tokenized it, so token data never leaves that task: the driver gets back only a TaskRecord (paths,
+counts, checksums, bad-input counts and examples). A task whose record from an earlier run still
+matches its shards keeps that record instead of doing the work again (intact_record).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 
 from gptray.core.errors import DataError
 from gptray.core.storage import Storage
-from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockBuilder, BlockSettings, SourceReader, piece_documents
+from gptray.data.blocks import KEPT_CODES, STATUS_CODES, BlockSettings, SourceReader
 from gptray.data.manifest import SPLITS
 from gptray.data.progress import TaskRecord, TaskStats
 from gptray.data.read_tasks import ReadTask
@@ -27,7 +28,7 @@ STRICT_EXAMPLES = 5
 class TaskInputs:
     """What every read task gets besides its ReadTask: the sources' readers, settings, where shards go.
 
-    A plain object, put in the object store once and shared by all tasks.
+    A plain object, put in the object store once and shared by all of the job's Ray tasks.
     """
 
     def __init__(self, readers_by_source: list[SourceReader], settings: BlockSettings, store: Storage,
@@ -38,29 +39,6 @@ class TaskInputs:
         self.shard_tokens = shard_tokens
         self.request_digest = request_digest
         self.strict = strict
-
-
-def run_read_task(task: ReadTask, inputs: TaskInputs, *tables: pa.Table) -> TaskRecord:
-    """Do one read task (or keep its intact earlier output). `tables`: the rows of its table pieces, in order."""
-    earlier = intact_record(task, inputs)
-    if earlier is not None:
-        return earlier
-    reader = inputs.readers_by_source[task.source]
-    settings = inputs.settings
-    writer = _TaskWriter(task, inputs)
-    block = BlockBuilder(reader.weight, settings, reads_prompts=reader.prompt_field is not None, split=reader.split)
-    table_rows = iter(tables)
-    for piece in task.pieces:
-        table = next(table_rows) if piece.kind == "table" else None
-        for doc in piece_documents(piece, reader, settings.max_document_bytes, table):
-            block.add(doc)
-            if block.full() and not writer.add(block.build()):
-                return writer.failure
-    if block.rows and not writer.add(block.build()):
-        return writer.failure
-    record = writer.close()
-    record.save(inputs.store)  # last: a record exists only once every shard it lists does
-    return record
 
 
 def intact_record(task: ReadTask, inputs: TaskInputs) -> TaskRecord | None:
@@ -74,7 +52,7 @@ def intact_record(task: ReadTask, inputs: TaskInputs) -> TaskRecord | None:
     return record
 
 
-class _TaskWriter:
+class TaskWriter:
     """Gives each written copy of a document its id and sends it to its split's shard writer."""
 
     def __init__(self, task: ReadTask, inputs: TaskInputs):

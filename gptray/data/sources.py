@@ -6,6 +6,7 @@ dataset without the text column) is found here and reported as a ConfigError nam
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from gptray.config import SourceConfig
 from gptray.core import storage
@@ -21,12 +23,15 @@ from gptray.core.errors import ConfigError, DataError
 from gptray.core.paths import is_uri
 from gptray.core.storage import FileEntry
 from gptray.data import corpora
+from gptray.data.hub_files import hub_filesystem, hub_parquet_files
 from gptray.data.readers import article_starts, file_format
 from gptray.data.token_files import TokenLayout, read_layout
 
 TOKEN_FILE_SUFFIX = ".bin"  # what a directory of token files holds (a glob or a file path takes any name)
 LAYOUT_THREADS = 16
 SUPPORTED_HELP = ".txt/.text/.md, .jsonl/.ndjson/.json, .parquet, text and JSON also as .gz/.zst/.bz2"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +183,10 @@ def _resolve_hf(path: str, name: str | None, split: str, revision: str | None, d
 
     description = common["description"]
     text_field = common["text_field"]
+    if not streaming and join_rows is None and data_files is None:
+        found = _hub_parquet(path, name, split, revision, f"{key}.text_field", **common)
+        if found is not None:
+            return found
     try:
         dataset = datasets.load_dataset(path, name, split=split, revision=revision, data_files=data_files,
                                         streaming=streaming)
@@ -204,6 +213,41 @@ def _resolve_hf(path: str, name: str | None, split: str, revision: str | None, d
                                for f in dataset.cache_files]
     identity["rows"] = table.num_rows
     return ResolvedSource(kind="hf_table", table=table, identity=identity, join_rows=join_rows, **common)
+
+
+def _hub_parquet(path: str, name: str | None, split: str, revision: str | None, field_key: str,
+                 **common) -> ResolvedSource | None:
+    """The dataset as its repository's Parquet files, which read tasks read themselves (hub_files.py); None when
+    its layout has none for this split, or the Hub cannot be listed (offline): then `datasets` prepares it."""
+    if os.path.isdir(path):
+        fs, root, prefix = pafs.LocalFileSystem(), os.path.abspath(path), ""
+    elif "/" in path and not _hub_offline():
+        try:
+            fs, root = hub_filesystem(path, revision)
+        except ImportError:
+            return None
+        prefix = "hf://"
+    else:
+        return None
+    try:
+        files = hub_parquet_files(fs, root, name, split)
+        columns = pq.read_schema(fs.open_input_file(files[0].path)).names if files else []
+    except Exception as exc:  # the Hub unreachable (its client raises many kinds), a file not Parquet: datasets tries
+        log.info("listing %s's Parquet files failed (%s); loading it through the datasets cache", path, exc)
+        return None
+    if not files:
+        return None
+    if common["text_field"] not in columns:
+        raise ConfigError(field_key, f"{common['description']} has no column {common['text_field']!r} "
+                                     f"(columns: {', '.join(columns) or 'none'})")
+    source = ResolvedSource(kind="files", fs=fs, name_prefix=prefix, files=files, text_unit="row", **common)
+    source.identity = {"hf": path, "config": name, "split": split, "revision": revision,
+                       "parquet_files": [[source.name(f), f.size, f.mtime_ns] for f in files]}
+    return source
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _local_file_stats(paths: list[str]) -> list:

@@ -1,10 +1,12 @@
-"""The tokenize job: corpora → read tasks on Ray (read, tokenize, split, weight, write shards) → manifest.json.
+"""The tokenize job on Ray Data: corpora → plan → read, tokenize, write shards (Ray Data operators) → manifest.json.
 
-The plan (plan.py) cuts the corpus into read tasks of about `data.shard_tokens` tokens. Every
-task runs as its own Ray task and writes its own shard files (shard_task.py), so no process
-handles every token: the driver plans, hands out tasks, and orders the small records they return
-into the manifest. Shards depend on the plan alone, never on the cluster's size or timing, and the
-concatenated shards equal tiktoken's encoding of the documents exactly.
+The plan (plan.py) cuts the corpus into read tasks of about `data.shard_tokens` tokens. Ray Data
+runs them: a Datasource whose read tasks are the plan's (plan_datasource.py), a tokenize operator
+(map_batches) and a Datasink that writes each task's shards in the Ray task holding its tokens
+(shard_sink.py). Read, tokenize and write fuse into one Ray task per read task, so no process
+handles every token: the driver plans and orders the small records the writes return into the
+manifest. Shards depend on the plan alone, never on the cluster's size, Ray Data's blocks or
+timing, and the concatenated shards equal the tokenizer's encoding of the documents exactly.
 
 A rerun of the same request keeps every task whose shards still verify and redoes the rest
 (progress.py); a different request is refused unless `overwrite`.
@@ -22,15 +24,16 @@ from datetime import datetime, timezone
 
 from gptray.config import ExperimentConfig
 from gptray.core.errors import DataError, GptrayError
-from gptray.core.progress_bar import progress_bar
 from gptray.core.runtime import init_ray
 from gptray.core.storage import Storage
 from gptray.data.blocks import BlockSettings, SourceReader
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
 from gptray.data.plan import plan_digest, plan_tasks
+from gptray.data.plan_datasource import plan_datasource, tokenize_batch
 from gptray.data.progress import PROGRESS_NAME, RECORDS_DIR, Progress, TaskRecord
 from gptray.data.read_tasks import ReadTask
-from gptray.data.shard_task import TaskInputs, run_read_task
+from gptray.data.shard_sink import shard_datasink
+from gptray.data.shard_task import TaskInputs
 from gptray.data.shards import OLD_PREFIXES, SHARD_PREFIX
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
@@ -38,7 +41,6 @@ from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-PROGRESS_SECONDS = 5.0
 # Shards named by read task (shards.py). Part of the request, so a dataset written by an earlier
 # layout is a different dataset, not one to resume into.
 SHARD_LAYOUT = "per-task"
@@ -55,6 +57,7 @@ class TokenizeResult:
     resumed_from_task: int | None = None  # some tasks' shards were kept: the first read task that was redone
     tasks: int = 0  # read tasks in the plan
     kept_tasks: int = 0  # read tasks whose shards from an earlier run verified and were kept
+    request: dict = dataclasses.field(default_factory=dict)  # tokenize_request's: what decided the content
 
 
 def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], tokenizer) -> dict:
@@ -108,10 +111,11 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     if existing is not None and kept == len(records) and _same_shards(existing, records):
         log.info("%s already holds this exact dataset (%s tokens, shards verified); nothing to do",
                  store.uri(), f"{existing.tokens:,}")
-        return TokenizeResult(existing, store.uri(), True, seconds, tasks=len(tasks), kept_tasks=kept)
+        return TokenizeResult(existing, store.uri(), True, seconds, tasks=len(tasks), kept_tasks=kept, request=request)
     manifest = _write_manifest(store, records, sources, tokenizer, config, digest)
     resumed = next((r.task for r in records if not r.kept), None) if kept else None
-    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started, resumed, len(tasks), kept)
+    return TokenizeResult(manifest, store.uri(), False, time.monotonic() - started, resumed, len(tasks), kept,
+                          request)
 
 
 def _claim(store: Storage, digest: str, plan_id: str, task_count: int, overwrite: bool) -> Manifest | None:
@@ -172,73 +176,83 @@ def source_readers(sources: list[ResolvedSource], tokenizer=None) -> list[Source
 
 
 def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInputs) -> list[TaskRecord]:
-    """Every read task as its own Ray task; their records in task order."""
+    """The plan's read tasks on Ray Data (read → tokenize → write shards, fused into one Ray task per read task);
+    the tasks' records in task order."""
     import ray
 
-    remote = ray.remote(num_cpus=1)(run_read_task)
     shared = ray.put(inputs)
-    pending = {}
-    for task in tasks:
-        table = sources[task.source].table
-        # A table piece's rows go to the object store once; its Ray task gets only them.
-        slices = [ray.put(table.slice(p.start, p.end - p.start)) for p in task.pieces if p.kind == "table"]
-        pending[remote.options(name=f"gptray tokenize task {task.index}").remote(task, shared, *slices)] = task.index
-    log.info("running %d read task(s) from %d source(s) on Ray", len(tasks), len(sources))
-    meter = _Meter(tasks)
-    records: dict[int, TaskRecord] = {}
-    failed: list[TaskRecord] = []
+    # A table piece's rows go to the object store once; only its read task gets them.
+    tables = {task.index: [ray.put(sources[task.source].table.slice(p.start, p.end - p.start))
+                           for p in task.pieces if p.kind == "table"] for task in tasks}
+    tables = {index: refs for index, refs in tables.items() if refs}
+    slots = _task_slots(len(tasks))
+    log.info("running %d read task(s) from %d source(s) on Ray Data, %d at a time", len(tasks), len(sources), slots)
+    # Read, tokenize and write ask for the same resources, no batch size and no concurrency of their own, so Ray
+    # Data fuses them into one Ray task per read task: token data never crosses the object store, and the sink gets
+    # every task's rows whole. (A per-operator `concurrency` stops Ray 2.60 from fusing the read; the job's CPU
+    # limit is set on the dataset's own context instead, so it never waits on CPUs it does not have.)
+    from ray.data import ExecutionResources
+
+    dataset = ray.data.read_datasource(plan_datasource(tasks, shared, tables), override_num_blocks=len(tasks),
+                                       num_cpus=1)
+    dataset = dataset.map_batches(tokenize_batch, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                                  fn_kwargs={"settings": inputs.settings}, num_cpus=1)
+    dataset.context.execution_options.resource_limits = ExecutionResources(cpu=slots)
+    sink = shard_datasink(tasks, shared)
+    started = time.monotonic()
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
-            if ready:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-            for ref in ready:
-                if ref not in pending:  # cancelled by a strict failure earlier in this batch of ready tasks
-                    continue
-                index = pending.pop(ref)
-                record = _get(ref)
-                if record.strict_failure:
-                    failed.append(record)
-                    _cancel({r: i for r, i in pending.items() if i > index}, pending)  # later tasks cannot matter
-                else:
-                    records[index] = record
-                    meter.done(record)
-            meter.tick(len(pending))
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 1})
     except KeyboardInterrupt:
-        log.warning("interrupted with %d of %d read task(s) finished: their shards are kept, and running the "
-                    "same job again does only the rest", len(records), len(tasks))
+        log.warning("interrupted: the read tasks that finished keep their shards, and running the same job again "
+                    "does only the rest")
         raise
-    finally:
-        _cancel(dict(pending), pending)
-        meter.close()
+    except Exception as exc:
+        cause = _gptray_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
+    records = sink.records
+    failed = [r for r in records if r.strict_failure]
     if failed:
         first = min(failed, key=lambda r: r.task)
         raise DataError(f"bad input (data.strict / --strict) in read task {first.task + 1} "
                         f"({tasks[first.task].description}): {first.strict_failure}. Fix the input, or run without "
                         "--strict to skip and count it.")
-    meter.finish()
-    return [records[task.index] for task in tasks]
+    if len(records) != len(tasks):
+        raise DataError(f"Ray Data returned the records of {len(records)} of {len(tasks)} read task(s)")
+    _log_summary(records, time.monotonic() - started)
+    return records
 
 
-def _get(ref) -> TaskRecord:
-    """A task's record; a gptray error raised inside the task is raised here as itself."""
+def _task_slots(task_count: int) -> int:
+    """How many read tasks run at once: one per CPU of the cluster (each takes one), at most one per task."""
     import ray
 
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, GptrayError):
-            raise exc.cause from None
-        raise
+    return max(1, min(task_count, int(ray.cluster_resources().get("CPU", 1))))
 
 
-def _cancel(refs: dict, pending: dict) -> None:
-    """Stop tasks whose work is no longer wanted (their files would only be overwritten by a rerun)."""
-    import ray
+def _gptray_cause(exc: BaseException) -> GptrayError | None:
+    """The gptray error a Ray Data task raised, found through Ray's and Ray Data's wrappers."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, GptrayError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
 
-    for ref in refs:
-        ray.cancel(ref)
-        pending.pop(ref, None)
+
+def _log_summary(records: list[TaskRecord], seconds: float) -> None:
+    """One line for the work done now (Ray Data's progress bars showed it while it ran)."""
+    done = [r for r in records if not r.kept]
+    documents = sum(r.stats.documents for r in done)
+    tokens = sum(r.stats.tokens for r in done)
+    nbytes = sum(r.stats.bytes for r in done)
+    kept = f" ({len(records) - len(done)} kept from an earlier run)" if len(done) < len(records) else ""
+    elapsed = max(seconds, 1e-9)
+    log.info("read tasks %d/%d finished%s | tokenized %s documents, %s tokens | %.2f M tokens/s, %.1f MB/s",
+             len(records), len(records), kept, f"{documents:,}", f"{tokens:,}", tokens / elapsed / 1e6,
+             nbytes / elapsed / 1e6)
 
 
 def _same_shards(existing: Manifest, records: list[TaskRecord]) -> bool:
@@ -310,48 +324,3 @@ def _source_infos(sources: list[ResolvedSource], records: list[TaskRecord]) -> l
         info.tokens += stats.tokens
         info.problems.merge(stats.problems)
     return infos
-
-
-class _Meter:
-    """Logs documents, tokens and throughput every few seconds while the job runs; on a terminal, a bar of read
-    tasks with its ETA instead, and the summary line at the end."""
-
-    def __init__(self, tasks: list[ReadTask], stream=None):
-        self.start = self.last = time.monotonic()
-        self.total = len(tasks)
-        self.finished = self.kept = 0
-        self.documents = self.tokens = self.bytes = 0
-        self.bar = progress_bar(self.total, "tokenize", "task", stream)
-
-    def done(self, record: TaskRecord) -> None:
-        self.finished += 1
-        self.kept += record.kept
-        if not record.kept:  # rates count the work done now
-            self.documents += record.stats.documents
-            self.tokens += record.stats.tokens
-            self.bytes += record.stats.bytes
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.tokens:,} tokens", refresh=False)
-            self.bar.update(1)
-
-    def tick(self, running: int) -> None:
-        if self.bar is None and time.monotonic() - self.last >= PROGRESS_SECONDS and running:
-            self._log(f"{running} to go")
-
-    def finish(self) -> None:
-        self.close()
-        if self.tokens:
-            self._log("done")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def _log(self, state: str) -> None:
-        now = time.monotonic()
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        kept = f" ({self.kept} kept from an earlier run)" if self.kept else ""
-        log.info("read tasks %d/%d finished%s, %s | tokenized %s documents, %s tokens | %.2f M tokens/s, %.1f MB/s",
-                 self.finished, self.total, kept, state, f"{self.documents:,}", f"{self.tokens:,}",
-                 self.tokens / elapsed / 1e6, self.bytes / elapsed / 1e6)

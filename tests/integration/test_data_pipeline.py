@@ -365,7 +365,8 @@ def test_shards_are_byte_identical_on_1_and_2_cpus(ray_session, tmp_path):
     overrides = write_multi_task_corpus(tmp_path)
     runs = {cpus: subprocess.Popen([sys.executable, "-m", "gptray", "tokenize", f"ray.num_cpus={cpus}", GPT2_TOKENIZER,
                                     f"out_dir={tmp_path}/runs{cpus}", f"data.dataset_dir={tmp_path}/cpus{cpus}",
-                                    *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                    "tracking.enabled=false", *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
             for cpus in (1, 2)}
     here = tokenize_corpus(make_config(tmp_path, *overrides))  # meanwhile: this session's 4-CPU Ray
     outputs = {cpus: run.communicate(timeout=240)[0].decode() for cpus, run in runs.items()}

@@ -117,6 +117,13 @@ def test_tokenize_learns_a_missing_tokenizer_directory_first_and_names_a_bad_pat
     assert max(stream) < 400 and library.encode(library.decode(first), add_special_tokens=False).ids == first
     assert library.decode(first) in corpus.read_text(encoding="utf-8")
     learned = (tokenizer / "tokenizer.json").read_bytes()
+    from mlflow.tracking import MlflowClient  # the job logged its MLflow run, by the dataset's fingerprint
+
+    [run] = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db").search_experiments()])
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert run.data.tags["gptray.job"] == "tokenize" and run.data.metrics["tokens"] == manifest["tokens"]
+    assert run.inputs.dataset_inputs[0].dataset.digest == manifest["fingerprint"][:36]
     assert cli(["tokenize", *overrides]) == 0  # nothing learned again: the dataset is reused as it is
     assert "learned" not in capsys.readouterr().out and (tokenizer / "tokenizer.json").read_bytes() == learned
     assert cli(["tokenize", *overrides[:-4], f"data.tokenizer={tmp_path}/vocab.json",

@@ -9,7 +9,7 @@ import pytest
 
 from gptray.core.progress_bar import on_terminal, progress_bar
 from gptray.data.progress import TaskRecord
-from gptray.data.tokenize_job import _Meter
+from gptray.data.tokenize_job import _log_summary
 
 
 class Terminal(io.StringIO):
@@ -42,35 +42,14 @@ def test_a_bar_only_on_a_terminal():
     assert "work" in bar.fp.getvalue() and "1/3" in bar.fp.getvalue()
 
 
-def test_tokenize_shows_a_bar_with_an_eta_on_a_terminal(logged, monkeypatch):
-    import gptray.data.tokenize_job as tokenize_job
-
-    monkeypatch.setattr(tokenize_job, "PROGRESS_SECONDS", 0.0)
-    terminal = Terminal()
-    meter = _Meter([object()] * 4, stream=terminal)
-    meter.done(_record(0, 1000))
-    meter.done(_record(1, 2000))
-    meter.tick(running=2)
-    meter.close()
-    shown = terminal.getvalue()
-    assert "tokenize" in shown and "2/4" in shown and "3,000 tokens" in shown
-    assert "<" in shown  # tqdm's "elapsed<remaining": the ETA
-    assert not [r for r in logged.records if "to go" in r.getMessage()]  # the bar replaces the periodic lines
-
-
-def test_tokenize_logs_plain_lines_elsewhere(logged, monkeypatch):
-    import gptray.data.tokenize_job as tokenize_job
-
-    monkeypatch.setattr(tokenize_job, "PROGRESS_SECONDS", 0.0)
-    meter = _Meter([object()] * 2, stream=io.StringIO())
-    assert meter.bar is None
-    meter.done(_record(0, 1000))
-    meter.tick(running=1)
-    meter.done(_record(1, 500))
-    meter.finish()
+def test_tokenize_ends_with_one_summary_line_of_the_work_done_now(logged):
+    """Ray Data's progress bars show the job while it runs; the driver logs what the records say once, at the end."""
+    kept = _record(1, 2000)
+    kept.kept = True
+    _log_summary([_record(0, 1000), kept, _record(2, 500)], seconds=1.0)
     lines = [r.getMessage() for r in logged.records]
-    assert any("read tasks 1/2 finished, 1 to go" in line for line in lines)
-    assert any("read tasks 2/2 finished, done" in line and "1,500 tokens" in line for line in lines)
+    assert any("read tasks 3/3 finished (1 kept from an earlier run)" in line and "1,500 tokens" in line
+               and "0.00 M tokens/s" in line for line in lines)
 
 
 # Training: rank 0's bar of steps (gptray/train/progress.py), in local mode drawn in this process.
