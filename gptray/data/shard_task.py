@@ -48,7 +48,8 @@ def run_read_task(task: ReadTask, inputs: TaskInputs, *tables: pa.Table) -> Task
     reader = inputs.readers_by_source[task.source]
     settings = inputs.settings
     writer = _TaskWriter(task, inputs)
-    block = BlockBuilder(reader.weight, settings, reads_prompts=reader.prompt_field is not None, split=reader.split)
+    block = BlockBuilder(reader.weight, settings, reads_prompts=reader.prompt_field is not None,
+                         split=task.split or reader.split)
     table_rows = iter(tables)
     for piece in task.pieces:
         table = next(table_rows) if piece.kind == "table" else None

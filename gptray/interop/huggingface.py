@@ -261,7 +261,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
     tokenizer_json = None
     try:
         tokenizer = read_config(directory).data.tokenizer
-        if tokenizer_kind(tokenizer) != "tiktoken":
+        if tokenizer_kind(tokenizer) in ("file", "hub"):
             tokenizer_json = checkpoint_tokenizer(directory, tokenizer).to_json()
     except GptrayError as exc:  # the weights do not depend on it; export them and say so
         tokenizer = None
