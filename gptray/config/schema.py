@@ -159,7 +159,8 @@ class DataConfig:
     # A validation set of its own (any source kind, token files too). When given, every document of
     # data.sources goes to train and validation holds only these (data.val_fraction is not used).
     val_sources: list[SourceConfig] = field(default_factory=list)
-    dataset_dir: str = "data/tinyshakespeare-bpe8k"  # where shards + manifest.json go: a local path or s3://, gs:// URI
+    # where shards + manifest.json go: a local path or s3://, gs:// URI
+    dataset_dir: str = "data/tinyshakespeare-tail-bpe8k"
     # A tiktoken encoding name (gpt2), a tokenizer.json by path or URI (or a directory holding one, as
     # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer. The
     # default is learned from data.sources (tokenizer.*: 8,192 tokens) the first time it is needed:
