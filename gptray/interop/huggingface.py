@@ -218,8 +218,8 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: s
         result.notes.append(f"tokenizer files not written: the model's vocabulary ({model.config.vocab_size:,}) "
                             f"is smaller than GPT-2's ({PRESET_DEFAULTS['vocab_size']:,})")
     elif tokenizer is not None:
-        result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used "
-                            f"tiktoken's {tokenizer!r}")
+        used = "the bytes tokenizer" if tokenizer == "bytes" else f"tiktoken's {tokenizer!r}"
+        result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used {used}")
     return result
 
 
