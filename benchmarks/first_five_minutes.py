@@ -12,8 +12,10 @@ Each run's final checkpoint is then scored over the whole held-out tail (both re
 each in its own tokens) with sliding windows of the model's context at a stride of half of it, in this
 process: bits per byte compare across tokenizers. Prints per-seed rows and each arm's median bpb with its
 spread (min–max). The machine is whatever runs it: run it with nothing else on the cores, or say so.
---smoke checks that it runs: the quickstart at 4 steps of a one-layer model with a 512-token BPE, the nanoGPT
-recipe as shipped but for 4 steps (matched: at most 8), one seed, and an already started Ray (a test's) as it is.
+--smoke checks that it runs: the nanoGPT recipe as shipped but for 4 steps (1 Ray Train worker), then one seed of
+the quickstart at 4 steps of a one-layer model with a 512-token BPE and the matched recipe (at most 8 steps), both
+in local mode (ray.num_workers=0: a Ray Train start-up each is most of a smoke run's time); an already started Ray
+(a test's) is used as it is; every run evaluates 4 windows in training and is scored over 32.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ NANOGPT = REPO / "configs" / "nanogpt-shakespeare-char.yaml"
 HELD_OUT = ["eval.tasks=[perplexity]", "eval.split=val", "eval.distributed=false", "eval.batch_size=64",
             "eval.max_length=null", "eval.stride=null", "eval.limit=null"]
 SMOKE_STEPS = 4
-SMOKE_QUICKSTART = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "train.eval_windows=2",
-                    "tokenizer.vocab_size=512"]
+SMOKE_QUICKSTART = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "tokenizer.vocab_size=512"]
 
 
 def budget(steps: int, warmup: int | None = None) -> list[str]:
@@ -51,10 +52,12 @@ def budget(steps: int, warmup: int | None = None) -> list[str]:
     return values + ([f"schedule.warmup_steps={warmup}"] if warmup is not None else [])
 
 
-def run(path: Path, out: Path, name: str, overrides: list[str]) -> dict:
-    """One pretrain of the config at `path` with `overrides`, then its score over the held-out tail."""
+def run(path: Path, out: Path, name: str, overrides: list[str], smoke: bool) -> dict:
+    """One pretrain of the config at `path` with `overrides`, then its score over the held-out tail (a smoke
+    run's: over its first windows, and 4 evaluation windows during training)."""
+    smoke_budget = ["train.eval_windows=4", "eval.limit=32", "generate.max_new_tokens=8"] if smoke else []
     config = load_run_config(path, [f"out_dir={out}/runs", f"name={name}", "tracking.enabled=false",
-                                    "generate.max_new_tokens=64", *overrides, *HELD_OUT])
+                                    "generate.max_new_tokens=64", *overrides, *HELD_OUT, *smoke_budget])
     tokenize_corpus(config)
     started = time.monotonic()
     result = pretrain(config, sample=True)
@@ -98,20 +101,22 @@ def main(argv: list[str] | None = None) -> None:
     quick = [f"data.tokenizer={tokenizer}", f"data.dataset_dir={out}/data/bpe"]
     nano = [f"data.dataset_dir={out}/data/bytes"]
     if args.smoke:
-        quick += [*SMOKE_QUICKSTART, *budget(SMOKE_STEPS, 1)]
+        quick += [*SMOKE_QUICKSTART, *budget(SMOKE_STEPS, 1), "ray.num_workers=0"]
         nano_shipped = budget(SMOKE_STEPS, 1)
     else:
         nano_shipped = []
+    nano_matched = ["ray.num_workers=0"] if args.smoke else []
     train_tokenizer(load_run_config(QUICKSTART, quick), tokenizer, overwrite=True)  # from the 90% alone
 
     # the recipe's pace as shipped: what its matched runs' steps are computed from
-    calibration = run(NANOGPT, out, "nanogpt-shipped", [*nano, *nano_shipped, f"train.seed={seeds[0]}"])
+    calibration = run(NANOGPT, out, "nanogpt-shipped", [*nano, *nano_shipped, f"train.seed={seeds[0]}"], args.smoke)
     quickstart_rows, nanogpt_rows = [], []
     for seed in seeds:  # interleaved, so that a change of the machine's load reaches both arms alike
-        quickstart_rows.append(run(QUICKSTART, out, f"quickstart-{seed}", [*quick, f"train.seed={seed}"]))
+        quickstart_rows.append(run(QUICKSTART, out, f"quickstart-{seed}", [*quick, f"train.seed={seed}"],
+                                   args.smoke))
         steps = matched_steps(calibration, quickstart_rows[-1]["seconds"], args.smoke)
         matched = [*budget(steps, min(100, steps // 2)), f"schedule.decay_steps={steps}", f"train.seed={seed}"]
-        nanogpt_rows.append(run(NANOGPT, out, f"nanogpt-{seed}", [*nano, *matched]))
+        nanogpt_rows.append(run(NANOGPT, out, f"nanogpt-{seed}", [*nano, *matched, *nano_matched], args.smoke))
 
     print("\n| run | seed | steps | pretrain s | held-out tail bits per byte |")
     print("|---|---|---|---|---|")
