@@ -7,7 +7,7 @@ splits it (data.split: tail: the first 90% trains, the last 10% is held out):
 1. configs/quickstart.yaml as shipped (its 8K BPE learned from the training text first): its wall time T.
 2. configs/nanogpt-shakespeare-char.yaml (nanoGPT's README CPU recipe on bytes) as shipped, once: its pace.
 3. For each seed, interleaved: the quickstart, then the nanoGPT recipe with max_steps (= lr_decay_iters, as
-   its README sets them) scaled so that its pretrain takes the quickstart's wall time, start-up included.
+   its README sets them) scaled in proportion so that its pretrain takes the quickstart's wall time.
 Each run's final checkpoint is then scored over the whole held-out tail (both read the same documents,
 each in its own tokens) with sliding windows of the model's context at a stride of half of it, in this
 process: bits per byte compare across tokenizers. Prints per-seed rows and each arm's median bpb with its
@@ -72,10 +72,10 @@ def run(path: Path, out: Path, name: str, overrides: list[str], smoke: bool) -> 
 
 
 def matched_steps(nanogpt: dict, seconds: float, smoke: bool) -> int:
-    """The nanoGPT recipe's steps that fill `seconds` of pretrain: its fixed start-up seconds, then steps at
-    its calibration run's pace (seconds per step over its last logged interval)."""
-    fixed = nanogpt["seconds"] - nanogpt["steps"] * nanogpt["step_seconds"]
-    steps = max(1, int((seconds - fixed) / nanogpt["step_seconds"]))
+    """The nanoGPT recipe's steps that fill `seconds` of pretrain, in proportion to its as-shipped run's (whose
+    evaluations, every 250 steps, grow with its steps: a fixed start-up plus the pace of its training steps
+    alone gave it a single step once)."""
+    steps = max(1, round(nanogpt["steps"] * seconds / nanogpt["seconds"]))
     return min(steps, 2 * SMOKE_STEPS) if smoke else steps
 
 
