@@ -121,9 +121,11 @@ TIKTOKEN_VOCABULARIES = {
 }
 
 
-def tokenizer_kind(spec: str) -> Literal["tiktoken", "file", "hub"]:
+def tokenizer_kind(spec: str) -> Literal["tiktoken", "file", "hub", "bytes"]:
     """What `data.tokenizer` names: hf:NAME (hub), a path or URI of a tokenizer.json or its directory
-    (file), else a tiktoken encoding (whose names hold no "/" and end in no ".json")."""
+    (file), `bytes` (UTF-8 bytes as ids), else a tiktoken encoding (whose names hold no "/" and end in no ".json")."""
+    if spec == "bytes":
+        return "bytes"
     if spec.startswith(HF_PREFIX):
         return "hub"
     if spec.endswith(".json") or "/" in spec or is_uri(spec):
@@ -160,14 +162,20 @@ class DataConfig:
     # A validation set of its own (any source kind, token files too). When given, every document of
     # data.sources goes to train and validation holds only these (data.val_fraction is not used).
     val_sources: list[SourceConfig] = field(default_factory=list)
-    dataset_dir: str = "data/tinyshakespeare-bpe8k"  # where shards + manifest.json go: a local path or s3://, gs:// URI
+    # where shards + manifest.json go: a local path or s3://, gs:// URI
+    dataset_dir: str = "data/tinyshakespeare-tail-bpe8k"
     # A tiktoken encoding name (gpt2), a tokenizer.json by path or URI (or a directory holding one, as
     # `gptray tokenizer train` writes), or hf:NAME[@REVISION] for a Hugging Face Hub tokenizer. The
     # default is learned from data.sources (tokenizer.*: 8,192 tokens) the first time it is needed:
     # on tinyshakespeare it reaches a lower val bpb than gpt2 in the same time (BENCHMARKS.md).
     tokenizer: str = "data/tokenizers/tinyshakespeare-8k"
-    val_fraction: float = 0.1  # share of documents (by a seeded content hash) that go to validation
-    split_seed: int = 0  # seeds the content hash that splits train and validation
+    val_fraction: float = 0.1  # share of each source held out for validation (data.split says which part)
+    # Which part. hash: documents drawn by a seeded content hash (split_seed). tail: the last val_fraction
+    # of each source's text, in order, as nanoGPT's shakespeare_char splits it (uncompressed line or
+    # paragraph text, JSON lines; gptray/data/tail_split.py). auto: tail for a built-in corpus that is one
+    # continuous text (tinyshakespeare), hash for every other source.
+    split: Literal["auto", "hash", "tail"] = "auto"
+    split_seed: int = 0  # seeds the content hash that splits train and validation (data.split: hash)
     shard_tokens: int = 50_000_000  # a shard closes once it holds at least this many tokens
     batch_documents: int = 4096  # at most this many documents per tokenized block a read task sends on
     # A larger document (line, paragraph, JSON line, file, row) is skipped and counted as "oversized";
@@ -197,6 +205,9 @@ class DataConfig:
         for i, source in enumerate(self.val_sources):
             source.validate(i, "data.val_sources")
         require(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", self.val_fraction)
+        require(self.split in ("auto", "hash", "tail"), "data.split", "must be auto, hash or tail", self.split)
+        require(self.split != "tail" or not self.val_sources, "data.split",
+                "tail cuts data.sources, but with data.val_sources every one of them trains", self.split)
         require(self.shard_tokens > 0, "data.shard_tokens", "must be positive", self.shard_tokens)
         require(self.batch_documents > 0, "data.batch_documents", "must be positive", self.batch_documents)
         require(self.max_document_bytes > 0, "data.max_document_bytes", "must be positive", self.max_document_bytes)

@@ -121,9 +121,9 @@ class _Sample:
                                   "tokenized already: set data.tokenizer to the one that made them")
         sources = resolve_sources(data.sources)
         readers = source_readers(sources)
-        tasks = plan_tasks(sources, data.read_chunk_bytes, data.shard_tokens)
+        tasks = plan_tasks(sources, data.read_chunk_bytes, data.shard_tokens, data.split, data.val_fraction)
         last_report = time.monotonic()
-        for task in _round_robin(tasks):
+        for task in _round_robin([t for t in tasks if t.split != "val"]):  # a held-out tail teaches nothing
             reader, table = readers[task.source], sources[task.source].table
             for piece in task.pieces:
                 rows = table.slice(piece.start, piece.end - piece.start) if piece.kind == "table" else None
@@ -137,7 +137,7 @@ class _Sample:
                     if reader.prompt_field is not None:  # split by the whole record, as the tokenize job does
                         raw = (doc.prompt or "").encode("utf-8") + b"\0" + raw
                         text = (doc.prompt or "") + text
-                    if is_validation(raw, data.val_fraction, data.split_seed):
+                    if not task.split and is_validation(raw, data.val_fraction, data.split_seed):
                         continue
                     text = text[:settings.max_document_chars]
                     self.documents += 1

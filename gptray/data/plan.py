@@ -21,6 +21,7 @@ from gptray.core.storage import FileEntry, compression_of
 from gptray.data.read_tasks import ReadPiece, ReadTask
 from gptray.data.readers import UTF8_BOM, file_format, is_splittable
 from gptray.data.sources import ResolvedSource, document_start_rows
+from gptray.data.tail_split import splits_at_tail, tail_pieces
 
 PLANNING_THREADS = 16  # Parquet footers and JSON heads are read concurrently: object stores have latency
 # GPT-2's BPE takes 3.3 (tinyshakespeare) to 4.5 (web text) bytes of English a token. The low end, so
@@ -29,13 +30,23 @@ BYTES_PER_TOKEN = 3.0
 COMPRESSED_EXPANSION = 4.0  # text compresses about 4× with gzip or zstd
 
 
-def plan_tasks(sources: list[ResolvedSource], read_chunk_bytes: int, shard_tokens: int) -> list[ReadTask]:
-    """All read tasks of all sources, in corpus order. A task never mixes sources (each has its weight)."""
+def plan_tasks(sources: list[ResolvedSource], read_chunk_bytes: int, shard_tokens: int, split: str = "hash",
+               val_fraction: float = 0.0) -> list[ReadTask]:
+    """All read tasks of all sources, in corpus order. A task never mixes sources (each has its weight), nor
+    the two sides of a tail-split source (`split`, `val_fraction`: data's; tail_split.py)."""
     tasks: list[ReadTask] = []
     for source in sources:
         weight = source.weight if source.weight > 0 else 1.0
         target = max(1, int(shard_tokens * BYTES_PER_TOKEN / weight))  # input bytes that make one shard
         chunk = min(read_chunk_bytes, target)
+        if splits_at_tail(source, split):
+            pieces = tail_pieces(source, chunk, val_fraction)
+            for side in ("train", "val"):
+                side_tasks = _group(source, [(p, n) for p, n, s in pieces if s == side], target, len(tasks), weight)
+                for task in side_tasks:
+                    task.split = side
+                tasks += side_tasks
+            continue
         if source.kind == "hf_stream":  # shard sizes are unknown: a task per shard keeps the stream's order
             tasks += [ReadTask(len(tasks) + i, source.index, [ReadPiece(source.index, "stream", source.description,
                                                                        start=shard)])

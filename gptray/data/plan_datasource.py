@@ -30,7 +30,9 @@ def read_task_blocks(task: ReadTask, inputs: TaskInputs, tables: list[pa.Table])
     """One plan task's documents blocks between its markers (`tables`: the rows of its table pieces, in order)."""
     reader = inputs.readers_by_source[task.source]
     settings = inputs.settings
-    block = BlockBuilder(reader.weight, settings, reads_prompts=reader.prompt_field is not None, split=reader.split)
+    # a tail-split source's task is all train or all val; otherwise the reader's split, or the hash's
+    block = BlockBuilder(reader.weight, settings, reads_prompts=reader.prompt_field is not None,
+                         split=task.split or reader.split)
     yield _marker(block, task.index, START)
     earlier = intact_record(task, inputs)
     if earlier is not None:

@@ -45,9 +45,13 @@ class ReadTask:
     source: int
     pieces: list[ReadPiece] = field(default_factory=list)
     estimated_tokens: int = 0  # from byte sizes at plan time, after the source's weight
+    split: str = ""  # "train" or "val" for every document of a tail-split source's task; "": by content hash
 
     def to_row(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if not self.split:  # so that plans made before the tail split keep their digests
+            del row["split"]
+        return row
 
     @property
     def digest(self) -> str:

@@ -57,6 +57,7 @@ class ResolvedSource:
     token_format: str | None = None  # token files ("nanogpt", "llmc"): ids read as they are, never tokenized
     token_layouts: list[TokenLayout] = field(default_factory=list)  # token files: each file's ids, checked
     split: str | None = None  # "val" for data.val_sources, "train" for data.sources beside them; None: hashed
+    continuous: bool = False  # one continuous text (a built-in file corpus): data.split auto cuts it at its tail
 
     def name(self, entry: FileEntry) -> str:
         return self.name_prefix + entry.path
@@ -98,7 +99,9 @@ def _resolve(index: int, source: SourceConfig, key: str, vocab_size: int | None)
     corpus = corpora.lookup(source.corpus, f"{key}.corpus")
     if corpus.kind == "file":
         path = str(corpora.corpus_file(source.corpus, f"{key}.corpus"))
-        return _resolve_files(path, f"{key}.corpus", text_unit=source.text_unit or corpus.text_unit, **common)
+        resolved = _resolve_files(path, f"{key}.corpus", text_unit=source.text_unit or corpus.text_unit, **common)
+        resolved.continuous = True
+        return resolved
     streaming = corpus.streaming if source.streaming is None else source.streaming
     if corpus.join_rows and streaming:
         raise ConfigError(f"{key}.streaming", f"corpus {corpus.name!r} joins rows into documents, "

@@ -37,6 +37,7 @@ from gptray.data.shard_task import TaskInputs
 from gptray.data.shards import OLD_PREFIXES, SHARD_PREFIX
 from gptray.data.sources import ResolvedSource, resolve_sources
 from gptray.data.split import MIXTURE_METHOD, SPLIT_METHOD
+from gptray.data.tail_split import TAIL_METHOD, splits_at_tail
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], to
     """Everything that decides a dataset's content; an equal request reuses the existing shards."""
     data = config.data
     return {
-        "sources": [_source_request(s) for s in sources],
+        "sources": [_source_request(s, data.split) for s in sources],
         "tokenizer": dict(tokenizer.describe(), digest=tokenizer.digest),
         "val_fraction": 0.0 if data.val_sources else data.val_fraction,  # unused beside val_sources
         "split_seed": data.split_seed,
@@ -74,13 +75,15 @@ def tokenize_request(config: ExperimentConfig, sources: list[ResolvedSource], to
     }
 
 
-def _source_request(source: ResolvedSource) -> dict:
+def _source_request(source: ResolvedSource, split: str) -> dict:
     """A source's part of the request. Settings added later count only when set, so that a dataset made
     before them is still the same request."""
     settings = {k: v for k, v in dataclasses.asdict(source.config).items() if v is not None or k not in LATER_KEYS}
     request = dict(settings, text_unit=source.text_unit, text_field=source.text_field, identity=source.identity)
     if source.split is not None:
         request["split"] = source.split
+    if splits_at_tail(source, split):  # absent for hashed sources: their datasets keep their requests
+        request["split"] = "tail"
     return request
 
 
@@ -96,7 +99,7 @@ def tokenize_corpus(config: ExperimentConfig, overwrite: bool = False, strict: b
     store = Storage(data.dataset_dir)
     request = tokenize_request(config, sources, tokenizer)
     digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
-    tasks = plan_tasks(sources, data.read_chunk_bytes, data.shard_tokens)
+    tasks = plan_tasks(sources, data.read_chunk_bytes, data.shard_tokens, data.split, data.val_fraction)
     existing = _claim(store, digest, plan_digest(tasks), len(tasks), overwrite)
 
     init_ray(config.ray.address, config.ray.num_cpus)
@@ -290,7 +293,7 @@ def _write_manifest(store: Storage, records: list[TaskRecord], sources: list[Res
         raise DataError(f"no documents to tokenize in {', '.join(s.description for s in sources)}; "
                         f"problems found: {problems.counts or 'none'}")
     manifest.fingerprint = manifest.compute_fingerprint()
-    if tokenizer.kind != "tiktoken":  # the dataset carries its tokenizer: training and sampling read it here
+    if tokenizer.kind == "huggingface":  # the dataset carries its tokenizer: training and sampling read it here
         store.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
     manifest.save(store)
     log.info("wrote %s: %s documents, %s tokens (train %s, val %s) in %d shard(s)", store.uri(MANIFEST_NAME),
@@ -308,7 +311,10 @@ def _split_record(data, sources: list[ResolvedSource], digest: str) -> dict:
     if data.val_sources:
         return {"val_fraction": 0.0, "seed": data.split_seed, "method": VAL_SOURCES_METHOD,
                 "val_sources": [s.description for s in sources if s.split == "val"], "request_digest": digest}
-    return {"val_fraction": data.val_fraction, "seed": data.split_seed, "method": SPLIT_METHOD,
+    tail = [s.description for s in sources if splits_at_tail(s, data.split)]
+    method = SPLIT_METHOD if not tail else TAIL_METHOD if len(tail) == len(sources) else \
+        f"{TAIL_METHOD} for {', '.join(tail)}; the other sources' by {SPLIT_METHOD}"
+    return {"val_fraction": data.val_fraction, "seed": data.split_seed, "method": method,
             "request_digest": digest}
 
 

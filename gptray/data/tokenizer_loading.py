@@ -10,6 +10,7 @@ from gptray.config.schema import tokenizer_kind
 from gptray.core.errors import DataError
 from gptray.core.paths import is_uri
 from gptray.core.storage import Storage
+from gptray.data.bytes_tokenizer import BytesTokenizer
 from gptray.data.hf_tokenizer import HuggingFaceTokenizer
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 
@@ -18,12 +19,14 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(spec: str):
     """The tokenizer `data.tokenizer` names: a tiktoken encoding (gpt2), a tokenizer.json (or a directory
-    holding one, as `gptray tokenizer train` writes) by path or URI, or hf:NAME[@REVISION] from the Hub."""
+    holding one, as `gptray tokenizer train` writes) by path or URI, hf:NAME[@REVISION] from the Hub, or `bytes`."""
     kind = tokenizer_kind(spec)
     if kind == "hub":
         return HuggingFaceTokenizer.from_hub(spec)
     if kind == "file":
         return HuggingFaceTokenizer.from_file(tokenizer_file(spec), spec)
+    if kind == "bytes":
+        return BytesTokenizer()
     return TiktokenTokenizer(spec)
 
 
@@ -36,6 +39,8 @@ def dataset_tokenizer(dataset, manifest):
     info = manifest.tokenizer
     if info.get("kind", "tiktoken") == "tiktoken":
         return TiktokenTokenizer(info["name"])
+    if info["kind"] == BytesTokenizer.kind:
+        return BytesTokenizer()
     tokenizer = stored_tokenizer(dataset, info["name"])
     if tokenizer is None:
         raise DataError(f"{dataset.uri()} lacks {TOKENIZER_FILE}, the tokenizer its manifest names "

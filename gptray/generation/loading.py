@@ -54,7 +54,7 @@ def checkpoint_tokenizer(directory: str | Path, default: str):
             return kept
     if spec is None:
         return load_tokenizer(default)
-    if tokenizer_kind(spec) != "tiktoken":
+    if tokenizer_kind(spec) in ("file", "hub"):
         try:
             beside_data = stored_tokenizer(Storage(config.data.dataset_dir), spec)
         except DataError:  # its dataset is gone or unreachable: the file or Hub name itself, below

@@ -218,8 +218,8 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False, tokenizer: s
         result.notes.append(f"tokenizer files not written: the model's vocabulary ({model.config.vocab_size:,}) "
                             f"is smaller than GPT-2's ({PRESET_DEFAULTS['vocab_size']:,})")
     elif tokenizer is not None:
-        result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used "
-                            f"tiktoken's {tokenizer!r}")
+        used = "the bytes tokenizer" if tokenizer == "bytes" else f"tiktoken's {tokenizer!r}"
+        result.notes.append(f"tokenizer files not written: only GPT-2's BPE is exported, and the run used {used}")
     return result
 
 
@@ -261,7 +261,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
     tokenizer_json = None
     try:
         tokenizer = read_config(directory).data.tokenizer
-        if tokenizer_kind(tokenizer) != "tiktoken":
+        if tokenizer_kind(tokenizer) in ("file", "hub"):
             tokenizer_json = checkpoint_tokenizer(directory, tokenizer).to_json()
     except GptrayError as exc:  # the weights do not depend on it; export them and say so
         tokenizer = None

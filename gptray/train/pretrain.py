@@ -124,7 +124,7 @@ def _write_run_files(config: ExperimentConfig, run: Storage, tokenizer) -> None:
     """The resolved config, and a learned tokenizer: generate, eval and export read the run's from here."""
     run.make_dirs("")
     run.write_bytes("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
-    if tokenizer.kind != "tiktoken":
+    if tokenizer.kind == "huggingface":
         run.write_bytes(TOKENIZER_FILE, tokenizer.to_json().encode("utf-8"))
 
 

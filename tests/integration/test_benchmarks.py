@@ -67,7 +67,7 @@ CASES = [
     ("streaming_data", "## mixture share per global batch of 512"),
     ("tracking_overhead", "async: 2 of 2 train/loss points on the server"),
     ("checkpoint_blocking", "fsdp-sharded-async"),
-    ("first_five_minutes", "| bpe-512 | 4 |"),
+    ("first_five_minutes", "| quickstart | 1337 | 4 |"),
     ("local_mode", "local mode / 1 worker:"),
     ("attention_masks", "flex forward  median"),
 ]

@@ -138,6 +138,18 @@ def test_quickstart_yaml_is_exactly_the_builtin_defaults():
     assert load_config(REPO / "configs" / "quickstart.yaml") == load_config(None)
 
 
+def test_the_nanogpt_config_is_nanogpts_readme_cpu_recipe():
+    """train_shakespeare_char with the README's CPU flags and train.py's defaults, on bytes and the tail split."""
+    c = load_config(REPO / "configs" / "nanogpt-shakespeare-char.yaml")
+    m, t, o, s = c.model, c.train, c.optimizer, c.schedule
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.bias) == (4, 4, 128, 64, 0.0, False)
+    assert (t.batch_size, t.micro_batch_size * max(c.ray.num_workers, 1), t.max_steps) == (12, 12, 2000)
+    assert (o.name, o.lr, o.weight_decay, o.beta1, o.beta2, o.grad_clip) == ("adamw", 1e-3, 0.1, 0.9, 0.99, 1.0)
+    assert (s.name, s.warmup_steps, s.decay_steps, s.min_lr) == ("cosine", 100, 2000, 1e-4)
+    assert (t.eval_interval, t.eval_windows) == (250, 20 * 12)
+    assert (c.data.tokenizer, c.data.split, c.data.val_fraction) == ("bytes", "tail", 0.1)
+
+
 def test_the_gpt2_reproduction_trains_on_gpt2s_tokenizer():
     config = load_config(REPO / "configs" / "gpt2-124m.yaml")
     assert (config.data.tokenizer, config.model.vocab_size) == ("gpt2", 50257)

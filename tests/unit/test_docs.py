@@ -27,7 +27,8 @@ GENERATED = {REPO / name for name in PAGES}
 # Keys the docs show on purpose although no config has them: the error they give is the point.
 NOT_KEYS_ON_PURPOSE = {"train.lrr"}  # README: what a misspelt key prints
 # Dotted names in code spans that begin like a config section but are APIs or modules, not keys.
-RAY_APIS = {"init", "get", "put", "wait", "remote", "train", "data", "tune", "timeline", "shutdown", "util", "cluster_utils"}
+RAY_APIS = {"init", "get", "put", "wait", "remote", "train", "data", "tune", "timeline", "shutdown", "util",
+            "cluster_utils"}
 FILE_SUFFIXES = {"pt", "json", "jsonl", "yaml", "yml", "py", "bin", "safetensors", "txt", "md", "parquet", "db", "csv",
                  "png", "gz", "zst"}
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console", "zsh"}
