@@ -15,7 +15,9 @@ from gptray.core.storage import Storage
 from gptray.data.blocks import BlockSettings
 from gptray.data.bytes_tokenizer import EOT, BytesTokenizer
 from gptray.data.plan import plan_tasks
-from gptray.data.shard_task import TaskInputs, run_read_task
+from gptray.data.plan_datasource import read_task_blocks, tokenize_batch
+from gptray.data.shard_sink import write_task_blocks
+from gptray.data.shard_task import TaskInputs
 from gptray.data.shards import read_shard
 from gptray.data.sources import resolve_sources
 from gptray.data.tokenize_job import source_readers, tokenize_request
@@ -30,16 +32,18 @@ def _paragraphs(count: int, seed: int) -> bytes:
 
 def _tokenize_in_process(tmp_path, name: str, sources: list[SourceConfig], shard_tokens: int, chunk: int,
                          split: str = "tail", val_fraction: float = 0.1) -> dict[str, list[bytes]]:
-    """The tokenize job without Ray: every read task in order; each split's documents, as text bytes."""
+    """The tokenize job without Ray: each read task's blocks, tokenized and written in order (what the Ray Data
+    job's read, tokenize and write operators do); each split's documents, as text bytes."""
     resolved = resolve_sources(sources)
     tokenizer = BytesTokenizer()
     tasks = plan_tasks(resolved, chunk, shard_tokens, split, val_fraction)
     store = Storage(str(tmp_path / name))
     settings = BlockSettings(tokenizer, val_fraction, 0, 1 << 20, 64)
-    inputs = TaskInputs(source_readers(resolved), settings, store, shard_tokens, "test", False)
+    inputs = TaskInputs(source_readers(resolved, tokenizer), settings, store, shard_tokens, "test", False)
     documents: dict[str, list[bytes]] = {"train": [], "val": []}
     for task in tasks:
-        record = run_read_task(task, inputs)
+        blocks = (tokenize_batch(block, settings) for block in read_task_blocks(task, inputs, []))
+        [record] = write_task_blocks(blocks, tasks, inputs)
         for split, shards in record.shards.items():
             for shard in shards:
                 for ids in read_shard(store, shard).column("tokens").to_pylist():
