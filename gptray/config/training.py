@@ -214,7 +214,7 @@ class ScheduleConfig:
     # After the warmup: cosine (GPT-3) or linear decay to min_lr at decay_steps; or wsd
     # (warmup-stable-decay): lr held at its peak, then decayed to min_lr over the last
     # wsd_decay_fraction of decay_steps. A WSD checkpoint from before its decay began continues
-    # into any WSD run whose decay begins at or after its step (checkpoint.resume_from; see the README).
+    # into any WSD run whose decay begins at or after its step (checkpoint.resume_from; see docs/training.md).
     name: Literal["cosine", "wsd", "linear"] = "cosine"
     warmup_steps: int | None = None  # null: the preset's, else the recipe's (GPT-3 375M tokens, GPT-2 2000 steps)
     min_lr: float | None = None  # the end of the decay; null: optimizer.lr × the recipe's ratio

@@ -328,7 +328,7 @@ def harness_hellaswag_yaml(root: Path, data: Path) -> Path:
 def test_gptrays_hellaswag_and_the_harness_hellaswag_on_the_same_examples(memorizer, tmp_path):
     """The harness reads an example's context as "<activity_label>: <ctx_a> <Ctx_b>", gptray reads `ctx`;
     the harness's acc_norm divides an ending's log-likelihood by its characters, gptray's by its tokens
-    (README, "lm-evaluation-harness tasks"). Given the context the harness reads, gptray's losses give the
+    (docs/evaluation.md, "lm-evaluation-harness tasks"). Given the context the harness reads, gptray's losses give the
     harness's acc, and its acc_norm once divided by characters."""
     _, checkpoint = memorizer
     write_hellaswag(tmp_path / "hs.jsonl")

@@ -86,12 +86,12 @@ def test_importing_gptray_and_its_api_loads_neither_ray_nor_mlflow():
     assert out.stdout.split() == ["True", "True", "[]"], out.stdout + out.stderr
 
 
-def test_the_readmes_python_example_runs(run_dir, capsys):
+def test_the_docs_python_example_runs(run_dir, capsys):
     run, _ = run_dir
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1]
+    guide = (REPO / "docs" / "generation.md").read_text()
+    section = guide.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'gptray.load("runs/quickstart"' in code
-    exec(compile(code.replace("runs/quickstart", str(run)), "README.md", "exec"), {})
+    exec(compile(code.replace("runs/quickstart", str(run)), "docs/generation.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.startswith("ROMEO:") and printed.rstrip().endswith("gpt2 2")
