@@ -127,10 +127,11 @@ def load_runs(client, *, sweep: str | None = None, experiment: str | None = None
     elif run_ids:
         runs = [client.get_run(run_id) for run_id in run_ids]
     elif experiment is not None:
-        # Sweep parents are left out here: MLflow's `tags.x != 'parent'` also leaves out every run without
-        # the tag (trials and single runs), which is all of them.
+        # Sweep parents and tokenize jobs' runs (gptray.job: tokenize) are left out here, in Python: MLflow's
+        # `tags.x != 'parent'` also leaves out every run without the tag (trials and single runs), which is all of them.
         runs = client.search_runs([_experiment_id(client, experiment)], max_results=10000)
-        runs = [r for r in runs if r.data.tags.get("gptray.sweep.role") != "parent"]
+        runs = [r for r in runs if r.data.tags.get("gptray.sweep.role") != "parent"
+                and r.data.tags.get("gptray.job") != "tokenize"]
     else:
         raise ConfigError("--sweep", "name a sweep, an experiment or run ids to compare")
     if not runs:

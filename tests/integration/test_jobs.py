@@ -132,7 +132,9 @@ def test_tokenize_job_then_a_stopped_pretrain_job_that_the_next_job_resumes(head
     assert read_state(latest_checkpoint(run_dir)).step == step + 3
 
     client = MlflowClient(f"sqlite:///{out}/runs/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])  # one run, continued
+    runs = client.search_runs([client.get_experiment_by_name("gptray").experiment_id])
+    assert sorted(r.data.tags.get("gptray.job", "train") for r in runs) == ["tokenize", "train"]  # the dataset's run
+    (run,) = [r for r in runs if "gptray.job" not in r.data.tags]  # one training run, continued
     assert run.info.status == "FINISHED" and run.info.run_name == "job"
     logged = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
     assert {step + 1, step + 2, step + 3} <= logged and max(logged) == step + 3

@@ -69,6 +69,7 @@ def test_bits_per_byte_metrics_rank_groups_from_real_mlflow_runs(tmp_path):
                 client.log_metric(run.info.run_id, "train/loss", loss + 0.1, step=step)
             client.set_terminated(run.info.run_id, "FINISHED")
     client.create_run(experiment, run_name="a-sweep", tags={"gptray.sweep.role": "parent"})  # not compared
+    client.create_run(experiment, run_name="tokenize shakespeare", tags={"gptray.job": "tokenize"})  # nor a dataset's
 
     by_loss = {s.label: s for s in compare(uri, experiment="bpb", metric="best_val_loss",
                                            baseline="small-vocab").summaries}
