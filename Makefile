@@ -34,8 +34,16 @@ quickstart: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The suite runs as three pytest processes, each with its own local Ray: in one process, a driver that
+# had launched ~30 Ray Train runs stopped receiving the GCS's actor notifications (Ray 2.60: the next run's
+# controller was alive, its `run` call never dispatched), and every later run hung (ARCHITECTURE.md, "Tests").
+INTEGRATION_A := $(wildcard tests/integration/test_[a-o]*.py)
+INTEGRATION_B := $(wildcard tests/integration/test_[p-s]*.py)
+INTEGRATION_C := $(filter-out $(INTEGRATION_A) $(INTEGRATION_B),$(wildcard tests/integration/test_*.py))
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit $(INTEGRATION_A) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(INTEGRATION_B) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(INTEGRATION_C) $(PYTEST_ARGS)
 
 test-unit: lint
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
