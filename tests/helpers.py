@@ -16,15 +16,11 @@ from pathlib import Path
 
 import yaml
 
+from gptray.core.runtime import free_port  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHAKESPEARE = SHARED / "corpora" / "tinyshakespeare.txt"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _default_sigint() -> None:

@@ -117,7 +117,7 @@ def local_ray_options(num_cpus: int | None = None, **more) -> dict:
     dies). So a local instance gets its dashboard on a port of its own, and every one of its processes is told
     that address (RAY_API_SERVER_ADDRESS, which the state API reads before anything else).
     """
-    port = _free_port()
+    port = free_port()
     runtime_env = more.pop("runtime_env", None) or {}
     env_vars = {**runtime_env.get("env_vars", {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     options = {"address": "local", "include_dashboard": True, "dashboard_port": port,
@@ -127,7 +127,8 @@ def local_ray_options(num_cpus: int | None = None, **more) -> dict:
     return options
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback that is free now (the OS picks it)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
