@@ -7,7 +7,8 @@ splits it (data.split: tail: the first 90% trains, the last 10% is held out):
 1. configs/quickstart.yaml as shipped (its 8K BPE learned from the training text first): its wall time T.
 2. configs/nanogpt-shakespeare-char.yaml (nanoGPT's README CPU recipe on bytes) as shipped, once: its pace.
 3. For each seed, interleaved: the quickstart, then the nanoGPT recipe with max_steps (= lr_decay_iters, as
-   its README sets them) scaled in proportion so that its pretrain takes the quickstart's wall time.
+   its README sets them) scaled in proportion so that its pretrain takes the quickstart's wall time (at the
+   pace of the recipe's latest run: the as-shipped one, then the previous seed's).
 Each run's final checkpoint is then scored over the whole held-out tail (both read the same documents,
 each in its own tokens) with sliding windows of the model's context at a stride of half of it, in this
 process: bits per byte compare across tokenizers. Prints per-seed rows and each arm's median bpb with its
@@ -72,7 +73,7 @@ def run(path: Path, out: Path, name: str, overrides: list[str], smoke: bool) -> 
 
 
 def matched_steps(nanogpt: dict, seconds: float, smoke: bool) -> int:
-    """The nanoGPT recipe's steps that fill `seconds` of pretrain, in proportion to its as-shipped run's (whose
+    """The nanoGPT recipe's steps that fill `seconds` of pretrain, in proportion to a run of it (whose
     evaluations, every 250 steps, grow with its steps: a fixed start-up plus the pace of its training steps
     alone gave it a single step once)."""
     steps = max(1, round(nanogpt["steps"] * seconds / nanogpt["seconds"]))
@@ -114,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:  # interleaved, so that a change of the machine's load reaches both arms alike
         quickstart_rows.append(run(QUICKSTART, out, f"quickstart-{seed}", [*quick, f"train.seed={seed}"],
                                    args.smoke))
-        steps = matched_steps(calibration, quickstart_rows[-1]["seconds"], args.smoke)
+        # the pace of the recipe's latest run: the as-shipped one for the first seed, then the previous
+        # seed's matched run (closer in time, so a drift of the machine's load mismatches less)
+        steps = matched_steps(nanogpt_rows[-1] if nanogpt_rows else calibration, quickstart_rows[-1]["seconds"],
+                              args.smoke)
         matched = [*budget(steps, min(100, steps // 2)), f"schedule.decay_steps={steps}", f"train.seed={seed}"]
         nanogpt_rows.append(run(NANOGPT, out, f"nanogpt-{seed}", [*nano, *matched, *nano_matched], args.smoke))
 

@@ -90,13 +90,20 @@ def learn_missing_tokenizer(config: ExperimentConfig) -> TrainedTokenizer | None
     """Learn the tokenizer data.tokenizer names when that is a local tokenizer.json (or its directory) that
     does not exist yet, from data.sources with the `tokenizer` settings, as `gptray tokenizer train` would;
     None when there is nothing to learn: a tiktoken or Hub name, a file that exists, or an object-store
-    URI (read, never learned here: loading it names one that is missing)."""
+    URI (read, never learned here: loading it names one that is missing). A fine-tune's missing tokenizer is
+    a ConfigError: it must be its base's."""
     spec = config.data.tokenizer
     if tokenizer_kind(spec) != "file" or is_uri(spec):
         return None
     target = Path(tokenizer_file(spec))
     if target.is_file():
         return None
+    if config.train.init_from:  # a fine-tune's ids are its base's: learning from its data would give others
+        raise ConfigError("data.tokenizer", f"{spec} does not exist, and a fine-tune (train.init_from="
+                                            f"{config.train.init_from}) takes its base's tokenizer, never one "
+                                            "learned from its own data: set data.tokenizer to the base run's "
+                                            "tokenizer.json (e.g. runs/quickstart/tokenizer.json), or gpt2 for "
+                                            "a GPT-2 base")
     if target.name != TOKENIZER_FILE:
         raise ConfigError("data.tokenizer", f"{spec} does not exist; a tokenizer gptray learns is named "
                                             f"{TOKENIZER_FILE} (or give its directory)")
