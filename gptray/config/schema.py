@@ -110,6 +110,8 @@ class SourceConfig:
         require(math.isfinite(self.weight) and self.weight > 0, f"{key}[{i}].weight",
                  "must be a positive number", self.weight)
         no_credentials(f"{key}[{i}].path", self.path)
+        for j, location in enumerate(self.data_files or []):  # the json/text/parquet builders read URLs too
+            no_credentials(f"{key}[{i}].data_files[{j}]", location)
         if self.format is not None:
             if not self.path:
                 raise ConfigError(f"{key}[{i}].format", f"token files are read from a path: set {key}[{i}].path")
