@@ -58,7 +58,8 @@ if [ -n "$gptray_image" ]; then
   pin_to="$gptray_image@$digest"
   for manifest in "$root"/cluster/kuberay/*.yaml; do
     # whatever gptray image a manifest names now (gptray:TAG, or REGISTRY/gptray:TAG[@sha256:…]) becomes this one
-    sed -E -i "s#(image:[[:space:]]+)[^[:space:]]*gptray:[^@[:space:]]+(@${digest_re})?#\1${pin_to}#" "$manifest"
+    sed -E -i "/^[[:space:]]*image:/ s#(image:[[:space:]]+)[^[:space:]]*gptray:[^@[:space:]]+(@${digest_re})?#\1${pin_to}#" \
+      "$manifest"
     grep -qF "$pin_to" "$manifest" || { echo "pin_images: $manifest names no gptray image" >&2; exit 1; }
   done
   echo "pin_images: gptray's image → $pin_to in cluster/kuberay/*.yaml"

@@ -83,6 +83,47 @@ def test_a_hub_source_reads_its_pinned_commit_and_offline_an_unpinned_one_is_unk
     assert source_commit("json", None, "data.sources[0]") is None  # a builder over local files: no repository
 
 
+def test_the_hub_resolves_a_branch_to_its_commit(monkeypatch):
+    """Through huggingface_hub's own client, against a stand-in Hub on loopback (its dataset_info API)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    branches = {"/api/datasets/owner/name": COMMIT, "/api/datasets/owner/name/revision/v2": OTHER}
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            sha = branches.get(self.path.split("?")[0])
+            body = json.dumps({"id": "owner/name", "sha": sha} if sha else {"error": "Revision Not Found"}).encode()
+            self.send_response(200 if sha else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert source_commit("owner/name", None, "data.sources[0]") == COMMIT  # the default branch, now
+        assert source_commit("owner/name", "v2", "data.sources[0]") == OTHER
+        assert source_commit("owner/name", "gone", "data.sources[0]") == UNKNOWN  # loading reports the error
+        assert source_commit("owner/name", COMMIT, "data.sources[0]") == COMMIT  # a commit pin: not asked
+        assert len([path for path in asked if path.startswith("/api/datasets/")]) == 3
+    finally:
+        server.shutdown()
+
+
 def test_a_named_corpus_copy_is_checked_against_a_pin_and_says_unknown_without_a_record(tmp_path, monkeypatch):
     monkeypatch.setenv(CORPORA_PATH_ENV, str(tmp_path))
     corpus = REGISTRY["openwebtext-10k"]  # a Hub corpus with plain_text/ Parquet files in its converted layout

@@ -101,7 +101,7 @@ def test_the_image_and_the_cluster_files_install_through_the_lock():
         commands = yaml.safe_load((REPO / "cluster" / name).read_text())["setup_commands"]
         assert commands == ["TORCH_VARIANT=cuda bash ~/gptray/scripts/install.sh --locked python"], name
     for name in ("raycluster.yaml", "rayjob.yaml"):  # KubeRay runs the image built from the Dockerfile
-        images = re.findall(r"image:\s*(\S+)", (REPO / "cluster" / "kuberay" / name).read_text())
+        images = re.findall(r"^\s*image:\s*(\S+)", (REPO / "cluster" / "kuberay" / name).read_text(), re.M)
         assert images and all(re.fullmatch(r"(\S+/)?gptray:[^@\s]+(@sha256:[0-9a-f]{64})?", i) for i in images)
     install = (REPO / "scripts" / "install.sh").read_text()
     assert 'pip --require-hashes -r "$lock"' in install and "pip --no-deps --no-build-isolation -e ." in install
@@ -153,3 +153,8 @@ def test_shipped_images_are_tags_or_digests_and_pin_images_pins_them(tmp_path):
     for path in root.rglob("*.yaml"):  # still valid YAML, comments and all
         yaml.safe_load(path.read_text())
     assert all(DIGEST.search(i) for i in images(root))
+    # what is not an image reference (comments, commands) is left as it was
+    assert [line for line in (root / "cluster" / "kuberay" / "raycluster.yaml").read_text().splitlines()
+            if line.lstrip().startswith("#")] == [line for line in (REPO / "cluster" / "kuberay" /
+                                                                    "raycluster.yaml").read_text().splitlines()
+                                                  if line.lstrip().startswith("#")]
