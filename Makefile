@@ -5,6 +5,8 @@
 #   make test-multinode  the elastic tests on a local multi-node Ray cluster (about 5 minutes; not in make test)
 #   make docs         build the docs site into site/ (mkdocs --strict); `make docs-reference` rewrites
 #                     docs/reference/ from the code (config keys, commands), which a unit test keeps current
+#   make lock         recompile the hashed locks of the users' install (requirements/lock-py311-linux*.txt) with uv,
+#                     keeping their pins; `make lock LOCK_ARGS=--upgrade` moves every pin to the newest allowed
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +21,7 @@ ifneq ($(wildcard $(SHARED)/corpora),)
 export GPTRAY_CORPORA ?= $(SHARED)/corpora
 endif
 
-.PHONY: setup quickstart lint test test-unit test-multinode docs docs-reference clean
+.PHONY: setup quickstart lint test test-unit test-multinode docs docs-reference lock clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -53,6 +55,9 @@ test-multinode: setup
 
 docs-reference: setup
 	$(BIN)/python scripts/reference_pages.py
+
+lock:
+	scripts/lock.sh $(LOCK_ARGS)
 
 docs: setup
 	$(BIN)/mkdocs build --strict

@@ -4,8 +4,9 @@
 #
 #   scripts/check_user_install.sh [PYTHON]        PYTHON: the interpreter to make the venv with (python3)
 #
-# The venv is made the way the Docker image and the cluster files install: scripts/install.sh with no extras
-# (the image runs `scripts/install.sh python`, the cluster files `pip install -e ~/gptray`). In it, the job
+# The venv is made the way the Docker image and the cluster files install: `scripts/install.sh --locked`, every
+# dependency by version and sha256 from the hashed lock, no extras (here, without a GPU, the CPU lock:
+# requirements/lock-py311-linux-cpu.txt, the image's versions with torch's CPU build). In it, the job
 # entrypoints `ray job submit` runs (python -m pipelines.…) learn the default byte-level BPE from
 # tinyshakespeare, tokenize with it and train the nano GPT for a few steps on one local Ray worker.
 # Offline as CI is: TIKTOKEN_CACHE_DIR and GPTRAY_CORPORA as .ci/run sets them. About two minutes.
@@ -16,11 +17,12 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/gptray-user-install-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
 
-echo "user install: venv in $work/venv (scripts/install.sh, no extras)"
+echo "user install: venv in $work/venv (scripts/install.sh --locked, no extras)"
 "$base_python" -m venv "$work/venv"
 python="$work/venv/bin/python"
 "$python" -m pip install --quiet --upgrade pip
-scripts/install.sh "$python"
+scripts/install.sh --locked "$python"
+"$python" -m pip check  # the lock is complete and consistent: every installed package's requirements are met
 if "$python" -c "import transformers" 2>/dev/null; then
   echo "user install: transformers (the dev extra) is installed: this is not a user's install" >&2
   exit 1

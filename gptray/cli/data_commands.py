@@ -62,22 +62,25 @@ def cmd_list(args) -> int:
     for corpus in REGISTRY.values():
         copy = local_copy(corpus)
         loading = "download" if corpus.kind == "file" else "stream" if corpus.streaming else "prepare"
-        rows.append((corpus.name, corpus.size, corpus.source, loading, str(copy) if copy else "-"))
-    print(text_table(("name", "size", "source", "loading", "on this machine"), rows))
+        rows.append((corpus.name, corpus.size, corpus.source, corpus.pin, loading, str(copy) if copy else "-"))
+    print(text_table(("name", "size", "source", "pinned", "loading", "on this machine"), rows))
     print()
     for corpus in REGISTRY.values():
         print(f"{corpus.name}: {corpus.description}")
     print(textwrap.dedent(f"""
         Use one as `data.sources: [{{corpus: NAME}}]`. "stream" reads the Hub dataset as it goes; "prepare"
         downloads it into the Hugging Face cache first. A local copy of a Hub repository in ${CORPORA_PATH_ENV}
-        (<dir>/<owner>/<name>) is used instead of the Hub.
+        (<dir>/<owner>/<name>) is used instead of the Hub. "pinned": a file corpus is checked against its
+        sha256; a Hub corpus not pinned to a commit is read at the commit its branch points to when you
+        tokenize, which the dataset's manifest and its tokenize run record (sources[i].revision); pin one
+        with `{{corpus: NAME, hf_revision: COMMIT}}`.
 
         Other sources:
           local         {{path: FILE | DIR | 'GLOB'}}  .txt/.text/.md, .jsonl/.ndjson/.json, .parquet;
                         text and JSON also compressed (.gz, .zst, .bz2); directories read recursively
           object store  {{path: 's3://bucket/prefix/*.jsonl.zst'}}, gs://…  (pyarrow/fsspec; S3 settings from
                         AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, … or URI query parameters)
-          Hugging Face  {{hf: NAME, hf_config: …, hf_split: train, streaming: true}}"""))
+          Hugging Face  {{hf: NAME, hf_config: …, hf_split: train, hf_revision: COMMIT, streaming: true}}"""))
     return EXIT_OK
 
 

@@ -47,7 +47,9 @@ class SourceConfig:
     # than the registry's (Wikipedia's language and dump date: "20231101.de").
     hf_config: str | None = None
     hf_split: str = "train"  # the split of the Hugging Face dataset to read
-    hf_revision: str | None = None  # pin a dataset version (git revision on the Hub)
+    # The Hub revision to read (hf sources and Hub corpora): a commit sha (40 hex digits) pins the dataset; a branch
+    # or tag is resolved to its commit when the job plans. Either way the manifest records the commit read.
+    hf_revision: str | None = None
     data_files: list[str] | None = None  # for hf: json/text/parquet builders reading local files
     # Stream the dataset (nothing downloaded up front; shards read in parallel) instead of
     # preparing it in the local cache. Null: a named corpus decides by its size; hf datasets do not stream.
@@ -98,13 +100,18 @@ class SourceConfig:
                                   f"must differ from text_field (both are {self.text_field!r})")
         if self.hf_config is not None and self.path:
             raise ConfigError(f"{key}[{i}].hf_config", "only applies to hf sources and named corpora")
-        if self.hf_revision is not None and not self.hf:
-            raise ConfigError(f"{key}[{i}].hf_revision", "only applies to hf sources")
+        if self.hf_revision is not None:
+            if self.path:
+                raise ConfigError(f"{key}[{i}].hf_revision", "only applies to hf sources and named corpora")
+            require(bool(self.hf_revision) and not any(c.isspace() for c in self.hf_revision),
+                    f"{key}[{i}].hf_revision", "must be a commit sha, branch or tag", self.hf_revision)
         if self.streaming is not None and self.path:
             raise ConfigError(f"{key}[{i}].streaming", "only applies to hf sources and named corpora")
         require(math.isfinite(self.weight) and self.weight > 0, f"{key}[{i}].weight",
                  "must be a positive number", self.weight)
         no_credentials(f"{key}[{i}].path", self.path)
+        for j, location in enumerate(self.data_files or []):  # the json/text/parquet builders read URLs too
+            no_credentials(f"{key}[{i}].data_files[{j}]", location)
         if self.format is not None:
             if not self.path:
                 raise ConfigError(f"{key}[{i}].format", f"token files are read from a path: set {key}[{i}].path")

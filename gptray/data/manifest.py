@@ -76,6 +76,9 @@ class SourceInfo:
     tokens: int = 0
     share: float = 0.0  # its part of all tokens written
     problems: ProblemCounts = field(default_factory=ProblemCounts)
+    # A Hugging Face dataset's commit, the exact revision read (data/hub_revision.py); "unknown" where neither the
+    # Hub (offline) nor its local copy could tell; None for sources that are no Hub repository.
+    revision: str | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from gptray.core.paths import is_uri
 from gptray.core.storage import FileEntry
 from gptray.data import corpora
 from gptray.data.hub_files import hub_filesystem, hub_parquet_files
+from gptray.data.hub_revision import UNKNOWN, hub_offline, is_commit, source_commit
 from gptray.data.readers import article_starts, file_format
 from gptray.data.token_files import TokenLayout, read_layout
 
@@ -54,6 +55,9 @@ class ResolvedSource:
     join_rows: str | None = None  # rows are lines of documents ("wikitext")
     stream: Any = None  # hf_stream: a datasets.IterableDataset of the text column
     identity: dict = field(default_factory=dict)  # what decides the source's content (for rerun checks)
+    # The commit of the Hugging Face repository it reads (hub_revision.py): a sha, "unknown" (offline, or a local
+    # copy of a corpus that records none), None for sources that are no repository.
+    revision: str | None = None
     token_format: str | None = None  # token files ("nanogpt", "llmc"): ids read as they are, never tokenized
     token_layouts: list[TokenLayout] = field(default_factory=list)  # token files: each file's ids, checked
     split: str | None = None  # "val" for data.val_sources, "train" for data.sources beside them; None: hashed
@@ -97,6 +101,9 @@ def _resolve(index: int, source: SourceConfig, key: str, vocab_size: int | None)
         return _resolve_hf(source.hf, source.hf_config, source.hf_split, source.hf_revision, source.data_files,
                            streaming, None, key, **common)
     corpus = corpora.lookup(source.corpus, f"{key}.corpus")
+    if corpus.kind == "file" and source.hf_revision is not None:
+        raise ConfigError(f"{key}.hf_revision", f"corpus {corpus.name!r} is a file, pinned by its sha256, "
+                                                "not a Hugging Face dataset")
     if corpus.kind == "file":
         path = str(corpora.corpus_file(source.corpus, f"{key}.corpus"))
         resolved = _resolve_files(path, f"{key}.corpus", text_unit=source.text_unit or corpus.text_unit, **common)
@@ -108,9 +115,19 @@ def _resolve(index: int, source: SourceConfig, key: str, vocab_size: int | None)
                                               "which needs streaming: false")
     mirror = corpora.local_copy(corpus)
     common["text_field"] = corpus.text_field if source.text_field == "text" else source.text_field
+    # The source's hf_revision pins the corpus, over the registry's. A local copy is checked against a pin of
+    # the source's or a commit of the registry's; the registry's branch names are the Hub's layout, not a pin.
+    revision = source.hf_revision or corpus.hf_revision
+    if mirror and not (source.hf_revision or is_commit(corpus.hf_revision)):
+        revision = None
     # hf_config picks another of the corpus's configs (Wikipedia: another language or dump date).
-    return _resolve_hf(str(mirror) if mirror else corpus.hf, source.hf_config or corpus.hf_config, source.hf_split,
-                       None if mirror else corpus.hf_revision, None, streaming, corpus.join_rows, key, **common)
+    resolved = _resolve_hf(str(mirror) if mirror else corpus.hf, source.hf_config or corpus.hf_config,
+                           source.hf_split, revision, None, streaming, corpus.join_rows, key, **common)
+    if resolved.revision is None:  # a local copy of the corpus's repository that records no commit
+        log.warning("%s: the local copy %s records no Hub commit (download it with `huggingface-cli download "
+                    "--local-dir`, which does): its dataset will record the revision as unknown", key, mirror)
+        resolved.revision = UNKNOWN
+    return resolved
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -186,10 +203,16 @@ def _resolve_hf(path: str, name: str | None, split: str, revision: str | None, d
 
     description = common["description"]
     text_field = common["text_field"]
+    # Read at one commit, resolved now: the dataset records it, and a branch moving mid-job changes nothing.
+    commit = source_commit(path, revision, key)
+    if os.path.isdir(path):
+        revision = None  # a local copy is the revision it holds (source_commit checked it against a pin)
+    elif is_commit(commit):
+        revision = commit
     if not streaming and join_rows is None and data_files is None:
         found = _hub_parquet(path, name, split, revision, f"{key}.text_field", **common)
         if found is not None:
-            return found
+            return _with_revision(found, commit)
     try:
         dataset = datasets.load_dataset(path, name, split=split, revision=revision, data_files=data_files,
                                         streaming=streaming)
@@ -210,12 +233,27 @@ def _resolve_hf(path: str, name: str | None, split: str, revision: str | None, d
         # Parquet datasets read a row group per shard: more parallel read tasks than files.
         stream = stream.reshard() if hasattr(stream, "reshard") else stream
         identity["shards"] = stream.num_shards
-        return ResolvedSource(kind="hf_stream", stream=stream, identity=identity, join_rows=None, **common)
+        return _with_revision(ResolvedSource(kind="hf_stream", stream=stream, identity=identity, join_rows=None,
+                                             **common), commit)
     table = dataset.select_columns([text_field]).with_format("arrow")[:]
     identity["cache_files"] = [os.path.basename(os.path.dirname(f["filename"])) + "/" + os.path.basename(f["filename"])
                                for f in dataset.cache_files]
     identity["rows"] = table.num_rows
-    return ResolvedSource(kind="hf_table", table=table, identity=identity, join_rows=join_rows, **common)
+    return _with_revision(ResolvedSource(kind="hf_table", table=table, identity=identity, join_rows=join_rows,
+                                         **common), commit)
+
+
+def _with_revision(source: ResolvedSource, commit: str | None) -> ResolvedSource:
+    """The source with the commit it reads; a known one is part of its identity (a dataset made from another
+    commit is another request). Only when known, so that a request made before commits were recorded is equal."""
+    source.revision = commit
+    if is_commit(commit):
+        source.identity["commit"] = commit
+        log.info("%s: Hugging Face commit %s", source.description, commit)
+    elif commit == UNKNOWN:
+        log.warning("%s: the Hub could not be asked which commit it reads (offline?): its dataset will record the "
+                    "revision as unknown; set hf_revision to a commit to pin it", source.description)
+    return source
 
 
 def _hub_parquet(path: str, name: str | None, split: str, revision: str | None, field_key: str,
@@ -224,7 +262,7 @@ def _hub_parquet(path: str, name: str | None, split: str, revision: str | None, 
     its layout has none for this split, or the Hub cannot be listed (offline): then `datasets` prepares it."""
     if os.path.isdir(path):
         fs, root, prefix = pafs.LocalFileSystem(), os.path.abspath(path), ""
-    elif "/" in path and not _hub_offline():
+    elif "/" in path and not hub_offline():
         try:
             fs, root = hub_filesystem(path, revision)
         except ImportError:
@@ -247,10 +285,6 @@ def _hub_parquet(path: str, name: str | None, split: str, revision: str | None, 
     source.identity = {"hf": path, "config": name, "split": split, "revision": revision,
                        "parquet_files": [[source.name(f), f.size, f.mtime_ns] for f in files]}
     return source
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _local_file_stats(paths: list[str]) -> list:

@@ -320,7 +320,8 @@ def _split_record(data, sources: list[ResolvedSource], digest: str) -> dict:
 
 def _source_infos(sources: list[ResolvedSource], records: list[TaskRecord]) -> list[SourceInfo]:
     infos = [SourceInfo(s.description, s.kind, s.text_unit if s.kind == "files" else "row",
-                        files=s.file_names, skipped_files=s.skipped_files, weight=s.weight) for s in sources]
+                        files=s.file_names, skipped_files=s.skipped_files, weight=s.weight, revision=s.revision)
+             for s in sources]
     for record in records:  # in task order, so the first problem locations are the corpus's first
         info, stats = infos[record.source], record.stats
         info.documents_read += stats.documents_read

@@ -1,4 +1,5 @@
-"""The tokenize job's MLflow run: one per dataset written, with its request, counts, bad input and manifest.
+"""The tokenize job's MLflow run: one per dataset written, with its request, the Hub commits it read, counts, bad
+input and manifest.
 
 Never fatal: with tracking unreachable the dataset is already written, and the job says so once.
 Training runs name the dataset they read by the same fingerprint (dataset_input.py), so the MLflow
@@ -35,6 +36,12 @@ def tokenize_metrics(manifest: Manifest, seconds: float, tasks: int, kept_tasks:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def revision_params(manifest: Manifest) -> dict[str, str]:
+    """The commit each Hugging Face source was read at (`source.<i>.revision`), a param of its own: the request's
+    sources are one JSON param, cut at MLflow's length limit on a large dataset."""
+    return {f"source.{i}.revision": s.revision for i, s in enumerate(manifest.sources) if s.revision is not None}
+
+
 def log_tokenize_run(config: ExperimentConfig, request: dict, manifest: Manifest, dataset_dir: str,
                      seconds: float, tasks: int, kept_tasks: int) -> str | None:
     """Log the job as an MLflow run in config.tracking.experiment; its run id, or None when tracking failed."""
@@ -50,6 +57,7 @@ def log_tokenize_run(config: ExperimentConfig, request: dict, manifest: Manifest
                                 tags={"gptray.job": "tokenize", "gptray.dataset_dir": str(dataset_dir)})
         run_id = run.info.run_id
         params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten({"request": request}).items()]
+        params += [Param(k, v) for k, v in revision_params(manifest).items()]
         metrics = [Metric(k, v, 0, 0) for k, v in tokenize_metrics(manifest, seconds, tasks, kept_tasks).items()]
         client.log_batch(run_id, metrics=metrics, params=params)
         client.log_inputs(run_id, datasets=[DatasetInput(dataset_entity(manifest, dataset_dir),

@@ -94,8 +94,8 @@ def test_cloud_yamls_autoscale_gpu_workers_running_this_project(name):
     assert {"accelerator_type:H100": 1} == {k: v for r in workers for k, v in r.items() if k.endswith("H100")}
     for node_type in types.values():
         assert node_type.get("min_workers", 0) <= node_type.get("max_workers", 0) <= config["max_workers"]
-    assert config["docker"]["image"] == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
-    assert "pip install -e ~/gptray" in config["setup_commands"]
+    assert config["docker"]["image"].split("@")[0] == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
+    assert "TORCH_VARIANT=cuda bash ~/gptray/scripts/install.sh --locked python" in config["setup_commands"]
     assert config["file_mounts"]["~/gptray"] == "."
 
 
@@ -103,7 +103,9 @@ def check_pod_template(template: dict, where: str, gpus: int | None = None) -> N
     containers = template["spec"]["containers"]
     assert containers, f"{where}: a pod needs a container"
     image = containers[0]["image"]
-    assert image == f"gptray:{ray.__version__}-{PYTHON_TAG}-gpu", f"{where}: image {image}"
+    # gptray's image, as shipped or as scripts/pin_images.sh REGISTRY/gptray:TAG leaves it
+    assert re.fullmatch(rf"(\S+/)?gptray:{ray.__version__}-{PYTHON_TAG}-gpu(@sha256:[0-9a-f]{{64}})?", image), \
+        f"{where}: image {image}"
     env = {e["name"]: e for e in containers[0].get("env", [])}
     assert env["RAY_AUTH_MODE"]["value"] == "token", f"{where}: token auth must be on"
     assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], f"{where}: the token comes from a Secret"
@@ -147,12 +149,12 @@ def test_kuberay_rayjob_runs_the_pretrain_pipeline_on_that_cluster():
 def test_the_image_is_the_pinned_ray_image_installed_the_way_ci_installs():
     dockerfile = (REPO / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)$", dockerfile, re.M).group(1)
-    assert base == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
+    assert base.split("@")[0] == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"  # @sha256:… once pinned
     pinned = re.search(r'"ray\[[^\]]+\]==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     assert pinned == ray.__version__
     assert "WORKDIR /app" in dockerfile
     install = re.search(r"^RUN (.*scripts/install\.sh.*)$", dockerfile, re.M).group(1)
-    assert "scripts/install.sh python" in install
+    assert "scripts/install.sh --locked python" in install  # the hashed lock (tests/unit/test_install_pinning.py)
     # CI runs `make test`, whose setup runs the same script
     assert "make test" in (REPO / ".ci" / "run").read_text()
     assert re.search(r"^\tscripts/install\.sh \$\(BIN\)/python dev$", (REPO / "Makefile").read_text(), re.M)

@@ -16,7 +16,8 @@ def _manifest() -> Manifest:
     problems.add("empty", "b.jsonl:4")
     shard = ShardInfo("train/shard-00000-000.parquet", 10, 1000, 0, "ab" * 32, 4000)
     manifest = Manifest(tokenizer={"kind": "tiktoken", "name": "gpt2", "vocab_size": 50257}, split={},
-                        sources=[SourceInfo("b.jsonl", "files", "line")],
+                        sources=[SourceInfo("b.jsonl", "files", "line"),
+                                 SourceInfo("hf:owner/name", "files", "row", revision="ab12" * 10)],
                         splits={"train": SplitInfo(10, 1000, [shard]), "val": SplitInfo()}, documents=10,
                         tokens=1000, problems=problems)
     manifest.fingerprint = manifest.compute_fingerprint()
@@ -36,6 +37,8 @@ def test_a_run_per_dataset_with_counts_bad_input_and_the_manifest(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["gptray.job"] == "tokenize"
     assert run.data.params["request.shard_tokens"] == "5000"
     assert json.loads(run.data.params["request.sources"]) == [{"path": "b.jsonl"}]
+    # the Hub commit each Hugging Face source was read at, a param of its own; files have none
+    assert run.data.params["source.1.revision"] == "ab12" * 10 and "source.0.revision" not in run.data.params
     metrics = run.data.metrics
     assert (metrics["tokens"], metrics["train_tokens"], metrics["tokens_per_second"]) == (1000, 1000, 500)
     assert (metrics["bad_input"], metrics["bad_input.malformed_json"], metrics["bad_input.empty"]) == (3, 2, 1)

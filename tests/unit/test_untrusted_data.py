@@ -96,3 +96,22 @@ def test_a_corrupted_shard_in_the_node_cache_is_decoded_again(tmp_path):
     third = cache(tmp_path, infos, 10_000)
     assert np.array_equal(third.arrays(1, set())[0], streams[1])
     third.close()
+
+
+def test_a_task_records_shard_outside_the_dataset_or_of_another_size_is_not_intact(tmp_path):
+    """A rerun of tokenize keeps a read task whose record's shards are intact; the record is read from the dataset
+    directory, so its paths are data too: one that leaves the dataset is never read, even with the right bytes."""
+    import dataclasses
+    import hashlib
+
+    from gptray.data.shards import shard_is_intact
+
+    directory, _ = dataset(tmp_path)
+    shard = Manifest.load(directory).splits["train"].shards[0]
+    assert shard_is_intact(directory, shard)
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes((directory / shard.path).read_bytes())  # the same bytes, the same sha256
+    assert hashlib.sha256(outside.read_bytes()).hexdigest() == shard.sha256
+    assert not shard_is_intact(directory, dataclasses.replace(shard, path="../outside.parquet"))
+    assert not shard_is_intact(directory, dataclasses.replace(shard, path=str(outside)))
+    assert not shard_is_intact(directory, dataclasses.replace(shard, bytes=shard.bytes + 1))  # never read

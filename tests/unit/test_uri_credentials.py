@@ -37,6 +37,9 @@ def test_a_source_path_with_credentials_is_refused():
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.path") as refused:
         load_config(overrides=[f"data.sources=[{{path: 's3://a:{SECRET}@bucket/corpus.jsonl'}}]"])
     assert SECRET not in str(refused.value)
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.data_files\[1\]") as refused:
+        load_config(overrides=[f"data.sources=[{{hf: json, data_files: [a.jsonl, 'https://u:{SECRET}@h/b.jsonl']}}]"])
+    assert SECRET not in str(refused.value)
 
 
 def test_uris_without_credentials_pass():
