@@ -13,7 +13,7 @@ class Due:
 
     log: bool = False
     eval: bool = False  # validation loss
-    tasks: bool = False  # eval.train_tasks (HellaSwag, perplexity)
+    tasks: bool = False  # eval.train_tasks (HellaSwag, perplexity, harness tasks)
     sample: bool = False
     checkpoint: bool = False
 

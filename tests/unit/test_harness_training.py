@@ -1,0 +1,177 @@
+"""Harness tasks during training: the requests cut into contiguous shares by rank give the same results at any
+world size, FSDP's ranks run the same number of forward passes, the training engine's harness results equal
+`gptray eval`'s on the same model, and eval.train_tasks's harness names are checked before a run starts."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gptray.config import EvalConfig, load_config
+from gptray.core.errors import ConfigError
+from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
+from gptray.eval.harness_model import GptrayLM, LocalScorer
+from gptray.eval.harness_scoring import generation_unit, loglikelihood_unit
+from gptray.eval.harness_tasks import evaluate_harness, task_manager
+from gptray.eval.harness_training import BLOCKED_METRIC, RankShareScorer, TrainingHarness, share, share_bounds
+from gptray.eval.training import progress_parts, training_payload
+from gptray.train.engine import TrainingEngine
+from harness_fixtures import BLOCK_SIZE, TASKS, tiny_gpt2, write_tasks
+
+CPU = torch.device("cpu")
+
+
+def test_shares_are_contiguous_cover_every_request_once_and_differ_by_one_at_most():
+    for count in range(12):
+        for world_size in (1, 2, 3, 5):
+            items = list(range(count))
+            shares = [share(items, rank, world_size) for rank in range(world_size)]
+            assert sum(shares, []) == items
+            sizes = [len(s) for s in shares]
+            assert max(sizes) - min(sizes) <= 1
+            assert share_bounds(count, world_size - 1, world_size)[1] == count
+
+
+def requests(tokenizer) -> tuple[list[dict], list[dict]]:
+    rng = np.random.default_rng(0)
+    loglikelihood = [loglikelihood_unit(i, rng.integers(0, 50000, int(rng.integers(1, 60))).tolist(),
+                                        rng.integers(0, 50000, int(rng.integers(1, 4))).tolist(), BLOCK_SIZE)
+                     for i in range(7)]
+    generation = [generation_unit(i, tokenizer.encode(f"Anna left the {thing}"), ["."], 6, 0.0, BLOCK_SIZE)
+                  for i, thing in enumerate(["lamp", "kettle", "ticket", "novel", "anchor"])]
+    return loglikelihood, generation
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_world_size_scores_the_same_requests_the_same(world_size):
+    """Each rank's share scored by its own scorer (one process standing in for each rank: what `score` gives a
+    rank when no process group is up is its own share) and merged: the results of scoring all in one place."""
+    tokenizer = TiktokenTokenizer("gpt2")
+    model = tiny_gpt2(seed=3)
+    loglikelihood, generation = requests(tokenizer)
+    whole = LocalScorer(model, tokenizer, CPU, batch_size=2)
+    ranks = [RankShareScorer(LocalScorer(model, tokenizer, CPU, batch_size=2), rank, world_size, lockstep=False)
+             for rank in range(world_size)]
+    merged = sorted((r for s in ranks for r in s.score("loglikelihood", loglikelihood)), key=lambda r: r["index"])
+    expected = whole.loglikelihoods(loglikelihood)
+    assert [r["index"] for r in merged] == list(range(len(loglikelihood)))
+    for ours, theirs in zip(merged, expected):
+        assert ours["logprob"] == pytest.approx(theirs["logprob"], abs=1e-5) and ours["greedy"] == theirs["greedy"]
+    generated = sorted((r for s in ranks for r in s.score("generate", generation)), key=lambda r: r["index"])
+    assert generated == whole.generations(generation)
+
+
+def test_under_fsdp_every_rank_runs_as_many_forward_passes():
+    """7 log-likelihood requests over 3 ranks in batches of 2 (shares of 2, 2 and 3): 2 passes each; every rank
+    generates every request (a generation's passes depend on its text)."""
+    tokenizer = TiktokenTokenizer("gpt2")
+    model = tiny_gpt2(seed=3)
+    loglikelihood, generation = requests(tokenizer)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    for kind, units in (("loglikelihood", loglikelihood), ("generate", generation)):
+        passes = []
+        for rank in range(3):
+            calls.clear()
+            RankShareScorer(LocalScorer(model, tokenizer, CPU, batch_size=2), rank, 3, lockstep=True).score(kind,
+                                                                                                             units)
+            passes.append(len(calls))
+        assert len(set(passes)) == 1 and passes[0] > 0, (kind, passes)
+    assert passes[0] > 3  # generation: a pass per new token, not one per batch
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("harness-training"))
+
+
+def test_the_training_engines_harness_results_are_gptray_evals_on_the_same_model(tasks):
+    config = load_config(None, ["model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+                                f"model.block_size={BLOCK_SIZE}", "data.tokenizer=gpt2", "train.batch_size=2"])
+    tokens = np.random.default_rng(0).integers(0, 50257, 2_000).astype(np.uint16)
+    engine = TrainingEngine(config, CPU, rank=0, world_size=1, train_data=tokens, val_tokens=tokens)
+    engine.train_step(0)
+    tokenizer = TiktokenTokenizer("gpt2")
+    settings = EvalConfig(harness_include=[str(tasks)], bootstrap_iters=0, batch_size=3)
+    random.seed(7)
+    torch.manual_seed(7)
+    before = (random.getstate(), torch.random.get_rng_state())
+    metrics = TrainingHarness(list(TASKS), settings, tokenizer, rank=0, world_size=1).run(engine)
+    assert (random.getstate(), torch.random.get_rng_state()) == before  # training's randomness left as it was
+    assert engine.module.training  # back to training mode
+    lm = GptrayLM.from_model(engine.module, tokenizer, CPU, batch_size=3, seed=settings.seed)
+    results, _ = evaluate_harness(lm, list(TASKS), settings, "this process", task_manager(settings, list(TASKS)))
+    expected = {f"eval/{r.label}/{k}": v for r in results for k, v in r.metrics.items()}
+    assert metrics.pop(BLOCKED_METRIC) > 0
+    assert metrics == pytest.approx(expected, rel=1e-6)
+    assert {"eval/lm_eval/gptray_mc/acc_norm", "eval/lm_eval/gptray_rolling/word_perplexity",
+            "eval/lm_eval/gptray_gen/exact_match"} <= set(metrics)
+    line = progress_parts({**metrics, "eval/hellaswag/acc": 0.2, "eval/hellaswag/acc_norm": 0.3, BLOCKED_METRIC: 1.25})
+    assert [part.rsplit(" ", 1)[0] for part in sorted(line[:3])] == [
+        "lm_eval/gptray_gen exact_match", "lm_eval/gptray_mc acc_norm", "lm_eval/gptray_rolling word_perplexity"]
+    assert line[3:] == ["hellaswag acc_norm 0.3000", "lm_eval 1.2 s"]
+
+
+def test_harness_names_in_train_tasks_are_checked_before_a_run_starts(tasks, tmp_path):
+    def payload(*overrides):
+        return training_payload(load_config(None, ["data.tokenizer=gpt2", f"eval.harness_include=[{tasks}]",
+                                                   "eval.train_limit=3", *overrides]))
+
+    ready = payload("eval.train_tasks=[gptray_mc, lm_eval/gptray_gen]")
+    assert ready["harness"] == ["gptray_mc", "gptray_gen"] and ready["tasks"] == []
+    assert ready["harness_settings"].limit == 3 and ready["tokenizer"] is not None
+    with pytest.raises(ConfigError, match="no lm-evaluation-harness task named 'gptray_mcq'") as caught:
+        payload("eval.train_tasks=[gptray_mcq]")
+    assert caught.value.key == "eval.train_tasks"
+    (tmp_path / "broken.yaml").write_text((tasks / "gptray_mc.yaml").read_text().replace("gptray_mc", "broken")
+                                          .replace(str(tasks / "mc.jsonl"), str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ConfigError, match="cannot load lm-evaluation-harness task") as caught:
+        training_payload(load_config(None, ["data.tokenizer=gpt2", f"eval.harness_include=[{tmp_path}]",
+                                            "eval.train_tasks=[broken]"]))
+    assert caught.value.key == "eval.train_tasks"
+
+
+def test_asynchronous_harness_evaluation_needs_workers_checkpoints_at_its_steps_and_a_harness_task():
+    base = ["data.tokenizer=gpt2", "eval.train_tasks=[hellaswag, arc_easy]", "eval.train_async=true",
+            "ray.num_workers=2", "checkpoint.interval=100"]
+    config = load_config(None, [*base, "eval.train_interval=200"])
+    assert config.eval.train_async
+    for overrides, message in [(["ray.num_workers=0"], "needs Ray Train workers"),
+                               (["eval.train_interval=150"], "must be a multiple of checkpoint.interval"),
+                               (["eval.train_tasks=[hellaswag]"], "names none")]:
+        with pytest.raises(ConfigError, match=message) as caught:
+            load_config(None, [*base, "eval.train_interval=200", *overrides])
+        assert caught.value.key == "eval.train_async"
+
+
+def test_an_asynchronous_validation_logs_the_checkpoints_harness_results_at_its_step(tasks, tmp_path):
+    """Ray Train's validation function, on a checkpoint as Ray hands it over: `gptray eval`'s numbers, logged to the
+    training run at the checkpoint's step."""
+    from mlflow.tracking import MlflowClient
+    from ray.train import Checkpoint
+
+    from gptray.eval.evaluate import evaluate_checkpoint
+    from gptray.eval.harness_validation import ASYNC_METRIC, evaluate_reported_checkpoint, validation_config
+    from harness_fixtures import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tiny_gpt2(seed=4), tmp_path / "run" / "checkpoint_00000001")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("async")).info.run_id
+    config = load_config(None, ["data.tokenizer=gpt2", f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0",
+                                "eval.train_tasks=[gptray_mc, gptray_gen]", "eval.train_async=true", "eval.limit=4",
+                                "ray.num_workers=1", "eval.cpus_per_actor=0.5"])
+    validation = validation_config(config, uri, run_id)
+    assert validation.ray_remote_kwargs == {"num_cpus": 0.5, "num_gpus": 0}
+    metrics = validation.fn(Checkpoint.from_directory(str(checkpoint)), **validation.task_config.fn_kwargs)
+    assert validation.fn is evaluate_reported_checkpoint and metrics.pop(ASYNC_METRIC) > 0
+    report = evaluate_checkpoint(checkpoint, load_config(None, [
+        "data.tokenizer=gpt2", f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0", "eval.limit=4",
+        "eval.tasks=[gptray_mc, gptray_gen]", "eval.distributed=false"]))
+    assert metrics == pytest.approx(report.metrics(), rel=1e-6)
+    logged = client.get_run(run_id).data.metrics
+    assert {k: logged[k] for k in metrics} == pytest.approx(metrics)
+    assert [m.step for m in client.get_metric_history(run_id, "eval/lm_eval/gptray_mc/acc")] == [1]
