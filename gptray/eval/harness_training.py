@@ -9,6 +9,7 @@ metrics, so every rank runs `TrainingHarness.run` to its end together, as the lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -17,17 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gptray.config import EvalConfig
+from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.devices import broadcast_object, gather_objects
 from gptray.core.errors import ConfigError, TrainingError
 from gptray.eval.harness_model import GptrayLM, LocalScorer
-from gptray.eval.harness_tasks import check_tasks, evaluate_harness, task_manager
+from gptray.eval.harness_tasks import check_tasks, evaluate_harness, harness_task_name, task_manager
+from gptray.eval.training import BLOCKED_METRIC
 
 log = logging.getLogger(__name__)
 
 KEY = "eval.train_tasks"
 DONE, FAILED = "done", "failed"  # what rank 0 broadcasts besides a batch of requests
-BLOCKED_METRIC = "train/lm_eval_blocked_s"  # seconds an evaluation held the training workers
 
 
 def share_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -43,6 +44,26 @@ def share(items: list, rank: int, world_size: int) -> list:
 def merge(shares: list[list[dict]]) -> list[dict]:
     """The ranks' results (in rank order) as one list in request order."""
     return sorted((result for part in shares for result in part), key=lambda r: r["index"])
+
+
+def harness_names(config: ExperimentConfig) -> list[str]:
+    """The harness's names of the harness tasks in eval.train_tasks, each once, in the order given."""
+    names = (harness_task_name(n) for n in dict.fromkeys(config.eval.train_tasks))
+    return [n for n in names if n is not None]
+
+
+def training_harness(config: ExperimentConfig, tokenizer) -> TrainingHarness | None:
+    """The harness tasks of eval.train_tasks, checked now (on the driver, before any worker starts), to run in
+    the training loop; None without any, or where eval.train_async runs them on checkpoints instead (also checked
+    here: harness_validation.py)."""
+    names = harness_names(config)
+    if not names:
+        return None
+    settings = dataclasses.replace(config.eval, limit=config.eval.train_limit or config.eval.limit)
+    check_training_tasks(names, settings)
+    where = "on its checkpoints, beside it (eval.train_async)" if settings.train_async else "in the loop"
+    log.info("evaluating lm-evaluation-harness task(s) %s during training, %s", ", ".join(names), where)
+    return None if settings.train_async else TrainingHarness(names, settings, tokenizer)
 
 
 def check_training_tasks(names: list[str], settings: EvalConfig) -> None:
@@ -125,8 +146,6 @@ class TrainingHarness:
     names: list[str]  # the harness's task names
     settings: EvalConfig  # eval.train_limit already in its limit
     tokenizer: object  # the run's tokenizer
-    rank: int
-    world_size: int
 
     def run(self, engine) -> dict[str, float]:
         """eval/lm_eval/<task>/<measure> for every task, and the seconds it held the workers; the same on every rank."""
@@ -135,10 +154,10 @@ class TrainingHarness:
         model.eval()
         local = LocalScorer(model, self.tokenizer, engine.device, self.settings.batch_size,
                             engine.train_config.precision, self.settings.seed)
-        scorer = RankShareScorer(local, self.rank, self.world_size, engine.train_config.parallelism == "fsdp")
+        scorer = RankShareScorer(local, engine.rank, engine.world_size, engine.train_config.parallelism == "fsdp")
         try:
             with _random_state_kept(engine.device):  # the harness seeds Python's, numpy's and torch's generators
-                if self.rank == 0:
+                if engine.rank == 0:
                     metrics = self._lead(scorer, model.config.block_size)
                 else:
                     metrics = scorer.serve()

@@ -21,27 +21,13 @@ from gptray.checkpoint.files import read_state
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.runtime import configure_logging
 from gptray.eval.harness_model import GptrayLM
-from gptray.eval.harness_tasks import evaluate_harness, harness_task_name, task_manager
+from gptray.eval.harness_tasks import evaluate_harness, task_manager
+from gptray.eval.harness_training import harness_names
 from gptray.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
 ASYNC_METRIC = "train/lm_eval_async_s"  # seconds a validation task took, beside training
-
-
-def harness_names(config: ExperimentConfig) -> list[str]:
-    """The harness's names of the harness tasks in eval.train_tasks, each once."""
-    names = (harness_task_name(n) for n in dict.fromkeys(config.eval.train_tasks))
-    return [n for n in names if n is not None]
-
-
-def validates_at(config: ExperimentConfig, step: int) -> bool:
-    """Whether the checkpoint at `step` is one an asynchronous validation evaluates: every eval.train_interval
-    steps and the last (the config makes the interval a multiple of checkpoint.interval)."""
-    if not config.eval.train_async:
-        return False
-    interval = config.eval.train_interval or config.train.eval_interval
-    return step % interval == 0 or step == config.train.max_steps
 
 
 def validation_config(config: ExperimentConfig, tracking_uri: str | None, run_id: str | None):

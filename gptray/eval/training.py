@@ -4,47 +4,40 @@ gptray's own tasks: the driver prepares their units once (tokenized, so workers 
 download, and a missing HellaSwag file stops the run before it starts); every rank scores its share with
 its own model replica. The forward passes are padded so that each rank runs the same number (FSDP's
 all-gathers must pair up), and the sums are all-reduced (a collective: every rank must call `run`).
-lm-evaluation-harness tasks: the driver checks that they exist and load; rank 0 runs the harness and every
-rank scores a share of its requests (harness_training.py).
+lm-evaluation-harness tasks: the driver checks that they exist and load and hands the workers a
+`harness_training.TrainingHarness`; rank 0 runs the harness and every rank scores a share of its requests. This
+module does not import the harness (lm-eval's import costs ~1.3 s): a worker imports it only by unpickling the
+TrainingHarness of a run that has harness tasks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 
 import torch
 
 from gptray.config import ExperimentConfig
+from gptray.config.schema import EVAL_TASKS
 from gptray.core.devices import all_reduce_sum
 from gptray.data.tokenizer_loading import load_tokenizer
-from gptray.eval.harness_tasks import harness_task_name
-from gptray.eval.harness_training import BLOCKED_METRIC, TrainingHarness, check_training_tasks
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 
 log = logging.getLogger(__name__)
 
+BLOCKED_METRIC = "train/lm_eval_blocked_s"  # seconds an in-loop harness evaluation held the training workers
 
-def training_payload(config: ExperimentConfig, tokenizer=None) -> dict | None:
+
+def training_payload(config: ExperimentConfig, tokenizer=None, harness=None) -> dict | None:
     """What the workers need to evaluate config.eval.train_tasks (plain data), or None without any.
-    `tokenizer`: the run's (its dataset's); default the one data.tokenizer names."""
+    `tokenizer`: the run's (its dataset's); default the one data.tokenizer names. `harness`: the run's
+    harness_training.TrainingHarness, if it has harness tasks to evaluate in the loop."""
     settings = config.eval
-    if not settings.train_tasks:
+    own = [name for name in dict.fromkeys(settings.train_tasks) if name in EVAL_TASKS]  # the rest: the harness's
+    if not own and harness is None:
         return None
     tokenizer = tokenizer or load_tokenizer(config.data.tokenizer)
     limit = settings.train_limit or settings.limit
-    names = list(dict.fromkeys(settings.train_tasks))  # each once, in the order given
-    harness = [harness_task_name(n) for n in names if harness_task_name(n) is not None]
-    if harness:  # refused now, before any worker starts, if one is unknown or cannot be read
-        check_training_tasks(harness, settings)
-        log.info("evaluating lm-evaluation-harness task(s) %s during training%s", ", ".join(harness),
-                 " on its checkpoints, beside it (eval.train_async)" if settings.train_async else "")
-    if settings.train_async:
-        harness = []  # Ray Train's validation tasks run them (harness_validation.py), not the workers
-    own = [n for n in names if harness_task_name(n) is None]
-    if not own and not harness:
-        return None
     tasks = []
     for name in own:
         task = prepare(name, settings, tokenizer, config.model, settings.dataset_dir or config.data.dataset_dir,
@@ -52,8 +45,7 @@ def training_payload(config: ExperimentConfig, tokenizer=None) -> dict | None:
         log.info("evaluating %s during training: %s", task.label, task.description)
         tasks.append({"name": task.task.name, "label": task.label, "units": task.units})
     return {"interval": settings.train_interval or config.train.eval_interval, "batch_size": settings.batch_size,
-            "tasks": tasks, "harness": harness, "harness_settings": dataclasses.replace(settings, limit=limit),
-            "tokenizer": tokenizer if harness else None}
+            "tasks": tasks, "harness": harness}
 
 
 class TrainingEvaluator:
@@ -62,8 +54,7 @@ class TrainingEvaluator:
         self.batch_size = payload["batch_size"]
         self.rank, self.world_size = rank, world_size
         self.tasks = [PreparedTask(TASKS[t["name"]], t["label"], t["units"], "") for t in payload["tasks"]]
-        self.harness = TrainingHarness(payload["harness"], payload["harness_settings"], payload["tokenizer"], rank,
-                                       world_size) if payload.get("harness") else None
+        self.harness = payload.get("harness")  # a harness_training.TrainingHarness, or None
 
     @torch.no_grad()
     def run(self, engine) -> dict[str, float]:

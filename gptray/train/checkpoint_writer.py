@@ -33,7 +33,7 @@ from gptray.checkpoint.sharded import SHARDED, save_sharded, start_sharded_save
 from gptray.config import ExperimentConfig
 from gptray.core.devices import PeakMemory
 from gptray.core.storage import Storage
-from gptray.eval.harness_validation import validates_at
+from gptray.train.cadence import validates_at
 from gptray.train.engine import TrainingEngine
 
 
