@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from lm_eval.tasks import get_task_dict
 
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.devices import broadcast_object, gather_objects
@@ -69,8 +70,6 @@ def training_harness(config: ExperimentConfig, tokenizer) -> TrainingHarness | N
 def check_training_tasks(names: list[str], settings: EvalConfig) -> None:
     """Harness tasks of eval.train_tasks exist and load (their documents read here, on the driver), before any
     worker starts: a task that cannot be read would otherwise stop the run at its first evaluation."""
-    from lm_eval.tasks import get_task_dict
-
     manager = task_manager(settings, names)
     check_tasks(names, manager, KEY)
     try:
