@@ -12,7 +12,8 @@ multiple-choice harness task of `--docs` documents of 4 choices (tests/harness_f
 median seconds of the whole run (min–max) and of a training step, the seconds each in-loop evaluation held the
 workers (train/lm_eval_blocked_s), each asynchronous one took beside them (train/lm_eval_async_s), and a checkpoint
 held them (train/checkpoint_blocked_s, which asynchronous validation needs at every evaluation). --smoke checks
-that it runs: one round of 2 steps in local mode (no asynchronous mode), 4 documents.
+that it runs: one round of 2 steps in local mode (no asynchronous mode), 4 documents. `--dataset DIR` trains on a
+token dataset already written (GPT-2's tokens) instead of tokenizing tinyshakespeare first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=int, default=4, help="eval.train_interval and checkpoint.interval")
     parser.add_argument("--docs", type=int, default=100, help="documents of the multiple-choice task (4 choices)")
     parser.add_argument("--workers", type=int, default=2, help="ray.num_workers (0: local mode)")
+    parser.add_argument("--dataset", help="a token dataset to train on (default: tokenize tinyshakespeare first)")
     parser.add_argument("--smoke", action="store_true", help="check that it runs: one round of 2 steps, local mode")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="gptray-harness-bench-"))
     if not ray.is_initialized():  # a Ray started by the caller (a test session) is used as it is
         ray.init(**local_ray_options(4))
-    dataset = tokenize_corpus(make_config(root, "ray.num_workers=0"))
+    dataset = SimpleNamespace(dataset_dir=args.dataset) if args.dataset else \
+        tokenize_corpus(make_config(root, "ray.num_workers=0"))
     tasks = write_tasks(root / "harness", mc_docs=args.docs)
     harness = ["eval.train_tasks=[gptray_mc]", f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0",
                f"eval.train_interval={args.interval}"]

@@ -85,5 +85,7 @@ def test_a_benchmark_runs_as_documented(name, shows, request, tmp_path, capsys, 
         arguments += ["--workdir", str(tmp_path)]
     if name == "first_five_minutes":
         arguments += ["--out", str(tmp_path)]
+    if name == "harness_in_training":  # the session's tokens, not a tokenize job of its own
+        arguments += ["--dataset", request.getfixturevalue("shakespeare_dataset").dataset_dir]
     assert load(name).main(arguments) in (0, None)
     assert shows in capsys.readouterr().out

@@ -1,15 +1,20 @@
 """Harness tasks during training: the requests cut into contiguous shares by rank give the same results at any
 world size, FSDP's ranks run the same number of forward passes, the training engine's harness results equal
-`gptray eval`'s on the same model, and eval.train_tasks's harness names are checked before a run starts."""
+`gptray eval`'s on the same model, eval.train_tasks's harness names are checked before a run starts, workers
+import the harness only when they need it, and eval.train_async's settings are checked. (The 2-worker FSDP run
+and the asynchronous validation run end to end are in tests/integration/test_eval.py.)"""
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import gptray
 from gptray.config import EvalConfig, load_config
 from gptray.core.errors import ConfigError
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
@@ -17,6 +22,7 @@ from gptray.eval.harness_model import GptrayLM, LocalScorer
 from gptray.eval.harness_scoring import generation_unit, loglikelihood_unit
 from gptray.eval.harness_tasks import evaluate_harness, task_manager
 from gptray.eval.harness_training import RankShareScorer, TrainingHarness, share, share_bounds, training_harness
+from gptray.eval.harness_validation import evaluate_reported_checkpoint, validation_config
 from gptray.eval.training import BLOCKED_METRIC, progress_parts, training_payload
 from gptray.train.engine import TrainingEngine
 from harness_fixtures import BLOCK_SIZE, TASKS, tiny_gpt2, write_tasks
@@ -97,7 +103,7 @@ def test_the_training_engines_harness_results_are_gptray_evals_on_the_same_model
     engine = TrainingEngine(config, CPU, rank=0, world_size=1, train_data=tokens, val_tokens=tokens)
     engine.train_step(0)
     tokenizer = TiktokenTokenizer("gpt2")
-    settings = EvalConfig(harness_include=[str(tasks)], bootstrap_iters=0, batch_size=3)
+    settings = EvalConfig(harness_include=[str(tasks)], bootstrap_iters=0, batch_size=3, limit=3)
     random.seed(7)
     torch.manual_seed(7)
     python, numpy_state, torch_state = random.getstate(), np.random.get_state()[1], torch.random.get_rng_state()
@@ -138,9 +144,6 @@ def test_harness_names_in_train_tasks_are_checked_before_a_run_starts(tasks, tmp
     with pytest.raises(ConfigError, match="no lm-evaluation-harness task named 'gptray_mcq'") as caught:
         harness("eval.train_tasks=[gptray_mcq]")
     assert caught.value.key == "eval.train_tasks"
-    with pytest.raises(ConfigError, match="no lm-evaluation-harness task named 'gptray_mcq'"):  # checked as well
-        harness("eval.train_tasks=[gptray_mcq]", "eval.train_async=true", "ray.num_workers=1",
-                "checkpoint.interval=10", "eval.train_interval=20")
     (tmp_path / "broken.yaml").write_text((tasks / "gptray_mc.yaml").read_text().replace("gptray_mc", "broken")
                                           .replace(str(tasks / "mc.jsonl"), str(tmp_path / "missing.jsonl")))
     with pytest.raises(ConfigError, match="cannot load lm-evaluation-harness task") as caught:
@@ -150,13 +153,32 @@ def test_harness_names_in_train_tasks_are_checked_before_a_run_starts(tasks, tmp
 
 
 def test_the_workers_import_the_harness_only_for_a_run_with_harness_tasks():
-    """lm-eval's import costs about a second and a half: a worker (gptray.train.loop) never pays it otherwise."""
-    import subprocess
-    import sys
-
-    code = "import sys, gptray.train.loop; print('lm_eval' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "False"
+    """lm-eval's import costs about a second and a half: the modules a worker imports (gptray.train.loop and what
+    it imports at the top, transitively) never reach it; a run with harness tasks imports it by unpickling its
+    TrainingHarness."""
+    root = Path(gptray.__file__).parent
+    seen, todo, third_party = set(), ["gptray.train.loop"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = root.joinpath(*module.split(".")[1:])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.parse(path.read_text()).body:  # the top level only: function bodies run on demand
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
+                else []  # `from a.b import c`: c may be a module; a.b runs either way
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "gptray":
+                    third_party.add(parts[0])
+                for k in range(2, len(parts) + 1):  # a package's __init__ runs before its module
+                    candidate = root.joinpath(*parts[1:k])
+                    if candidate.is_dir() or candidate.with_suffix(".py").is_file():
+                        todo.append(".".join(parts[:k]))
+    assert "gptray.eval.training" in seen and "torch" in third_party  # it did follow the imports
+    assert "lm_eval" not in third_party, sorted(m for m in seen if m.startswith("gptray.eval"))
 
 
 def test_asynchronous_harness_evaluation_needs_workers_checkpoints_at_its_steps_and_a_harness_task():
@@ -170,33 +192,9 @@ def test_asynchronous_harness_evaluation_needs_workers_checkpoints_at_its_steps_
         with pytest.raises(ConfigError, match=message) as caught:
             load_config(None, [*base, "eval.train_interval=200", *overrides])
         assert caught.value.key == "eval.train_async"
-
-
-def test_an_asynchronous_validation_logs_the_checkpoints_harness_results_at_its_step(tasks, tmp_path):
-    """Ray Train's validation function, on a checkpoint as Ray hands it over: `gptray eval`'s numbers, logged to the
-    training run at the checkpoint's step."""
-    from mlflow.tracking import MlflowClient
-    from ray.train import Checkpoint
-
-    from gptray.eval.evaluate import evaluate_checkpoint
-    from gptray.eval.harness_validation import ASYNC_METRIC, evaluate_reported_checkpoint, validation_config
-    from harness_fixtures import save_tiny_checkpoint
-
-    checkpoint = save_tiny_checkpoint(tiny_gpt2(seed=4), tmp_path / "run" / "checkpoint_00000001")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("async")).info.run_id
-    config = load_config(None, ["data.tokenizer=gpt2", f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0",
-                                "eval.train_tasks=[gptray_mc, gptray_gen]", "eval.train_async=true", "eval.limit=4",
-                                "ray.num_workers=1", "eval.cpus_per_actor=0.5", "checkpoint.interval=10"])
-    validation = validation_config(config, uri, run_id)
+    validation = validation_config(load_config(None, [*base, "eval.train_interval=200", "eval.cpus_per_actor=0.5"]),
+                                   "sqlite:///x.db", "run-id")
+    assert validation.fn is evaluate_reported_checkpoint
     assert validation.ray_remote_kwargs == {"num_cpus": 0.5, "num_gpus": 0}
-    metrics = validation.fn(Checkpoint.from_directory(str(checkpoint)), **validation.task_config.fn_kwargs)
-    assert validation.fn is evaluate_reported_checkpoint and metrics.pop(ASYNC_METRIC) > 0
-    report = evaluate_checkpoint(checkpoint, load_config(None, [
-        "data.tokenizer=gpt2", f"eval.harness_include=[{tasks}]", "eval.bootstrap_iters=0", "eval.limit=4",
-        "eval.tasks=[gptray_mc, gptray_gen]", "eval.distributed=false"]))
-    assert metrics == pytest.approx(report.metrics(), rel=1e-6)
-    logged = client.get_run(run_id).data.metrics
-    assert {k: logged[k] for k in metrics} == pytest.approx(metrics)
-    assert [m.step for m in client.get_metric_history(run_id, "eval/lm_eval/gptray_mc/acc")] == [1]
+    assert validation.task_config.fn_kwargs["names"] == ["arc_easy"]
+    assert validation_config(load_config(None, ["data.tokenizer=gpt2"]), None, None) is None
