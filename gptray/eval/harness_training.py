@@ -185,7 +185,9 @@ def _random_state_kept(device: torch.device):
     """Python's, numpy's and torch's random state as they were before the block: training's own (its data order,
     dropout) never depends on whether an evaluation ran."""
     python, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield
-    random.setstate(python)
-    np.random.set_state(numpy_state)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
