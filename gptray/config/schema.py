@@ -376,17 +376,22 @@ class EvalConfig:
     harness_include: list[str] = field(default_factory=list)  # directories of local harness task YAMLs (offline)
     bootstrap_iters: int = 100000  # harness tasks: bootstrap resamples for stderrs of non-mean metrics; 0: none
     seed: int = 1234  # harness tasks: few-shot sampling and other randomness (the harness's default)
-    train_tasks: list[str] = field(default_factory=list)  # gptray's own, evaluated during training, logged to the run
+    # evaluated during training on the training model, logged to the run: names as in eval.tasks (gptray's own, or
+    # harness tasks: every rank scores a share of their requests; num_fewshot, harness_include, seed as gptray eval)
+    train_tasks: list[str] = field(default_factory=list)
     train_interval: int | None = None  # every N steps (and at the last); null: train.eval_interval
     train_limit: int | None = None  # examples or windows per task during training; null: eval.limit
+    # harness tasks of train_tasks on the checkpoint written at each evaluation step, by Ray Train's asynchronous
+    # validation (a Ray task beside the workers: eval.cpus_per_actor CPUs, a GPU only with eval.device=cuda), not in
+    # the loop; needs Ray Train workers and train_interval a multiple of checkpoint.interval
+    train_async: bool = False
 
     def validate(self) -> None:
         """Check every eval setting; raise ConfigError naming the key."""
-        for i, task in enumerate(self.tasks):
-            require(task in EVAL_TASKS or bool(HARNESS_TASK.fullmatch(task)), f"eval.tasks[{i}]",
-                    f"must be one of {', '.join(EVAL_TASKS)} or an lm-evaluation-harness task name", task)
-        for i, task in enumerate(self.train_tasks):
-            require(task in EVAL_TASKS, f"eval.train_tasks[{i}]", f"must be one of {', '.join(EVAL_TASKS)}", task)
+        for key in ("tasks", "train_tasks"):  # a harness name is checked against the harness's index before any work
+            for i, task in enumerate(getattr(self, key)):
+                require(task in EVAL_TASKS or bool(HARNESS_TASK.fullmatch(task)), f"eval.{key}[{i}]",
+                        f"must be one of {', '.join(EVAL_TASKS)} or an lm-evaluation-harness task name", task)
         require(self.num_fewshot is None or self.num_fewshot >= 0, "eval.num_fewshot", "must be >= 0 or null",
                 self.num_fewshot)
         require(self.bootstrap_iters >= 0, "eval.bootstrap_iters", "must be >= 0", self.bootstrap_iters)
@@ -475,6 +480,7 @@ class ExperimentConfig:
         if config.eval.dataset_dir is not None:
             config.eval.dataset_dir = absolute_path(config.eval.dataset_dir)
         config.eval.text_files = [absolute_path(p) for p in config.eval.text_files]
+        config.eval.harness_include = [absolute_path(p) for p in config.eval.harness_include]  # workers' cwd differs
         if tokenizer_kind(config.data.tokenizer) == "file" and not is_uri(config.data.tokenizer):
             config.data.tokenizer = absolute_path(config.data.tokenizer)
         if not is_uri(config.eval.hellaswag):
@@ -500,6 +506,20 @@ class ExperimentConfig:
         self.generate.validate()
         self.eval.validate()
         self.tokenizer.validate()
+        self._validate_async_evaluation()
+
+    def _validate_async_evaluation(self) -> None:
+        """eval.train_async evaluates checkpoints that Ray Train's workers report at the evaluation steps."""
+        if not self.eval.train_async:
+            return
+        require(any(t not in EVAL_TASKS for t in self.eval.train_tasks), "eval.train_async",
+                "evaluates the harness tasks of eval.train_tasks, which names none", self.eval.train_tasks)
+        require(not self.ray.local_mode, "eval.train_async", "needs Ray Train workers (ray.num_workers > 0): local "
+                "mode has no Ray Train controller to run validations; set it to false", True)
+        interval = self.eval.train_interval or self.train.eval_interval
+        require(interval % self.checkpoint.interval == 0, "eval.train_async", f"evaluates the checkpoint written at "
+                f"each evaluation step: eval.train_interval ({interval}) must be a multiple of checkpoint.interval "
+                f"({self.checkpoint.interval})", True)
 
     def _validate_out_dir(self) -> None:
         no_credentials("out_dir", self.out_dir)

@@ -29,6 +29,24 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_object(value=None):
+    """Rank 0's `value` on every rank (a collective; any picklable value; in one process, `value`)."""
+    if not distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value) -> list | None:
+    """Every rank's `value` on rank 0, in rank order, None elsewhere (a collective; [value] in one process)."""
+    if not distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 class PeakMemory:
     """The most memory this process held above what it held at the start, while the block ran: CUDA
     memory allocated by torch on a GPU, the resident set (Linux VmHWM, reset through clear_refs) on CPU.

@@ -45,12 +45,12 @@ def _index(include: tuple[str, ...], defaults: bool):
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
-def check_tasks(names: list[str], manager) -> None:
-    """Every name is a harness task, group or tag: refused before any model is loaded."""
+def check_tasks(names: list[str], manager, key: str = "eval.tasks") -> None:
+    """Every name is a harness task, group or tag: refused before any model is loaded (ConfigError naming `key`)."""
     known = set(manager.all_tasks)
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ConfigError("eval.tasks", f"no lm-evaluation-harness task named {', '.join(map(repr, unknown))} "
+        raise ConfigError(key, f"no lm-evaluation-harness task named {', '.join(map(repr, unknown))} "
                                         f"(`lm-eval ls tasks` lists them; local task YAMLs go in eval.harness_include)")
 
 

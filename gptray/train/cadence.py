@@ -13,7 +13,7 @@ class Due:
 
     log: bool = False
     eval: bool = False  # validation loss
-    tasks: bool = False  # eval.train_tasks (HellaSwag, perplexity)
+    tasks: bool = False  # eval.train_tasks (HellaSwag, perplexity, harness tasks)
     sample: bool = False
     checkpoint: bool = False
 
@@ -55,3 +55,13 @@ class Cadence:
             sample=self.sample_interval > 0 and step % self.sample_interval == 0,
             checkpoint=step % self.checkpoint_interval == 0 or last,
         )
+
+
+def validates_at(config: ExperimentConfig, step: int) -> bool:
+    """Whether the checkpoint at `step` is one Ray Train's asynchronous validation evaluates (eval.train_async):
+    every eval.train_interval steps and the last (the config makes the interval a multiple of checkpoint.interval,
+    so a checkpoint falls at each)."""
+    if not config.eval.train_async:
+        return False
+    interval = config.eval.train_interval or config.train.eval_interval
+    return step % interval == 0 or step == config.train.max_steps

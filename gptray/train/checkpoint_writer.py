@@ -33,6 +33,7 @@ from gptray.checkpoint.sharded import SHARDED, save_sharded, start_sharded_save
 from gptray.config import ExperimentConfig
 from gptray.core.devices import PeakMemory
 from gptray.core.storage import Storage
+from gptray.train.cadence import validates_at
 from gptray.train.engine import TrainingEngine
 
 
@@ -170,7 +171,8 @@ class CheckpointWriter:
             else CheckpointUploadMode.SYNC
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None,
                          checkpoint_dir_name=checkpoint_dir_name(step), checkpoint_upload_mode=upload,
-                         delete_local_checkpoint_after_upload=True)
+                         delete_local_checkpoint_after_upload=True,
+                         validation=directory is not None and validates_at(self.config, step))  # eval.train_async
 
     def _store(self, step: int, directory: Path) -> None:
         """Local mode: the checkpoint into the run directory (state.json lists every file's size, so a copy cut

@@ -17,7 +17,7 @@ from gptray.core.runtime import configure_logging
 from gptray.core.storage import Storage
 from gptray.data.manifest import Manifest
 from gptray.data.train_windows import DataOrder, open_train_windows, open_val_windows
-from gptray.eval.training import TrainingEvaluator
+from gptray.eval.training import TrainingEvaluator, progress_parts
 from gptray.tracking import MlflowTracker
 from gptray.tracking.history import MetricHistory
 from gptray.tracking.system_metrics import SystemMetrics, start_system_metrics
@@ -54,7 +54,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     with PeakMemory(device) as loading:
         state = checkpoints.load(ray.train.get_checkpoint(), inputs.init_checkpoint)
     evaluator = TrainingEvaluator(inputs.eval_tasks, rank, world_size) if inputs.eval_tasks \
-        else None  # eval.train_tasks (HellaSwag, perplexity), prepared by the driver
+        else None  # eval.train_tasks (gptray's own, prepared by the driver; harness tasks)
     tracker, history = None, None
     if rank == 0:
         history = MetricHistory(inputs.run)
@@ -300,8 +300,7 @@ def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
         parts.append(f"val {metrics['val/loss']:.4f}")
     if "val/bpb" in metrics:
         parts.append(f"val bpb {metrics['val/bpb']:.4f}")
-    parts += [f"{k.split('/')[1]} {k.split('/')[2]} {v:.4f}" for k, v in metrics.items()
-              if k.startswith("eval/") and k.endswith(("/acc_norm", "/ppl"))]
+    parts += progress_parts(metrics)  # eval.train_tasks: each task's headline measure
     parts.append(f"lr {metrics['train/lr']:.2e}")
     if "train/tokens_per_s" in metrics:
         parts.append(f"{metrics['train/tokens_per_s']:,.0f} tok/s")

@@ -28,6 +28,7 @@ from gptray.data.manifest import Manifest
 from gptray.data.token_bytes import byte_table
 from gptray.data.tokenizer_loading import TOKENIZER_FILE, tokenizer_for_run
 from gptray.data.train_windows import DataOrder, check_dataset_fits
+from gptray.eval.harness_training import training_harness
 from gptray.eval.training import training_payload
 from gptray.tracking.mlflow_tracker import read_run_record, tracking_settled
 from gptray.tracking.run_tracking import check_tracking_store, finish_run_tracking, start_run_tracking
@@ -85,7 +86,8 @@ def pretrain(config: ExperimentConfig, sample: bool = True, tracker=None, callba
         config=config, dataset=Storage(config.data.dataset_dir), run=run, order=order,
         token_bytes=byte_table(tokenizer, config.model.vocab_size),
         tokenizer=tokenizer if config.train.sample_interval or sample else None, final_sample=sample,
-        eval_tasks=training_payload(config, tokenizer),  # before the workers start: a missing file stops here
+        # before the workers start: a missing file or harness task stops here
+        eval_tasks=training_payload(config, tokenizer, training_harness(config, tokenizer)),
         init_checkpoint=base_for_run(config, tokenizer) if resume.checkpoint is None else None,
         progress_bar=on_terminal(),
     )

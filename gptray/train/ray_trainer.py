@@ -9,6 +9,7 @@ from gptray.config import ExperimentConfig
 from gptray.core.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gptray.core.paths import is_uri
 from gptray.core.storage import Storage
+from gptray.eval.harness_validation import validation_config
 from gptray.train.loop import train_loop_per_worker
 from gptray.train.placement import WorkerPlan, controller_retries
 from gptray.train.worker_inputs import WorkerInputs
@@ -40,6 +41,7 @@ def build_trainer(config: ExperimentConfig, plan: WorkerPlan | None, inputs: Wor
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
+        validation_config=validation_config(config, inputs.tracking_uri, inputs.mlflow_run_id),  # eval.train_async
     )
 
 

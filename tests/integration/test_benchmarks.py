@@ -22,7 +22,8 @@ BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
 TESTED_ELSEWHERE = {"gpu_check": "tests/unit/test_gpu_check.py runs its --cpu-smoke",
                     # its scenario needs a multi-node cluster of its own (a process apart), once a session
                     "elastic_resize": "tests/integration/test_elastic.py runs its documented command with --smoke"}
-USES_RAY = {"train_throughput", "tokenize_throughput", "checkpoint_blocking", "first_five_minutes", "local_mode"}
+USES_RAY = {"train_throughput", "tokenize_throughput", "checkpoint_blocking", "first_five_minutes", "local_mode",
+            "harness_in_training"}
 
 
 def documented_arguments(name: str) -> list[str]:
@@ -70,6 +71,7 @@ CASES = [
     ("first_five_minutes", "| quickstart | 1337 | 4 |"),
     ("local_mode", "local mode / 1 worker:"),
     ("attention_masks", "flex forward  median"),
+    ("harness_in_training", "held per evaluation in the loop (train/lm_eval_blocked_s)"),
 ]
 
 
@@ -83,5 +85,7 @@ def test_a_benchmark_runs_as_documented(name, shows, request, tmp_path, capsys, 
         arguments += ["--workdir", str(tmp_path)]
     if name == "first_five_minutes":
         arguments += ["--out", str(tmp_path)]
+    if name == "harness_in_training":  # the session's tokens, not a tokenize job of its own
+        arguments += ["--dataset", request.getfixturevalue("shakespeare_dataset").dataset_dir]
     assert load(name).main(arguments) in (0, None)
     assert shows in capsys.readouterr().out

@@ -287,18 +287,50 @@ def test_evaluation_during_training_logs_to_the_run_and_matches_evaluating_the_c
     from gptray.train.pretrain import pretrain
 
     """Under FSDP, where every rank's forward passes must pair up: 5 units over 2 ranks in batches of 2
-    leave one rank a pass short, which it must pad."""
+    leave one rank a pass short, which it must pad. Harness tasks too: rank 0 runs the harness, both ranks
+    score shares of its requests (harness_training.py), and the numbers are `gptray eval`'s."""
+    from harness_fixtures import write_tasks
+
     write_hellaswag(tmp_path / "hs.jsonl")
+    tasks = "eval.train_tasks=[hellaswag, perplexity, gptray_mc, gptray_gen]"
     config = small_run_config(tmp_path, shakespeare_dataset, "name=with-evals", "train.max_steps=4",
-                              "train.parallelism=fsdp", "eval.train_tasks=[hellaswag, perplexity]",
-                              "eval.train_interval=2", "eval.limit=5", "eval.batch_size=2",
-                              f"eval.hellaswag={tmp_path}/hs.jsonl")
+                              "train.parallelism=fsdp", tasks, "eval.train_interval=2", "eval.limit=5",
+                              "eval.batch_size=2", f"eval.hellaswag={tmp_path}/hs.jsonl",
+                              f"eval.harness_include=[{write_tasks(tmp_path)}]", "eval.bootstrap_iters=0")
     result = pretrain(config, sample=False)
     history = metric_history(result, "eval/hellaswag/acc_norm")
     assert sorted(history) == [2, 4]
     assert sorted(metric_history(result, "eval/perplexity/ppl")) == [2, 4]
+    assert sorted(metric_history(result, "eval/lm_eval/gptray_mc/acc")) == [2, 4]
+    assert sorted(metric_history(result, "train/lm_eval_blocked_s")) == [2, 4]
     report = evaluate_checkpoint(result.checkpoint, ExperimentConfig.from_dict(
-        {**config.to_dict(), "eval": {**config.to_dict()["eval"], "distributed": False}}))
+        {**config.to_dict(), "eval": {**config.to_dict()["eval"], "distributed": False,
+                                      "tasks": config.eval.train_tasks}}))
+    assert {"eval/lm_eval/gptray_mc/acc_norm", "eval/lm_eval/gptray_gen/exact_match"} <= set(report.metrics())
+    at_end = {k: metric_history(result, k)[4] for k in report.metrics()}
+    assert at_end == pytest.approx(report.metrics(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_asynchronous_harness_validation_logs_each_evaluation_checkpoint_to_the_run(shakespeare_dataset, tmp_path):
+    """eval.train_async: Ray Train's validation tasks evaluate the checkpoints of steps 2 and 4 beside the worker,
+    log to the run at those steps (Ray keeps a checkpoint until its validation is done: checkpoint.keep=1), and
+    the worker never evaluates them itself."""
+    from gptray.train.pretrain import pretrain
+    from harness_fixtures import write_tasks
+
+    config = small_run_config(tmp_path, shakespeare_dataset, "name=async-evals", "train.max_steps=4",
+                              "ray.num_workers=1", "eval.train_tasks=[gptray_mc]", "eval.train_async=true",
+                              "eval.train_interval=2", "checkpoint.interval=2", "checkpoint.keep=1", "eval.limit=5",
+                              f"eval.harness_include=[{write_tasks(tmp_path)}]", "eval.bootstrap_iters=0",
+                              "eval.cpus_per_actor=0.5")
+    result = pretrain(config, sample=False)
+    assert sorted(metric_history(result, "eval/lm_eval/gptray_mc/acc")) == [2, 4]
+    assert sorted(metric_history(result, "train/lm_eval_async_s")) == [2, 4]
+    assert metric_history(result, "train/lm_eval_blocked_s") == {}
+    report = evaluate_checkpoint(result.checkpoint, ExperimentConfig.from_dict(
+        {**config.to_dict(), "eval": {**config.to_dict()["eval"], "distributed": False,
+                                      "tasks": ["gptray_mc"]}}))
     at_end = {k: metric_history(result, k)[4] for k in report.metrics()}
     assert at_end == pytest.approx(report.metrics(), rel=1e-5)
 

@@ -124,13 +124,14 @@ def test_task_names_and_results_in_gptrays_terms(harness_setup):
 
 @pytest.mark.parametrize("settings, key", [
     (dict(tasks=["arc easy"]), "eval.tasks[0]"), (dict(num_fewshot=-1), "eval.num_fewshot"),
-    (dict(bootstrap_iters=-1), "eval.bootstrap_iters"), (dict(train_tasks=["arc_easy"]), "eval.train_tasks[0]"),
+    (dict(bootstrap_iters=-1), "eval.bootstrap_iters"), (dict(train_tasks=["arc easy"]), "eval.train_tasks[0]"),
 ])
 def test_harness_settings_are_validated_by_the_eval_section(settings, key):
     with pytest.raises(ConfigError) as caught:
         EvalConfig(**settings).validate()
     assert caught.value.key == key
-    EvalConfig(tasks=["hellaswag", "lm_eval/hellaswag", "arc_easy", "lambada_openai"], num_fewshot=5).validate()
+    EvalConfig(tasks=["hellaswag", "lm_eval/hellaswag", "arc_easy", "lambada_openai"], num_fewshot=5,
+               train_tasks=["hellaswag", "arc_easy", "lm_eval/hellaswag"]).validate()
 
 
 def test_rolling_log_likelihood_is_the_sum_over_disjoint_windows():
