@@ -29,6 +29,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_from_rank0(value):
+    """Rank 0's `value` on every rank (a picklable object; a collective: every rank must call it), or the
+    value itself in one process."""
+    if not distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class PeakMemory:
     """The most memory this process held above what it held at the start, while the block ran: CUDA
     memory allocated by torch on a GPU, the resident set (Linux VmHWM, reset through clear_refs) on CPU.
