@@ -182,7 +182,9 @@ class TrainConfig:
     def test_scale_faults(self) -> list[list[float]]:
         """train.test_scale_loss as a list of [step, rank, factor] (tests only)."""
         faults = self.test_scale_loss
-        return [list(faults)] if faults and not isinstance(faults[0], list) else [list(f) for f in faults]
+        if faults and not any(isinstance(f, list) for f in faults):
+            return [list(faults)]
+        return [f if isinstance(f, list) else [f] for f in faults]  # a bare number among lists: refused
 
 
 @dataclass

@@ -203,7 +203,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.tasks:
             metrics.update(evaluator.run(engine))  # a collective, like evaluate()
         if engine.rank == 0:
-            _log_progress(state.step, config.train.max_steps, metrics)
+            log.info(progress_line(state.step, config.train.max_steps, metrics))
             history.add(state.step, metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=state.step)
@@ -295,10 +295,6 @@ def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: Training
     )
     if state.step >= train.max_steps:
         log.info("already trained to step %d (train.max_steps=%d): nothing to do", state.step, train.max_steps)
-
-
-def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
-    log.info(progress_line(step, max_steps, metrics))
 
 
 def progress_line(step: int, max_steps: int, metrics: dict) -> str:

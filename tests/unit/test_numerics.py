@@ -244,6 +244,8 @@ def test_several_test_faults_and_the_rewinds_as_mlflow_tags():
     assert config("train.test_scale_loss=[3, 0, 2]").train.test_scale_faults() == [[3, 0, 2]]
     with pytest.raises(ConfigError, match="train.test_scale_loss"):
         config("train.test_scale_loss=[[2, 1, .nan], [5, 0]]")
+    with pytest.raises(ConfigError, match="train.test_scale_loss"):
+        config("train.test_scale_loss=[[2, 1, .nan], 5]")
     guard = StepGuard(config("train.spike.enabled=true", "train.spike.rewind=true", "train.skip_steps=[2]").train)
     rewound, _ = guard.after_rewind({}, 9, first=5)
     assert rewound.tags() == {"gptray.skip_steps": "[[2, 2], [5, 9]]", "gptray.rewinds": "[[9, 5, 9]]"}
