@@ -98,8 +98,9 @@ class TrainConfig:
     skip_steps: list[list[int] | int] = field(default_factory=list)  # a bare n is [n, n]
     spike: SpikeConfig = field(default_factory=SpikeConfig)
     # FOR TESTS ONLY: [step, rank, factor] multiplies that rank's loss at that step (numbered as logged) by
-    # factor (.nan: a non-finite step; 1000: a spike). Empty, the default, in every real run.
-    test_scale_loss: list[float] = field(default_factory=list)
+    # factor (.nan: a non-finite step; 1000: a spike); [[step, rank, factor], …] for several. Empty, the
+    # default, in every real run.
+    test_scale_loss: list[list[float] | float] = field(default_factory=list)
     # FOR TESTS ONLY: a file holding a step number N; every rank waits before a step past N until the file
     # names a later one (tests and benchmarks that resize a run at known steps). Null, the default, in every
     # real run.
@@ -174,9 +175,16 @@ class TrainConfig:
             require(len(pair) == 2 and 1 <= pair[0] <= pair[1], f"train.skip_steps[{i}]",
                     "must be a step or [first, last] with 1 <= first <= last", pair)
         self.spike.validate()
-        if self.test_scale_loss:
-            require(len(self.test_scale_loss) == 3 and self.test_scale_loss[0] >= 1 and self.test_scale_loss[1] >= 0,
-                    "train.test_scale_loss", "must be [step, rank, factor] (for tests only)", self.test_scale_loss)
+        for fault in self.test_scale_faults():
+            require(len(fault) == 3 and fault[0] >= 1 and fault[1] >= 0, "train.test_scale_loss",
+                    "must be [step, rank, factor] or a list of them (for tests only)", self.test_scale_loss)
+
+    def test_scale_faults(self) -> list[list[float]]:
+        """train.test_scale_loss as a list of [step, rank, factor] (tests only)."""
+        faults = self.test_scale_loss
+        if faults and not any(isinstance(f, list) for f in faults):
+            return [list(faults)]
+        return [f if isinstance(f, list) else [f] for f in faults]  # a bare number among lists: refused
 
 
 @dataclass

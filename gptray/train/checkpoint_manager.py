@@ -18,6 +18,7 @@ from pathlib import Path
 from gptray.checkpoint.files import (
     TrainingState,
     check_compatible,
+    checkpoint_dir_name,
     copy_checkpoint,
     find_checkpoint,
     latest_stored_checkpoint,
@@ -29,6 +30,7 @@ from gptray.checkpoint.files import (
 )
 from gptray.checkpoint.sharded import SHARDED
 from gptray.config import ExperimentConfig
+from gptray.core.devices import broadcast_object
 from gptray.core.storage import Storage
 from gptray.data.train_windows import DataOrder
 from gptray.train.checkpoint_writer import CheckpointWriter, Written
@@ -111,10 +113,7 @@ class CheckpointManager:
         engine = self.engine
         chosen = _newest(self.latest(), _as_storage(registered))
         if chosen is not None:
-            state = read_state(chosen)
-            self.check(state, chosen.uri())
-            self._load_into_engine(chosen, state.format, with_optimizer=True)
-            state.world_size = engine.world_size
+            state = self.load_checkpoint(chosen)
             if engine.rank == 0:
                 log.info("resumed from checkpoint at step %d (%s tokens seen)", state.step, f"{state.tokens_seen:,}")
             return state
@@ -125,6 +124,23 @@ class CheckpointManager:
         return TrainingState(dataset_fingerprint=self.fingerprint, model=asdict(self.config.model),
                              world_size=engine.world_size, data_order=self.order.record(),
                              optimizer=self.config.optimizer.name)
+
+    def load_checkpoint(self, checkpoint: Storage) -> TrainingState:
+        """Load `checkpoint` (checked against the run) into the engine, optimizer included; its state."""
+        state = read_state(checkpoint)
+        self.check(state, checkpoint.uri())
+        self._load_into_engine(checkpoint, state.format, with_optimizer=True)
+        state.world_size = self.engine.world_size
+        return state
+
+    def rewind_point(self) -> tuple[Storage | None, list[Written]]:
+        """For a rewind, on every rank at the same step: the run's newest complete checkpoint once every write
+        and upload in flight is done (never an older one because the newest was still uploading, never a
+        partial one), rank 0's choice on every rank; and the checkpoints reported meanwhile."""
+        written = self._writer.settle()
+        latest = self.latest() if self.engine.rank == 0 else None
+        step = broadcast_object(read_state(latest).step if latest is not None else None)  # one choice
+        return (self.run.child(checkpoint_dir_name(step)) if step is not None else None), written
 
     def save(self, state: TrainingState, metrics: dict) -> list[Written]:
         """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now."""

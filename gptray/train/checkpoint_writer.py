@@ -6,7 +6,9 @@ local write). A sharded checkpoint under async goes further: DCP's async_save st
 shard to CPU memory, and a background thread writes the files, so training waits only for the
 copy. The checkpoint is reported once every rank's write has finished: while one is in flight,
 the ranks agree after each step whether all are done (one small all-reduce), so they report at
-the same step. Until it is reported a checkpoint is only on local disk, as with any write.
+the same step. Until it is reported a checkpoint is only on local disk, as with any write; until
+Ray's upload of every rank's files is done it is incomplete in the run directory (`settle` waits
+for both, for a rewind that must load the newest).
 """
 
 from __future__ import annotations
@@ -129,6 +131,17 @@ class CheckpointWriter:
         self._report(flight.state.step, flight.report, flight.directory)
         return [Written(flight.state.step, flight.blocked_seconds + time.perf_counter() - start,
                         flight.extra_bytes)]
+
+    def settle(self) -> list[Written]:
+        """Wait until every checkpoint this run reported is whole in the run directory: the write in flight
+        finished and reported, and Ray's uploads of every rank's files (checkpoint.upload=async) done and
+        committed (a collective, in effect: Ray commits a report once every rank's upload is done)."""
+        written = self.finish()
+        if not self.config.ray.local_mode:  # local mode stores its checkpoints itself, synchronously
+            import ray.train  # heavy, and only in Ray Train workers
+
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        return written
 
     def _process_group(self):
         """A gloo group for DCP's collectives in its background thread, apart from training's."""

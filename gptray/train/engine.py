@@ -262,9 +262,9 @@ class TrainingEngine:
 
     def _test_loss_factor(self, step: int) -> float | None:
         """train.test_scale_loss (for tests only): the factor this rank's loss takes at this step, if any."""
-        fault = self.train_config.test_scale_loss
-        if fault and int(fault[0]) == step + 1 and int(fault[1]) == self.rank:
-            return float(fault[2])
+        for fault in self.train_config.test_scale_faults():
+            if int(fault[0]) == step + 1 and int(fault[1]) == self.rank:
+                return float(fault[2])
         return None
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

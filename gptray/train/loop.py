@@ -153,13 +153,17 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         largest.add(result)
         if not result.verdict.apply and engine.rank == 0:
             _log_skip(state.step, result, config.train.batch_size, tracker)
-        if result.verdict.rewind:  # every rank has the same verdict
-            _log_written(checkpoints.finish(), tracker)  # the checkpoint in flight is the one to rewind to
-            rewound = rewind(checkpoints, guard, state)  # the checkpoint's state into `state`, in place
+        if result.verdict.rewind:  # every rank has the same verdict: it is judged from all-reduced numbers
+            # the newest checkpoint, once its write and upload are done (one still in flight included)
+            target, written = checkpoints.rewind_point()
+            _log_written(written, tracker)
+            rewound = rewind(checkpoints, target, guard, state)  # the checkpoint's state into `state`, in place
             if rewound is not None:
                 guard = rewound
                 if history is not None:
                     history.discard_after(state.step)
+                if tracker is not None:  # the ranges in force now, as tags (a run's params cannot change)
+                    tracker.set_tags(guard.tags())
                 throughput.restart()
                 continue
         if history is not None:  # which windows this step read, at this world size: the same in every run
@@ -199,7 +203,7 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
         if due.tasks:
             metrics.update(evaluator.run(engine))  # a collective, like evaluate()
         if engine.rank == 0:
-            _log_progress(state.step, config.train.max_steps, metrics)
+            log.info(progress_line(state.step, config.train.max_steps, metrics))
             history.add(state.step, metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=state.step)
@@ -293,7 +297,8 @@ def _log_start(engine: TrainingEngine, config: ExperimentConfig, state: Training
         log.info("already trained to step %d (train.max_steps=%d): nothing to do", state.step, train.max_steps)
 
 
-def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
+def progress_line(step: int, max_steps: int, metrics: dict) -> str:
+    """The progress line of a logged step: loss, validation, lr, throughput, gradient norms, skips, rewinds."""
     parts = [f"step {step}/{max_steps}",
              f"loss {metrics['train/loss']:.4f}" if "train/loss" in metrics else "loss -"]
     if "val/loss" in metrics:
@@ -313,4 +318,6 @@ def _log_progress(step: int, max_steps: int, metrics: dict) -> None:
     if metrics.get("train/skipped_steps"):
         parts.append(f"skipped {metrics['train/skipped_steps']:.0f} (non-finite {metrics['train/nonfinite_steps']:.0f}"
                      f", spikes {metrics['train/spike_steps']:.0f})")
-    log.info(" | ".join(parts))
+    if metrics.get("train/rewinds"):
+        parts.append(f"rewinds {metrics['train/rewinds']:.0f}")
+    return " | ".join(parts)

@@ -8,6 +8,7 @@ takes no optimizer update (a run with skips makes fewer updates than train.max_s
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -146,6 +147,11 @@ class StepGuard:
                 "loss_history": list(self.detector.losses) if self.detector is not None else [],
                 "counts": {"configured": self.counts.configured, "nonfinite": self.counts.nonfinite,
                            "spike": self.counts.spike, "skipped": self.counts.skipped}}
+
+    def tags(self) -> dict[str, str]:
+        """The ranges in force and the rewinds, as the MLflow run's tags gptray.skip_steps and gptray.rewinds
+        (set at each rewind: the run's params hold the config's train.skip_steps, and params cannot change)."""
+        return {"gptray.skip_steps": json.dumps(self.skip_steps), "gptray.rewinds": json.dumps(self.rewinds)}
 
     def metrics(self) -> dict[str, float]:
         """The counts as MLflow metrics."""

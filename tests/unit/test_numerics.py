@@ -10,7 +10,9 @@ import torch
 
 from gptray.config import load_config
 from gptray.core.errors import ConfigError, TrainingError
+from gptray.data.train_windows import WholeSplitWindows
 from gptray.train.engine import TrainingEngine
+from gptray.train.loop import progress_line
 from gptray.train.numerics import (
     CONFIGURED,
     NONFINITE,
@@ -30,10 +32,12 @@ def config(*overrides: str):
                               "optimizer.lr=1e-2", "ray.num_workers=1", *overrides])
 
 
+TOKENS = np.random.default_rng(0).integers(0, 256, 4_000).astype(np.uint16)
+
+
 def engine(*overrides: str) -> TrainingEngine:
-    tokens = np.random.default_rng(0).integers(0, 256, 4_000).astype(np.uint16)
-    return TrainingEngine(config(*overrides), torch.device("cpu"), rank=0, world_size=1, train_data=tokens,
-                          val_tokens=tokens)
+    return TrainingEngine(config(*overrides), torch.device("cpu"), rank=0, world_size=1, train_data=TOKENS,
+                          val_tokens=TOKENS)
 
 
 def weights(e: TrainingEngine) -> dict[str, torch.Tensor]:
@@ -178,3 +182,70 @@ def test_under_fp16_an_overflow_is_the_grad_scalers_to_skip_and_counted():
     assert result.overflowed and result.verdict.apply and math.isfinite(result.global_loss)
     assert same(weights(fp16), before) and fp16.scaler.get_scale() < 2.0 ** 120
     assert guard.metrics()["train/skipped_steps"] == 0  # not the guard's skip: no run of them stops training
+
+
+class RecordingWindows(WholeSplitWindows):
+    """The global order's training windows, noting the starts of the windows each gather reads."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: list[int] = []
+
+    def gather(self, batch):
+        self.read.extend(int(start) for start in batch)
+        return super().gather(batch)
+
+
+def windows_read(world: int, steps: int, *overrides: str) -> tuple[list[list[int]], set[int]]:
+    """The window starts all `world` ranks' engines read at each step together, in rank order (each rank its
+    share of the global batch, rank_shares.py), through train_step under a StepGuard; and how many steps each
+    rank skipped by configuration."""
+    read: list[list[int]] = [[] for _ in range(steps)]
+    skipped = set()
+    for rank in range(world):
+        run = config(f"ray.num_workers={world}", "train.batch_size=7", *overrides)
+        data = RecordingWindows(TOKENS, 16, run.train.seed, 7)
+        e = TrainingEngine(run, torch.device("cpu"), rank=rank, world_size=world, train_data=data, val_tokens=TOKENS)
+        guard = StepGuard(e.train_config)
+        for step in range(steps):
+            data.read.clear()
+            e.train_step(step, guard)
+            read[step] += data.read
+        skipped.add(guard.counts.configured)
+    return read, skipped
+
+
+def test_skip_steps_skip_the_same_global_batches_at_world_sizes_1_2_and_3_and_leave_every_other_step_alone():
+    """The elastic shares of 7 windows (4 + 3, 3 + 2 + 2): with steps 2…3 in train.skip_steps no rank reads
+    their windows, and every other step reads the same global batch in the same order at every world size,
+    the one a run without skips reads."""
+    unskipped, _ = windows_read(1, 5)
+    assert all(len(windows) == 7 for windows in unskipped)
+    for world in (1, 2, 3):
+        read, skipped = windows_read(world, 5, "train.skip_steps=[[2, 3]]")
+        assert read[1] == read[2] == [] and skipped == {2}, world  # every rank skipped both
+        assert [read[s] for s in (0, 3, 4)] == [unskipped[s] for s in (0, 3, 4)], world
+
+
+def test_the_progress_line_shows_skips_rewinds_and_the_largest_gradient_norm():
+    metrics = {"train/loss": 3.25, "train/lr": 1e-3, "train/tokens_per_s": 1000.0, "train/grad_norm": 0.5,
+               "train/grad_norm_max": 7.25, "train/skipped_steps": 6, "train/nonfinite_steps": 1,
+               "train/spike_steps": 2, "train/rewinds": 2}
+    line = progress_line(12, 20, metrics)
+    assert "grad norm 0.50 | max 7.25" in line
+    assert line.endswith("skipped 6 (non-finite 1, spikes 2) | rewinds 2")
+    quiet = progress_line(12, 20, {**metrics, "train/skipped_steps": 0, "train/rewinds": 0})
+    assert "skipped" not in quiet and "rewinds" not in quiet
+
+
+def test_several_test_faults_and_the_rewinds_as_mlflow_tags():
+    train = config("train.test_scale_loss=[[2, 1, .nan], [5, 0, 1000]]").train
+    assert [f[:2] for f in train.test_scale_faults()] == [[2, 1], [5, 0]]
+    assert config("train.test_scale_loss=[3, 0, 2]").train.test_scale_faults() == [[3, 0, 2]]
+    with pytest.raises(ConfigError, match="train.test_scale_loss"):
+        config("train.test_scale_loss=[[2, 1, .nan], [5, 0]]")
+    with pytest.raises(ConfigError, match="train.test_scale_loss"):
+        config("train.test_scale_loss=[[2, 1, .nan], 5]")
+    guard = StepGuard(config("train.spike.enabled=true", "train.spike.rewind=true", "train.skip_steps=[2]").train)
+    rewound, _ = guard.after_rewind({}, 9, first=5)
+    assert rewound.tags() == {"gptray.skip_steps": "[[2, 2], [5, 9]]", "gptray.rewinds": "[[9, 5, 9]]"}
