@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from lm_eval.tasks import get_task_dict
 
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.devices import broadcast_object, gather_objects
@@ -73,7 +72,7 @@ def check_training_tasks(names: list[str], settings: EvalConfig) -> None:
     manager = task_manager(settings, names)
     check_tasks(names, manager, KEY)
     try:
-        get_task_dict(list(names), manager)
+        manager.load(list(names))
     except Exception as exc:  # the harness and `datasets` raise anything from a task they cannot read
         raise ConfigError(KEY, f"cannot load lm-evaluation-harness task(s) {', '.join(names)}: "
                                f"{type(exc).__name__}: {exc}") from exc
