@@ -126,9 +126,10 @@ class CheckpointManager:
                              world_size=engine.world_size, data_order=self.order.record(),
                              optimizer=self.config.optimizer.name)
 
-    def save(self, state: TrainingState, metrics: dict) -> list[Written]:
-        """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now."""
-        return self._writer.save(state, metrics)
+    def save(self, state: TrainingState, metrics: dict, urgent: bool = False) -> list[Written]:
+        """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now. `urgent`: stored
+        and reported before it returns (a node is about to be preempted)."""
+        return self._writer.save(state, metrics, urgent)
 
     def poll(self) -> list[Written]:
         """After a step: report a checkpoint written in the background once every rank is done."""
