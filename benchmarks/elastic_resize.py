@@ -77,6 +77,7 @@ def _child(dataset_dir: str, root: str, steps: int, overrides: list[str], notice
     import ray
     from ray.cluster_utils import Cluster
 
+    from gptray.core.runtime import free_port
     from gptray.core.storage import Storage
     from gptray.data.manifest import Manifest
     from gptray.data.train_windows import DataOrder, open_train_windows
@@ -89,9 +90,16 @@ def _child(dataset_dir: str, root: str, steps: int, overrides: list[str], notice
     # 60 s); a bare local cluster starts a worker group well within 20 s.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1")  # Ray's watcher polls drains (default 5 s)
+    # Ray Train's PlacementGroupCleaner asks the state API whether the run's controller lives, and removes the
+    # run's placement group (its workers with it) when told it does not. Without an address, the state API
+    # asks the cluster /tmp/ray/ray_current_cluster names: on a machine where someone else's `ray start` head
+    # runs, that one, which knows nothing of this run. So the cluster gets a dashboard on a port of its own, and
+    # every process of every node is told its address (as core.runtime.local_ray_options does).
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="gptray-el-", dir="/tmp")  # short: Ray's socket paths are limited
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp,
-                                                            "include_dashboard": False})
+                                                            "include_dashboard": True, "dashboard_port": port})
     ray.init(address=cluster.address)
     if dataset_dir == "-":  # tokenize tinyshakespeare here, once
         from gptray.data.tokenize_job import tokenize_corpus
