@@ -277,11 +277,44 @@ def main(argv: list[str] | None = None) -> None:
         redone = [r["steps_redone"] for r in rows]
         print(f"  steps trained twice (grow + shrink)    median {statistics.median(redone):.1f} {redone}")
     print("global-batch digests equal the data order's at every step: yes")
+    if not args.smoke:
+        asks = preemption_ask_ms()
+        print(f"ray.train.get_preemption_info() on 2 workers (a collective through Ray): median {asks[1]:.2f} ms "
+              f"(min {asks[0]:.2f}, max {asks[2]:.2f}) over 200 calls")
     save, load, size = checkpoint_io("nano" if args.smoke else "tiny", 1 if args.smoke else 3)
     print(f"whole checkpoint of {size / 1e6:.0f} MB (model + AdamW): save {save:.2f} s ({size / save / 1e9:.2f} GB/s), "
           f"load {load:.2f} s ({size / load / 1e9:.2f} GB/s), medians")
     print(f"GPT-2 124M (1.49 GB of state) at these rates: save {1.49e9 * save / size:.1f} s, "
           f"load {1.49e9 * load / size:.1f} s")
+
+
+def preemption_ask_ms(calls: int = 200) -> tuple[float, float, float]:
+    """Min, median and max milliseconds of one ray.train.get_preemption_info() on a 2-worker Ray Train group
+    (a fresh local Ray in a process apart): what checkpoint.preemption_check_interval spaces out."""
+    code = f"""
+import json, statistics, tempfile, time, ray, ray.train
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from gptray.core.runtime import local_ray_options
+ray.init(**local_ray_options(num_cpus=2))
+
+def loop():
+    seconds = []
+    for _ in range({calls}):
+        start = time.perf_counter()
+        ray.train.get_preemption_info()
+        seconds.append(time.perf_counter() - start)
+    ray.train.report({{"ms": json.dumps([s * 1000 for s in seconds])}})
+
+result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=2, resources_per_worker={{"CPU": 0.5}}),
+                      run_config=RunConfig(storage_path=tempfile.mkdtemp())).fit()
+ms = json.loads(result.metrics["ms"])[10:]  # the first calls warm up
+print("ASKS", min(ms), statistics.median(ms), max(ms))
+"""
+    env = {**os.environ, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300, check=True)
+    return tuple(float(x) for x in re.search(r"ASKS (\S+) (\S+) (\S+)", done.stdout).groups())
 
 
 def checkpoint_io(preset: str, rounds: int) -> tuple[float, float, int]:
