@@ -65,6 +65,7 @@ def run_scenario(dataset_dir: str, root: str, steps: int, overrides: list[str], 
                            f"{done.stderr[-6000:]}")
     record = json.loads(out.read_text())
     record["trained_steps"] = [int(m.group(1)) for m in PROGRESS.finditer(done.stdout + done.stderr)]
+    out.write_text(json.dumps(record))
     return record
 
 

@@ -276,8 +276,8 @@ def _log_preemption_checkpoint(step: int, written: list[Written], preemption: Pr
     MLflow metrics and the run's history) carry train/preemption_checkpoint = 1; no MLflow call is made here,
     which could block training while the node's time runs out."""
     seconds = sum(w.blocked_seconds for w in written if w.step == step)
-    log.warning("step %d: preemption checkpoint stored in %.1f s (%s): the group restarted without the node "
-                "resumes here", step, seconds, describe_deadline(preemption.pending.deadline_ms))
+    log.warning("step %d: preemption checkpoint stored in %.1f s (%s): the group Ray restarts without the node "
+                "resumes from the latest", step, seconds, describe_deadline(preemption.pending.deadline_ms))
 
 
 def final_sample_name(step: int) -> str:

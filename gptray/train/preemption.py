@@ -41,10 +41,10 @@ class PreemptionNotice:
         key = (info.deadline_ms, tuple(info.preempted_node_ids))
         if key not in self._seen:
             self._seen.add(key)
-            log.warning("step %d: node(s) %s (ranks %s) are about to be preempted (%s): checkpointing now, and "
-                        "every %d steps until the group restarts without them", step,
-                        ", ".join(info.preempted_node_ids), info.preempted_ranks, describe_deadline(info.deadline_ms),
-                        self.every)
+            log.warning("step %d: node(s) %s (ranks %s) are about to be preempted (%s): checkpointing now and at "
+                        "every check (checkpoint.preemption_check_interval=%d) until the group restarts without them",
+                        step, ", ".join(info.preempted_node_ids), info.preempted_ranks,
+                        describe_deadline(info.deadline_ms), self.every)
         self.pending = info
         return True
 
