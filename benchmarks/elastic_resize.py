@@ -213,25 +213,29 @@ def _workers(root: str) -> list[int]:
     return pids
 
 
-def summarize(record: dict) -> dict[str, float]:
-    """Seconds from the node's arrival to the 2-worker group's first step and from the kill to the 1-worker
-    group's, the step the 1-worker group resumed from, and the steps trained twice (from the progress lines)."""
+def summarize(record: dict) -> dict[str, float | None]:
+    """Seconds from the node's arrival to the 2-worker group's first step (None where the history no longer
+    holds it: without notice the 1-worker group trained those steps again) and from the kill to the 1-worker
+    group's first step, the step the 1-worker group resumed from, and the steps trained twice (from the
+    progress lines)."""
     rows = {int(s): v for s, v in record["first_run_rows"].items()}
     events = record["events"]
     sizes = [rows[s]["train/world_size"] for s in sorted(rows)]
     resumed_at = resume_step(record)
     expected = [1] * GROWN + [2] * (resumed_at - GROWN) + [1] * (len(sizes) - resumed_at)
     assert sizes == expected, f"world sizes by step: {sizes}"
-    trained = record["trained_steps"]
-    return {"grow_s": rows[GROWN + 1]["train/time"] - events["node_added"],
+    trained = [s for s in record["trained_steps"] if s <= len(sizes)]  # not the fixed group's resumed steps
+    grown = rows[GROWN + 1]
+    return {"grow_s": grown["train/time"] - events["node_added"] if grown["train/world_size"] == 2 else None,
             "shrink_s": rows[resumed_at + 1]["train/time"] - events["node_killed"],
             "resumed_at": resumed_at, "steps_redone": len(trained) - len(set(trained))}
 
 
 def resume_step(record: dict) -> int:
-    """The step the 1-worker group resumed from: the last the 2-worker group's history kept."""
+    """The step the 1-worker group resumed from: the last the 2-worker group's history kept (the grow's
+    checkpoint where it kept none)."""
     rows = {int(s): v for s, v in record["first_run_rows"].items()}
-    return max(s for s, v in rows.items() if v["train/world_size"] == 2)
+    return max([GROWN] + [s for s, v in rows.items() if v["train/world_size"] == 2])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,9 +275,10 @@ def main(argv: list[str] | None = None) -> None:
               "without notice (killed):")
         for key, label in (("grow_s", "node arrival → first 2-worker step"),
                            ("shrink_s", "node killed → first 1-worker step")):
-            values = [r[key] for r in rows]
-            print(f"  {label:38s} median {statistics.median(values):6.1f} s (min {min(values):.1f}, "
-                  f"max {max(values):.1f})")
+            values = [r[key] for r in rows if r[key] is not None]
+            if values:
+                print(f"  {label:38s} median {statistics.median(values):6.1f} s (min {min(values):.1f}, "
+                      f"max {max(values):.1f})")
         print(f"  1-worker group resumed from step       {sorted({r['resumed_at'] for r in rows})}")
         redone = [r["steps_redone"] for r in rows]
         print(f"  steps trained twice (grow + shrink)    median {statistics.median(redone):.1f} {redone}")
