@@ -298,23 +298,26 @@ def preemption_ask_ms(calls: int = 200) -> tuple[float, float, float]:
     """Min, median and max milliseconds of one ray.train.get_preemption_info() on a 2-worker Ray Train group
     (a fresh local Ray in a process apart): what checkpoint.preemption_check_interval spaces out."""
     code = f"""
-import json, statistics, tempfile, time, ray, ray.train
+import json, pathlib, statistics, tempfile, time, ray, ray.train
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from gptray.core.runtime import local_ray_options
 ray.init(**local_ray_options(num_cpus=2))
+out = pathlib.Path(tempfile.mkdtemp()) / "ms.json"
 
-def loop():
+def loop(config):
     seconds = []
     for _ in range({calls}):
         start = time.perf_counter()
         ray.train.get_preemption_info()
         seconds.append(time.perf_counter() - start)
-    ray.train.report({{"ms": json.dumps([s * 1000 for s in seconds])}})
+    if ray.train.get_context().get_world_rank() == 0:
+        pathlib.Path(config["out"]).write_text(json.dumps([s * 1000 for s in seconds]))
 
-result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=2, resources_per_worker={{"CPU": 0.5}}),
-                      run_config=RunConfig(storage_path=tempfile.mkdtemp())).fit()
-ms = json.loads(result.metrics["ms"])[10:]  # the first calls warm up
+TorchTrainer(loop, train_loop_config={{"out": str(out)}},
+             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={{"CPU": 0.5}}),
+             run_config=RunConfig(storage_path=tempfile.mkdtemp())).fit()
+ms = json.loads(out.read_text())[10:]  # the first calls warm up
 print("ASKS", min(ms), statistics.median(ms), max(ms))
 """
     env = {**os.environ, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
