@@ -142,9 +142,10 @@ class CheckpointManager:
         step = broadcast_object(read_state(latest).step if latest is not None else None)  # one choice
         return (self.run.child(checkpoint_dir_name(step)) if step is not None else None), written
 
-    def save(self, state: TrainingState, metrics: dict) -> list[Written]:
-        """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now."""
-        return self._writer.save(state, metrics)
+    def save(self, state: TrainingState, metrics: dict, urgent: bool = False) -> list[Written]:
+        """Checkpoint at state.step (every rank, the same step); the checkpoints reported by now. `urgent`: stored
+        and reported before it returns (a node is about to be preempted)."""
+        return self._writer.save(state, metrics, urgent)
 
     def poll(self) -> list[Written]:
         """After a step: report a checkpoint written in the background once every rank is done."""

@@ -72,8 +72,10 @@ class CheckpointWriter:
         self.in_flight: _InFlight | None = None
         self._group = None  # DCP's background collectives need a process group of their own
 
-    def save(self, state: TrainingState, metrics: dict) -> list[Written]:
-        """Checkpoint at state.step (every rank calls it at the same step); the checkpoints reported by it."""
+    def save(self, state: TrainingState, metrics: dict, urgent: bool = False) -> list[Written]:
+        """Checkpoint at state.step (every rank calls it at the same step); the checkpoints reported by it.
+        `urgent` (a node about to be preempted): written, stored and reported before this returns, whatever
+        checkpoint.upload says, since a background write on a node that goes is lost."""
         written = self.finish()  # one write in flight at a time, so they are reported in order
         start = time.perf_counter()
         report = {"step": state.step, "tokens_seen": state.tokens_seen,
@@ -82,7 +84,7 @@ class CheckpointWriter:
         directory = Path(tempfile.mkdtemp(prefix="gptray-ckpt-"))
         try:
             with PeakMemory(self.engine.device) as memory:
-                if self.in_background:  # staged now, written by DCP's thread, reported when every rank is done
+                if self.in_background and not urgent:  # staged now, written by DCP's thread, reported when all are done
                     future = start_sharded_save(directory, self.engine.sharded_state(), self._process_group())
                     self._save_scaler(directory)
                     self.in_flight = _InFlight(future, directory, copy.deepcopy(state), report,
@@ -102,7 +104,7 @@ class CheckpointWriter:
         wrote = any(directory.iterdir())
         if not wrote:  # a whole checkpoint's other ranks
             shutil.rmtree(directory, ignore_errors=True)
-        self._report(state.step, report, directory if wrote else None)
+        self._report(state.step, report, directory if wrote else None, sync=urgent)
         return written + [Written(state.step, time.perf_counter() - start, memory.extra_bytes)]
 
     def poll(self) -> list[Written]:
@@ -172,7 +174,7 @@ class CheckpointWriter:
             write_state(directory, state, self.config,
                         {name: size for rank_files in files for name, size in rank_files.items()})
 
-    def _report(self, step: int, report: dict, directory: Path | None) -> None:
+    def _report(self, step: int, report: dict, directory: Path | None, sync: bool = False) -> None:
         if self.config.ray.local_mode:
             self._store(step, directory)
             return
@@ -180,7 +182,7 @@ class CheckpointWriter:
         from ray.train import Checkpoint
         from ray.train.v2.api.report_config import CheckpointUploadMode
 
-        upload = CheckpointUploadMode.ASYNC if self.config.checkpoint.upload == "async" \
+        upload = CheckpointUploadMode.ASYNC if self.config.checkpoint.upload == "async" and not sync \
             else CheckpointUploadMode.SYNC
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None,
                          checkpoint_dir_name=checkpoint_dir_name(step), checkpoint_upload_mode=upload,

@@ -26,7 +26,7 @@ from gptray.train.checkpoint_manager import CheckpointManager
 from gptray.train.checkpoint_writer import Written
 from gptray.train.engine import StepResult, TrainingEngine
 from gptray.train.numerics import StepGuard, describe_skip, global_batch_windows
-from gptray.train.preemption import PreemptionNotice
+from gptray.train.preemption import PreemptionNotice, describe_deadline
 from gptray.train.progress import StepBar
 from gptray.train.rewind import rewind
 from gptray.train.worker_inputs import WorkerInputs
@@ -72,7 +72,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        in_ray_worker=not config.ray.local_mode)
     try:
         _train(engine, state, config, cadence, checkpoints, evaluator, tracker, history, inputs.tokenizer,
-               PreemptionNotice(), bar)
+               PreemptionNotice(config.checkpoint.preemption_check_interval), bar)
         bar.close()  # done before the final sample's generation
         if inputs.final_sample and state.step >= config.train.max_steps:
             _final_sample(engine, state, config, inputs.tokenizer, inputs.run)
@@ -143,6 +143,8 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
     while state.step < config.train.max_steps:
         if _held(config.train.test_hold_file, state.step):  # tests only
             _log_written(checkpoints.finish(), tracker)  # reported to Ray: what a restarted group resumes from
+            if engine.rank == 0:  # the test sees where the run waits
+                Path(config.train.test_hold_file + ".at").write_text(str(state.step))
             while _held(config.train.test_hold_file, state.step):
                 time.sleep(0.05)
         result = engine.train_step(state.step, guard)
@@ -171,12 +173,15 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
                                      "train/world_size": engine.world_size, "train/time": time.time()})
         _log_written(checkpoints.poll(), tracker)  # a checkpoint written in the background, once all ranks are done
         due = cadence.at(state.step)
-        if not due.checkpoint and preemption is not None and preemption.checkpoint_now(state.step):
+        preempting = preemption is not None and preemption.checkpoint_now(state.step)  # a collective at its steps
+        if preempting:
             due = dataclasses.replace(due, checkpoint=True)  # a node is about to go: the restart resumes here
         if not due.anything:
             continue
         # Every rank reaches here at the same steps, so the collectives below pair up.
         metrics = {"train/lr": result.lr, **guard.metrics()}
+        if preempting:
+            metrics["train/preemption_checkpoint"] = 1.0
         if result.global_loss is not None and math.isfinite(result.global_loss):  # a skipped step may have none
             metrics["train/loss"] = result.global_loss
         if result.z_loss is not None:  # the term train.z_loss adds to the objective; train/loss is the cross-entropy
@@ -215,7 +220,10 @@ def _train(engine: TrainingEngine, state: TrainingState, config: ExperimentConfi
             state.skips = guard.record()
             if history is not None:
                 history.write()  # before the checkpoint: see gptray.tracking.history
-            _log_written(checkpoints.save(state, metrics), tracker)
+            written = checkpoints.save(state, metrics, urgent=preempting)
+            _log_written(written, tracker)
+            if preempting and engine.rank == 0:
+                _log_preemption_checkpoint(state.step, written, preemption)
         if due.pauses_training:  # evaluation, sampling and checkpointing are not training time
             throughput.restart()
     _log_written(checkpoints.finish(), tracker)  # the last one, if its write is still in flight
@@ -265,6 +273,15 @@ def _log_written(written: list[Written], tracker: MlflowTracker | None) -> None:
         if checkpoint.extra_bytes is not None:
             saved["train/checkpoint_peak_extra_mb"] = checkpoint.extra_bytes / 1e6
         tracker.log_metrics(saved, step=checkpoint.step)
+
+
+def _log_preemption_checkpoint(step: int, written: list[Written], preemption: PreemptionNotice) -> None:
+    """Rank 0's line for a checkpoint written because a node is about to be preempted. The step's metrics (its
+    MLflow metrics and the run's history) carry train/preemption_checkpoint = 1; no MLflow call is made here,
+    which could block training while the node's time runs out."""
+    seconds = sum(w.blocked_seconds for w in written if w.step == step)
+    log.warning("step %d: preemption checkpoint stored in %.1f s (%s): the group Ray restarts without the node "
+                "resumes from the latest", step, seconds, describe_deadline(preemption.pending.deadline_ms))
 
 
 def final_sample_name(step: int) -> str:

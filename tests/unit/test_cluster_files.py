@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -134,13 +135,47 @@ def test_kuberay_raycluster_structure():
                            int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]))
 
 
-def test_kuberay_rayjob_runs_the_pretrain_pipeline_on_that_cluster():
+def test_kuberay_spot_group_lands_on_spot_gpu_nodes_and_tells_ray_before_its_pod_goes():
+    from ray.scripts.scripts import drain_node  # the installed Ray's `ray drain-node`
+
+    groups = {g["groupName"]: g for g in load("kuberay/raycluster.yaml")["spec"]["workerGroupSpecs"]}
+    spot, on_demand = groups["gpu-h100x8-spot"], groups["gpu-h100x8"]
+    assert 0 == spot["minReplicas"] <= spot["replicas"] <= spot["maxReplicas"] >= 1  # the autoscaler adds them
+    assert spot["rayStartParams"] == on_demand["rayStartParams"]  # the same GPU kind: one DDP group spans both
+    pod = spot["template"]["spec"]
+    # any one of the clouds' spot labels (node selector terms are OR'ed), each with the H100 product label
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    labels = [{e["key"]: e["values"] for e in term["matchExpressions"]} for term in terms]
+    assert {"cloud.google.com/gke-spot": ["true"]}.items() <= labels[0].items()  # GKE Spot
+    assert {"eks.amazonaws.com/capacityType": ["SPOT"]}.items() <= labels[1].items()  # EKS managed node groups
+    h100 = on_demand["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"]
+    assert all(term["nvidia.com/gpu.product"] == [h100] for term in labels)
+    tolerated = {t["key"] for t in pod["tolerations"]}
+    assert {"nvidia.com/gpu", "cloud.google.com/gke-spot", "eks.amazonaws.com/capacityType"} <= tolerated
+    # the preStop hook drains the node as preempted, with options the installed `ray drain-node` has, and a
+    # deadline inside the pod's grace period
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
+    options = dict(re.findall(r"(--[a-z-]+) (\S+)", command[command.index("ray drain-node"):]))
+    params = {p.opts[0]: p for p in drain_node.params}
+    assert set(options) <= set(params), set(options) - set(params)
+    assert options["--reason"] == "DRAIN_NODE_REASON_PREEMPTION" in params["--reason"].type.choices
+    deadline = int(options["--deadline-remaining-seconds"].rstrip(";"))
+    assert 0 < deadline <= pod["terminationGracePeriodSeconds"]
+    check_pod_template(spot["template"], "gpu-h100x8-spot", 8)
+
+
+def test_kuberay_rayjob_runs_an_elastic_pretrain_on_that_cluster():
+    from gptray.config import load_config
+
     job = load("kuberay/rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
     spec = job["spec"]
-    module, config = re.fullmatch(r"python -m (\S+) --config (\S+)", spec["entrypoint"]).groups()
+    module, config, overrides = re.fullmatch(r"python -m (\S+) --config (\S+) (.*)", spec["entrypoint"]).groups()
     assert module == "pipelines.pretrain_job" and (REPO / "pipelines" / "pretrain_job.py").is_file()
     assert (REPO / config).is_file()
+    ray_config = load_config(REPO / config, shlex.split(overrides)).ray  # as the job's shell passes them
+    assert ray_config.elastic and (ray_config.min_workers, ray_config.max_workers) == (8, 24)
+    assert ray_config.max_failures == -1  # a node lost without notice restarts the group smaller
     assert spec["clusterSelector"]["ray.io/cluster"] == load("kuberay/raycluster.yaml")["metadata"]["name"]
     assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"] == "/app"  # where the Dockerfile puts us
     check_pod_template(spec["submitterPodTemplate"], "submitter")

@@ -113,22 +113,39 @@ def test_batch_digest_is_the_global_batchs_not_the_ranks():
     assert digests[1] == batch_digest(starts)
 
 
-def test_a_preemption_notice_asks_for_one_checkpoint_at_a_check_step():
+def test_a_preemption_notice_makes_every_check_step_a_checkpoint_until_the_group_ends():
     from ray.train import PreemptionInfo
 
-    from gptray.train.preemption import CHECK_EVERY_STEPS, PreemptionNotice
+    from gptray.train.preemption import PreemptionNotice
 
-    notices = iter([PreemptionInfo(deadline_ms=5, preempted_node_to_ranks={"n1": [1]})] * 2
-                   + [PreemptionInfo(deadline_ms=9, preempted_node_to_ranks={"n2": [0]})])
+    answers = iter([None, PreemptionInfo(deadline_ms=5, preempted_node_to_ranks={"n1": [1]}), None,
+                    PreemptionInfo(deadline_ms=9, preempted_node_to_ranks={"n2": [0]})])
     asked = []
 
     def ask():
         asked.append(True)
-        return next(notices)
+        return next(answers)
 
-    notice = PreemptionNotice(ask)
-    assert not notice.checkpoint_now(CHECK_EVERY_STEPS - 1) and not asked  # not a check step: Ray is not asked
-    assert notice.checkpoint_now(CHECK_EVERY_STEPS)  # a notice: checkpoint now
-    assert not notice.checkpoint_now(2 * CHECK_EVERY_STEPS)  # the same notice again: already saved for it
-    assert notice.checkpoint_now(3 * CHECK_EVERY_STEPS)  # another node's: once more
-    assert PreemptionNotice(lambda: None).checkpoint_now(CHECK_EVERY_STEPS) is False
+    notice = PreemptionNotice(4, ask)
+    assert not notice.checkpoint_now(3) and not asked  # not a check step: Ray is not asked (a collective)
+    assert not notice.checkpoint_now(4) and notice.pending is None  # no notice
+    assert not notice.checkpoint_now(6) and len(asked) == 1
+    assert notice.checkpoint_now(8)  # a notice: checkpoint now
+    # Ray keeps the group training until the node's deadline, and restarts it from the latest checkpoint:
+    # every check until then checkpoints again, so a reclaim costs at most 4 steps
+    assert not notice.checkpoint_now(9) and notice.checkpoint_now(12)
+    assert notice.checkpoint_now(16) and notice.pending.preempted_node_ids == ["n2"]  # another node's notice
+    assert len(asked) == 4
+    never = PreemptionNotice(0, ask)  # checkpoint.preemption_check_interval=0: Ray is never asked
+    assert not any(never.checkpoint_now(step) for step in range(1, 30)) and len(asked) == 4
+
+
+def test_the_preemption_check_interval_is_a_checkpoint_setting_refused_below_zero():
+    from gptray.train.preemption import CHECK_EVERY_STEPS, describe_deadline
+
+    assert load_config(None, []).checkpoint.preemption_check_interval == CHECK_EVERY_STEPS == 10
+    assert load_config(None, ["checkpoint.preemption_check_interval=0"]).checkpoint.preemption_check_interval == 0
+    with pytest.raises(ConfigError, match=r"checkpoint.preemption_check_interval.*got -1"):
+        load_config(None, ["checkpoint.preemption_check_interval=-1"])
+    assert describe_deadline(95_000, now=0.0) == "deadline in 95 s"
+    assert describe_deadline(None) == describe_deadline(0) == "no deadline given"
