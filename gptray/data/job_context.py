@@ -1,4 +1,4 @@
-"""The Ray Data settings the tokenize job runs with: its CPUs, progress bars on a terminal only, a quiet driver.
+"""The Ray Data settings the tokenize job runs with: its CPUs, and Ray Data's progress bars on a terminal only.
 
 Set on the job's own Dataset context (a copy Ray Data takes at the read), never on the process's current
 one, so another Ray Data job in the same process (distributed eval) keeps Ray Data's defaults.
@@ -10,6 +10,8 @@ import sys
 
 from gptray.core.progress_bar import on_terminal
 
+RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"  # ray/data/_internal/progress/__init__.py
+
 
 def ray_data_bars() -> bool:
     """Whether Ray Data draws its progress bars: on a person's terminal. Ray Data decides by stdout and gptray
@@ -19,12 +21,16 @@ def ray_data_bars() -> bool:
 
 def configure_job_context(context, cpus: int, bars: bool) -> None:
     """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs; Ray Data's progress
-    bars only if `bars`; no per-step work in the driver that the job has no use for."""
+    bars only if `bars`. Everything else is Ray Data's default (BENCHMARKS.md measures what the others save)."""
     from ray.data import ExecutionResources
 
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
     # Off a terminal, Ray Data logs a block of progress lines every 10 s (its LoggingExecutionProgressManager);
     # the job logs its own line every 30 s instead (job_progress.py).
     context.enable_progress_bars = bars
-    context.enable_auto_log_stats = False  # the job logs its own summary; Ray Data's stats stay in its log file
-    context.verbose_stats_logs = False
+    if not bars:
+        from ray.util.debug import log_once
+
+        # Ray Data then warns once "Progress bars disabled. To enable, set ... = True": wrong advice where the job
+        # logs its own progress. Its warning is keyed by log_once; taking the key first leaves it unsaid.
+        log_once(RAY_DATA_BARS_OFF_WARNING)

@@ -103,6 +103,6 @@ def test_off_a_terminal_ray_data_logs_no_progress_of_its_own():
     manager = get_progress_manager(context, "tokenize", {}, verbose_progress=False)
     assert not isinstance(manager, LoggingExecutionProgressManager)
     assert context.execution_options.resource_limits.cpu == 2
-    assert current.enable_progress_bars and current.execution_options.resource_limits.cpu is None
+    assert current.enable_progress_bars and current.execution_options.resource_limits.cpu != 2
     configure_job_context(context, cpus=2, bars=True)
     assert context.enable_progress_bars
