@@ -1,14 +1,16 @@
 """Benchmark: tokens/s of the tokenize job (Ray Data) against an earlier commit's job and plain tiktoken.
 
     python benchmarks/tokenize_throughput.py [--mb 60 200] [--rounds 4] [--cpus N] [--shard-tokens 2000000]
-                                             [--before REV] [--worker-niceness 0] [--workdir DIR] [--smoke]
+                                             [--before REV [REV ...]] [--worker-niceness 0] [--workdir DIR] [--smoke]
 
 With --before REV (a git revision of this repository, e.g. the commit before the job moved to Ray
-Data), each round runs, interleaved, at each --mb size: plain tiktoken, this tree's job and REV's
-job. Each job runs in a fresh process with its own local Ray instance (ray.init is not timed; worker
-start-up is, the same for both), which reports its tokens/s, driver CPU seconds per 1B tokens, the
-driver's peak resident memory and the largest peak of any Ray worker process (VmHWM). The summary
-gives medians of the rounds with their min–max spread.
+Data; several may be given), each round runs, interleaved, at each --mb size: plain tiktoken, then this
+tree's job and each REV's job, in an order that turns round by round. Each job runs in a fresh process
+with its own local Ray instance (ray.init is not timed; worker start-up is, the same for all), which
+reports its tokens/s, driver CPU seconds per 1B tokens, the driver's peak resident memory and the largest
+peak of any Ray worker process (VmHWM). The summary gives medians of the rounds with their min–max
+spread, and with two or more sizes the driver's CPU split into a fixed part per job and a marginal part
+per 1B tokens (from the smallest and the largest size: what a much larger job pays per token).
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -198,25 +200,31 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 def compare(args) -> int:
-    """Interleaved rounds at each size: plain tiktoken, this tree's job, --before's job."""
+    """Interleaved rounds at each size: plain tiktoken, then this tree's job and each --before revision's, their
+    order turning round by round."""
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    before = Path(tempfile.mkdtemp(prefix="gptray-before-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    trees = {"ray data": REPO}
+    for rev in args.before:
+        trees[rev] = Path(tempfile.mkdtemp(prefix="gptray-before-"))
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(trees[rev])], input=archive.stdout, check=True)
     print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start; jobs on {args.cpus} "
-          f"CPU(s), workers at nice {args.worker_niceness}; before = {args.before}")
+          f"CPU(s), workers at nice {args.worker_niceness}; before = {', '.join(args.before)}")
+    jobs = list(trees)
+    by_size: dict[int, dict[str, list[dict]]] = {}
     try:
         for mb in args.mb:
             corpus = work / f"corpus-{mb}mb.jsonl"
             if not corpus.exists():
                 make_corpus(corpus, mb)
-            rows: dict[str, list[dict]] = {"plain": [], "ray data": [], "before": []}
+            rows: dict[str, list[dict]] = {name: [] for name in ["plain", *jobs]}
             for round_number in range(1, args.rounds + 1):
                 tokens, seconds, cpu = min(plain_tiktoken(corpus).values(), key=lambda r: r[1])
                 rows["plain"].append({"tokens": tokens, "seconds": seconds, "cpu": cpu})
-                rows["ray data"].append(run_job(REPO, corpus, work / "shards-new", args))
-                rows["before"].append(run_job(before, corpus, work / "shards-before", args))
+                turn = (round_number - 1) % len(jobs)
+                for name in jobs[turn:] + jobs[:turn]:
+                    rows[name].append(run_job(trees[name], corpus, work / f"shards-{jobs.index(name)}", args))
                 line = ", ".join(f"{name} {r[-1]['tokens'] / r[-1]['seconds'] / 1e6:.2f} M tokens/s"
                                  for name, r in rows.items())
                 print(f"{mb} MB round {round_number}: {line}; load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -224,30 +232,54 @@ def compare(args) -> int:
                     print(f"token counts differ: {[r[-1]['tokens'] for r in rows.values()]}", file=sys.stderr)
                     return 1
             _summary(mb, rows, args.cpus)
+            by_size[mb] = rows
     finally:
-        shutil.rmtree(before, ignore_errors=True)
+        for name, tree in trees.items():
+            if name != "ray data":
+                shutil.rmtree(tree, ignore_errors=True)
+    if len(by_size) > 1:
+        _marginal(by_size, jobs)
     return 0
+
+
+def _marginal(by_size: dict[int, dict[str, list[dict]]], jobs: list[str]) -> None:
+    """The driver's CPU per job split into a fixed part and a part per token, from the smallest and the largest
+    size: (median driver CPU at the larger - at the smaller) / (their difference in tokens). The part per token is
+    what a job many times larger (a cluster's) pays per token; the fixed part, once per job."""
+    small, large = min(by_size), max(by_size)
+    print(f"## driver CPU, {small} MB against {large} MB: fixed per job + marginal per 1B tokens (medians)")
+    for name in jobs:
+        (tokens_a, cpu_a), (tokens_b, cpu_b) = [
+            (by_size[mb][name][0]["tokens"], statistics.median(r["driver_cpu"] for r in by_size[mb][name]))
+            for mb in (small, large)]
+        per_token = (cpu_b - cpu_a) / (tokens_b - tokens_a)
+        print(f"  job, {name:<9}      {cpu_a:.2f} s at {small} MB, {cpu_b:.2f} s at {large} MB: marginal "
+              f"{per_token * 1e9:.1f} CPU s per 1B tokens, fixed {cpu_a - per_token * tokens_a:.2f} s per job")
 
 
 def _summary(mb: int, rows: dict[str, list[dict]], cpus: int) -> None:
     rate = {name: [r["tokens"] / r["seconds"] for r in runs] for name, runs in rows.items()}
+    jobs = [name for name in rows if name != "plain"]
     print(f"## {mb} MB, {rows['plain'][0]['tokens']:,} tokens, {len(rate['plain'])} rounds: median (min–max)")
     print(f"  {cpus} × plain tiktoken   {spread([cpus * r for r in rate['plain']], 1e6)} M tokens/s")
-    for name in ("ray data", "before"):
+    for name in jobs:
         runs = rows[name]
         print(f"  job, {name:<9}      {spread(rate[name], 1e6)} M tokens/s; driver "
-              f"{spread([r['driver_cpu'] / r['tokens'] * 1e9 for r in runs], 1, 1)} CPU s per 1B tokens; peak memory "
+              f"{spread([r['driver_cpu'] / r['tokens'] * 1e9 for r in runs], 1, 1)} CPU s per 1B tokens, "
+              f"{spread([r['driver_cpu'] for r in runs])} s per job; peak memory "
               f"driver {spread([r['driver_peak_mb'] for r in runs], 1, 0)} MB, a worker "
               f"{spread([r['worker_peak_mb'] for r in runs], 1, 0)} MB; {runs[0]['tasks']} read tasks")
-    ratios = [a / b for a, b in zip(rate["ray data"], rate["before"])]
-    print(f"  ray data / before      {spread(ratios)} (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+    for name in jobs[1:]:
+        ratios = [a / b for a, b in zip(rate["ray data"], rate[name])]
+        print(f"  ray data / {name:<9}  {spread(ratios)} (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
     print(f"  ray data / {cpus} × plain  {spread([a / (cpus * p) for a, p in zip(rate['ray data'], rate['plain'])])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, nargs="+", default=[200], help="corpus sizes in MB (each at least 50)")
-    parser.add_argument("--before", help="a git revision whose job to measure against, interleaved (not with --smoke)")
+    parser.add_argument("--before", nargs="+", metavar="REV",
+                        help="git revisions whose jobs to measure against, interleaved (not with --smoke)")
     parser.add_argument("--job-only", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4, help="measure both this many times, interleaved")
     parser.add_argument("--shard-tokens", type=int, default=2_000_000,

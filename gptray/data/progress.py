@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
 from gptray.config.loader import build
@@ -26,6 +27,12 @@ VERSION = 2
 
 def record_path(task: int) -> str:
     return f"{RECORDS_DIR}/task-{task:05d}.json"
+
+
+def record_task(name: str) -> int | None:
+    """The read task whose record a file of RECORDS_DIR is, or None for another file."""
+    match = re.fullmatch(r"task-(\d{5,})\.json", name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass

@@ -14,6 +14,7 @@ A rerun of the same request keeps every task whose shards still verify and redoe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,8 @@ from gptray.core.errors import DataError, GptrayError
 from gptray.core.runtime import init_ray
 from gptray.core.storage import Storage
 from gptray.data.blocks import BlockSettings, SourceReader
+from gptray.data.job_context import configure_job_context, ray_data_bars
+from gptray.data.job_progress import ProgressLines
 from gptray.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ProblemCounts, SourceInfo, SplitInfo
 from gptray.data.plan import plan_digest, plan_tasks
 from gptray.data.plan_datasource import plan_datasource, tokenize_batch
@@ -194,17 +197,17 @@ def _run(tasks: list[ReadTask], sources: list[ResolvedSource], inputs: TaskInput
     # Data fuses them into one Ray task per read task: token data never crosses the object store, and the sink gets
     # every task's rows whole. (A per-operator `concurrency` stops Ray 2.60 from fusing the read; the job's CPU
     # limit is set on the dataset's own context instead, so it never waits on CPUs it does not have.)
-    from ray.data import ExecutionResources
-
     dataset = ray.data.read_datasource(plan_datasource(tasks, shared, tables), override_num_blocks=len(tasks),
                                        num_cpus=1)
     dataset = dataset.map_batches(tokenize_batch, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                                   fn_kwargs={"settings": inputs.settings}, num_cpus=1)
-    dataset.context.execution_options.resource_limits = ExecutionResources(cpu=slots)
+    bars = ray_data_bars()
+    configure_job_context(dataset.context, slots, bars)
     sink = shard_datasink(tasks, shared)
     started = time.monotonic()
     try:
-        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 1})
+        with contextlib.nullcontext() if bars else ProgressLines(inputs.store, len(tasks)):
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 1})
     except KeyboardInterrupt:
         log.warning("interrupted: the read tasks that finished keep their shards, and running the same job again "
                     "does only the rest")
@@ -246,7 +249,8 @@ def _gptray_cause(exc: BaseException) -> GptrayError | None:
 
 
 def _log_summary(records: list[TaskRecord], seconds: float) -> None:
-    """One line for the work done now (Ray Data's progress bars showed it while it ran)."""
+    """One line for the work done now (while it ran: Ray Data's progress bars on a terminal, else job_progress.py's
+    lines)."""
     done = [r for r in records if not r.kept]
     documents = sum(r.stats.documents for r in done)
     tokens = sum(r.stats.tokens for r in done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -106,14 +107,26 @@ JSONL_DOCS = [
 ]
 
 
-def test_jsonl_documents_and_bad_lines(ray_session, tmp_path):
+def test_jsonl_documents_and_bad_lines(ray_session, tmp_path, caplog):
     path = tmp_path / "docs.jsonl"
     rows = [{"text": JSONL_DOCS[0]}, {"text": JSONL_DOCS[1], "id": 7}, "{not json", {"text": ""},
             {"content": "no text field"}, {"text": JSONL_DOCS[2]}, {"text": None}, {"text": JSONL_DOCS[3]},
             "", {"text": JSONL_DOCS[4]}]
     write_jsonl(path, rows)
     config = make_config(tmp_path, f"data.sources=[{{path: {path}}}]", "data.val_fraction=0.3")
-    result = tokenize_corpus(config)
+    import ray.data  # first: importing it sets its loggers' handlers afresh
+
+    ray_data = logging.getLogger(ray.data.__name__)  # Ray Data's console lines, whatever its handlers' streams
+    ray_data.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ray.data"):
+            result = tokenize_corpus(config)
+    finally:
+        ray_data.removeHandler(caplog.handler)
+    # Off a terminal (as here): none of Ray Data's progress blocks, which it logs every 10 s, nor its advice to turn
+    # its bars back on; the job's own lines replace them (tests/unit/test_tokenize_console.py).
+    assert "Running Dataset" not in caplog.text and "Progress bars" not in caplog.text
+    assert "Starting execution of Dataset" in caplog.text  # Ray Data's own lines were seen
     stream, manifest = corpus_stream(tmp_path / "data")
     assert stream == expected_stream(JSONL_DOCS)
     assert manifest.documents == len(JSONL_DOCS)

@@ -1,0 +1,36 @@
+"""The Ray Data settings the tokenize job runs with: its CPUs, and Ray Data's progress bars on a terminal only.
+
+Set on the job's own Dataset context (a copy Ray Data takes at the read), never on the process's current
+one, so another Ray Data job in the same process (distributed eval) keeps Ray Data's defaults.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gptray.core.progress_bar import on_terminal
+
+RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"  # ray/data/_internal/progress/__init__.py
+
+
+def ray_data_bars() -> bool:
+    """Whether Ray Data draws its progress bars: on a person's terminal. Ray Data decides by stdout and gptray
+    logs to stderr, so both must be one (`gptray tokenize > out.log` is not a terminal for either)."""
+    return on_terminal(sys.stderr) and on_terminal(sys.stdout)
+
+
+def configure_job_context(context, cpus: int, bars: bool) -> None:
+    """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs; Ray Data's progress
+    bars only if `bars`. Everything else is Ray Data's default (BENCHMARKS.md measures what the others save)."""
+    from ray.data import ExecutionResources
+
+    context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
+    # Off a terminal, Ray Data logs a block of progress lines every 10 s (its LoggingExecutionProgressManager);
+    # the job logs its own line every 30 s instead (job_progress.py).
+    context.enable_progress_bars = bars
+    if not bars:
+        from ray.util.debug import log_once
+
+        # Ray Data then warns once "Progress bars disabled. To enable, set ... = True": wrong advice where the job
+        # logs its own progress. Its warning is keyed by log_once; taking the key first leaves it unsaid.
+        log_once(RAY_DATA_BARS_OFF_WARNING)
