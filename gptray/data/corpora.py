@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gptray.core.errors import ConfigError, DataError
 from gptray.core.paths import cache_home, hash_file
-from gptray.data.hub_revision import COMMIT
+from gptray.data.hub_revision import is_commit
 
 CORPORA_PATH_ENV = "GPTRAY_CORPORA"  # directories (os.pathsep-separated) searched before downloading
 
@@ -53,7 +53,7 @@ class Corpus:
         """What fixes its content: a file's sha256, a Hub commit, or what an unpinned Hub corpus follows."""
         if self.kind == "file":
             return f"sha256 {self.sha256[:12]}…"
-        if self.hf_revision and COMMIT.fullmatch(self.hf_revision):
+        if is_commit(self.hf_revision):
             return f"commit {self.hf_revision[:12]}…"
         return f"no: {self.hf_revision or 'main'}"  # a branch moves; the commit read is in the dataset's manifest
 

@@ -13,7 +13,7 @@ from gptray.core.runtime import init_ray
 from gptray.eval.harness_model import GptrayLM
 from gptray.eval.harness_pool import RayScorer
 from gptray.eval.harness_tasks import check_tasks, evaluate_harness, harness_task_name, task_manager
-from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray
+from gptray.eval.runner import TaskResult, evaluate_in_process, evaluate_with_ray, flat_metrics
 from gptray.eval.tasks import PreparedTask, prepare
 from gptray.generation.loading import checkpoint_tokenizer, load_model, resolve_device
 
@@ -36,7 +36,7 @@ class EvalReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metric names: eval/<task>/<metric>."""
-        return {f"eval/{t.label}/{name}": float(value) for t in self.tasks for name, value in t.metrics.items()}
+        return flat_metrics(self.tasks)
 
     def to_dict(self, details: bool = False) -> dict:
         return {"checkpoint": self.checkpoint, "step": self.step, "tasks": [

@@ -88,6 +88,11 @@ def task_results(results: dict, seconds: float, workers: str) -> list[TaskResult
     return out
 
 
+def shown_measures(result: TaskResult) -> str:
+    """A harness task's measures for a log line, their standard errors left out."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_stderr"))
+
+
 def evaluate_harness(lm, names: list[str], settings: EvalConfig, workers: str,
                      manager=None) -> tuple[list[TaskResult], dict]:
     """Run harness tasks on `lm`; gptray's results and the harness's own."""

@@ -21,8 +21,16 @@ import torch
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.devices import broadcast_object, gather_objects
 from gptray.core.errors import ConfigError, TrainingError
+from gptray.data.rank_shares import share_bounds
 from gptray.eval.harness_model import GptrayLM, LocalScorer
-from gptray.eval.harness_tasks import check_tasks, evaluate_harness, harness_task_name, task_manager
+from gptray.eval.harness_tasks import (
+    check_tasks,
+    evaluate_harness,
+    harness_task_name,
+    shown_measures,
+    task_manager,
+)
+from gptray.eval.runner import flat_metrics
 from gptray.eval.training import BLOCKED_METRIC
 
 log = logging.getLogger(__name__)
@@ -31,14 +39,10 @@ KEY = "eval.train_tasks"
 DONE, FAILED = "done", "failed"  # what rank 0 broadcasts besides a batch of requests
 
 
-def share_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous share of `count` items: shares differ by one item at most."""
-    return count * rank // world_size, count * (rank + 1) // world_size
-
-
 def share(items: list, rank: int, world_size: int) -> list:
-    start, stop = share_bounds(len(items), rank, world_size)
-    return items[start:stop]
+    """Rank's contiguous share of `items`, cut as a global batch is (shares differ by one item at most)."""
+    first, count = share_bounds(len(items), world_size, rank)
+    return items[first:first + count]
 
 
 def merge(shares: list[list[dict]]) -> list[dict]:
@@ -171,10 +175,9 @@ class TrainingHarness:
         except BaseException as exc:
             scorer.finish(FAILED, f"{type(exc).__name__}: {exc}")  # the others wait in a broadcast otherwise
             raise
-        metrics = {f"eval/{r.label}/{name}": float(value) for r in results for name, value in r.metrics.items()}
+        metrics = flat_metrics(results)
         for r in results:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if not k.endswith("_stderr"))
-            log.info("%s: %s in %.1f s on %s", r.label, shown, r.seconds, r.workers)
+            log.info("%s: %s in %.1f s on %s", r.label, shown_measures(r), r.seconds, r.workers)
         scorer.finish(DONE, metrics)
         return metrics
 

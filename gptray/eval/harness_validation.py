@@ -21,8 +21,9 @@ from gptray.checkpoint.files import read_state
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.runtime import configure_logging
 from gptray.eval.harness_model import GptrayLM
-from gptray.eval.harness_tasks import evaluate_harness, task_manager
+from gptray.eval.harness_tasks import evaluate_harness, shown_measures, task_manager
 from gptray.eval.harness_training import harness_names
+from gptray.eval.runner import flat_metrics
 from gptray.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,9 @@ def evaluate_reported_checkpoint(checkpoint, names: list[str], settings: dict, t
                       precision=eval_settings.precision, seed=eval_settings.seed)
         results, _ = evaluate_harness(lm, names, eval_settings, "a Ray Train validation task",
                                       task_manager(eval_settings, names))
-    metrics = {f"eval/{r.label}/{k}": float(v) for r in results for k, v in r.metrics.items()}
-    metrics[ASYNC_METRIC] = time.monotonic() - started
+    metrics = {**flat_metrics(results), ASYNC_METRIC: time.monotonic() - started}
     for r in results:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if not k.endswith("_stderr"))
-        log.info("step %d, %s: %s (asynchronous validation)", step, r.label, shown)
+        log.info("step %d, %s: %s (asynchronous validation)", step, r.label, shown_measures(r))
     if tracking_uri and run_id:
         tracker = MlflowTracker(tracking_uri, run_id, retry_seconds=retry_seconds)
         tracker.log_metrics(metrics, step=step)

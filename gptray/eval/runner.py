@@ -37,6 +37,11 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)
 
 
+def flat_metrics(tasks: list[TaskResult]) -> dict[str, float]:
+    """The tasks' metrics under their MLflow names: eval/<task>/<metric>."""
+    return {f"eval/{t.label}/{name}": float(value) for t in tasks for name, value in t.metrics.items()}
+
+
 @torch.no_grad()
 def score_units(model, task_name: str, units: list[dict], device: torch.device, precision: str = "fp32") -> list[dict]:
     """One forward pass of `model` over a batch of units."""

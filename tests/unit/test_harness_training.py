@@ -17,11 +17,12 @@ import torch
 import gptray
 from gptray.config import EvalConfig, load_config
 from gptray.core.errors import ConfigError
+from gptray.data.rank_shares import share_bounds
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.eval.harness_model import GptrayLM, LocalScorer
 from gptray.eval.harness_scoring import generation_unit, loglikelihood_unit
 from gptray.eval.harness_tasks import evaluate_harness, task_manager
-from gptray.eval.harness_training import RankShareScorer, TrainingHarness, share, share_bounds, training_harness
+from gptray.eval.harness_training import RankShareScorer, TrainingHarness, share, training_harness
 from gptray.eval.harness_validation import evaluate_reported_checkpoint, validation_config
 from gptray.eval.training import BLOCKED_METRIC, progress_parts, training_payload
 from gptray.train.engine import TrainingEngine
@@ -38,7 +39,7 @@ def test_shares_are_contiguous_cover_every_request_once_and_differ_by_one_at_mos
             assert sum(shares, []) == items
             sizes = [len(s) for s in shares]
             assert max(sizes) - min(sizes) <= 1
-            assert share_bounds(count, world_size - 1, world_size)[1] == count
+            assert sum(share_bounds(count, world_size, world_size - 1)) == count
 
 
 def requests(tokenizer) -> tuple[list[dict], list[dict]]:
