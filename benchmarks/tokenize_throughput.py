@@ -6,11 +6,14 @@
 With --before REV (a git revision of this repository, e.g. the commit before the job moved to Ray
 Data; several may be given), each round runs, interleaved, at each --mb size: plain tiktoken, then this
 tree's job and each REV's job, in an order that turns round by round. Each job runs in a fresh process
-with its own local Ray instance (ray.init is not timed; worker start-up is, the same for all), which
-reports its tokens/s, driver CPU seconds per 1B tokens, the driver's peak resident memory and the largest
-peak of any Ray worker process (VmHWM). The summary gives medians of the rounds with their min–max
-spread, and with two or more sizes the driver's CPU split into a fixed part per job and a marginal part
-per 1B tokens (from the smallest and the largest size: what a much larger job pays per token).
+with its own local Ray instance, which reports its tokens/s, driver CPU seconds per 1B tokens, the
+driver's peak resident memory and the largest peak of any Ray worker process (VmHWM). ray.init is not
+timed, and it starts one idle worker process per CPU: a job of plain Ray tasks runs in those, while Ray
+Data's two cluster actors take them and its tasks wait for workers started inside the job (part of what
+a Ray Data job pays once here). The summary gives medians of the rounds with their min–max spread, and
+with two or more sizes each job's seconds and driver CPU split into a fixed part per job and a marginal
+part per token (from the smallest and the largest size: the marginal rate is what a much larger job
+runs at, the fixed part what it pays once).
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -243,10 +246,21 @@ def compare(args) -> int:
 
 
 def _marginal(by_size: dict[int, dict[str, list[dict]]], jobs: list[str]) -> None:
-    """The driver's CPU per job split into a fixed part and a part per token, from the smallest and the largest
-    size: (median driver CPU at the larger - at the smaller) / (their difference in tokens). The part per token is
+    """Each job's seconds and the driver's CPU split into a fixed part and a part per token, from the smallest and
+    the largest size: (median at the larger - at the smaller) / (their difference in tokens). The part per token is
     what a job many times larger (a cluster's) pays per token; the fixed part, once per job."""
     small, large = min(by_size), max(by_size)
+    print(f"## job seconds, {small} MB against {large} MB: fixed per job + marginal rate (medians)")
+    rates = {}
+    for name in jobs:
+        (tokens_a, seconds_a), (tokens_b, seconds_b) = [
+            (by_size[mb][name][0]["tokens"], statistics.median(r["seconds"] for r in by_size[mb][name]))
+            for mb in (small, large)]
+        rates[name] = (tokens_b - tokens_a) / (seconds_b - seconds_a)
+        print(f"  job, {name:<9}      {seconds_a:.2f} s at {small} MB, {seconds_b:.2f} s at {large} MB: marginal "
+              f"{rates[name] / 1e6:.2f} M tokens/s, fixed {seconds_a - tokens_a / rates[name]:.2f} s per job")
+    for name in jobs[1:]:
+        print(f"  marginal rate, ray data / {name:<9}  {rates['ray data'] / rates[name]:.2f}")
     print(f"## driver CPU, {small} MB against {large} MB: fixed per job + marginal per 1B tokens (medians)")
     for name in jobs:
         (tokens_a, cpu_a), (tokens_b, cpu_b) = [

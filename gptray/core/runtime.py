@@ -24,6 +24,11 @@ RAY_TRAIN_PRINT_PATCH = False
 # its controller loop passes 0.5 s, which on a busy small machine happens in a sweep whose trials run minutes:
 # nothing a user can act on. Five seconds still flags a controller that really stalls.
 RAY_TUNE_SLOW_STEP_WARNING_S = 5.0
+# Ray Data (2.60) fetches each task output's metadata on a background thread by default, and so learns that a task
+# has ended one more `ray.wait` round (up to 0.1 s each) later: between two tokenize read tasks a CPU idled ~0.15 s,
+# a quarter of a 0.5 s task (BENCHMARKS.md). gptray's Ray Data tasks return few outputs, which inline fetching (Ray
+# Data's other mode) handles at no cost.
+RAY_DATA_METADATA_ON_THREAD = False
 # Ray Train logs every rank's every ray.train.report at INFO, the whole TrainingReport(...) with its metrics,
 # through a logger named by the path of this module (not under "ray.train", so LoggingConfig does not reach it).
 RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
@@ -47,6 +52,12 @@ def use_ray_tune_settings() -> None:
     """Ray Tune's settings gptray runs with, as environment variables (a user's own still win); before Ray
     Tune is first imported, which reads them then."""
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", str(RAY_TUNE_SLOW_STEP_WARNING_S))
+
+
+def use_ray_data_settings() -> None:
+    """Ray Data's settings gptray runs with, as environment variables (a user's own still win); before Ray Data is
+    first imported, which reads them then."""
+    os.environ.setdefault("RAY_DATA_METADATA_PREFETCH_ON_THREAD", "1" if RAY_DATA_METADATA_ON_THREAD else "0")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -96,6 +107,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, elastic: bool = F
 
     for name, value in ray_train_environment(elastic).items():  # before any TorchTrainer: Ray Train reads them here
         os.environ.setdefault(name, value)
+    use_ray_data_settings()  # before the tokenize job or distributed eval first imports ray.data
     if ray.is_initialized():
         return
     from ray._private.services import canonicalize_bootstrap_address
