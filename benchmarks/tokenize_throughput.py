@@ -1,7 +1,8 @@
 """Benchmark: tokens/s of the tokenize job (Ray Data) against an earlier commit's job and plain tiktoken.
 
     python benchmarks/tokenize_throughput.py [--mb 60 200] [--rounds 4] [--cpus N] [--shard-tokens 2000000]
-                                             [--before REV [REV ...]] [--worker-niceness 0] [--workdir DIR] [--smoke]
+                                             [--before REV [REV ...]] [--address HOST:PORT] [--worker-niceness 0]
+                                             [--workdir DIR] [--smoke]
 
 With --before REV (a git revision of this repository, e.g. the commit before the job moved to Ray
 Data; several may be given), each round runs, interleaved, at each --mb size: plain tiktoken, then this
@@ -14,6 +15,12 @@ a Ray Data job pays once here). The summary gives medians of the rounds with the
 with two or more sizes each job's seconds and driver CPU split into a fixed part per job and a marginal
 part per token (from the smallest and the largest size: the marginal rate is what a much larger job
 runs at, the fixed part what it pays once).
+
+With --address (and --before), every job is instead a driver of the running Ray cluster at that address
+(`ray start --head` beforehand), as a `ray job submit` job is: each job's workers start inside it, Ray
+Data's cluster actors stay up from one job to the next (one untimed job of this tree starts them first),
+and the CPU counted is the cluster's. Its workers' niceness is the cluster's (RAY_worker_niceness at
+`ray start`).
 
 It makes (once, then reuses) a JSON-lines corpus of at least --mb MB: documents of 2–30 random
 tinyshakespeare speeches each (found through $GPTRAY_CORPORA or gptray's corpus cache). Then, for
@@ -161,8 +168,9 @@ def worker_peak_mb(ray_dir: str) -> float:
     return peak / 1024
 
 
-def job_only(corpus: str, out: str, cpus: int, shard_tokens: int) -> int:
-    """Child process: one job on a fresh local Ray instance; prints its measurements as one JSON line."""
+def job_only(corpus: str, out: str, cpus: int, shard_tokens: int, address: str | None) -> int:
+    """Child process: one job on a fresh local Ray instance, or as a driver of the cluster at `address`; prints its
+    measurements as one JSON line."""
     import logging
 
     import ray
@@ -170,14 +178,20 @@ def job_only(corpus: str, out: str, cpus: int, shard_tokens: int) -> int:
     from gptray.core.runtime import configure_logging
 
     configure_logging(logging.WARNING)
-    ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+    if address:  # the job's workers import the tree this process runs (PYTHONPATH), whatever the cluster's is
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+                 log_to_driver=False)
+        ray_tmp = ray._private.worker._global_node.get_temp_dir_path()
+    else:
+        ray_tmp = tempfile.mkdtemp(prefix="gptray-bench-ray-", dir="/tmp")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
     try:
         tokens, seconds, cpu, driver, tasks = ray_job(Path(corpus), Path(out), ray_tmp, shard_tokens)
         workers = worker_peak_mb(ray_tmp)
     finally:
         ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        if not address:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("JOB " + json.dumps({"tokens": tokens, "seconds": seconds, "cpu": cpu, "driver_cpu": driver,
                                "tasks": tasks, "driver_peak_mb": driver_peak, "worker_peak_mb": workers}))
@@ -187,9 +201,10 @@ def job_only(corpus: str, out: str, cpus: int, shard_tokens: int) -> int:
 def run_job(tree: Path, corpus: Path, out: Path, args) -> dict:
     """One job of the gptray in `tree`, in a fresh process (its own Ray), measured by job_only."""
     env = dict(os.environ, PYTHONPATH=str(tree), RAY_worker_niceness=str(args.worker_niceness))
+    address = ["--address", args.address] if args.address else []
     done = subprocess.run([sys.executable, __file__, "--job-only", str(corpus), str(out), "--cpus", str(args.cpus),
-                           "--shard-tokens", str(args.shard_tokens)], env=env, cwd=tree, capture_output=True,
-                          text=True)
+                           "--shard-tokens", str(args.shard_tokens), *address], env=env, cwd=tree,
+                          capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("JOB ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"the job of {tree} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -212,8 +227,10 @@ def compare(args) -> int:
         trees[rev] = Path(tempfile.mkdtemp(prefix="gptray-before-"))
         archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(trees[rev])], input=archive.stdout, check=True)
-    print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start; jobs on {args.cpus} "
-          f"CPU(s), workers at nice {args.worker_niceness}; before = {', '.join(args.before)}")
+    where = (f"jobs on the cluster at {args.address}" if args.address else
+             f"jobs on {args.cpus} CPU(s), workers at nice {args.worker_niceness}")
+    print(f"machine    {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at start; {where}; before = "
+          f"{', '.join(args.before)}")
     jobs = list(trees)
     by_size: dict[int, dict[str, list[dict]]] = {}
     try:
@@ -222,6 +239,8 @@ def compare(args) -> int:
             if not corpus.exists():
                 make_corpus(corpus, mb)
             rows: dict[str, list[dict]] = {name: [] for name in ["plain", *jobs]}
+            if args.address and mb == args.mb[0]:  # Ray Data's cluster actors start with a cluster's first job
+                run_job(REPO, corpus, work / "shards-0", args)
             for round_number in range(1, args.rounds + 1):
                 tokens, seconds, cpu = min(plain_tiktoken(corpus).values(), key=lambda r: r[1])
                 rows["plain"].append({"tokens": tokens, "seconds": seconds, "cpu": cpu})
@@ -299,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-tokens", type=int, default=2_000_000,
                         help="data.shard_tokens: the plan sizes read tasks to about one shard each")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
+    parser.add_argument("--address", help="run each job as a driver of the Ray cluster at this address (`ray start "
+                                          "--head` beforehand), as `ray job submit` does (with --before)")
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="niceness of the Ray workers (Ray's own default is 15; this process runs at 0)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gptray-bench"),
@@ -306,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="check that it runs: a 1 MB corpus, one round, seconds")
     args = parser.parse_args(argv)
     if args.job_only:
-        return job_only(*args.job_only, args.cpus, args.shard_tokens)
+        return job_only(*args.job_only, args.cpus, args.shard_tokens, args.address)
+    if args.address and not args.before:
+        parser.error("--address compares jobs: give --before REV too")
     if args.smoke:
         args.mb, args.rounds, args.before = [1], 1, None
     elif min(args.mb) < 50:
