@@ -272,22 +272,26 @@ def _marginal(by_size: dict[int, dict[str, list[dict]]], jobs: list[str]) -> Non
     print(f"## job seconds, {small} MB against {large} MB: fixed per job + marginal rate (medians)")
     rates = {}
     for name in jobs:
-        (tokens_a, seconds_a), (tokens_b, seconds_b) = [
-            (by_size[mb][name][0]["tokens"], statistics.median(r["seconds"] for r in by_size[mb][name]))
-            for mb in (small, large)]
-        rates[name] = (tokens_b - tokens_a) / (seconds_b - seconds_a)
+        seconds_a, seconds_b, per_token, fixed = _fit(by_size, small, large, name, "seconds")
+        rates[name] = 1 / per_token
         print(f"  job, {name:<9}      {seconds_a:.2f} s at {small} MB, {seconds_b:.2f} s at {large} MB: marginal "
-              f"{rates[name] / 1e6:.2f} M tokens/s, fixed {seconds_a - tokens_a / rates[name]:.2f} s per job")
+              f"{rates[name] / 1e6:.2f} M tokens/s, fixed {fixed:.2f} s per job")
     for name in jobs[1:]:
         print(f"  marginal rate, ray data / {name:<9}  {rates['ray data'] / rates[name]:.2f}")
     print(f"## driver CPU, {small} MB against {large} MB: fixed per job + marginal per 1B tokens (medians)")
     for name in jobs:
-        (tokens_a, cpu_a), (tokens_b, cpu_b) = [
-            (by_size[mb][name][0]["tokens"], statistics.median(r["driver_cpu"] for r in by_size[mb][name]))
-            for mb in (small, large)]
-        per_token = (cpu_b - cpu_a) / (tokens_b - tokens_a)
+        cpu_a, cpu_b, per_token, fixed = _fit(by_size, small, large, name, "driver_cpu")
         print(f"  job, {name:<9}      {cpu_a:.2f} s at {small} MB, {cpu_b:.2f} s at {large} MB: marginal "
-              f"{per_token * 1e9:.1f} CPU s per 1B tokens, fixed {cpu_a - per_token * tokens_a:.2f} s per job")
+              f"{per_token * 1e9:.1f} CPU s per 1B tokens, fixed {fixed:.2f} s per job")
+
+
+def _fit(by_size: dict[int, dict[str, list[dict]]], small: int, large: int, name: str,
+         key: str) -> tuple[float, float, float, float]:
+    """A job's median `key` at the two sizes, and the line through them: its part per token and its fixed part."""
+    (tokens_a, value_a), (tokens_b, value_b) = [
+        (by_size[mb][name][0]["tokens"], statistics.median(r[key] for r in by_size[mb][name])) for mb in (small, large)]
+    per_token = (value_b - value_a) / (tokens_b - tokens_a)
+    return value_a, value_b, per_token, value_a - per_token * tokens_a
 
 
 def _summary(mb: int, rows: dict[str, list[dict]], cpus: int) -> None:
