@@ -39,7 +39,12 @@ class TaskResult:
 
 def flat_metrics(tasks: list[TaskResult]) -> dict[str, float]:
     """The tasks' metrics under their MLflow names: eval/<task>/<metric>."""
-    return {f"eval/{t.label}/{name}": float(value) for t in tasks for name, value in t.metrics.items()}
+    return {name: value for t in tasks for name, value in task_metrics(t.label, t.metrics).items()}
+
+
+def task_metrics(label: str, values: dict[str, float]) -> dict[str, float]:
+    """One task's metrics under their MLflow names: eval/<label>/<metric>."""
+    return {f"eval/{label}/{name}": float(value) for name, value in values.items()}
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from gptray.config import ExperimentConfig
 from gptray.config.schema import EVAL_TASKS
 from gptray.core.devices import all_reduce_sum
 from gptray.data.tokenizer_loading import load_tokenizer
+from gptray.eval.runner import task_metrics
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TrainingEvaluator:
             sums = torch.tensor(task.task.totals(results), dtype=torch.float64, device=engine.device)
             all_reduce_sum(sums)
             values = task.task.metrics(sums.cpu().numpy())
-            metrics.update({f"eval/{task.label}/{k}": float(v) for k, v in values.items()})
+            metrics.update(task_metrics(task.label, values))
         engine.eval_model.train()
         if self.harness is not None:
             metrics.update(self.harness.run(engine))  # a collective too
