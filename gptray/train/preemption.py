@@ -7,8 +7,6 @@ import time
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY_STEPS = 10  # checkpoint.preemption_check_interval's default
-
 
 class PreemptionNotice:
     """Asks Ray Train (`ray.train.get_preemption_info`) whether a node of this worker group is about to be
@@ -24,7 +22,7 @@ class PreemptionNotice:
     so the checks are a pure function of the step. Outside Ray Train (local mode) there is never a notice.
     """
 
-    def __init__(self, every: int = CHECK_EVERY_STEPS, ask=None):
+    def __init__(self, every: int, ask=None):
         self.every = every
         self._ask = ask or _preemption_info  # () -> ray.train.PreemptionInfo | None
         self._seen: set[tuple] = set()

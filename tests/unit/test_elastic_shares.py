@@ -141,9 +141,9 @@ def test_a_preemption_notice_makes_every_check_step_a_checkpoint_until_the_group
 
 
 def test_the_preemption_check_interval_is_a_checkpoint_setting_refused_below_zero():
-    from gptray.train.preemption import CHECK_EVERY_STEPS, describe_deadline
+    from gptray.train.preemption import describe_deadline
 
-    assert load_config(None, []).checkpoint.preemption_check_interval == CHECK_EVERY_STEPS == 10
+    assert load_config(None, []).checkpoint.preemption_check_interval == 10
     assert load_config(None, ["checkpoint.preemption_check_interval=0"]).checkpoint.preemption_check_interval == 0
     with pytest.raises(ConfigError, match=r"checkpoint.preemption_check_interval.*got -1"):
         load_config(None, ["checkpoint.preemption_check_interval=-1"])
