@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -386,6 +386,10 @@ class EvalConfig:
     # the loop; needs Ray Train workers and train_interval a multiple of checkpoint.interval
     train_async: bool = False
 
+    def in_training(self) -> EvalConfig:
+        """These settings as evaluation during training uses them: eval.train_limit, if set, as the limit."""
+        return replace(self, limit=self.train_limit or self.limit)
+
     def validate(self) -> None:
         """Check every eval setting; raise ConfigError naming the key."""
         for key in ("tasks", "train_tasks"):  # a harness name is checked against the harness's index before any work
@@ -508,6 +512,10 @@ class ExperimentConfig:
         self.tokenizer.validate()
         self._validate_async_evaluation()
 
+    def train_tasks_interval(self) -> int:
+        """Steps between evaluations of eval.train_tasks in training: eval.train_interval, else train.eval_interval."""
+        return self.eval.train_interval or self.train.eval_interval
+
     def _validate_async_evaluation(self) -> None:
         """eval.train_async evaluates checkpoints that Ray Train's workers report at the evaluation steps."""
         if not self.eval.train_async:
@@ -516,7 +524,7 @@ class ExperimentConfig:
                 "evaluates the harness tasks of eval.train_tasks, which names none", self.eval.train_tasks)
         require(not self.ray.local_mode, "eval.train_async", "needs Ray Train workers (ray.num_workers > 0): local "
                 "mode has no Ray Train controller to run validations; set it to false", True)
-        interval = self.eval.train_interval or self.train.eval_interval
+        interval = self.train_tasks_interval()
         require(interval % self.checkpoint.interval == 0, "eval.train_async", f"evaluates the checkpoint written at "
                 f"each evaluation step: eval.train_interval ({interval}) must be a multiple of checkpoint.interval "
                 f"({self.checkpoint.interval})", True)

@@ -9,7 +9,6 @@ metrics, so every rank runs `TrainingHarness.run` to its end together, as the lo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -63,7 +62,7 @@ def training_harness(config: ExperimentConfig, tokenizer) -> TrainingHarness | N
     names = harness_names(config)
     if not names:
         return None
-    settings = dataclasses.replace(config.eval, limit=config.eval.train_limit or config.eval.limit)
+    settings = config.eval.in_training()
     check_training_tasks(names, settings)
     where = "on its checkpoints, beside it (eval.train_async)" if settings.train_async else "in the loop"
     log.info("evaluating lm-evaluation-harness task(s) %s during training, %s", ", ".join(names), where)

@@ -37,7 +37,7 @@ def validation_config(config: ExperimentConfig, tracking_uri: str | None, run_id
         return None
     from ray.train.v2.api.validation_config import ValidationConfig, ValidationTaskConfig  # heavy
 
-    settings = dataclasses.replace(config.eval, limit=config.eval.train_limit or config.eval.limit)
+    settings = config.eval.in_training()
     gpus = 1 if settings.device.startswith("cuda") else 0  # auto: CPU, as training may hold every GPU
     kwargs = {"names": harness_names(config), "settings": dataclasses.asdict(settings),
               "tracking_uri": tracking_uri, "run_id": run_id, "retry_seconds": config.tracking.retry_seconds}

@@ -38,14 +38,14 @@ def training_payload(config: ExperimentConfig, tokenizer=None, harness=None) -> 
     if not own and harness is None:
         return None
     tokenizer = tokenizer or load_tokenizer(config.data.tokenizer)
-    limit = settings.train_limit or settings.limit
+    limit = settings.in_training().limit
     tasks = []
     for name in own:
         task = prepare(name, settings, tokenizer, config.model, settings.dataset_dir or config.data.dataset_dir,
                        config.data.cache_dir, limit)
         log.info("evaluating %s during training: %s", task.label, task.description)
         tasks.append({"name": task.task.name, "label": task.label, "units": task.units})
-    return {"interval": settings.train_interval or config.train.eval_interval, "batch_size": settings.batch_size,
+    return {"interval": config.train_tasks_interval(), "batch_size": settings.batch_size,
             "tasks": tasks, "harness": harness}
 
 

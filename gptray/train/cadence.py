@@ -63,5 +63,4 @@ def validates_at(config: ExperimentConfig, step: int) -> bool:
     so a checkpoint falls at each)."""
     if not config.eval.train_async:
         return False
-    interval = config.eval.train_interval or config.train.eval_interval
-    return step % interval == 0 or step == config.train.max_steps
+    return step % config.train_tasks_interval() == 0 or step == config.train.max_steps
