@@ -18,6 +18,7 @@ from gptray.config.optimizer import OptimizerSettings
 from gptray.config.presets import training_recipe
 from gptray.config.recipes import RECIPES
 from gptray.core.errors import ConfigError
+from gptray.core.shares import lockstep_batches
 
 DEFAULT_MAX_STEPS = 1800  # train.max_steps when neither it nor train.epochs is set
 
@@ -126,10 +127,8 @@ class TrainConfig:
 
     def grad_accum_steps(self, num_workers: int) -> int:
         """Micro-batches each rank runs a step at this world size: those of the largest share of the global
-        batch (shares differ by at most one window where the world size does not divide it:
-        gptray/data/rank_shares.py); a rank with a smaller share runs as many, the last counting nothing."""
-        largest_share = -(-self.batch_size // max(num_workers, 1))
-        return -(-largest_share // self.micro_batch_size)
+        batch (gptray/core/shares.py); a rank with a smaller share runs as many, the last counting nothing."""
+        return lockstep_batches(self.batch_size, max(num_workers, 1), self.micro_batch_size)
 
     def validate(self, model: ModelConfig, num_workers: int) -> None:
         """Check resolved train settings against the model and the largest worker count a run may have

@@ -1,8 +1,8 @@
 """How one global batch divides over any number of ranks: each rank's share, its micro-batches, and a digest.
 
 The global batch at a step is the same windows whatever the world size (global_order.py, block_order.py);
-this module says which of them rank r of W reads. Shares differ by at most one window where W does not
-divide the batch (the first `batch % W` ranks take one more), so any world size from 1 to the batch size
+this module says which of them rank r of W reads: its contiguous share (gptray/core/shares.py), so shares
+differ by at most one window where W does not divide the batch, and any world size from 1 to the batch size
 trains the same run: the engine weights each rank's loss by its share of the batch's counted targets.
 """
 
@@ -12,25 +12,13 @@ import hashlib
 
 import numpy as np
 
-
-def share_bounds(global_batch: int, world_size: int, rank: int) -> tuple[int, int]:
-    """(first, count): rank `rank` of `world_size` reads windows first … first + count − 1 of the global batch."""
-    base, extra = divmod(global_batch, world_size)
-    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+from gptray.core.shares import share_bounds
 
 
 def micro_batch_sizes(share: int, micro_batch: int) -> list[int]:
     """A share cut into micro-batches of `micro_batch` windows, the last one shorter where it does not divide."""
     full, rest = divmod(share, micro_batch)
     return [micro_batch] * full + ([rest] if rest else [])
-
-
-def micro_steps(global_batch: int, world_size: int, micro_batch: int) -> int:
-    """Micro-batches every rank runs per optimizer step: those of the largest share. A rank with a smaller
-    share runs as many (the last ones count nothing), so the ranks' forward and backward passes pair up
-    (FSDP gathers parameters in each)."""
-    largest = -(-global_batch // world_size)
-    return -(-largest // micro_batch)
 
 
 def rank_sample_batches(step: int, rank: int, world_size: int, global_batch: int, micro_batch: int,

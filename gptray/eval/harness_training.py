@@ -20,7 +20,7 @@ import torch
 from gptray.config import EvalConfig, ExperimentConfig
 from gptray.core.devices import broadcast_object, gather_objects
 from gptray.core.errors import ConfigError, TrainingError
-from gptray.data.rank_shares import share_bounds
+from gptray.core.shares import lockstep_batches, share
 from gptray.eval.harness_model import GptrayLM, LocalScorer
 from gptray.eval.harness_tasks import (
     check_tasks,
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 
 KEY = "eval.train_tasks"
 DONE, FAILED = "done", "failed"  # what rank 0 broadcasts besides a batch of requests
-
-
-def share(items: list, rank: int, world_size: int) -> list:
-    """Rank's contiguous share of `items`, cut as a global batch is (shares differ by one item at most)."""
-    first, count = share_bounds(len(items), world_size, rank)
-    return items[first:first + count]
 
 
 def merge(shares: list[list[dict]]) -> list[dict]:
@@ -135,8 +129,7 @@ class RankShareScorer:
     def _pad(self, total: int, mine: int, filler: list[dict]) -> None:
         """The passes this rank is short of the largest share's, run and dropped."""
         size = self.local.batch_size
-        largest = -(-total // self.world_size)
-        for _ in range(-(-largest // size) - -(-mine // size)):
+        for _ in range(lockstep_batches(total, self.world_size, size) - lockstep_batches(mine, 1, size)):
             self.local.loglikelihoods(filler)
 
 

@@ -1,9 +1,9 @@
 """Evaluation during training: eval.train_tasks every eval.train_interval steps, logged to the training run.
 
 gptray's own tasks: the driver prepares their units once (tokenized, so workers need no tokenizer or
-download, and a missing HellaSwag file stops the run before it starts); every rank scores its share with
-its own model replica. The forward passes are padded so that each rank runs the same number (FSDP's
-all-gathers must pair up), and the sums are all-reduced (a collective: every rank must call `run`).
+download, and a missing HellaSwag file stops the run before it starts); every rank scores its contiguous share
+(gptray/core/shares.py) with its own model replica. The forward passes are padded so that each rank runs the
+same number (FSDP's all-gathers must pair up), and the sums are all-reduced (a collective: every rank must call `run`).
 lm-evaluation-harness tasks: the driver checks that they exist and load and hands the workers a
 `harness_training.TrainingHarness`; rank 0 runs the harness and every rank scores a share of its requests. This
 module does not import the harness (lm-eval's import costs ~1.3 s): a worker imports it only by unpickling the
@@ -13,13 +13,13 @@ TrainingHarness of a run that has harness tasks.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from gptray.config import ExperimentConfig
 from gptray.config.schema import EVAL_TASKS
 from gptray.core.devices import all_reduce_sum
+from gptray.core.shares import lockstep_batches, share
 from gptray.data.tokenizer_loading import load_tokenizer
 from gptray.eval.runner import task_metrics
 from gptray.eval.tasks import TASKS, PreparedTask, batches, prepare
@@ -65,9 +65,9 @@ class TrainingEvaluator:
         model.eval()
         metrics = {}
         for task in self.tasks:
-            mine = batches(task.units[self.rank :: self.world_size], self.batch_size)
+            mine = batches(share(task.units, self.rank, self.world_size), self.batch_size)
             # The rank with the most units sets the number of passes; the others repeat a pass and drop it.
-            passes = math.ceil(math.ceil(len(task.units) / self.world_size) / self.batch_size)
+            passes = lockstep_batches(len(task.units), self.world_size, self.batch_size)
             results = []
             for p in range(passes):
                 chunk = mine[p] if p < len(mine) else task.units[:1]

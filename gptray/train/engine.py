@@ -21,6 +21,7 @@ from gptray.checkpoint.sharded import load_sharded
 from gptray.config import ExperimentConfig, GenerateConfig
 from gptray.core.devices import all_reduce_sum, autocast, distributed
 from gptray.core.errors import ConfigError
+from gptray.core.shares import lockstep_batches, share
 from gptray.data.global_order import IGNORE_INDEX, eval_starts, gather_windows
 from gptray.data.token_bytes import bits_per_byte
 from gptray.data.train_windows import TrainWindows, WholeSplitWindows
@@ -105,7 +106,7 @@ class TrainingEngine:
         self.optimizers = build_optimizers(self.module, config.optimizer, device)  # AdamW (and Muon: optimizer.name)
         self.lr_schedule = LrSchedule.of(config)
         self.scaler = torch.amp.GradScaler(device.type) if self.train_config.precision == "fp16" else None
-        self.micro_steps = self.train_config.grad_accum_steps(world_size)  # the largest share's (rank_shares.py)
+        self.micro_steps = self.train_config.grad_accum_steps(world_size)  # the largest share's (core/shares.py)
         self.tokens_per_step = self.train_config.batch_size * self.seq_len
         self.flops_per_token = flops_per_token(config.model, self.num_parameters, self.seq_len)
         self.peak_flops = device_peak_flops(device, self.train_config.precision, self.train_config.peak_tflops)
@@ -284,11 +285,10 @@ class TrainingEngine:
     def evaluate(self) -> Validation:
         """Mean loss (and bits per byte) over the fixed validation windows, spread over the ranks (a collective)."""
         micro = self.train_config.micro_batch_size
-        mine = self.val_starts[self.rank :: self.world_size]
+        mine = share(self.val_starts, self.rank, self.world_size)
         # Every rank runs the same number of forward passes (FSDP's all-gathers must pair up):
         # short ranks pad with a window whose targets are all ignored.
-        per_rank = -(-len(self.val_starts) // self.world_size)
-        passes = -(-per_rank // micro)
+        passes = lockstep_batches(len(self.val_starts), self.world_size, micro)
         # (sum of token losses in nats, counted targets, their UTF-8 bytes)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.eval_model.eval()

@@ -8,7 +8,8 @@ import torch
 
 from gptray.config import load_config
 from gptray.core.errors import ConfigError
-from gptray.data.rank_shares import batch_digest, micro_batch_sizes, rank_sample_batches, share_bounds
+from gptray.core.shares import lockstep_batches, share, share_bounds
+from gptray.data.rank_shares import batch_digest, micro_batch_sizes, rank_sample_batches
 from gptray.train.engine import TrainingEngine
 from gptray.train.optim import set_learning_rates
 
@@ -30,6 +31,19 @@ def test_shares_cover_the_global_batch_once_at_every_world_size():
                                         f"ray.num_workers={world}"])
             assert max(len(s) for s in samples) == config.train.grad_accum_steps(world)
     assert micro_batch_sizes(5, 2) == [2, 2, 1] and micro_batch_sizes(4, 2) == [2, 2]
+
+
+def test_any_work_splits_into_contiguous_shares_and_every_rank_runs_the_largest_shares_batches():
+    for count in range(12):
+        for world_size in (1, 2, 3, 5):
+            items = list(range(count))
+            shares = [share(items, rank, world_size) for rank in range(world_size)]
+            assert sum(shares, []) == items  # each item once, in order
+            sizes = [len(s) for s in shares]
+            assert max(sizes) - min(sizes) <= 1
+            assert sum(share_bounds(count, world_size, world_size - 1)) == count
+            for batch in (1, 2, 3):
+                assert lockstep_batches(count, world_size, batch) == max(-(-size // batch) for size in sizes)
 
 
 def test_a_world_size_larger_than_the_batch_is_refused_naming_the_numbers():

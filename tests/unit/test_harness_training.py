@@ -17,29 +17,17 @@ import torch
 import gptray
 from gptray.config import EvalConfig, load_config
 from gptray.core.errors import ConfigError
-from gptray.data.rank_shares import share_bounds
 from gptray.data.tiktoken_tokenizer import TiktokenTokenizer
 from gptray.eval.harness_model import GptrayLM, LocalScorer
 from gptray.eval.harness_scoring import generation_unit, loglikelihood_unit
 from gptray.eval.harness_tasks import evaluate_harness, task_manager
-from gptray.eval.harness_training import RankShareScorer, TrainingHarness, share, training_harness
+from gptray.eval.harness_training import RankShareScorer, TrainingHarness, training_harness
 from gptray.eval.harness_validation import evaluate_reported_checkpoint, validation_config
 from gptray.eval.training import BLOCKED_METRIC, progress_parts, training_payload
 from gptray.train.engine import TrainingEngine
 from harness_fixtures import BLOCK_SIZE, TASKS, tiny_gpt2, write_tasks
 
 CPU = torch.device("cpu")
-
-
-def test_shares_are_contiguous_cover_every_request_once_and_differ_by_one_at_most():
-    for count in range(12):
-        for world_size in (1, 2, 3, 5):
-            items = list(range(count))
-            shares = [share(items, rank, world_size) for rank in range(world_size)]
-            assert sum(shares, []) == items
-            sizes = [len(s) for s in shares]
-            assert max(sizes) - min(sizes) <= 1
-            assert sum(share_bounds(count, world_size, world_size - 1)) == count
 
 
 def requests(tokenizer) -> tuple[list[dict], list[dict]]:
