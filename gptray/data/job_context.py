@@ -1,4 +1,4 @@
-"""The Ray Data settings the tokenize job runs with: its CPUs, and Ray Data's progress bars on a terminal only.
+"""The Ray Data settings the tokenize job runs with: its CPUs, no reservation allocator, progress bars on a terminal.
 
 Set on the job's own Dataset context (a copy Ray Data takes at the read), never on the process's current
 one, so another Ray Data job in the same process (distributed eval) keeps Ray Data's defaults.
@@ -20,11 +20,18 @@ def ray_data_bars() -> bool:
 
 
 def configure_job_context(context, cpus: int, bars: bool) -> None:
-    """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs; Ray Data's progress
-    bars only if `bars`. Everything else is Ray Data's default (BENCHMARKS.md measures what the others save)."""
+    """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs asked of Ray Data's
+    autoscaler, no reservation allocator, Ray Data's progress bars only if `bars`. Everything else is Ray Data's
+    default (BENCHMARKS.md measures what the others save)."""
     from ray.data import ExecutionResources
 
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
+    # The job is one operator (read, tokenize and write fused), so the reservation allocator, which divides
+    # resources between operators, has nothing to divide. It costs the driver CPU on every scheduling step (ten a
+    # second), and it holds each read task back until the driver's loop has seen one end. Without it Ray Data hands
+    # Ray every read task at once, as a job of plain Ray tasks does: each asks one CPU, and a worker that finishes
+    # one starts the next with no round trip through the driver (BENCHMARKS.md, "Ray Data's reservation allocator").
+    context.op_resource_reservation_enabled = False
     # Off a terminal, Ray Data logs a block of progress lines every 10 s (its LoggingExecutionProgressManager);
     # the job logs its own line every 30 s instead (job_progress.py).
     context.enable_progress_bars = bars

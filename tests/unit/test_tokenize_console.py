@@ -106,3 +106,16 @@ def test_off_a_terminal_ray_data_logs_no_progress_of_its_own():
     assert current.enable_progress_bars and current.execution_options.resource_limits.cpu != 2
     configure_job_context(context, cpus=2, bars=True)
     assert context.enable_progress_bars
+
+
+def test_the_job_hands_ray_every_read_task_without_ray_datas_reservation_allocator():
+    """The job is one fused operator: the allocator has nothing to divide, costs the driver CPU every scheduling
+    step and holds each read task back until the driver's loop dispatches it. The process's own context keeps it."""
+    from ray.data import DataContext
+    from ray.data._internal.execution import create_resource_allocator
+
+    current = DataContext.get_current()
+    context = current.copy()
+    configure_job_context(context, cpus=2, bars=False)
+    assert create_resource_allocator(None, context) is None  # fails if Ray Data drops or renames the switch
+    assert current.op_resource_reservation_enabled
