@@ -31,12 +31,13 @@ each round, it measures
   2. the gptray tokenize job on a local Ray instance with --cpus CPUs: `tokenize_corpus` from config
      to manifest (read, parse, tokenize, split, write zstd Parquet shards, checksums), Ray already
      started, shards of about --shard-tokens tokens;
-(--no-plain leaves 1 out: on a large corpus its one thread takes longer than the jobs)
-and prints both and the ratio  job tokens/s / (--cpus × plain tokens/s), medians of the rounds with their
-spread. It also prints the CPU time spent per token (the job's
-counts the driver and every process of its Ray instance) and the driver's own CPU seconds per 1B
-tokens and per read task: what a larger cluster's single driver would spend. On a machine that other
-work also loads, wall-clock rates move from round to round, CPU time per token much less.
+(with --before, --no-plain leaves 1 out: on a large corpus its one thread takes longer than the jobs)
+and prints both and the ratio  job tokens/s / (--cpus × plain tokens/s), with the median of the rounds
+(without --before, of those after the first: round 1 starts the Ray instance's workers). It also prints
+the CPU time spent per token (the job's counts the driver and every process of its Ray instance) and the
+driver's own CPU seconds per 1B tokens and per read task: what a larger cluster's single driver would
+spend. On a machine that other work also loads, wall-clock rates move from round to round, CPU time per
+token much less.
 
 Both sides tokenize with GPT-2's tiktoken (the job's data.tokenizer is pinned to gpt2, whatever gptray's
 default tokenizer is), so their token counts must be equal; a round where they differ stops the benchmark.
@@ -332,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="niceness of the Ray workers (Ray's own default is 15; this process runs at 0)")
     parser.add_argument("--no-plain", action="store_true",
-                        help="compare the jobs only: plain tiktoken on one thread takes longer than the jobs on a "
-                             "large corpus")
+                        help="with --before, compare the jobs only: plain tiktoken on one thread takes longer than "
+                             "the jobs on a large corpus")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gptray-bench"),
                         help="where the corpus is kept and shards are written")
     parser.add_argument("--smoke", action="store_true", help="check that it runs: a 1 MB corpus, one round, seconds")
@@ -346,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         args.mb, args.rounds, args.before = [1], 1, None
     elif min(args.mb) < 50:
         parser.error("--mb must be at least 50")
+    if args.no_plain and not args.before:
+        parser.error("--no-plain compares the jobs of --before revisions with this tree's: give --before")
     if args.before:
         return compare(args)
     args.mb = args.mb[0]
