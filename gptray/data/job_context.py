@@ -1,4 +1,4 @@
-"""The Ray Data settings the tokenize job runs with: its CPUs, no reservation allocator, progress bars on a terminal.
+"""The Ray Data settings the tokenize job runs with: CPUs, allocator, block size, and progress bars on a terminal.
 
 Set on the job's own Dataset context (a copy Ray Data takes at the read), never on the process's current
 one, so another Ray Data job in the same process (distributed eval) keeps Ray Data's defaults.
@@ -11,6 +11,7 @@ import sys
 from gptray.core.progress_bar import on_terminal
 
 RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"  # ray/data/_internal/progress/__init__.py
+BLOCK_BYTES = 16 << 20  # the largest block Ray Data builds inside the job's fused task
 
 
 def ray_data_bars() -> bool:
@@ -21,8 +22,8 @@ def ray_data_bars() -> bool:
 
 def configure_job_context(context, cpus: int, bars: bool) -> None:
     """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs asked of Ray Data's
-    autoscaler, no reservation allocator, Ray Data's progress bars only if `bars`. Everything else is Ray Data's
-    default (BENCHMARKS.md measures what the others save)."""
+    autoscaler, no reservation allocator, blocks of up to BLOCK_BYTES, Ray Data's progress bars only if `bars`.
+    Everything else is Ray Data's default (BENCHMARKS.md measures what the others save)."""
     from ray.data import ExecutionResources
 
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
@@ -32,6 +33,11 @@ def configure_job_context(context, cpus: int, bars: bool) -> None:
     # Ray every read task at once, as a job of plain Ray tasks does: each asks one CPU, and a worker that finishes
     # one starts the next with no round trip through the driver (BENCHMARKS.md, "Ray Data's reservation allocator").
     context.op_resource_reservation_enabled = False
+    # Inside the fused task Ray Data reshapes each operator's output into blocks of up to target_max_block_size
+    # (128 MiB by default) before the next operator sees them: a whole read task's documents, then its tokens,
+    # held and copied at once. The job's blocks never cross the object store, so small ones cost nothing there,
+    # and a worker held ~290 MB less with a 29M-token task (BENCHMARKS.md). The shards do not depend on it.
+    context.target_max_block_size = BLOCK_BYTES
     # Off a terminal, Ray Data logs a block of progress lines every 10 s (its LoggingExecutionProgressManager);
     # the job logs its own line every 30 s instead (job_progress.py).
     context.enable_progress_bars = bars

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gptray.core.storage import Storage
-from gptray.data.job_context import configure_job_context, ray_data_bars
+from gptray.data.job_context import BLOCK_BYTES, configure_job_context, ray_data_bars
 from gptray.data.job_progress import PROGRESS_LINE_INTERVAL_S, ProgressLines
 from gptray.data.progress import RECORDS_DIR, TaskRecord, record_task
 
@@ -119,3 +119,4 @@ def test_the_job_hands_ray_every_read_task_without_ray_datas_reservation_allocat
     configure_job_context(context, cpus=2, bars=False)
     assert create_resource_allocator(None, context) is None  # fails if Ray Data drops or renames the switch
     assert current.op_resource_reservation_enabled
+    assert context.target_max_block_size == BLOCK_BYTES != current.target_max_block_size
