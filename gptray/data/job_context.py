@@ -1,4 +1,4 @@
-"""The Ray Data settings the tokenize job runs with: CPUs, allocator, block size, and progress bars on a terminal.
+"""The Ray Data settings the tokenize job runs with: CPUs, allocator, tasks in flight, block size, and progress bars.
 
 Set on the job's own Dataset context (a copy Ray Data takes at the read), never on the process's current
 one, so another Ray Data job in the same process (distributed eval) keeps Ray Data's defaults.
@@ -22,17 +22,25 @@ def ray_data_bars() -> bool:
 
 def configure_job_context(context, cpus: int, bars: bool) -> None:
     """Set the tokenize job's Ray Data `context` (a ray.data.DataContext): at most `cpus` CPUs asked of Ray Data's
-    autoscaler, no reservation allocator, blocks of up to BLOCK_BYTES, Ray Data's progress bars only if `bars`.
-    Everything else is Ray Data's default (BENCHMARKS.md measures what the others save)."""
+    autoscaler, no reservation allocator, read tasks in flight bounded by the cluster's CPUs (tasks_in_flight.py),
+    blocks of up to BLOCK_BYTES, Ray Data's progress bars only if `bars`. Everything else is Ray Data's default
+    (BENCHMARKS.md measures what the others save)."""
     from ray.data import ExecutionResources
+    from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES
+
+    from gptray.data.tasks_in_flight import CPUS_KEY, POLICIES_KEY, TasksInFlightCap
 
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
     # The job is one operator (read, tokenize and write fused), so the reservation allocator, which divides
     # resources between operators, has nothing to divide. It costs the driver CPU on every scheduling step (ten a
-    # second), and it holds each read task back until the driver's loop has seen one end. Without it Ray Data hands
-    # Ray every read task at once, as a job of plain Ray tasks does: each asks one CPU, and a worker that finishes
-    # one starts the next with no round trip through the driver (BENCHMARKS.md, "Ray Data's reservation allocator").
+    # second), and it holds each read task back until the driver's loop has seen one end. Without it a worker that
+    # finishes a read task starts the next one already queued at Ray, with no round trip through the driver
+    # (BENCHMARKS.md, "Ray Data's reservation allocator").
     context.op_resource_reservation_enabled = False
+    # Nothing else then bounds the read tasks Ray Data hands Ray: a whole plan's at once, and every scheduling step
+    # waits on every unfinished one. One queued behind each running one is all the above needs.
+    context.set_config(POLICIES_KEY, [*ENABLED_BACKPRESSURE_POLICIES, TasksInFlightCap])
+    context.set_config(CPUS_KEY, cpus)
     # Inside the fused task Ray Data reshapes each operator's output into blocks of up to target_max_block_size
     # (128 MiB by default) before the next operator sees them: a whole read task's documents, then its tokens,
     # held and copied at once. The job's blocks never cross the object store, so small ones cost nothing there,

@@ -108,15 +108,35 @@ def test_off_a_terminal_ray_data_logs_no_progress_of_its_own():
     assert context.enable_progress_bars
 
 
-def test_the_job_hands_ray_every_read_task_without_ray_datas_reservation_allocator():
+def test_the_job_queues_a_read_task_behind_each_running_one_without_ray_datas_reservation_allocator():
     """The job is one fused operator: the allocator has nothing to divide, costs the driver CPU every scheduling
-    step and holds each read task back until the driver's loop dispatches it. The process's own context keeps it."""
+    step and holds each read task back until the driver's loop dispatches it. Without it nothing would bound the
+    tasks handed to Ray, so the job's own policy keeps two per CPU of the cluster in flight, and at least
+    MIN_TASKS: demand an autoscaler sees on a cluster that starts empty. The process's own context keeps Ray Data's
+    defaults."""
+    from types import SimpleNamespace
+
     from ray.data import DataContext
     from ray.data._internal.execution import create_resource_allocator
+    from ray.data._internal.execution.backpressure_policy import get_backpressure_policies
+
+    from gptray.data.tasks_in_flight import MIN_TASKS, TasksInFlightCap, tasks_in_flight
 
     current = DataContext.get_current()
     context = current.copy()
-    configure_job_context(context, cpus=2, bars=False)
+    configure_job_context(context, cpus=40, bars=False)
     assert create_resource_allocator(None, context) is None  # fails if Ray Data drops or renames the switch
     assert current.op_resource_reservation_enabled
     assert context.target_max_block_size == BLOCK_BYTES != current.target_max_block_size
+
+    # Ray Data's own policy list, built as its executor builds it: Ray Data's policies and the job's cap.
+    policies = get_backpressure_policies(context, {}, None)
+    caps = [p for p in policies if isinstance(p, TasksInFlightCap)]
+    assert len(caps) == 1 and len(policies) > 1
+    assert not any(isinstance(p, TasksInFlightCap) for p in get_backpressure_policies(current, {}, None))
+
+    def op(in_flight: int):  # what the policy reads of an operator: its metrics' count of unfinished tasks
+        return SimpleNamespace(metrics=SimpleNamespace(num_tasks_running=in_flight))
+
+    assert [caps[0].can_add_input(op(n)) for n in range(78, 82)] == [True, True, False, False]  # 2 × 40 CPUs
+    assert tasks_in_flight(0) == tasks_in_flight(2) == MIN_TASKS < tasks_in_flight(1000) == 2000
