@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from gptray.core.progress_bar import on_terminal
+from gptray.data.tasks_in_flight import CPUS_KEY, POLICIES_KEY, TasksInFlightCap
 
 RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"  # ray/data/_internal/progress/__init__.py
 BLOCK_BYTES = 16 << 20  # the largest block Ray Data builds inside the job's fused task
@@ -27,8 +28,6 @@ def configure_job_context(context, cpus: int, bars: bool) -> None:
     (BENCHMARKS.md measures what the others save)."""
     from ray.data import ExecutionResources
     from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES
-
-    from gptray.data.tasks_in_flight import CPUS_KEY, POLICIES_KEY, TasksInFlightCap
 
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus)
     # The job is one operator (read, tokenize and write fused), so the reservation allocator, which divides

@@ -139,4 +139,5 @@ def test_the_job_queues_a_read_task_behind_each_running_one_without_ray_datas_re
         return SimpleNamespace(metrics=SimpleNamespace(num_tasks_running=in_flight))
 
     assert [caps[0].can_add_input(op(n)) for n in range(78, 82)] == [True, True, False, False]  # 2 × 40 CPUs
+    assert caps[0].max_task_output_bytes_to_read(op(0)) is None and caps[0].name == "TasksInFlight"
     assert tasks_in_flight(0) == tasks_in_flight(2) == MIN_TASKS < tasks_in_flight(1000) == 2000
