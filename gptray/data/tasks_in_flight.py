@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 # The DataContext config key Ray Data reads its backpressure policies from (ray/data/_internal/execution/
-# backpressure_policy/__init__.py), and the one this policy reads the cluster's CPUs at the job's start from.
+# backpressure_policy/__init__.py), and the one this policy reads the job's CPUs at its start from (the cluster's,
+# at most one a read task) until it first asks Ray for the cluster's.
 POLICIES_KEY = "backpressure_policies.enabled"
-CPUS_KEY = "gptray.cluster_cpus"
+CPUS_KEY = "gptray.job_cpus"
 
 TASKS_PER_CPU = 2  # one running on each CPU and the next queued behind it
 MIN_TASKS = 64  # in flight however few CPUs the cluster has: what an autoscaler sees waiting on an empty cluster
